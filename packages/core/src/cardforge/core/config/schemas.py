@@ -1,0 +1,277 @@
+"""Typed config schemas for every section of the one Hydra tree (registered in Hydra's ConfigStore).
+
+Each primary config (conf/<stage>.yaml) starts from `cardforge_schema`, so a typo'd key or a value of
+the wrong type fails at composition with the key's name. Enums list the allowed values in that error.
+`__post_init__` checks cross-field rules and names the override the user must change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+class Stage(str, Enum):
+    data = "data"
+    train = "train"
+    merge = "merge"
+    quant = "quant"
+    serve = "serve"
+    eval = "eval"
+    card = "card"
+    pipeline = "pipeline"
+
+
+class Arch(str, Enum):
+    qwen3_5 = "qwen3_5"
+    llama = "llama"
+
+
+class Optimizer(str, Enum):
+    paged_adamw_8bit = "paged_adamw_8bit"  # bitsandbytes, CUDA only; CPU falls back to adamw (logged)
+    adamw = "adamw"
+
+
+class Scheduler(str, Enum):
+    cosine = "cosine"
+    linear = "linear"
+    constant = "constant"
+
+
+class ToolResults(str, Enum):
+    simulated = "simulated"  # card v1: a small model role-plays the runtime
+    executed = "executed"  # card's next version: real sandbox + judge rejection sampling
+
+
+class Backend(str, Enum):
+    llama_cpp = "llama_cpp"
+    vllm = "vllm"
+    sglang = "sglang"
+
+
+class TeacherKind(str, Enum):
+    embedded = "embedded"  # llama-server started by us on an embedded model
+    endpoint = "endpoint"  # any OpenAI-compatible URL
+
+
+class GgufTier(str, Enum):
+    BF16 = "BF16"
+    Q8_0 = "Q8_0"
+    Q6_K = "Q6_K"
+    Q5_K_M = "Q5_K_M"
+    Q4_K_M = "Q4_K_M"
+    Q5_0 = "Q5_0"
+    Q4_0 = "Q4_0"
+
+
+@dataclass
+class PathsConfig:
+    root: str = MISSING  # the repo checkout
+    outputs: str = MISSING  # stage outputs (artifacts live under here, keyed by experiment)
+    cache: str = MISSING  # shared cache outside the repo (llama.cpp build, embedded models)
+
+
+@dataclass
+class LoggerConfig:
+    _target_: str = "lightning.pytorch.loggers.MLFlowLogger"
+    experiment_name: str = "cardforge"
+    tracking_uri: Optional[str] = None  # None -> MLFLOW_TRACKING_URI or the repo's sqlite store
+    log_model: bool = False
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short name used in file names (no slashes)
+    path: str = MISSING  # local directory or an HF model id (users with network)
+    arch: Arch = Arch.qwen3_5
+    dtype: str = "bfloat16"
+    has_mtp: bool = True  # the checkpoint carries an `mtp.*` head that must survive merge/quant
+    params_b: float = 0.0  # size in billions, for plans and disk estimates
+    embedded: bool = False  # built locally by cardforge (no download)
+
+
+@dataclass
+class TeacherConfig:
+    kind: TeacherKind = TeacherKind.embedded
+    model: str = MISSING  # served model name, or the embedded model's name
+    base_url: Optional[str] = None  # required for kind=endpoint
+    api_key_env: str = "OPENAI_API_KEY"
+    thinking: bool = True
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 4096
+    concurrency: int = 4
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.kind == TeacherKind.endpoint and not self.base_url:
+            raise ValueError("teacher.base_url is required when teacher.kind=endpoint")
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    num_samples: int = 16
+    tool_results: ToolResults = ToolResults.simulated
+    max_steps: int = 6  # ReAct loop bound per trajectory
+    judge: bool = False  # rejection sampling by a judge (needs tool_results=executed)
+    seed: int = 0
+    max_seq_len: int = 1024
+    eval_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.judge and self.tool_results != ToolResults.executed:
+            raise ValueError("data.judge=true needs data.tool_results=executed (a judge needs real results)")
+
+
+@dataclass
+class LoraConfig:
+    _target_: str = "peft.LoraConfig"
+    r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    # attention + MLP + Gated DeltaNet projections (qwen3_5 names); resolved and listed by the train stage
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj",
+            "gate_proj", "up_proj", "down_proj",
+            "in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj",
+        ]
+    )
+    bias: str = "none"
+    task_type: str = "CAUSAL_LM"
+
+
+@dataclass
+class TrainerConfig:
+    optimizer: Optimizer = Optimizer.paged_adamw_8bit
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    scheduler: Scheduler = Scheduler.cosine
+    warmup_ratio: float = 0.03
+    max_epochs: int = 1
+    max_steps: int = -1  # -1: run max_epochs
+    batch_size: int = 1
+    grad_accum: int = 1
+    precision: str = "bf16-mixed"  # CPU runs use 32-true
+    accelerator: str = "auto"
+    gradient_checkpointing: bool = True
+    seed: int = 42
+    log_every_n_steps: int = 1
+    val_check_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"trainer.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_epochs < 1 and self.max_steps < 1:
+            raise ValueError("set trainer.max_epochs >= 1 or trainer.max_steps >= 1")
+
+
+@dataclass
+class GgufTierConfig:
+    tier: GgufTier = MISSING
+    imatrix: bool = True
+
+
+@dataclass
+class QuantConfig:
+    gguf_tiers: list[GgufTierConfig] = field(
+        default_factory=lambda: [
+            GgufTierConfig(GgufTier.Q4_K_M, True),
+            GgufTierConfig(GgufTier.Q5_K_M, True),
+            GgufTierConfig(GgufTier.Q6_K, True),
+            GgufTierConfig(GgufTier.Q8_0, False),
+        ]
+    )
+    imatrix_chunks: int = 32
+    imatrix_ctx: int = 512
+    fp8: bool = True  # e4m3, block 128x128, dynamic activations
+    fp8_block: int = 128
+    nvfp4: list[str] = field(default_factory=lambda: ["w4a16", "w4a4"])
+    keep_mtp: bool = True
+
+
+@dataclass
+class MtpSpecConfig:
+    enabled: bool = True
+    n_max: int = 3
+    p_min: float = 0.0
+
+
+@dataclass
+class ServeConfig:
+    backend: Backend = Backend.llama_cpp
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port
+    ctx_size: int = 4096
+    threads: int = 0  # 0: llama.cpp decides
+    mtp: MtpSpecConfig = field(default_factory=MtpSpecConfig)
+    served_model_name: Optional[str] = None  # defaults to model.name; must not contain '/'
+    reasoning_parser: str = "qwen3"
+    tool_call_parser: str = "qwen3_xml"
+    tensor_parallel_size: int = 1
+    max_model_len: int = 32768
+    startup_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.served_model_name and "/" in self.served_model_name:
+            raise ValueError(f"serve.served_model_name must not contain '/': {self.served_model_name!r}")
+
+
+@dataclass
+class EvalConfig:
+    suites: list[str] = field(default_factory=lambda: ["gpqa_diamond", "mmlu"])
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 32768
+    stream: bool = True
+    concurrency: int = 4
+    timeout_s: float = 1800.0
+    retries: int = 2
+    seed: int = 1234
+    limit: Optional[int] = None  # cap questions per suite (tiny runs)
+    mmlu_subset: int = 500
+    mmlu_shots: int = 5
+    compare_base: bool = True  # distill vs base at the same quant
+    mtp_n_max: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+
+
+@dataclass
+class CardConfig:
+    title: str = MISSING
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
+    license: str = "apache-2.0"
+    hf_repo: Optional[str] = None
+    modelscope_repo: Optional[str] = None
+
+
+@dataclass
+class CardforgeConfig:
+    """The whole tree. Every primary config composes every group, so any stage sees the full picture."""
+
+    stage: Stage = MISSING
+    experiment: str = MISSING  # the experiment preset's name; tags every MLflow run
+    run_name: Optional[str] = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    card: CardConfig = field(default_factory=CardConfig)
+    force: list[str] = field(default_factory=list)  # stages to rerun although their inputs are unchanged
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, for stage-specific experiments
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="cardforge_schema", node=CardforgeConfig)

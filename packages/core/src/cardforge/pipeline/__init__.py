@@ -1,0 +1,1 @@
+"""The whole chain under one MLflow parent run: `make reproduce` / `python -m cardforge.pipeline`."""

@@ -1,0 +1,1 @@
+"""cardforge eval stage."""

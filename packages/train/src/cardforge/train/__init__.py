@@ -1,0 +1,1 @@
+"""cardforge train stage."""

@@ -1,0 +1,143 @@
+"""The one Hydra tree: every primary config x every experiment composes, validates and binds its targets;
+bad overrides fail with one line that names the key and the allowed values."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from cardforge.core.config.compose import ConfigError, compose, expand_sweeps
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "base")
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def test_tree_has_every_stage_and_preset():
+    assert set(PRIMARY) == {"data", "train", "merge", "quant", "serve", "eval", "card", "pipeline"}
+    assert {"tiny", "smollm2_demo", "qwen36_27b_card"} <= set(EXPERIMENTS)
+    for group in ["model", "teacher", "data", "lora", "trainer", "quant", "serve", "eval", "logger",
+                  "experiment", "paths", "hydra/launcher"]:
+        assert list((CONF / group).glob("*.yaml")), f"conf/{group} is empty"
+
+
+def _targets(node, path=""):
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for k in node:
+            yield from _targets(node._get_node(k), f"{path}.{k}" if path else str(k))
+    elif isinstance(node, ListConfig):
+        for i, v in enumerate(node):
+            yield from _targets(v, f"{path}[{i}]")
+
+
+def _import(dotted: str):
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("primary", PRIMARY)
+def test_compose_validate_and_bind_targets(primary, experiment):
+    cfg = compose(primary, [f"experiment={experiment}"])
+    assert cfg.stage == primary
+    assert cfg.experiment == experiment
+    targets = dict(_targets(cfg))
+    assert "lora" in targets and "logger" in targets
+    for path, node in targets.items():
+        obj = _import(node._target_)
+        kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in HYDRA_KEYS}
+        try:
+            inspect.signature(obj).bind(**kwargs)
+        except TypeError as e:
+            pytest.fail(f"{primary}/{experiment}: {path}._target_={node._target_} does not take {sorted(kwargs)}: {e}")
+
+
+def test_hydra_callback_target_binds():
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hcompose("train", return_hydra_config=True)
+    for name, node in cfg.hydra.callbacks.items():
+        obj = _import(node._target_)
+        inspect.signature(obj).bind(**{k: v for k, v in node.items() if k not in HYDRA_KEYS})
+
+
+def test_card_preset_has_the_seed_card_settings():
+    cfg = compose("pipeline", ["experiment=qwen36_27b_card"])
+    assert (cfg.lora.r, cfg.lora.lora_alpha, cfg.lora.lora_dropout) == (64, 128, 0.05)
+    assert {"in_proj_qkv", "in_proj_z", "out_proj", "q_proj", "down_proj"} <= set(cfg.lora.target_modules)
+    assert cfg.trainer.optimizer.value == "paged_adamw_8bit"
+    assert (cfg.trainer.scheduler.value, cfg.trainer.warmup_ratio, cfg.trainer.max_epochs) == ("cosine", 0.03, 1)
+    assert [(t.tier.value, t.imatrix) for t in cfg.quant.gguf_tiers] == [
+        ("Q4_K_M", True), ("Q5_K_M", True), ("Q6_K", True), ("Q8_0", False)]
+    assert cfg.quant.fp8_block == 128 and list(cfg.quant.nvfp4) == ["w4a16", "w4a4"]
+    assert (cfg.eval.temperature, cfg.eval.top_p, cfg.eval.concurrency, cfg.eval.timeout_s) == (0.6, 0.95, 4, 1800)
+    assert cfg.eval.stream is True and cfg.eval.max_tokens == 32768
+    assert cfg.data.num_samples == 1842 and cfg.data.tool_results.value == "simulated"
+    assert cfg.model.path.endswith("Qwen3.6-27B") and cfg.model.has_mtp
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model=nope", "model=nope: no such option in 'model'; choose one of: qwen36_27b, smollm2_135m, tiny_qwen35_mtp"),
+        ("experiment=big", "experiment=big: no such option in 'experiment'; choose one of: qwen36_27b_card, smollm2_demo, tiny"),
+        ("trainer.optimizer=sgd", "trainer.optimizer: Invalid value 'sgd', expected one of [paged_adamw_8bit, adamw]"),
+        ("serve.backend=tgi", "serve.backend: Invalid value 'tgi', expected one of [llama_cpp, vllm, sglang]"),
+        ("lora.r=big", "lora.r: Value 'big' of type 'str' could not be converted to Integer"),
+        ("data.judge=true", "data.judge=true needs data.tool_results=executed (a judge needs real results)"),
+        ("serve.served_model_name=org/name", "serve.served_model_name must not contain '/': 'org/name'"),
+        ("trainer.warmup_ratio=1.5", "trainer.warmup_ratio must be in [0, 1), got 1.5"),
+    ],
+)
+def test_invalid_override_is_one_clear_line(override, expected):
+    with pytest.raises(ConfigError) as e:
+        compose("train", [override])
+    assert str(e.value) == expected
+
+
+def test_unknown_key_lists_the_allowed_keys():
+    with pytest.raises(ConfigError) as e:
+        compose("train", ["trainer.learning_rate=1e-4"])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("trainer.learning_rate: no such key; keys in 'trainer': optimizer, lr, ")
+
+
+def test_cli_bad_override_exits_2_with_one_line():
+    proc = subprocess.run([sys.executable, "-m", "cardforge.train", "lora.r=8", "trainer.optimizer=sgd"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["cardforge train: config error: trainer.optimizer: Invalid value 'sgd', "
+                     "expected one of [paged_adamw_8bit, adamw]"]
+
+
+def test_cli_multirun_checks_every_job_before_launching():
+    proc = subprocess.run([sys.executable, "-m", "cardforge.train", "-m", "model=tiny_qwen35_mtp,nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "model=nope: no such option in 'model'" in proc.stderr
+
+
+def test_unbuilt_stage_says_so_and_exits_3():
+    proc = subprocess.run([sys.executable, "-m", "cardforge.serve"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    assert "not implemented yet (tracked as issue #6)" in proc.stderr
+
+
+def test_expand_sweeps():
+    jobs = expand_sweeps(["lora.r=8,16", "trainer.lr=1e-4", "model=tiny_qwen35_mtp,smollm2_135m"])
+    assert len(jobs) == 4
+    assert ["lora.r=8", "trainer.lr=1e-4", "model=tiny_qwen35_mtp"] in jobs
+    assert ["lora.r=16", "trainer.lr=1e-4", "model=smollm2_135m"] in jobs
