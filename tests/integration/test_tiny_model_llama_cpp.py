@@ -61,6 +61,25 @@ def llama_server(gguf: Path, *extra: str, log: Path):
             proc.wait()
 
 
+TOOLS = [{"type": "function", "function": {
+    "name": "search", "description": "Search the docs.",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "k": {"type": "integer"}}}}}]
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Find the GGUF spec and the MTP paper."},
+    {"role": "assistant", "reasoning_content": "Two searches.", "content": "Searching.", "tool_calls": [
+        {"type": "function", "function": {"name": "search", "arguments": {"query": "GGUF spec", "k": 3}}},
+        {"type": "function", "function": {"name": "search", "arguments": {"query": "MTP", "filters": ["2024", 1]}}},
+    ]},
+    {"role": "tool", "content": "gguf.md"},
+    {"role": "tool", "content": "arXiv 2404.19737"},
+    {"role": "assistant", "reasoning_content": "Done.", "content": "gguf.md and arXiv 2404.19737."},
+    {"role": "user", "content": "你好 🙂"},
+]
+TEXTS = ["Hello  world!\n\n\tx", "你好，世界！", "def f(x):\n    return x  # c\n", "🙂👍🏽 🇫🇷 👨‍👩‍👧",
+         "cafe\u0301 I'm   \r\n  ", "<|im_start|>user\nhi<|im_end|>\n<think>\n</think><tool_call>"]
+
+
 @pytest.fixture(scope="module")
 def server(tiny_gguf, tmp_path_factory):
     with llama_server(tiny_gguf, log=tmp_path_factory.mktemp("srv") / "server.log") as base:
@@ -100,8 +119,6 @@ def test_server_answers_chat_completions(server):
 def test_server_renders_our_template_like_transformers(server, tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from tests.unit.test_embedded_models import CONVERSATION, TOOLS
-
     hf = AutoTokenizer.from_pretrained(tiny_model_dir)
     want = hf.apply_chat_template(CONVERSATION, tools=TOOLS, tokenize=False, add_generation_prompt=True)
     # the OpenAI wire format carries arguments as JSON strings; llama-server parses them before rendering
@@ -117,8 +134,6 @@ def test_server_renders_our_template_like_transformers(server, tiny_model_dir):
 
 def test_server_tokenizes_like_transformers(server, tiny_model_dir):
     from transformers import AutoTokenizer
-
-    from tests.unit.test_embedded_models import TEXTS
 
     hf = AutoTokenizer.from_pretrained(tiny_model_dir)
     for text in TEXTS:

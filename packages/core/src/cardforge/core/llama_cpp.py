@@ -71,8 +71,9 @@ def release_info() -> dict:
         out = subprocess.run(
             [str(binary("llama-server")), "--version"], capture_output=True, text=True, timeout=30
         )
-        info["server_version"] = (out.stdout + out.stderr).strip().splitlines()[-1]
-    except (OSError, subprocess.TimeoutExpired, IndexError, LlamaCppMissing):
+        # e.g. "version: 0.6.0-dev (build 0, commit unknown)" + "built with GNU 12.2.0 for Linux x86_64"
+        info["server_version"] = " | ".join((out.stdout + out.stderr).split("\n")).strip(" |")
+    except (OSError, subprocess.TimeoutExpired, LlamaCppMissing):
         pass
     return info
 

@@ -11,12 +11,18 @@ def _run(cfg):
     result = run(cfg)
     done = ", ".join(result.done) or "none"
     if result.stopped_at:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         print(
             f"[pipeline] stopped before '{result.stopped_at}': {result.reason}.\n"
             f"[pipeline] stages done: {done}. MLflow parent run: {result.run_id} (make mlflow-ui).",
             file=sys.stderr,
         )
-        raise SystemExit(3)
+        if not multirun:  # in a sweep the other jobs still run; each says where it stopped
+            raise SystemExit(3)
+        return result
     print(f"[pipeline] all stages done: {done}. MLflow parent run: {result.run_id}", file=sys.stderr)
     return result
 

@@ -1,0 +1,47 @@
+"""The pipeline and Hydra multirun against a real MLflow store: one parent per invocation or sweep."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from mlflow import MlflowClient
+
+
+def _run(args, uri, tmp_path, experiment):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    cmd = [sys.executable, "-m", "cardforge.pipeline", f"logger.experiment_name={experiment}",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_reproduce_runs_existing_stages_then_stops_clearly(mlflow_uri, mlflow_experiment, tmp_path, tiny_model_dir):
+    proc = _run([], mlflow_uri, tmp_path, mlflow_experiment)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "[pipeline] stopped before 'data': stage 'data' is not implemented yet (issue #3)" in proc.stderr
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name(mlflow_experiment)
+    runs = {r.data.tags["cardforge.stage"]: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {"pipeline", "models"}
+    assert runs["models"].data.tags["mlflow.parentRunId"] == runs["pipeline"].info.run_id
+    assert runs["pipeline"].data.tags["cardforge.stages_done"] == "models"
+    assert runs["pipeline"].data.tags["cardforge.stopped_at"] == "data"
+    assert runs["models"].data.params["models.tiny-qwen35-mtp.path"] == str(tiny_model_dir)
+
+
+def test_multirun_groups_jobs_under_one_sweep_run(mlflow_uri, mlflow_experiment, tmp_path, tiny_model_dir,
+                                                 smollm2_model_dir):
+    proc = _run(["-m", "model=tiny_qwen35_mtp,smollm2_135m"], mlflow_uri, tmp_path, mlflow_experiment)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name(mlflow_experiment)
+    runs = client.search_runs([exp.experiment_id])
+    sweeps = [r for r in runs if r.data.tags.get("cardforge.sweep") == "true"]
+    assert len(sweeps) == 1
+    sweep = sweeps[0]
+    assert sweep.info.status == "FINISHED"
+    assert "model=tiny_qwen35_mtp,smollm2_135m" in sweep.data.tags["cardforge.sweep.overrides"]
+    jobs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
+    assert sorted(r.data.params["model.name"] for r in jobs) == ["smollm2-135m-instruct", "tiny-qwen35-mtp"]
+    assert all(r.data.tags["cardforge.stage"] == "pipeline" for r in jobs)
