@@ -83,7 +83,7 @@ def test_card_preset_has_the_seed_card_settings():
     assert cfg.quant.fp8_block == 128 and list(cfg.quant.nvfp4) == ["w4a16", "w4a4"]
     assert (cfg.eval.temperature, cfg.eval.top_p, cfg.eval.concurrency, cfg.eval.timeout_s) == (0.6, 0.95, 4, 1800)
     assert cfg.eval.stream is True and cfg.eval.max_tokens == 32768
-    assert cfg.data.num_samples == 1842 and cfg.data.tool_results.value == "simulated"
+    assert cfg.data.num_samples == 1842 and cfg.data.tool_results.value == "simulate"
     assert cfg.model.path.endswith("Qwen3.6-27B") and cfg.model.has_mtp
 
 
@@ -95,7 +95,7 @@ def test_card_preset_has_the_seed_card_settings():
         ("trainer.optimizer=sgd", "trainer.optimizer: Invalid value 'sgd', expected one of [paged_adamw_8bit, adamw]"),
         ("serve.backend=tgi", "serve.backend: Invalid value 'tgi', expected one of [llama_cpp, vllm, sglang]"),
         ("lora.r=big", "lora.r: Value 'big' of type 'str' could not be converted to Integer"),
-        ("data.judge=true", "data.judge=true needs data.tool_results=executed (a judge needs real results)"),
+        ("data.judge=true", "data.judge=true needs data.tool_results=execute (a judge needs real results)"),
         ("serve.served_model_name=org/name", "serve.served_model_name must not contain '/': 'org/name'"),
         ("trainer.warmup_ratio=1.5", "trainer.warmup_ratio must be in [0, 1), got 1.5"),
     ],

@@ -42,8 +42,8 @@ class Scheduler(str, Enum):
 
 
 class ToolResults(str, Enum):
-    simulated = "simulated"  # card v1: a small model role-plays the runtime
-    executed = "executed"  # card's next version: real sandbox + judge rejection sampling
+    simulate = "simulate"  # card v1: a small model role-plays the runtime
+    execute = "execute"  # card's next version: real sandbox + judge rejection sampling
 
 
 class Backend(str, Enum):
@@ -115,16 +115,16 @@ class TeacherConfig:
 class DataConfig:
     name: str = MISSING
     num_samples: int = 16
-    tool_results: ToolResults = ToolResults.simulated
+    tool_results: ToolResults = ToolResults.simulate
     max_steps: int = 6  # ReAct loop bound per trajectory
-    judge: bool = False  # rejection sampling by a judge (needs tool_results=executed)
+    judge: bool = False  # rejection sampling by a judge (needs tool_results=execute)
     seed: int = 0
     max_seq_len: int = 1024
     eval_fraction: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.judge and self.tool_results != ToolResults.executed:
-            raise ValueError("data.judge=true needs data.tool_results=executed (a judge needs real results)")
+        if self.judge and self.tool_results != ToolResults.execute:
+            raise ValueError("data.judge=true needs data.tool_results=execute (a judge needs real results)")
 
 
 @dataclass
