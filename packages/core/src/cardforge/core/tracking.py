@@ -28,6 +28,12 @@ PARENT_ENV = "CARDFORGE_PARENT_RUN_ID"
 SWEEP_RUN_FILE = "mlflow_sweep_run_id"
 # keys that say where/how a run was made, not what it computes: left out of the config hash
 HASH_EXCLUDE = ("paths", "logger", "run_name", "force", "stage")
+_last_stage_run: dict[str, str] = {}
+
+
+def last_stage_run_id(stage: str) -> str | None:
+    """The id of the latest run `stage_run(cfg, stage)` opened in this process."""
+    return _last_stage_run.get(stage)
 
 
 def tracking_uri(cfg: DictConfig | None = None) -> str:
@@ -186,6 +192,7 @@ def stage_run(cfg: DictConfig, stage: str, run_name: str | None = None) -> Itera
     elif parent:
         kwargs["parent_run_id"] = parent
     run = mlflow.start_run(**kwargs)
+    _last_stage_run[stage] = run.info.run_id
     try:
         log_config(cfg)
         yield run

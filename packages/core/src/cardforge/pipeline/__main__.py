@@ -9,7 +9,7 @@ def _run(cfg):
     from cardforge.pipeline.run import run
 
     result = run(cfg)
-    done = ", ".join(result.done) or "none"
+    done = ", ".join(result.done + [f"{s} (unchanged)" for s in result.skipped]) or "none"
     if result.stopped_at:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode

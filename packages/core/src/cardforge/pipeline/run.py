@@ -1,14 +1,23 @@
-"""Chain the stages under one MLflow parent run; stop with a clear message at the first missing stage.
+"""Chain the stages under one MLflow parent run; skip what is already done; stop clearly where a stage is missing.
 
-Stages are looked up lazily (`module:function`) so a package that is not installed, or a stage that is
-not built yet, stops the chain there with what was done so far, instead of failing at import.
+A stage is skipped when its record (`<outputs>/.pipeline/<stage>.json`) holds the same key: the hash of the
+config sections it reads plus the fingerprints of the stages before it. So changing `lora.r` reruns
+train and everything after it, not data. `force=[train]` (or `force=[all]`, `make reproduce FORCE=1`)
+reruns anyway. A failing stage leaves no record and marks its run FAILED; the next invocation resumes there.
+
+Stages are looked up lazily (`module:function`) so a stage that is not built yet stops the chain there
+with what was done so far, instead of failing at import.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import mlflow
@@ -16,16 +25,25 @@ from omegaconf import DictConfig
 
 from cardforge.core import tracking
 from cardforge.core.cli import StageNotImplemented
+from cardforge.core.io import atomic_write_json
 
-# (stage, "module:function", issue that builds it). The functions take the full config.
-STAGES: list[tuple[str, str, int]] = [
-    ("models", "cardforge.core.models.stage:run", 2),
-    ("data", "cardforge.data.stage:run", 3),
-    ("train", "cardforge.train.stage:run", 4),
-    ("merge", "cardforge.train.merge.stage:run", 4),
-    ("quant", "cardforge.quant.stage:run", 5),
-    ("eval", "cardforge.eval.stage:run", 7),
-    ("card", "cardforge.card.stage:run", 9),
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    target: str  # "module:function", called with the full config
+    issue: int  # the issue that builds it (for the message when it is missing)
+    sections: tuple[str, ...]  # config sections whose values decide what the stage computes
+
+
+STAGES: list[StageSpec] = [
+    StageSpec("models", "cardforge.core.models.stage:run", 2, ("model", "teacher")),
+    StageSpec("data", "cardforge.data.stage:run", 3, ("model", "teacher", "data")),
+    StageSpec("train", "cardforge.train.stage:run", 4, ("model", "data", "lora", "trainer")),
+    StageSpec("merge", "cardforge.train.merge.stage:run", 4, ("model",)),
+    StageSpec("quant", "cardforge.quant.stage:run", 5, ("model", "quant")),
+    StageSpec("eval", "cardforge.eval.stage:run", 7, ("model", "serve", "eval")),
+    StageSpec("card", "cardforge.card.stage:run", 9, ("card",)),
 ]
 
 
@@ -33,6 +51,7 @@ STAGES: list[tuple[str, str, int]] = [
 class PipelineResult:
     run_id: str
     done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     stopped_at: str | None = None
     reason: str | None = None
     results: dict[str, Any] = field(default_factory=dict)
@@ -50,22 +69,65 @@ def resolve_stage(target: str) -> Callable[[DictConfig], Any] | None:
         return None
 
 
+def fingerprint(result: Any) -> str:
+    return hashlib.sha256(json.dumps(result, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_key(cfg: DictConfig, spec: StageSpec, upstream: list[str]) -> str:
+    blob = json.dumps({"config": tracking.config_hash(cfg, spec.sections), "upstream": upstream})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def record_path(cfg: DictConfig, stage: str) -> Path:
+    return Path(cfg.paths.outputs) / ".pipeline" / f"{stage}.json"
+
+
+def load_record(cfg: DictConfig, stage: str) -> dict | None:
+    p = record_path(cfg, stage)
+    try:
+        return json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def run(cfg: DictConfig) -> PipelineResult:
+    force = set(cfg.get("force") or [])
     with tracking.pipeline_run(cfg) as parent:
         result = PipelineResult(run_id=parent.info.run_id)
-        for stage, target, issue in STAGES:
-            fn = resolve_stage(target)
+        upstream: list[str] = []
+        for spec in STAGES:
+            fn = resolve_stage(spec.target)
             if fn is None:
-                result.stopped_at, result.reason = stage, f"stage '{stage}' is not implemented yet (issue #{issue})"
+                result.stopped_at = spec.name
+                result.reason = f"stage '{spec.name}' is not implemented yet (issue #{spec.issue})"
                 break
-            print(f"[pipeline] stage {stage} ...", file=sys.stderr)
+            key = stage_key(cfg, spec, upstream)
+            rec = load_record(cfg, spec.name)
+            if rec and rec.get("key") == key and not ({spec.name, "all"} & force):
+                print(f"[pipeline] {spec.name}: unchanged (run {rec['run_id'][:8]}), skipped", file=sys.stderr)
+                result.skipped.append(spec.name)
+                result.results[spec.name] = rec.get("result")
+                upstream.append(rec["fingerprint"])
+                continue
+            print(f"[pipeline] {spec.name} ...", file=sys.stderr)
+            started = time.time()
             try:
-                result.results[stage] = fn(cfg)
+                out = fn(cfg)
             except StageNotImplemented as e:
-                result.stopped_at, result.reason = stage, e.message
+                result.stopped_at, result.reason = spec.name, e.message
                 break
-            result.done.append(stage)
-        mlflow.set_tags(
-            {"cardforge.stages_done": ",".join(result.done), "cardforge.stopped_at": result.stopped_at or ""}
-        )
+            child_id = tracking.last_stage_run_id(spec.name)
+            fp = fingerprint(out)
+            atomic_write_json(record_path(cfg, spec.name), {
+                "key": key, "fingerprint": fp, "result": out, "seconds": round(time.time() - started, 1),
+                "run_id": child_id or parent.info.run_id,
+            })
+            result.results[spec.name] = out
+            result.done.append(spec.name)
+            upstream.append(fp)
+        mlflow.set_tags({
+            "cardforge.stages_done": ",".join(result.done),
+            "cardforge.stages_skipped": ",".join(result.skipped),
+            "cardforge.stopped_at": result.stopped_at or "",
+        })
     return result
