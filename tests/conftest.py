@@ -73,3 +73,34 @@ def smollm2_model_dir() -> Path:
     from cardforge.core.models import prepare
 
     return prepare("smollm2-135m-instruct")
+
+
+# --- train stage (issue #4): pre-tokenized samples until the data stage's trajectories exist ---
+
+
+def write_tiny_train_samples(model_dir, path, n: int = 24) -> Path:
+    """Pre-tokenized chat rows ({"input_ids", "loss_mask"}): prompt tokens 0, the assistant's reply 1."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for i in range(n):
+        a, b = 3 + i, 7 + 2 * i
+        prompt = f"<|im_start|>user\nWhat is {a} plus {b}?<|im_end|>\n<|im_start|>assistant\n"
+        reply = f"<think>\nAdd {a} and {b}.\n</think>\n\nThe sum is {a + b}.<|im_end|>"
+        p, r = tok.encode(prompt, add_special_tokens=False), tok.encode(reply, add_special_tokens=False)
+        rows.append({"input_ids": p + r, "loss_mask": [0] * len(p) + [1] * len(r)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def tiny_train_outputs(tiny_model_dir, tmp_path) -> Path:
+    """A `paths.outputs` folder holding data/trajectories.jsonl (pre-tokenized rows for tiny-qwen35-mtp)."""
+    out = tmp_path / "artifacts"
+    write_tiny_train_samples(tiny_model_dir, out / "data" / "trajectories.jsonl")
+    return out

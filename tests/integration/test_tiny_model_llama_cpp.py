@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from cardforge.core.llama_cpp import binary, gguf_header, release_info
 
 
@@ -36,8 +35,24 @@ def _http(url: str, body: dict | None = None, timeout: float = 60) -> dict:
 def llama_server(gguf: Path, *extra: str, log: Path):
     """llama-server on 127.0.0.1:<free port>, yielded once /health says ok; always killed on exit."""
     port = _free_port()
-    cmd = [str(binary("llama-server")), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-           "--jinja", "-c", "4096", "-t", "2", "-np", "1", "--no-webui", *extra]
+    cmd = [
+        str(binary("llama-server")),
+        "-m",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--jinja",
+        "-c",
+        "4096",
+        "-t",
+        "2",
+        "-np",
+        "1",
+        "--no-webui",
+        *extra,
+    ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -62,23 +77,48 @@ def llama_server(gguf: Path, *extra: str, log: Path):
             proc.wait()
 
 
-TOOLS = [{"type": "function", "function": {
-    "name": "search", "description": "Search the docs.",
-    "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "k": {"type": "integer"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "description": "Search the docs.",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string"}, "k": {"type": "integer"}},
+            },
+        },
+    }
+]
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Find the GGUF spec and the MTP paper."},
-    {"role": "assistant", "reasoning_content": "Two searches.", "content": "Searching.", "tool_calls": [
-        {"type": "function", "function": {"name": "search", "arguments": {"query": "GGUF spec", "k": 3}}},
-        {"type": "function", "function": {"name": "search", "arguments": {"query": "MTP", "filters": ["2024", 1]}}},
-    ]},
+    {
+        "role": "assistant",
+        "reasoning_content": "Two searches.",
+        "content": "Searching.",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "search", "arguments": {"query": "GGUF spec", "k": 3}}},
+            {
+                "type": "function",
+                "function": {"name": "search", "arguments": {"query": "MTP", "filters": ["2024", 1]}},
+            },
+        ],
+    },
     {"role": "tool", "content": "gguf.md"},
     {"role": "tool", "content": "arXiv 2404.19737"},
     {"role": "assistant", "reasoning_content": "Done.", "content": "gguf.md and arXiv 2404.19737."},
     {"role": "user", "content": "你好 🙂"},
 ]
-TEXTS = ["Hello  world!\n\n\tx", "你好，世界！", "def f(x):\n    return x  # c\n", "🙂👍🏽 🇫🇷 👨‍👩‍👧",
-         "cafe\u0301 I'm   \r\n  ", "<|im_start|>user\nhi<|im_end|>\n<think>\n</think><tool_call>"]
+TEXTS = [
+    "Hello  world!\n\n\tx",
+    "你好，世界！",
+    "हिन्दी पाठ, Ελληνικά, русский",
+    "def f(x):\n    return x  # c\n",
+    "🙂👍🏽 🇫🇷 👨‍👩‍👧",
+    "cafe\u0301 I'm   \r\n  ",
+    "<|im_start|>user\nhi<|im_end|>\n<think>\n</think><tool_call>",
+]
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +162,10 @@ def test_gguf_header_agrees_with_gguf_reader(tiny_gguf):
 
 
 def test_server_answers_chat_completions(server):
-    resp = _http(server + "/v1/chat/completions", {
-        "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "temperature": 0})
+    resp = _http(
+        server + "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "temperature": 0},
+    )
     choice = resp["choices"][0]
     assert choice["finish_reason"] in {"length", "stop"} and resp["usage"]["completion_tokens"] <= 8
     assert resp["usage"]["prompt_tokens"] > 5
@@ -135,13 +177,30 @@ def test_server_renders_our_template_like_transformers(server, tiny_model_dir):
     hf = AutoTokenizer.from_pretrained(tiny_model_dir)
     want = hf.apply_chat_template(CONVERSATION, tools=TOOLS, tokenize=False, add_generation_prompt=True)
     # the OpenAI wire format carries arguments as JSON strings; llama-server parses them before rendering
-    wire = [dict(m, tool_calls=[{"type": "function", "function": {
-        "name": c["function"]["name"], "arguments": json.dumps(c["function"]["arguments"])}}
-        for c in m["tool_calls"]]) if "tool_calls" in m else m for m in CONVERSATION]
+    wire = [
+        dict(
+            m,
+            tool_calls=[
+                {
+                    "type": "function",
+                    "function": {
+                        "name": c["function"]["name"],
+                        "arguments": json.dumps(c["function"]["arguments"]),
+                    },
+                }
+                for c in m["tool_calls"]
+            ],
+        )
+        if "tool_calls" in m
+        else m
+        for m in CONVERSATION
+    ]
     got = _http(server + "/apply-template", {"messages": wire, "tools": TOOLS})["prompt"]
     assert got == want
-    off = _http(server + "/apply-template", {"messages": [{"role": "user", "content": "hi"}],
-                                             "chat_template_kwargs": {"enable_thinking": False}})["prompt"]
+    off = _http(
+        server + "/apply-template",
+        {"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"enable_thinking": False}},
+    )["prompt"]
     assert off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 
@@ -151,18 +210,53 @@ def test_server_tokenizes_like_transformers(server, tiny_model_dir):
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenize = lambda text: _http(server + "/tokenize", {  # noqa: E731
-        "content": text, "add_special": False, "parse_special": True})["tokens"]
+
+    def tokenize(text: str) -> list[int]:
+        return _http(server + "/tokenize", {"content": text, "add_special": False, "parse_special": True})[
+            "tokens"
+        ]
+
     for text in TEXTS:
         assert tokenize(unicodedata.normalize("NFC", text)) == hf.encode(text, add_special_tokens=False), text
     assert tokenize("cafe\u0301") != hf.encode("cafe\u0301", add_special_tokens=False)
 
 
+def test_bf16_gguf_greedy_tokens_match_transformers(server, tiny_model_dir):
+    """The converted trunk computes what transformers computes: GDN value-head reordering (2 key / 4 value
+    heads), interleaved MRoPE, gated attention and zero-centred norms all survive conversion."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    for prompt in ["The quick brown fox", "def main():\n    print("]:
+        ids = hf.encode(prompt)
+        with torch.no_grad():
+            want = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[
+                0, len(ids) :
+            ].tolist()
+        got = _http(
+            server + "/completion",
+            {
+                "prompt": ids,
+                "n_predict": 8,
+                "temperature": 0,
+                "top_k": 1,
+                "return_tokens": True,
+                "cache_prompt": False,
+            },
+        )["tokens"]
+        assert got == want, prompt
+
+
 def test_server_drafts_with_the_mtp_head(tiny_gguf, tmp_path):
-    with llama_server(tiny_gguf, "--spec-type", "draft-mtp", "--spec-draft-n-max", "2",
-                      log=tmp_path / "server.log") as base:
-        resp = _http(base + "/v1/chat/completions", {
-            "messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 16, "temperature": 0})
+    with llama_server(
+        tiny_gguf, "--spec-type", "draft-mtp", "--spec-draft-n-max", "2", log=tmp_path / "server.log"
+    ) as base:
+        resp = _http(
+            base + "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 16, "temperature": 0},
+        )
     timings = resp["timings"]
     assert "draft_n" in timings and timings["draft_n"] > 0, timings
     assert 0 <= timings.get("draft_n_accepted", 0) <= timings["draft_n"]

@@ -130,10 +130,13 @@ def test_cli_multirun_checks_every_job_before_launching():
     assert "model=nope: no such option in 'model'" in proc.stderr
 
 
-def test_unbuilt_stage_says_so_and_exits_3():
-    proc = subprocess.run([sys.executable, "-m", "cardforge.serve"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 3
-    assert "not implemented yet (tracked as issue #6)" in proc.stderr
+def test_unbuilt_stage_says_so_and_exits_3(capsys):
+    from cardforge.core.cli import StageNotImplemented, not_implemented
+
+    with pytest.raises(StageNotImplemented) as e:
+        not_implemented("card", 9)(compose("card"))
+    assert e.value.code == 3
+    assert "cardforge card: this stage is not implemented yet (tracked as issue #9)" in capsys.readouterr().err
 
 
 def test_expand_sweeps():

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from cardforge.core import paths
+from cardforge.core.errors import UserError
 from cardforge.core.config.compose import ConfigError, compose, expand_sweeps, setup, validate_config
 
 NO_PREFLIGHT = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc"}
@@ -55,7 +56,11 @@ def stage_main(config_name: str, run: Callable[[DictConfig], Any]) -> None:
     @hydra.main(version_base="1.3", config_path=str(paths.conf_dir()), config_name=config_name)
     def _main(cfg: DictConfig) -> Any:
         validate_config(cfg)
-        return run(cfg)
+        try:
+            return run(cfg)
+        except UserError as e:
+            print(f"cardforge {config_name}: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     _main()
 

@@ -69,7 +69,11 @@ def release_info() -> dict:
         info["sdist_sha256"] = hashlib.sha256(sdist.read_bytes()).hexdigest()
     try:
         out = subprocess.run(
-            [str(binary("llama-server")), "--version"], capture_output=True, text=True, timeout=30
+            [str(binary("llama-server")), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         # e.g. "version: 0.6.0-dev (build 0, commit unknown)" + "built with GNU 12.2.0 for Linux x86_64"
         info["server_version"] = " | ".join((out.stdout + out.stderr).split("\n")).strip(" |")
@@ -81,17 +85,26 @@ def release_info() -> dict:
 def convert_hf_to_gguf(
     model_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: str = "bf16", extra_args=()
 ) -> Path:
-    """Convert an HF checkpoint dir to GGUF with the pinned converter; the file appears whole or not at all."""
+    """Convert an HF checkpoint dir to GGUF with the pinned converter; the file appears whole or not at all.
+    `extra_args` go to convert_hf_to_gguf.py as-is (e.g. ["--no-mtp"] if the release offers it)."""
     src, out = converter_dir(), Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     # PYTHONPATH puts the release's gguf-py ahead of PyPI gguf; NO_LOCAL_GGUF would make the script skip it
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
     env["PYTHONPATH"] = os.pathsep.join([str(src / "gguf-py"), str(src)])
-    cmd = [sys.executable, str(src / "convert_hf_to_gguf.py"), str(model_dir),
-           "--outfile", str(tmp), "--outtype", outtype, *extra_args]
+    cmd = [
+        sys.executable,
+        str(src / "convert_hf_to_gguf.py"),
+        str(model_dir),
+        "--outfile",
+        str(tmp),
+        "--outtype",
+        outtype,
+        *extra_args,
+    ]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
             raise RuntimeError(f"convert_hf_to_gguf failed ({proc.returncode}):\n{tail}")
@@ -107,7 +120,8 @@ _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: 
 def gguf_header(path: str | os.PathLike, max_array: int = 64) -> dict:
     """Metadata and tensor names of a GGUF file, read straight from its header in well under a second
     (gguf.GGUFReader takes ~20 s on a 248k-token vocab because it materialises every array entry).
-    Arrays longer than `max_array` come back as {"array_len": n}. Returns {"kv": {...}, "tensors": {name: shape}}.
+    Arrays longer than `max_array` come back as {"array_len": n}.
+    Returns {"kv": {key: value}, "tensors": {name: shape in ggml order}}.
     """
     import mmap
     import struct
@@ -125,7 +139,7 @@ def gguf_header(path: str | os.PathLike, max_array: int = 64) -> dict:
             nonlocal pos
             n = take("Q")
             pos += n
-            return buf[pos - n:pos].decode("utf-8", errors="replace")
+            return buf[pos - n : pos].decode("utf-8", errors="replace")
 
         def value(vtype: int):
             nonlocal pos

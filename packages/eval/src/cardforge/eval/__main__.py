@@ -1,10 +1,15 @@
-"""Run as: python -m cardforge.eval [hydra overrides]   (make eval ARGS="...")"""
+"""Run as: python -m cardforge.eval [hydra overrides]   (make eval ARGS="...")
 
-from cardforge.core.cli import not_implemented, stage_main
+e.g. python -m cardforge.eval eval.distill_model=a.gguf eval.base_model=b.gguf   (see docs/evaluation.md)
+"""
+
+from cardforge.core.cli import stage_main
 
 
 def main() -> None:
-    stage_main("eval", not_implemented("eval", 7))
+    from cardforge.eval.stage import run
+
+    stage_main("eval", run)
 
 
 if __name__ == "__main__":

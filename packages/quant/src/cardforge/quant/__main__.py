@@ -1,10 +1,12 @@
-"""Run as: python -m cardforge.quant [hydra overrides]   (make quant ARGS="...")"""
+"""Run as: python -m cardforge.quant [format=gguf|fp8|nvfp4] [hydra overrides]   (make quant ARGS="...")"""
 
-from cardforge.core.cli import not_implemented, stage_main
+from cardforge.core.cli import stage_main
 
 
 def main() -> None:
-    stage_main("quant", not_implemented("quant", 5))
+    from cardforge.quant.stage import run
+
+    stage_main("quant", run)
 
 
 if __name__ == "__main__":

@@ -162,12 +162,32 @@ class TrainerConfig:
     seed: int = 42
     log_every_n_steps: int = 1
     val_check_interval: float = 1.0
+    # scale-out (Lightning): strategy auto | ddp | fsdp (or any Lightning strategy name), devices per node
+    strategy: str = "auto"
+    devices: Any = "auto"  # "auto", a count, or a list of device indices
+    num_nodes: int = 1
+    ckpt_every_n_steps: int = 10  # atomic last.ckpt for exact resume after a kill
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"trainer.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_epochs < 1 and self.max_steps < 1:
             raise ValueError("set trainer.max_epochs >= 1 or trainer.max_steps >= 1")
+        if self.strategy.startswith("fsdp") and self.accelerator == "cpu":
+            raise ValueError("trainer.strategy=fsdp needs trainer.accelerator=gpu (use trainer.strategy=ddp on CPU)")
+        if self.ckpt_every_n_steps < 1:
+            raise ValueError(f"trainer.ckpt_every_n_steps must be >= 1, got {self.ckpt_every_n_steps}")
+
+
+class NvFp4Tier(str, Enum):
+    w4a16 = "w4a16"  # MLP weights only
+    w4a4 = "w4a4"  # MLP + attention + GDN projections, activations too (calibrated input scales)
+
+
+class QuantFormat(str, Enum):
+    gguf = "gguf"
+    fp8 = "fp8"
+    nvfp4 = "nvfp4"
 
 
 @dataclass
@@ -190,8 +210,16 @@ class QuantConfig:
     imatrix_ctx: int = 512
     fp8: bool = True  # e4m3, block 128x128, dynamic activations
     fp8_block: int = 128
-    nvfp4: list[str] = field(default_factory=lambda: ["w4a16", "w4a4"])
+    nvfp4: list[NvFp4Tier] = field(default_factory=lambda: [NvFp4Tier.w4a16, NvFp4Tier.w4a4])
     keep_mtp: bool = True
+    source: Optional[str] = None  # HF checkpoint dir to quantize; null = the merge stage's output
+    calibration: Optional[str] = None  # .txt or trajectories .jsonl; null = the data stage's accepted set
+    heldout_fraction: float = 0.1  # tail of the calibration text kept out of imatrix, for KLD/perplexity
+    kld_chunks: int = 16  # held-out chunks (of imatrix_ctx tokens) for KLD/perplexity per tier
+    calib_samples: int = 32  # calibration texts run through the model for NVFP4 W4A4 input scales
+    compare_no_imatrix: bool = True  # also build Q4_K_M without imatrix and measure it side by side
+    threads: int = 0  # 0 = all cores
+    load_check: bool = True  # start llama-server on each GGUF and ask one question
 
 
 @dataclass
@@ -199,6 +227,14 @@ class MtpSpecConfig:
     enabled: bool = True
     n_max: int = 3
     p_min: float = 0.0
+    min_accept_rate: float = 0.05  # the serve start check warns (and tags MLflow) below this
+    probe_tokens: int = 16  # tokens the start check generates to read draft_n / draft_n_accepted
+
+    def __post_init__(self) -> None:
+        if self.enabled and self.n_max < 1:
+            raise ValueError(f"serve.mtp.n_max must be >= 1 when serve.mtp.enabled=true, got {self.n_max}")
+        if not 0.0 <= self.p_min <= 1.0:
+            raise ValueError(f"serve.mtp.p_min must be in [0, 1], got {self.p_min}")
 
 
 @dataclass
@@ -215,6 +251,11 @@ class ServeConfig:
     tensor_parallel_size: int = 1
     max_model_len: int = 32768
     startup_timeout_s: float = 120.0
+    # what to serve: a GGUF (llama_cpp) or an HF dir/id (vllm, sglang); None: model.path (llama_cpp converts
+    # it to a BF16 GGUF once, under <outputs>/serve/)
+    model_path: Optional[str] = None
+    quantization: Optional[str] = None  # vllm/sglang --quantization; None: the engine reads config.json
+    keep_running: bool = True  # the stage serves until Ctrl-C; false: start, check, log, stop (tests, CI)
 
     def __post_init__(self) -> None:
         if self.served_model_name and "/" in self.served_model_name:
@@ -236,7 +277,35 @@ class EvalConfig:
     mmlu_subset: int = 500
     mmlu_shots: int = 5
     compare_base: bool = True  # distill vs base at the same quant
-    mtp_n_max: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    mtp_n_max: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # speed bench; 0 = speculation off
+    thinking: bool = True  # chat_template_kwargs.enable_thinking
+    # data: an HF dataset id ("owner/name:config", needs network) or a local file/folder of the same schema
+    gpqa_source: str = "Idavidrein/gpqa:gpqa_diamond"
+    mmlu_source: str = "cais/mmlu:all"
+    # what to evaluate: a GGUF (served here by llama-server) or an endpoint already serving it
+    distill_model: Optional[str] = None  # null: <outputs>/quant's eval.quant_tier GGUF
+    base_model: Optional[str] = None  # null: model.path converted to a BF16 GGUF (as the serve stage does)
+    endpoint: Optional[str] = None  # OpenAI-compatible base URL of the distilled model (overrides distill_model)
+    base_endpoint: Optional[str] = None
+    quant_tier: str = "Q4_K_M"
+    # MTP speed bench: {tier label: GGUF}; empty: the distilled GGUF only
+    bench_models: dict[str, str] = field(default_factory=dict)
+    bench_repeats: int = 3  # median over repeats
+    bench_max_tokens: int = 128
+    # lm-eval generate_until tasks run through our streaming client (`cardforge-stream`)
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_include_path: Optional[str] = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"eval.concurrency must be >= 1, got {self.concurrency}")
+        if self.retries < 0:
+            raise ValueError(f"eval.retries must be >= 0, got {self.retries}")
+        if any(n < 0 for n in self.mtp_n_max):
+            raise ValueError(f"eval.mtp_n_max entries must be >= 0 (0 = speculation off), got {self.mtp_n_max}")
+        if self.bench_repeats < 1:
+            raise ValueError(f"eval.bench_repeats must be >= 1, got {self.bench_repeats}")
 
 
 @dataclass
@@ -267,6 +336,7 @@ class CardforgeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     card: CardConfig = field(default_factory=CardConfig)
     force: list[str] = field(default_factory=list)  # stages to rerun although their inputs are unchanged
+    format: Optional[QuantFormat] = None  # quant stage only: build just this format (`format=gguf`)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, for stage-specific experiments
 
 

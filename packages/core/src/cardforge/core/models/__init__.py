@@ -4,8 +4,8 @@
     ${cf.embedded:tiny-qwen35-mtp}   # in any config, after register_resolvers()
 
 Each lands in cache_dir()/models/<name>-<hash12>/ with cardforge_manifest.json (per-file sha256 + the hash
-inputs). The hash covers the builder's spec (seed included), the builder's source files and the versions of the
-packages it reads, so any change to those builds a fresh directory and never reuses a stale one.
+inputs). The hash covers the builder's spec (seed included), the builder's source files and the versions
+of the packages it reads, so any change to those builds a fresh directory and never reuses a stale one.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def build_model(name: str, out_dir: str | Path, **overrides) -> Path:
     with atomic_dir(out_dir) as tmp:
         _builder(name).build(tmp, inputs["spec"])
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        atomic_write_json(tmp / MANIFEST, {"content_hash": content_hash(inputs), "inputs": inputs, "files": files})
+        atomic_write_json(
+            tmp / MANIFEST, {"content_hash": content_hash(inputs), "inputs": inputs, "files": files}
+        )
         tmp.chmod(0o755)  # mkdtemp/mkstemp make private entries; the cache is shared
         for p in tmp.iterdir():
             p.chmod(0o644)
@@ -79,7 +81,7 @@ def build_model(name: str, out_dir: str | Path, **overrides) -> Path:
 
 
 def prepare(name: str, force: bool = False, **overrides) -> Path:
-    """The local path of embedded model `name`, building it first unless the cache holds this exact content."""
+    """Local path of embedded model `name`, building it first unless the cache holds this exact content."""
     path = embedded_path(name, **overrides)
     manifest = path / MANIFEST
     if not force and manifest.is_file():

@@ -15,7 +15,9 @@ from cardforge.core.models import EMBEDDED, embedded_path, prepare
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cardforge.core.models", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cardforge.core.models", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="build into the cache unless already there; prints the paths")
     p.add_argument("names", nargs="*", metavar="NAME", help=f"default: all ({', '.join(EMBEDDED)})")
@@ -26,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "list":
         for name in EMBEDDED:
             path = embedded_path(name)
-            print(f"{name}\t{path}\t{'built' if (path / 'cardforge_manifest.json').is_file() else 'not built'}")
+            print(
+                f"{name}\t{path}\t{'built' if (path / 'cardforge_manifest.json').is_file() else 'not built'}"
+            )
         return 0
     unknown = [n for n in args.names if n not in EMBEDDED]
     if unknown:

@@ -1,10 +1,10 @@
 """The Qwen3.5/3.6 MTP head (`mtp.*` tensors) kept beside an HF checkpoint.
 
-transformers ignores `^mtp.*` at load, so a save_pretrained() after training silently drops the head; the merge
-stage re-attaches it with write_mtp_tensors(). The head lives in its own shard `model-mtp.safetensors`, listed
-in model.safetensors.index.json: llama.cpp's converter reads the parts the index names (or, without an index,
-every `model*.safetensors`), and transformers, which prefers a single `model.safetensors` when present, keeps
-loading the rest exactly as before.
+transformers ignores `^mtp.*` at load, so a save_pretrained() after training silently drops the head; the
+merge stage re-attaches it with write_mtp_tensors(). The head lives in its own shard `model-mtp.safetensors`,
+listed in model.safetensors.index.json: llama.cpp's converter reads the parts the index names (or, without
+an index, every `model*.safetensors`), and transformers, which prefers a single `model.safetensors` when
+present, keeps loading the rest exactly as before.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def read_mtp_tensors(model_dir: str | os.PathLike) -> dict:
     model_dir, out = Path(model_dir), {}
     for shard in _shards(model_dir):
         with safe_open(model_dir / shard, framework="pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if name.startswith(PREFIX):
                     out[name] = f.get_tensor(name)
     return dict(sorted(out.items()))
@@ -81,15 +81,17 @@ def write_mtp_tensors(model_dir: str | os.PathLike, tensors: dict) -> Path:
         if shard == MTP_SHARD:
             continue
         with safe_open(model_dir / shard, framework="pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if name.startswith(PREFIX):
                     raise ValueError(f"{shard} already holds {name}; drop it before writing the MTP shard")
                 weight_map[name] = shard
     tensors = {n: t.contiguous() for n, t in sorted(tensors.items())}
     path = atomic_write_bytes(model_dir / MTP_SHARD, save(tensors, metadata={"format": "pt"}))
     weight_map.update({n: MTP_SHARD for n in tensors})
+    # total_size is informational (neither transformers nor the converter checks it): the shards' file sizes
     total = sum((model_dir / s).stat().st_size for s in set(weight_map.values()))
-    atomic_write_json(model_dir / INDEX, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    atomic_write_json(model_dir / INDEX, index)
     return path
 
 

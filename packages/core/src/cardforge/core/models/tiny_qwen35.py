@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cardforge.core.io import atomic_write_json
+from cardforge.core.io import atomic_write_bytes, atomic_write_json
 from cardforge.core.models import mtp, qwen36_tokenizer
 
 SPEC = {
@@ -84,8 +84,13 @@ def init_mtp(spec: dict) -> dict:
     import torch
 
     gen = torch.Generator().manual_seed(spec["seed"] + 1_000_003)  # independent of the trunk's stream
-    shapes = mtp.mtp_shapes(spec["hidden_size"], spec["intermediate_size"], spec["num_attention_heads"],
-                            spec["num_key_value_heads"], spec["head_dim"])
+    shapes = mtp.mtp_shapes(
+        spec["hidden_size"],
+        spec["intermediate_size"],
+        spec["num_attention_heads"],
+        spec["num_key_value_heads"],
+        spec["head_dim"],
+    )
     out = {}
     for name, shape in shapes.items():
         if len(shape) == 1:
@@ -100,8 +105,6 @@ def build(out_dir: Path, spec: dict) -> None:
     from safetensors.torch import save
     from transformers import Qwen3_5ForCausalLM
 
-    from cardforge.core.io import atomic_write_bytes
-
     config = text_config(spec)
     torch.manual_seed(spec["seed"])
     with torch.device("cpu"):
@@ -111,13 +114,16 @@ def build(out_dir: Path, spec: dict) -> None:
     atomic_write_bytes(out_dir / "model.safetensors", save(state, metadata={"format": "pt"}))
     config.save_pretrained(out_dir)  # config.json, keys sorted by transformers
     ids = qwen36_tokenizer.token_ids()
-    atomic_write_json(out_dir / "generation_config.json", {
-        "bos_token_id": None,
-        "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
-        "pad_token_id": ids["<|endoftext|>"],
-        "do_sample": True,
-        "temperature": 0.6,  # the card's eval sampling
-        "top_p": 0.95,
-    })
+    atomic_write_json(
+        out_dir / "generation_config.json",
+        {
+            "bos_token_id": None,
+            "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+            "pad_token_id": ids["<|endoftext|>"],
+            "do_sample": True,
+            "temperature": 0.6,  # the card's eval sampling
+            "top_p": 0.95,
+        },
+    )
     mtp.write_mtp_tensors(out_dir, init_mtp(spec))
     qwen36_tokenizer.write_tokenizer(out_dir)

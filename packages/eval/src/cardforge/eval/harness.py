@@ -1,0 +1,108 @@
+"""The eval harness: a list of questions -> one JSONL record per question, concurrently, resumable.
+
+    records = run_questions(questions, endpoint, opts, out_path, label="distill")
+
+Every question ends with a record: a finish_reason from the server (stop / length) or `finish_reason:
+"error"` with the error after all retries; a failing request never stops the run. Records are written as
+each answer arrives (see records.py), so kill -9 loses only the requests in flight; rerunning skips what
+finished. The progress bar shows live accuracy over the answered questions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from cardforge.eval import records as rec
+from cardforge.eval.client import Completion, Sampling, complete, new_session
+
+
+@dataclass
+class Question:
+    id: str
+    messages: list[dict[str, str]]
+    gold: str  # the correct answer as the parser returns it (a letter for multiple choice)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.messages, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class HarnessOptions:
+    sampling: Sampling
+    concurrency: int = 4
+    timeout_s: float = 1800.0
+    retries: int = 2
+    model: str | None = None  # the served model name, if the server needs one
+    think_open: bool = False
+    progress: bool = True
+
+    @property
+    def sampling_hash(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self.sampling), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# parse(answer_text) -> the parsed answer, or None (a parse failure: never a guess)
+Parser = Callable[[str], "str | None"]
+
+
+def make_record(q: Question, c: Completion, parse: Parser, opts: HarnessOptions, label: str, suite: str) -> dict:
+    # a truncated answer (length) or an error has no answer to score, even if a letter appears in it
+    parsed = parse(c.content) if c.finish_reason == "stop" else None
+    return {
+        "id": q.id, "suite": suite, "model": label, "prompt_hash": q.prompt_hash,
+        "sampling_hash": opts.sampling_hash, "reasoning": c.reasoning, "answer": c.content,
+        "parsed": parsed, "gold": q.gold, "correct": parsed is not None and parsed == q.gold,
+        "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens, "latency_s": c.latency_s, "ttft_s": c.ttft_s,
+        "error": c.error, "attempts": c.attempts, "attempt_errors": c.errors, "timings": c.timings,
+    }
+
+
+async def _run(questions: list[Question], base_url: str, parse: Parser, opts: HarnessOptions, out: Path,
+               label: str, suite: str) -> None:
+    done = rec.finished_ids(out, {q.id: q.prompt_hash for q in questions}, opts.sampling_hash)
+    todo = [q for q in questions if q.id not in done]
+    prior = rec.latest_by_id(rec.read_records(out))
+    n_correct = sum(1 for q in questions if q.id in done and prior[q.id].get("correct"))
+    bar = tqdm(total=len(questions), initial=len(done), desc=f"{label}/{suite}", disable=not opts.progress,
+               file=sys.stderr, dynamic_ncols=True)
+    state = {"answered": len(done), "correct": n_correct, "errors": 0}
+    sem = asyncio.Semaphore(max(1, opts.concurrency))
+
+    async with new_session(opts.concurrency) as session:
+        async def one(q: Question) -> None:
+            async with sem:
+                c = await complete(session, base_url, q.messages, opts.sampling, timeout_s=opts.timeout_s,
+                                   retries=opts.retries, model=opts.model, think_open=opts.think_open)
+            r = make_record(q, c, parse, opts, label, suite)
+            rec.append_record(out, r)  # the event loop is the only writer: no interleaving
+            state["answered"] += 1
+            state["correct"] += int(r["correct"])
+            state["errors"] += int(c.finish_reason == "error")
+            bar.update(1)
+            bar.set_postfix(acc=f"{state['correct'] / state['answered']:.3f}", err=state["errors"])
+
+        await asyncio.gather(*(one(q) for q in todo))
+    bar.close()
+
+
+def run_questions(questions: list[Question], base_url: str, parse: Parser, opts: HarnessOptions,
+                  out_path: str | Path, *, label: str = "model", suite: str = "suite") -> list[dict]:
+    """Ask every unfinished question; return the latest record of each question, in question order."""
+    out = Path(out_path)
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{suite}: question ids are not unique")
+    asyncio.run(_run(questions, base_url, parse, opts, out, label, suite))
+    latest = rec.latest_by_id(rec.read_records(out))
+    return [latest[q.id] for q in questions if q.id in latest]

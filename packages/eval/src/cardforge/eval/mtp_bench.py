@@ -1,0 +1,126 @@
+"""MTP speed bench: single-stream decode speed with speculation off and draft-mtp n-max = N.
+
+For every (quant tier, n-max) a llama-server is started with one slot; each prompt type (coding,
+reasoning) is run `repeats` times, greedy, and llama-server's own `timings` are read from the last
+stream chunk: predicted_per_second (decode tok/s), draft_n, draft_n_accepted. Reported per tier and
+prompt type: median tok/s, accept rate = sum(draft_n_accepted) / sum(draft_n), mean accept length, and
+the speedup vs speculation off measured in the same run (ratios travel across machines; absolute tok/s
+on a shared CPU does not, and is labelled as such).
+
+Mean accept length = tokens emitted per verify step = 1 + n_max * accept_rate. It assumes every step
+drafts n_max tokens, which holds for p-min = 0 (the card's setting, whose table obeys exactly this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+from pathlib import Path
+from typing import Any
+
+from cardforge.core.io import atomic_write_bytes
+from cardforge.eval.client import Sampling, complete, new_session
+
+PROMPTS = {
+    "coding": [
+        "Write a Python function that returns the n-th Fibonacci number iteratively, with a docstring.",
+        "Write a Python function is_palindrome(s) that ignores case and non-letters, and two tests for it.",
+    ],
+    "reasoning": [
+        "A train leaves at 9:40 and arrives at 13:05. How long is the trip? Explain step by step.",
+        "If all bloops are razzies and some razzies are lazzies, must some bloops be lazzies? Reason it out.",
+    ],
+}
+
+
+async def _measure(base_url: str, prompts: list[str], repeats: int, sampling: Sampling, timeout_s: float) -> list[dict]:
+    out = []
+    async with new_session(1) as session:
+        for rep in range(repeats):
+            for prompt in prompts:
+                c = await complete(session, base_url, [{"role": "user", "content": prompt}], sampling,
+                                   timeout_s=timeout_s, retries=1)
+                t = c.timings or {}
+                out.append({"repeat": rep, "error": c.error, "finish_reason": c.finish_reason,
+                            "predicted_n": t.get("predicted_n"), "tok_s": t.get("predicted_per_second"),
+                            "draft_n": int(t.get("draft_n", 0) or 0),
+                            "draft_n_accepted": int(t.get("draft_n_accepted", 0) or 0),
+                            "wall_s": c.latency_s})
+    return out
+
+
+def summarize(samples: list[dict], n_max: int) -> dict[str, Any]:
+    ok = [s for s in samples if s["tok_s"]]
+    drafts = sum(s["draft_n"] for s in ok)
+    accepted = sum(s["draft_n_accepted"] for s in ok)
+    rate = accepted / drafts if drafts else None
+    return {"runs": len(ok), "failed": len(samples) - len(ok),
+            "tok_s_median": statistics.median(s["tok_s"] for s in ok) if ok else None,
+            "tokens_median": statistics.median(s["predicted_n"] for s in ok) if ok else None,
+            "draft_n": drafts, "draft_n_accepted": accepted, "accept_rate": rate,
+            "mean_accept_len": (1 + n_max * rate) if (rate is not None and n_max) else None}
+
+
+def bench(models: dict[str, Path], n_values: list[int], serve: dict, *, p_min: float, repeats: int,
+          max_tokens: int, thinking: bool, timeout_s: float, log_dir: Path) -> list[dict]:
+    """Rows {tier, prompt_type, n_max, ...summary, speedup}; speedup is vs n_max=0 of the same tier/type."""
+    from cardforge.serve.launchers.llama_cpp import llama_server
+
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=0, thinking=thinking)
+    rows = []
+    for tier, gguf in models.items():
+        for n in n_values:
+            opts = {**serve, "mtp": {**serve.get("mtp", {}), "enabled": n > 0, "n_max": max(n, 1), "p_min": p_min}}
+            with llama_server(gguf, opts, extra_args=["--parallel", "1"],
+                              log_path=log_dir / f"bench-{tier}-n{n}.log") as srv:
+                asyncio.run(_measure(srv.base_url, PROMPTS["coding"][:1], 1, sampling, timeout_s))  # warm-up
+                for ptype, prompts in PROMPTS.items():
+                    samples = asyncio.run(_measure(srv.base_url, prompts, repeats, sampling, timeout_s))
+                    rows.append({"tier": tier, "prompt_type": ptype, "n_max": n, **summarize(samples, n)})
+    for r in rows:
+        off = next((o for o in rows if o["tier"] == r["tier"] and o["prompt_type"] == r["prompt_type"]
+                    and o["n_max"] == 0), None)
+        r["speedup"] = (r["tok_s_median"] / off["tok_s_median"]
+                        if off and off["tok_s_median"] and r["tok_s_median"] else None)
+    return rows
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def table(rows: list[dict], device: str) -> str:
+    lines = [f"Single-stream decode, greedy, median of repeats; tok/s is absolute on {device} (not comparable "
+             "across machines); speedup = ratio to speculation off, measured side by side in this run.", "",
+             "| tier | prompts | n-max | tok/s (abs, this machine) | speedup | accept rate | mean accept len |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['tier']} | {r['prompt_type']} | {r['n_max'] or 'off'} | {_fmt(r['tok_s_median'], '.1f')} | "
+                     f"{_fmt(r['speedup'], '.2f')}× | {_fmt(r['accept_rate'], '.3f')} | "
+                     f"{_fmt(r['mean_accept_len'], '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in sorted({(r["tier"], r["prompt_type"]) for r in rows}):
+        sel = sorted((r for r in rows if (r["tier"], r["prompt_type"]) == key), key=lambda r: r["n_max"])
+        ax1.plot([r["n_max"] for r in sel], [r["speedup"] or 0 for r in sel], marker="o", label=" / ".join(key))
+        spec = [r for r in sel if r["n_max"] and r["accept_rate"] is not None]
+        ax2.plot([r["n_max"] for r in spec], [r["accept_rate"] for r in spec], marker="o", label=" / ".join(key))
+    ax1.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax1.set(xlabel="spec draft n-max (0 = off)", ylabel="speedup vs spec off", title="MTP single-stream speedup")
+    ax2.set(xlabel="spec draft n-max", ylabel="draft accept rate", title="MTP draft accept rate", ylim=(0, 1))
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,250 @@
+"""The eval stage: `python -m cardforge.eval [overrides]` -> run(cfg).
+
+1. What to evaluate: `eval.endpoint` (a running OpenAI-compatible server) or `eval.distill_model` (a GGUF;
+   default: the quant stage's eval.quant_tier GGUF), and with eval.compare_base the base model the same
+   way (`eval.base_endpoint` / `eval.base_model`, default: model.path as a BF16 GGUF). A GGUF is served by
+   llama-server (cardforge.serve) with MTP off and eval.concurrency slots, as the card's accuracy runs were.
+2. Each suite in eval.suites (benchmarks/) through the streaming harness: records in
+   <outputs>/eval/<label>/<suite>.jsonl (resumable), then statistics (stats.py) per model and paired
+   distill-vs-base, and eval.lm_eval_tasks through the `cardforge-stream` lm-eval model.
+3. MTP speed bench (mtp_bench.py) when the model has an MTP head and eval.mtp_n_max is not empty.
+Everything goes to MLflow (metrics, summary.json, eval_table.md, the per-question JSONL, the bench plot).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from cardforge.core import tracking
+from cardforge.core.errors import UserError
+from cardforge.core.io import atomic_write_json, atomic_write_text
+from cardforge.eval import benchmarks, stats
+from cardforge.eval.client import Sampling
+from cardforge.eval.harness import HarnessOptions, run_questions
+
+CHANCE = {"gpqa_diamond": 0.25, "mmlu": 0.25}
+
+
+@dataclass
+class Target:
+    label: str  # distill | base
+    gguf: Path | None = None
+    endpoint: str | None = None
+
+
+@dataclass
+class EvalResult:
+    summary: dict[str, Any]
+    out_dir: Path
+    records: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # label -> suite -> records
+    bench: list[dict] = field(default_factory=list)
+
+
+def _say(msg: str) -> None:
+    print(f"cardforge eval: {msg}", file=sys.stderr, flush=True)
+
+
+def _quant_gguf(cfg: DictConfig) -> Path | None:
+    res = Path(cfg.paths.outputs) / "quant" / "quant_results.json"
+    if not res.is_file():
+        return None
+    files = json.loads(res.read_text()).get("files", {})
+    tier = str(cfg.eval.quant_tier)
+    keys = sorted((k for k in files if k.startswith(tier) and str(files[k].get("path", "")).endswith(".gguf")),
+                  key=lambda k: ("imatrix" not in k.lower(), k))
+    return Path(files[keys[0]]["path"]) if keys else None
+
+
+def targets(cfg: DictConfig) -> list[Target]:
+    ev = cfg.eval
+    if ev.endpoint:
+        out = [Target("distill", endpoint=str(ev.endpoint))]
+    else:
+        gguf = Path(ev.distill_model) if ev.distill_model else _quant_gguf(cfg)
+        if gguf is None or not gguf.is_file():
+            raise UserError(f"no distilled model to evaluate ({gguf or 'no quant_results.json'}): set "
+                            "eval.distill_model=PATH.gguf or eval.endpoint=URL, or run the quant stage first")
+        out = [Target("distill", gguf=gguf)]
+    if ev.compare_base:
+        if ev.base_endpoint:
+            out.append(Target("base", endpoint=str(ev.base_endpoint)))
+        elif ev.base_model:
+            if not Path(ev.base_model).is_file():
+                raise UserError(f"eval.base_model={ev.base_model}: no such GGUF file")
+            out.append(Target("base", gguf=Path(ev.base_model)))
+        else:
+            from cardforge.serve.stage import resolve_gguf
+
+            base_cfg = OmegaConf.merge(cfg, {"serve": {"model_path": None}})
+            out.append(Target("base", gguf=resolve_gguf(base_cfg)))
+    return out
+
+
+def serve_dict(cfg: DictConfig) -> dict[str, Any]:
+    serve = OmegaConf.to_container(cfg.serve, resolve=True, enum_to_str=True)
+    serve["served_model_name"] = None  # named after the GGUF file
+    serve["model_path"] = None
+    return serve
+
+
+@contextlib.contextmanager
+def serving(t: Target, cfg: DictConfig, log_dir: Path) -> Iterator[str]:
+    if t.endpoint:
+        yield t.endpoint
+        return
+    from cardforge.serve.launchers.llama_cpp import llama_server
+
+    serve = serve_dict(cfg)
+    serve["mtp"] = {**serve["mtp"], "enabled": False}  # accuracy runs: concurrent, speculation off (the card)
+    n = int(cfg.eval.concurrency)
+    # llama-server splits -c over its slots: give each slot the configured context
+    extra = ["--parallel", str(n), "-c", str(int(serve["ctx_size"]) * n)]
+    with llama_server(t.gguf, serve, extra_args=extra, log_path=log_dir / f"{t.label}-server.log") as srv:
+        yield srv.base_url
+
+
+def options(cfg: DictConfig) -> HarnessOptions:
+    ev = cfg.eval
+    return HarnessOptions(Sampling(float(ev.temperature), float(ev.top_p), int(ev.max_tokens), int(ev.seed), (),
+                                   bool(ev.thinking)),
+                          concurrency=int(ev.concurrency), timeout_s=float(ev.timeout_s), retries=int(ev.retries),
+                          progress=bool(ev.progress))
+
+
+def _suite_metrics(label: str, suite: str, s: dict) -> dict[str, float]:
+    m = {f"{label}.{suite}.{k}": float(v) for k, v in s.items() if isinstance(v, (int, float)) and v is not None}
+    m.update({f"{label}.{suite}.finish_{k}": float(v) for k, v in s["finish"].items()})
+    return m
+
+
+def table(summary: dict) -> str:
+    lines = ["| suite | model | accuracy (95% CI) | n | stop / length / error | parse fail | median tokens |",
+             "|---|---|---|---|---|---|---|"]
+    for suite, per in summary["suites"].items():
+        for label, s in per.items():
+            if label in ("delta", "note"):
+                continue
+            f = s["finish"]
+            lines.append(f"| {suite} | {label} | {s['accuracy']:.1%} ({s['ci95_low']:.1%}–{s['ci95_high']:.1%}) | "
+                         f"{s['correct']}/{s['n']} | {f['stop']} / {f['length']} / {f['error']} | {s['parse_fail']} | "
+                         f"{s['median_completion_tokens']} |")
+        if "delta" in per:
+            d = per["delta"]
+            lines.append(f"| {suite} | Δ distill−base | {d['delta']:+.1%} (paired bootstrap {d['ci95_low']:+.1%}–"
+                         f"{d['ci95_high']:+.1%}) | {d['n']} paired | McNemar exact p = {d['mcnemar_p']:.3g} | | |")
+        if per.get("note"):
+            lines.append(f"\n{suite}: {per['note']}\n")
+    return "\n".join(lines) + "\n"
+
+
+def _note(cfg: DictConfig, suite: str, n: int) -> str | None:
+    src = str(cfg.eval.get("gpqa_source" if suite == "gpqa_diamond" else "mmlu_source"))
+    if "fixtures" in src or n < 50:
+        return (f"smoke set ({n} self-written questions from {Path(src).name}, not the real benchmark): accuracy "
+                f"near chance ({CHANCE.get(suite, 0):.0%}) is expected on tiny models; the CI shows how little "
+                "n questions can tell")
+    return None
+
+
+def _run_suites(cfg: DictConfig, out_dir: Path, tlist: list[Target], root: str) -> tuple[dict, dict]:
+    import mlflow
+
+    ev = cfg.eval
+    suites = [s for s in ev.suites if s in benchmarks.REGISTRY]
+    for s in ev.suites:
+        if s not in benchmarks.REGISTRY:
+            _say(f"suite {s!r} is not built yet (issue #{benchmarks.PLANNED.get(s, '?')}): skipped")
+    questions = {s: benchmarks.get(s).load(ev, root) for s in suites}
+    opts = options(cfg)
+    records: dict[str, dict[str, list[dict]]] = {}
+    lm_eval_results: dict[str, Any] = {}
+    for t in tlist:
+        _say(f"{t.label}: {t.endpoint or t.gguf}")
+        with serving(t, cfg, out_dir / "logs") as url:
+            for s in suites:
+                records.setdefault(t.label, {})[s] = run_questions(
+                    questions[s], url, benchmarks.get(s).parse, opts, out_dir / t.label / f"{s}.jsonl",
+                    label=t.label, suite=s)
+            if ev.lm_eval_tasks:
+                from cardforge.eval import lm_eval_model
+
+                margs = {"base_url": url, "records": str(out_dir / t.label / "lm_eval.jsonl"),
+                         "max_tokens": ev.max_tokens, "temperature": ev.temperature, "top_p": ev.top_p,
+                         "concurrency": ev.concurrency, "timeout_s": ev.timeout_s, "retries": ev.retries,
+                         "thinking": ev.thinking, "seed": ev.seed, "progress": ev.progress}
+                res = lm_eval_model.evaluate(list(ev.lm_eval_tasks), ev.lm_eval_include_path, margs, limit=ev.limit)
+                lm_eval_results[t.label] = res.get("results", {})
+                for task, vals in lm_eval_results[t.label].items():
+                    for k, v in vals.items():
+                        if isinstance(v, (int, float)):
+                            mlflow.log_metric(f"{t.label}.lm_eval.{task}.{k.replace(',', '.')}", float(v))
+    summary: dict[str, Any] = {"suites": {}, "lm_eval": lm_eval_results}
+    for s in suites:
+        per: dict[str, Any] = {}
+        for label in records:
+            per[label] = stats.summarize(records[label][s])
+            mlflow.log_metrics(_suite_metrics(label, s, per[label]))
+        if "distill" in records and "base" in records:
+            per["delta"] = stats.paired(records["distill"][s], records["base"][s], seed=int(ev.seed))
+            mlflow.log_metrics({f"delta.{s}.{k}": float(v) for k, v in per["delta"].items()})
+        per["note"] = _note(cfg, s, len(questions[s]))
+        summary["suites"][s] = per
+    return summary, records
+
+
+def _bench(cfg: DictConfig, out_dir: Path, tlist: list[Target]) -> list[dict]:
+    import mlflow
+
+    from cardforge.eval import mtp_bench
+
+    ev = cfg.eval
+    distill = next((t for t in tlist if t.label == "distill"), None)
+    models = {k: Path(v) for k, v in ev.bench_models.items()} or (
+        {distill.gguf.stem: distill.gguf} if distill and distill.gguf else {})
+    if not (ev.mtp_n_max and cfg.model.has_mtp and models):
+        _say("MTP bench skipped (needs model.has_mtp, eval.mtp_n_max and a GGUF, not an endpoint)")
+        return []
+    n_values = sorted(set(int(n) for n in ev.mtp_n_max) | {0})  # speculation off is the reference
+    rows = mtp_bench.bench(models, n_values, serve_dict(cfg), p_min=float(cfg.serve.mtp.p_min),
+                           repeats=int(ev.bench_repeats), max_tokens=int(ev.bench_max_tokens),
+                           thinking=bool(ev.thinking), timeout_s=float(ev.timeout_s), log_dir=out_dir / "logs")
+    device = f"{platform.machine()} CPU ({platform.node()})"
+    atomic_write_json(out_dir / "mtp_bench.json", rows)
+    atomic_write_text(out_dir / "mtp_bench.md", mtp_bench.table(rows, device))
+    mtp_bench.plot(rows, out_dir / "mtp_bench.png")
+    for r in rows:
+        key = f"mtp.{r['tier']}.{r['prompt_type']}.n{r['n_max']}"
+        for m in ("tok_s_median", "speedup", "accept_rate", "mean_accept_len"):
+            if r[m] is not None:
+                mlflow.log_metric(f"{key}.{m}", float(r[m]))
+    for f in ("mtp_bench.json", "mtp_bench.md", "mtp_bench.png"):
+        mlflow.log_artifact(str(out_dir / f), "eval")
+    return rows
+
+
+def run(cfg: DictConfig) -> EvalResult:
+    import mlflow
+
+    out_dir = Path(cfg.paths.outputs) / "eval"
+    tlist = targets(cfg)
+    with tracking.stage_run(cfg, "eval"):
+        mlflow.set_tags({f"eval.{t.label}": str(t.endpoint or t.gguf) for t in tlist})
+        summary, records = _run_suites(cfg, out_dir, tlist, str(cfg.paths.root))
+        rows = _bench(cfg, out_dir, tlist)
+        summary["mtp_bench"] = rows
+        atomic_write_json(out_dir / "summary.json", summary)
+        atomic_write_text(out_dir / "eval_table.md", table(summary))
+        mlflow.log_artifact(str(out_dir / "summary.json"), "eval")
+        mlflow.log_artifact(str(out_dir / "eval_table.md"), "eval")
+        for label in records:
+            mlflow.log_artifacts(str(out_dir / label), f"eval/records/{label}")
+        _say("\n" + table(summary))
+    return EvalResult(summary, out_dir, records, rows)

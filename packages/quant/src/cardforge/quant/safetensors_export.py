@@ -1,0 +1,115 @@
+"""FP8 block-128 and NVFP4 (W4A16 / W4A4) checkpoints from a BF16 HF checkpoint, MTP head kept."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from cardforge.core.io import atomic_dir, atomic_write_json
+from cardforge.quant import fp8, nvfp4
+from cardforge.quant.checkpoint import ShardWriter, copy_side_files, iter_tensors, read_config, shard_files
+
+
+def _shapes(src: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    out = {}
+    for f in shard_files(src):
+        with safe_open(str(f), "pt") as s:
+            for name in s.keys():
+                out[name] = tuple(s.get_slice(name).get_shape())
+    return out
+
+
+def export_fp8(src: Path, out: Path, block: int = 128, progress=None) -> dict:
+    ignored = fp8.ignored_modules(_shapes(src), block)
+    skip = set(ignored)
+    n_quant = 0
+    with atomic_dir(out) as tmp:
+        writer = ShardWriter(tmp)
+        for name, t in iter_tensors(src):
+            module = name.removesuffix(".weight")
+            if fp8.is_candidate(name, t) and module not in skip:
+                q, scale_inv = fp8.quantize_block(t, block)
+                writer.add(name, q)
+                writer.add(f"{module}.weight_scale_inv", scale_inv)
+                n_quant += 1
+            else:
+                writer.add(name, t)
+            if progress:
+                progress(name)
+        writer.close()
+        config = read_config(src)
+        config["quantization_config"] = fp8.quantization_config(ignored, block)
+        atomic_write_json(tmp / "config.json", config)
+        copy_side_files(src, tmp)
+    return {"quantized_modules": n_quant, "ignored_modules": len(ignored)}
+
+
+@torch.no_grad()
+def calibrate_input_amax(src: Path, texts: list[str], pattern: re.Pattern, max_len: int = 256) -> dict[str, float]:
+    """Largest |activation| entering each selected Linear over the calibration texts (W4A4 input scales)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model.eval()
+    amax: dict[str, float] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and pattern.match(name):
+            def hook(m, args, _out, name=name):
+                amax[name] = max(amax.get(name, 0.0), float(args[0].abs().amax()))
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        for text in texts:
+            ids = tok(text, return_tensors="pt", truncation=True, max_length=max_len)
+            model(**ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return amax
+
+
+def export_nvfp4(src: Path, out: Path, tier: str, calib_texts: list[str] | None = None,
+                 producer_version: str = "0", progress=None) -> dict:
+    if tier not in nvfp4.TIERS:
+        raise ValueError(f"unknown NVFP4 tier {tier!r}; choose one of: {', '.join(nvfp4.TIERS)}")
+    pattern = nvfp4.TIERS[tier]
+    act_amax: dict[str, float] = {}
+    if tier == "w4a4":
+        if not calib_texts:
+            raise ValueError("NVFP4 w4a4 needs calibration text for its input scales")
+        act_amax = calibrate_input_amax(src, calib_texts, pattern)
+    exclude, n_quant = [], 0
+    with atomic_dir(out) as tmp:
+        writer = ShardWriter(tmp)
+        for name, t in iter_tensors(src):
+            module = name.removesuffix(".weight")
+            if name.endswith(".weight") and t.dim() == 2 and pattern.match(module) and t.shape[1] % nvfp4.GROUP == 0:
+                packed, block_scale, global_scale = nvfp4.quantize(t)
+                writer.add(name, packed)
+                writer.add(f"{module}.weight_scale", block_scale)
+                writer.add(f"{module}.weight_scale_2", global_scale)
+                if tier == "w4a4":
+                    if module not in act_amax:
+                        raise RuntimeError(f"calibration never reached {module}; cannot set its input_scale")
+                    writer.add(f"{module}.input_scale", nvfp4.input_scale(act_amax[module]))
+                n_quant += 1
+            else:
+                if name.endswith(".weight") and t.dim() == 2:
+                    exclude.append(module)
+                writer.add(name, t)
+            if progress:
+                progress(name)
+        writer.close()
+        qcfg = nvfp4.hf_quant_config(tier, sorted(exclude), producer_version)
+        atomic_write_json(tmp / "hf_quant_config.json", qcfg)
+        config = read_config(src)
+        config["quantization_config"] = {"quant_method": "modelopt", **qcfg["quantization"]}
+        atomic_write_json(tmp / "config.json", config)
+        copy_side_files(src, tmp)
+    return {"quantized_modules": n_quant, "excluded_modules": len(exclude)}

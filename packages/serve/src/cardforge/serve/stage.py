@@ -1,0 +1,183 @@
+"""The serve stage: `python -m cardforge.serve [overrides]` -> run(cfg).
+
+llama_cpp: start llama-server (MTP speculation per serve.mtp), run the start check (probe accept rate,
+warn + MLflow tag when an expected MTP head is unused or never accepted), then serve until Ctrl-C
+(serve.keep_running=false: stop after the check). vllm / sglang: build the same config's command and run
+it where the engine is installed; elsewhere print it and exit 0 with a note.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cardforge.serve.commands import inference_commands
+from cardforge.serve.launchers import HEALTH_PATHS, backend_name, build_command, option
+from cardforge.serve.speculation import SpecProbe, SpecVerdict, assess, log, probe
+
+ENGINES = {"vllm": "vllm", "sglang": "sglang"}  # backend -> the Python module that must be importable
+
+
+@dataclass
+class ServeResult:
+    backend: str
+    command: list[str]
+    ran: bool
+    base_url: str | None = None
+    startup_s: float | None = None
+    probe: SpecProbe | None = None
+    verdict: SpecVerdict | None = None
+    log_path: str | None = None
+    commands: dict[str, str] = field(default_factory=dict)
+
+
+def serve_options(cfg: DictConfig) -> dict[str, Any]:
+    """cfg.serve as a dict; the served name defaults to model.name unless serve.model_path points elsewhere
+    (then the launcher derives it from that path)."""
+    serve = OmegaConf.to_container(cfg.serve, resolve=True, enum_to_str=True)
+    if not serve.get("served_model_name") and not serve.get("model_path"):
+        serve["served_model_name"] = cfg.model.name
+    return serve
+
+
+def _say(msg: str) -> None:
+    print(f"cardforge serve: {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_gguf(cfg: DictConfig) -> Path:
+    """serve.model_path if it is a GGUF; else that HF dir (or model.path) converted once to BF16 GGUF."""
+    from cardforge.core.llama_cpp import convert_hf_to_gguf
+
+    src = option(cfg.serve, "model_path")
+    if src and str(src).endswith(".gguf"):
+        if not Path(src).is_file():
+            raise FileNotFoundError(f"serve.model_path={src}: no such GGUF file")
+        return Path(src)
+    if not src:
+        if cfg.model.embedded:
+            from cardforge.core.models import prepare
+
+            src = prepare(cfg.model.name)
+        else:
+            src = cfg.model.path
+    if not Path(src).is_dir():
+        raise FileNotFoundError(f"serve.model_path / model.path={src}: need a local HF dir or a .gguf file "
+                                "for backend=llama_cpp")
+    out = Path(cfg.paths.outputs) / "serve" / f"{Path(src).name}-bf16.gguf"
+    if not out.is_file():
+        _say(f"converting {src} -> {out} (BF16, once)")
+        convert_hf_to_gguf(src, out, outtype="bf16")
+    return out
+
+
+def _wait_for_interrupt() -> None:
+    """Block until Ctrl-C or SIGTERM; both end in a clean stop (the callers' finally blocks run)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        _say("serving; Ctrl-C stops it")  # inside the try: a Ctrl-C right after this line is still clean
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        _say("stopping")
+
+
+def _start_check(cfg: DictConfig, base_url: str) -> tuple[SpecProbe | None, SpecVerdict]:
+    mtp = cfg.serve.mtp
+    result = None
+    if cfg.model.has_mtp and mtp.enabled:
+        result = probe(base_url, max_tokens=int(mtp.probe_tokens))
+    verdict = assess(result, has_mtp=bool(cfg.model.has_mtp), mtp_enabled=bool(mtp.enabled),
+                     min_accept_rate=float(mtp.min_accept_rate))
+    (log.warning if verdict.warn else log.info)("MTP check: %s: %s", verdict.status, verdict.message)
+    if verdict.warn:
+        _say(f"WARNING: {verdict.message}")
+    return result, verdict
+
+
+def _run_llama_cpp(cfg: DictConfig, result: ServeResult) -> ServeResult:
+    import mlflow
+
+    from cardforge.core.io import atomic_write_json
+    from cardforge.serve.launchers.llama_cpp import llama_server
+
+    out_dir = Path(cfg.paths.outputs) / "serve"
+    gguf = resolve_gguf(cfg)
+    serve = serve_options(cfg)
+    log_path = out_dir / "llama-server.log"
+    log_path.unlink(missing_ok=True)
+    with llama_server(gguf, serve, log_path=log_path) as srv:
+        result.command, result.ran, result.base_url = srv.command, True, srv.base_url
+        result.startup_s, result.log_path = srv.startup_s, str(log_path)
+        _say(f"llama-server ready at {srv.base_url} in {srv.startup_s:.1f} s (log: {log_path})")
+        mlflow.log_metric("serve.startup_s", srv.startup_s)
+        result.probe, result.verdict = _start_check(cfg, srv.base_url)
+        tags = {"serve.backend": "llama_cpp", "serve.mtp_check": result.verdict.status,
+                "serve.command": shlex.join(srv.command)[:5000]}
+        if result.verdict.warn:
+            tags["serve.mtp_warning"] = result.verdict.message[:5000]
+        mlflow.set_tags(tags)
+        if result.probe:
+            mlflow.log_metrics(result.probe.metrics())
+        atomic_write_json(out_dir / "serve.json", {
+            "backend": "llama_cpp", "model": str(gguf), "command": srv.command, "pid": srv.pid, "base_url": srv.base_url,
+            "startup_s": srv.startup_s, "probe": asdict(result.probe) if result.probe else None,
+            "accept_rate": result.probe.accept_rate if result.probe else None,
+            "mtp_check": asdict(result.verdict), "inference_commands": result.commands})
+        mlflow.log_artifact(str(out_dir / "serve.json"), "serve")
+        if option(cfg.serve, "keep_running", True):
+            _wait_for_interrupt()
+    mlflow.log_artifact(str(log_path), "serve")
+    return result
+
+
+def _run_engine(cfg: DictConfig, backend: str, result: ServeResult) -> ServeResult:
+    """vLLM / SGLang: run the exact command when the engine is importable, else print it (exit 0)."""
+    from cardforge.core import tracking
+    from cardforge.serve.process import managed_server
+
+    model = option(cfg.serve, "model_path") or (OmegaConf.select(cfg, "card.hf_repo") or str(cfg.model.path))
+    serve = serve_options(cfg)
+    result.command = build_command(model, serve)
+    print(shlex.join(result.command), flush=True)
+    if importlib.util.find_spec(ENGINES[backend]) is None:
+        _say(f"{backend} is not installed here (pip install 'cardforge-serve[{backend}]' on a GPU host); "
+             "printed the command it would run, nothing was started")
+        return result
+    log_path = Path(cfg.paths.outputs) / "serve" / f"{backend}.log"
+    with tracking.stage_run(cfg, "serve"):
+        import mlflow
+
+        with managed_server(result.command, host=serve["host"], port=int(serve["port"]), log_path=log_path,
+                            timeout_s=float(serve["startup_timeout_s"]), health_path=HEALTH_PATHS[backend]) as srv:
+            result.ran, result.base_url, result.startup_s = True, srv.base_url, srv.startup_s
+            mlflow.set_tags({"serve.backend": backend, "serve.command": shlex.join(result.command)[:5000]})
+            mlflow.log_metric("serve.startup_s", srv.startup_s)
+            _say(f"{backend} ready at {srv.base_url} in {srv.startup_s:.0f} s (log: {log_path})")
+            if option(cfg.serve, "keep_running", True):
+                _wait_for_interrupt()
+    return result
+
+
+def run(cfg: DictConfig) -> ServeResult:
+    backend = backend_name(cfg.serve)
+    result = ServeResult(backend=backend, command=[], ran=False, commands=inference_commands(cfg))
+    if backend in ENGINES:
+        return _run_engine(cfg, backend, result)
+    from cardforge.core import tracking
+
+    with tracking.stage_run(cfg, "serve"):
+        import mlflow
+
+        mlflow.log_text(json.dumps(result.commands, indent=2), "serve/inference_commands.json")
+        return _run_llama_cpp(cfg, result)

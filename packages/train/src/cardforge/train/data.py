@@ -1,0 +1,167 @@
+"""Training samples -> padded batches, with an exact-resume sampler.
+
+A sample is `(input_ids, loss_mask)`: the mask is 1 exactly on the tokens the model must learn to emit (its
+own reasoning, tool calls, answer and end-of-turn); tool results and prompts are context only.
+
+Batching is right padding + attention_mask, not packing: transformers' qwen3_5 Gated DeltaNet layers keep
+cross-sample state apart only through `cu_seq_lens_*` with the flash-linear-attention kernels; on the
+PyTorch reference path (CPU, and the GPU without fla) a packed row would carry recurrent state from one
+sample into the next. Right padding cannot leak into a causal model's real tokens (pads come after them)
+and the GDN layer zeroes padded states itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+@dataclass(frozen=True)
+class Sample:
+    input_ids: list[int]
+    loss_mask: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.input_ids) != len(self.loss_mask):
+            raise ValueError(f"input_ids ({len(self.input_ids)}) and loss_mask ({len(self.loss_mask)}) differ in length")
+
+
+class SampleDataset(Dataset):
+    def __init__(self, samples: Sequence[Sample]):
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.samples[i]
+
+
+def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sample. `labels_mask[t]` says whether token t is a training target."""
+    width = max(len(s.input_ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(samples), width), dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, s in enumerate(samples):
+        n = len(s.input_ids)
+        ids[row, :n] = torch.tensor(s.input_ids, dtype=torch.long)
+        attn[row, :n] = 1
+        mask[row, :n] = torch.tensor(s.loss_mask, dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask * attn}
+
+
+class ResumableSampler(Sampler[int]):
+    """Seeded per-epoch shuffle, this rank's share only, that can start mid-epoch.
+
+    Lightning restarts the epoch's iterator after a resume; `skip_batches(epoch, n)` makes that iterator
+    begin where the checkpointed run stopped, so the resumed run sees exactly the batches the uninterrupted
+    run would have. `__len__` stays the full epoch so Lightning's batch counters (restored to n) line up.
+    """
+
+    def __init__(self, n: int, seed: int, batch_size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        self.n, self.seed, self.batch_size = n, seed, batch_size
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.epoch = 0
+        self._skip: tuple[int, int] | None = None  # (epoch, batches already trained in it)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_batches(self, epoch: int, batches: int) -> None:
+        self._skip = (epoch, batches)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world_size)
+
+    def _order(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        order += order[: len(self) * self.world_size - self.n]  # pad so every rank gets the same count
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._order()
+        if self._skip is not None and self._skip[0] == self.epoch:
+            order = order[self._skip[1] * self.batch_size :]
+            self._skip = None  # only the resumed epoch starts late
+        return iter(order)
+
+
+class TrainDataModule(pl.LightningDataModule):
+    """Train (and optional validation) loaders over in-memory samples; its state is the resume point."""
+
+    def __init__(self, train: Sequence[Sample], pad_id: int, batch_size: int = 1, seed: int = 0,
+                 val: Sequence[Sample] = (), num_workers: int = 0):
+        super().__init__()
+        self.train_set, self.val_set = SampleDataset(train), SampleDataset(val)
+        self.pad_id, self.batch_size, self.seed, self.num_workers = pad_id, batch_size, seed, num_workers
+        self._resume: dict[str, int] | None = None
+
+    def _loader(self, dataset: SampleDataset, sampler: Sampler) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            collate_fn=functools.partial(collate, pad_id=self.pad_id),
+            # its own generator: DataLoader.__iter__ would otherwise draw from the global RNG, so a resumed run's
+            # dropout stream would differ from the uninterrupted run's
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = ResumableSampler(len(self.train_set), self.seed, self.batch_size, rank, world)
+        if self._resume:
+            sampler.skip_batches(self._resume["epoch"], self._resume["batches"])
+        return self._loader(self.train_set, sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not len(self.val_set):
+            return []
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return self._loader(self.val_set, ResumableSampler(len(self.val_set), 0, self.batch_size, rank, world, False))
+
+    def state_dict(self) -> dict[str, Any]:
+        # Saved from on_train_batch_end: `processed` counts the batch just trained, `completed` not yet.
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = dict(state)
+
+
+# --- the data stage's output -> samples ---
+
+
+def load_samples(path: str | Path, tokenizer, max_len: int | None = None) -> list[Sample]:
+    """Samples from a JSONL file: pre-tokenized rows ({"input_ids", "loss_mask"}) are used as they are;
+    trajectories (the data stage's accepted set) go through `cardforge.core.chat.encode`."""
+    path = Path(path)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if rows and all("input_ids" in r and "loss_mask" in r for r in rows):
+        samples = [Sample(r["input_ids"][:max_len] if max_len else r["input_ids"],
+                          r["loss_mask"][:max_len] if max_len else r["loss_mask"]) for r in rows]
+    else:
+        try:
+            from cardforge.core import chat
+        except ImportError:
+            raise RuntimeError(f"{path} holds trajectories but cardforge.core.chat (the chat encoder) is not "
+                               "installed; install packages/core or pass pre-tokenized rows") from None
+        samples = []
+        for traj in chat.load_jsonl(path):
+            enc = chat.encode(traj, tokenizer, max_len=max_len)
+            samples.append(Sample(list(enc.input_ids), list(enc.loss_mask)))
+    kept = [s for s in samples if sum(s.loss_mask[1:]) > 0]  # position 0 is never a target
+    if not kept:
+        raise RuntimeError(f"{path}: no sample has a trained token (loss_mask is all 0); check the data stage output")
+    return kept

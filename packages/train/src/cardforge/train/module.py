@@ -1,0 +1,119 @@
+"""The LightningModule: masked next-token loss on a PEFT-wrapped causal LM.
+
+Logits are computed only at trained positions: the tiny model's vocabulary (248320) makes full-sequence
+logits the largest tensor of a step by far, and positions outside the loss mask would be thrown away anyway.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from cardforge.train import optim
+
+
+def masked_lm_loss(backbone: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over tokens whose loss_mask is 1 (predicted from the previous position)."""
+    hidden = backbone.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    use_cache=False).last_hidden_state
+    target = batch["loss_mask"][:, 1:].bool()
+    h = hidden[:, :-1][target]
+    labels = batch["input_ids"][:, 1:][target]
+    logits = backbone.get_output_embeddings()(h).float()
+    return F.cross_entropy(logits, labels), int(target.sum())
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class DistillModule(pl.LightningModule):
+    def __init__(self, model: torch.nn.Module, trainer_cfg: Any, total_steps: int):
+        super().__init__()
+        self.model = model  # peft.PeftModel
+        self.tcfg = trainer_cfg
+        self.total_steps = total_steps
+        self.optimizer_name = ""  # what actually runs (after the CPU fallback)
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._t_last: float | None = None
+        # throughput counters (this process, this fit): tokens incl. context, trained tokens, seconds
+        self.tokens_total, self.target_total, self.train_seconds = 0, 0, 0.0
+        self.last_loss = torch.tensor(float("nan"))  # read by callbacks.LossHistory
+
+    # -- training --
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:  # resumed: continue the checkpointed run's dropout stream
+            _set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+        if self._t_last is None:
+            self._t_last = time.perf_counter()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, n_target = masked_lm_loss(self.model.get_base_model(), batch)
+        self.last_loss = loss.detach()
+        tokens = int(batch["attention_mask"].sum())
+        now = time.perf_counter()
+        # time since the previous step's forward: includes its backward and optimizer step
+        tok_s = tokens / max(now - self._t_last, 1e-9)
+        self.train_seconds += now - self._t_last
+        self._t_last = now
+        self.tokens_total += tokens
+        self.target_total += n_target
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bs)
+        self.log("train/tokens_per_s", tok_s, prog_bar=True, batch_size=bs)
+        self.log("train/trained_token_fraction", n_target / max(tokens, 1), batch_size=bs)
+        self.log("train/tokens", float(tokens), reduce_fx="sum", batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = masked_lm_loss(self.model.get_base_model(), batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        t = self.tcfg
+        opt, self.optimizer_name = optim.build_optimizer(
+            self.model.parameters(), str(getattr(t.optimizer, "value", t.optimizer)), t.lr, t.weight_decay,
+            on_cuda=self.device.type == "cuda")
+        kind = str(getattr(t.scheduler, "value", t.scheduler))
+        fn = optim.lr_lambda(kind, self.total_steps, optim.warmup_steps(self.total_steps, t.warmup_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints hold only what training changes: the adapter weights (+ optimizer, handled by Lightning) --
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        full = super().state_dict(*args, **kwargs)
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in full.items() if k in trainable}
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, **kwargs: Any):
+        # the frozen base is not in the checkpoint (it is rebuilt from model.path); every trained tensor must be
+        missing = {n for n, p in self.named_parameters() if p.requires_grad} - set(state_dict)
+        if strict and missing:
+            raise KeyError(f"checkpoint lacks {len(missing)} trained tensors, e.g. {sorted(missing)[0]}")
+        return super().load_state_dict(state_dict, strict=False, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cardforge_rng"] = _rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("cardforge_rng")

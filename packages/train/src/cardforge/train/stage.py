@@ -1,0 +1,203 @@
+"""Train stage: LoRA distillation of `cfg.model` on the data stage's accepted trajectories.
+
+Run as: python -m cardforge.train [hydra overrides]      (make train EXP=tiny ARGS="lora.r=16")
+
+Reads  <outputs>/data/trajectories.jsonl (run `make data` first)
+Writes <outputs>/train/adapter/ (standard PEFT directory), loss_curve.png, train_result.json;
+       <outputs>/train/checkpoints/<hash>/last.ckpt while running (an interrupted run resumes from it; removed
+       when the run finishes). A Hydra multirun job writes under <outputs>/train/runs/<hash>/ instead, so
+       sweep jobs never overwrite each other.
+MLflow: the stage's nested run (loss, lr, tokens/s, trained-token fraction per step through Lightning's
+       MLFlowLogger; the loss-curve PNG; the adapter under `adapter/`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cardforge.core import tracking
+
+log = logging.getLogger("cardforge.train")
+TRAIN_SECTIONS = ("model", "data", "lora", "trainer")  # what decides the trained weights (and the ckpt dir)
+
+
+class MissingInputError(FileNotFoundError):
+    """The stage's input does not exist (the message names the command that makes it)."""
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: str
+    run_id: str | None
+    steps: int
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    lora_targets: dict[str, int] = field(default_factory=dict)  # target -> modules matched
+    optimizer: str = ""
+    resumed_from_step: int = 0
+    tokens_per_s: float = 0.0
+    trained_token_fraction: float = 0.0
+    wall_s: float = 0.0
+
+
+def data_path(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.outputs) / "data" / "trajectories.jsonl"
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # not under @hydra.main (tests, the pipeline)
+        return False
+
+
+def train_dir(cfg: DictConfig) -> Path:
+    base = Path(cfg.paths.outputs) / "train"
+    return base / "runs" / tracking.config_hash(cfg, TRAIN_SECTIONS) if _in_multirun() else base
+
+
+def model_path(cfg: DictConfig) -> Path:
+    if cfg.model.embedded:
+        from cardforge.core.models import prepare
+
+        return prepare(cfg.model.name)
+    return Path(cfg.model.path)
+
+
+def _value(x: Any) -> Any:
+    return getattr(x, "value", x)
+
+
+def _devices(d: Any) -> Any:
+    if isinstance(d, str) and d.strip().isdigit():
+        return int(d)
+    return OmegaConf.to_container(d) if OmegaConf.is_config(d) else d
+
+
+def build_strategy(tcfg: DictConfig, model) -> Any:
+    """Lightning strategy. FSDP wraps each decoder layer and keeps original params (LoRA mixes frozen and
+    trainable tensors in one layer, which flat-param FSDP cannot shard)."""
+    name = str(tcfg.strategy)
+    if name != "fsdp":
+        return name
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    layer_names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = {type(m) for m in model.modules() if type(m).__name__ in layer_names}
+    return FSDPStrategy(auto_wrap_policy=layers, activation_checkpointing_policy=layers if tcfg.gradient_checkpointing
+                        else None, use_orig_params=True, state_dict_type="full", sharding_strategy="FULL_SHARD")
+
+
+def load_base(path: Path, precision: str, gradient_checkpointing: bool, fsdp: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if "bf16" in precision else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.config.use_cache = False
+    model.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode (LoRA dropout)
+    if gradient_checkpointing and not fsdp:  # FSDP checkpoints activations itself (activation_checkpointing_policy)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None = None) -> TrainResult:
+    """Fit, save the adapter, plot the loss. `run_id`: the MLflow run Lightning's logger writes into."""
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+    from transformers import AutoTokenizer
+
+    from cardforge.core.io import atomic_dir, atomic_write_json
+    from cardforge.train.callbacks import AtomicLastCheckpoint, LossHistory, plot_loss
+    from cardforge.train.data import TrainDataModule, load_samples
+    from cardforge.train.lora import apply_lora
+    from cardforge.train.module import DistillModule
+
+    t0 = time.perf_counter()
+    tc = cfg.trainer
+    pl.seed_everything(tc.seed, workers=True, verbose=False)
+    path = model_path(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    samples = load_samples(samples_path, tokenizer, cfg.data.max_seq_len)
+    fsdp = str(tc.strategy) == "fsdp"
+    base = load_base(path, str(tc.precision), tc.gradient_checkpointing, fsdp)
+    model, matched = apply_lora(base, cfg.lora)
+    strategy = build_strategy(tc, base)
+
+    datamodule = TrainDataModule(samples, pad_id, tc.batch_size, tc.seed)
+    trainer = pl.Trainer(
+        accelerator=tc.accelerator, devices=_devices(tc.devices), num_nodes=tc.num_nodes, strategy=strategy,
+        precision=tc.precision, max_epochs=tc.max_epochs if tc.max_steps < 1 else -1, max_steps=tc.max_steps,
+        accumulate_grad_batches=tc.grad_accum, log_every_n_steps=tc.log_every_n_steps,
+        logger=instantiate(cfg.logger, run_id=run_id, tracking_uri=tracking.tracking_uri(cfg)) if run_id else False,
+        callbacks=[ckpt := AtomicLastCheckpoint(out_dir / "checkpoints" / tracking.config_hash(cfg, TRAIN_SECTIONS),
+                                                tc.ckpt_every_n_steps), history := LossHistory()],
+        enable_checkpointing=False,  # our AtomicLastCheckpoint replaces ModelCheckpoint
+        use_distributed_sampler=False,  # ResumableSampler shards by rank itself
+        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(out_dir), enable_model_summary=False,
+    )
+    per_epoch = -(-len(samples) // (tc.batch_size * trainer.world_size))
+    total_steps = tc.max_steps if tc.max_steps > 0 else -(-per_epoch // tc.grad_accum) * tc.max_epochs
+    module = DistillModule(model, tc, total_steps)
+    resume = ckpt.last_path if ckpt.last_path.is_file() else None
+    resumed_from = 0
+    if resume:
+        import torch
+
+        resumed_from = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"])
+        log.warning("resuming from %s (step %d)", resume, resumed_from)
+    log.info("LoRA targets (%s): %s", cfg.lora.target_modules, {t: len(v) for t, v in matched.items()})
+    with warnings.catch_warnings():
+        # TrainDataModule restores the sampler position itself, so Lightning's generic warning does not apply
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+
+    # every rank takes part in gathering the weights (FSDP); rank 0 writes them
+    state = {k.removeprefix("model."): v for k, v in trainer.strategy.lightning_module_state_dict().items()}
+    adapter_dir = out_dir / "adapter"
+    result = TrainResult(
+        adapter_dir=str(adapter_dir), run_id=run_id, steps=trainer.global_step,
+        losses=[loss for _, loss in history.history], lora_targets={t: len(v) for t, v in matched.items()},
+        optimizer=module.optimizer_name, resumed_from_step=resumed_from,
+        tokens_per_s=module.tokens_total / max(module.train_seconds, 1e-9),
+        trained_token_fraction=module.target_total / max(module.tokens_total, 1),
+    )
+    if trainer.is_global_zero:
+        with atomic_dir(adapter_dir) as tmp:
+            model.save_pretrained(tmp, state_dict=state)
+        plot_loss(history.history, out_dir / "loss_curve.png", f"{cfg.model.name} LoRA r={cfg.lora.r}")
+        shutil.rmtree(ckpt.dirpath, ignore_errors=True)  # finished: a rerun trains afresh
+        result.wall_s = time.perf_counter() - t0
+        atomic_write_json(out_dir / "train_result.json", {**asdict(result), "lora_modules": matched})
+    return result
+
+
+def run(cfg: DictConfig) -> TrainResult:
+    import mlflow
+
+    src = data_path(cfg)
+    if not src.is_file():
+        raise MissingInputError(f"{src} does not exist: run the data stage first "
+                                f"(make data EXP={cfg.experiment}, or python -m cardforge.data)")
+    out_dir = train_dir(cfg)
+    with tracking.stage_run(cfg, "train") as run:
+        result = train(cfg, src, out_dir, run_id=run.info.run_id)
+        mlflow.set_tags({"train.optimizer": result.optimizer, "train.resumed_from_step": str(result.resumed_from_step),
+                         "train.lora_targets": ",".join(f"{t}:{n}" for t, n in result.lora_targets.items())})
+        mlflow.log_metrics({"train/wall_s": result.wall_s, "train/tokens_per_s_mean": result.tokens_per_s,
+                            "train/final_loss": result.losses[-1] if result.losses else float("nan")})
+        mlflow.log_artifact(str(out_dir / "loss_curve.png"))
+        mlflow.log_artifact(str(out_dir / "train_result.json"))
+        mlflow.log_artifacts(result.adapter_dir, "adapter")
+    return result

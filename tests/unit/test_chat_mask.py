@@ -1,0 +1,191 @@
+"""encode(): the loss mask on the real Qwen3.6 tokenizer + our Qwen3-style template (tiny-qwen35-mtp) and
+on SmolLM2's template; the round trip render -> tokens -> decode -> parse_assistant (THE parser)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from cardforge.core.chat import (
+    EncodeError,
+    Message,
+    TemplateNotPrefixStable,
+    ToolCall,
+    Trajectory,
+    encode,
+    parse_assistant,
+)
+
+IM_START, IM_END, THINK, END_THINK, TOOL_CALL, END_TOOL_CALL, NL, NLNL = (
+    248045, 248046, 248068, 248069, 248058, 248059, 198, 271)
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def hand_example() -> list[Message]:
+    return [Message("user", "hi"),
+            Message("assistant", "", "go", [ToolCall("f", {"x": 1})]),
+            Message("tool", "ok", name="f"),
+            Message("assistant", "Done.", "fine")]
+
+
+def test_hand_checked_example(qwen):
+    enc = encode(hand_example(), qwen)
+    rows = [(i, t, m, enc.text[a:b]) for i, (t, m, (a, b)) in enumerate(zip(enc.input_ids, enc.loss_mask, enc.offsets))]
+    for row in rows:  # pytest -s shows the table
+        print(f"{row[0]:3d} {row[1]:7d} {row[2]} {row[3]!r}")
+    expected = [
+        # <|im_start|>user\nhi<|im_end|>\n  -- context
+        (IM_START, 0), (846, 0), (NL, 0), (5834, 0), (IM_END, 0), (NL, 0),
+        # <|im_start|>assistant\n<think>\n  -- the header and the generation prompt: context
+        (IM_START, 0), (74455, 0), (NL, 0), (THINK, 0), (NL, 0),
+        # go\n</think>\n\n<tool_call>\n<function=f>\n<parameter=x>\n1\n</parameter>\n</function>\n</tool_call><|im_end|>
+        (3237, 1), (NL, 1), (END_THINK, 1), (NLNL, 1), (TOOL_CALL, 1), (NL, 1),
+        (27, 1), (1628, 1), (17572, 1), (29, 1), (NL, 1),
+        (27, 1), (15704, 1), (24582, 1), (29, 1), (NL, 1), (16, 1), (NL, 1), (510, 1), (15704, 1), (29, 1), (NL, 1),
+        (510, 1), (1628, 1), (29, 1), (NL, 1), (END_TOOL_CALL, 1), (IM_END, 1),
+        # \n<|im_start|>user\n<tool_response>\nok\n</tool_response><|im_end|>\n  -- the tool result: context
+        (NL, 0), (IM_START, 0), (846, 0), (NL, 0), (248066, 0), (NL, 0), (547, 0), (NL, 0), (248067, 0), (IM_END, 0),
+        (NL, 0),
+        # <|im_start|>assistant\n<think>\n | fine\n</think>\n\nDone.<|im_end|> | \n
+        (IM_START, 0), (74455, 0), (NL, 0), (THINK, 0), (NL, 0),
+        (59965, 1), (NL, 1), (END_THINK, 1), (NLNL, 1), (16936, 1), (13, 1), (IM_END, 1),
+        (NL, 0),
+    ]
+    assert list(zip(enc.input_ids, enc.loss_mask)) == expected
+    assert [(s.message_index, s.token_start, s.token_end) for s in enc.spans] == [(1, 11, 39), (3, 55, 62)]
+    assert qwen.decode(enc.input_ids[11:39]) == (
+        "go\n</think>\n\n<tool_call>\n<function=f>\n<parameter=x>\n1\n</parameter>\n</function>\n</tool_call><|im_end|>")
+    assert qwen.decode(enc.input_ids) == enc.text
+    assert enc.labels[:11] == [-100] * 11 and enc.labels[11] == 3237
+
+
+# --- round trip over generated multi-step trajectories (seeded: each seed is one reproducible case) ---
+
+TOOLS = [
+    {"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {
+        "query": {"type": "string"}, "limit": {"type": "integer"}, "fuzzy": {"type": "boolean"}}}}},
+    {"type": "function", "function": {"name": "run_python", "parameters": {"type": "object", "properties": {
+        "code": {"type": "string"}, "timeout": {"type": "number"}, "env": {"type": "object"},
+        "args": {"type": "array"}, "seed": {"type": ["integer", "null"]}}}}},
+]
+WORDS = ["the", "x", "Zürich", "日本語", "a<b", "{'k': 1}", "42", "true", "null", "[1, 2]", "emoji 🎉", "tab\there",
+         "if x > 0:", "    return x", "'quoted'", '"dq"', "path/to/f.py", "-1.5e3", "café"]
+
+
+def text(rng: random.Random, max_words: int = 8, lines: bool = True) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(1, max_words))]
+    out = "".join(w + (rng.choice([" ", " ", "\n"]) if lines else " ") for w in words)
+    return out.strip()
+
+
+def value(rng: random.Random, schema: dict):
+    kind = schema["type"] if isinstance(schema["type"], str) else rng.choice(schema["type"])
+    return {"string": lambda: rng.choice([text(rng), "", "42", "true", '{"a": 1}', "  padded  ", "\nlead"]),
+            "integer": lambda: rng.randint(-10**6, 10**6), "number": lambda: rng.choice([0.5, -2.25, 3, 1e-3]),
+            "boolean": lambda: rng.random() < 0.5, "null": lambda: None,
+            "object": lambda: {"k": text(rng, 2), "n": [1, {"deep": True}]},
+            "array": lambda: [text(rng, 2), 7, None]}[kind]()
+
+
+def trajectory(rng: random.Random, task_id: str) -> Trajectory:
+    msgs = [Message("system", text(rng))] if rng.random() < 0.5 else []
+    msgs.append(Message("user", text(rng)))
+    n = 0
+    for step in range(rng.randint(1, 4)):
+        calls = []
+        for _ in range(rng.randint(1, 3)):
+            fn = rng.choice(TOOLS)["function"]
+            props = fn["parameters"]["properties"]
+            args = {k: value(rng, props[k]) for k in rng.sample(sorted(props), rng.randint(0, len(props)))}
+            calls.append(ToolCall(fn["name"], args, f"call{n}"))
+            n += 1
+        msgs.append(Message("assistant", text(rng) if rng.random() < 0.3 else "", text(rng) if rng.random() < 0.9 else "",
+                            calls))
+        msgs += [Message("tool", text(rng), tool_call_id=c.id, name=c.name) for c in calls]
+        if rng.random() < 0.2:
+            msgs.append(Message("user", text(rng)))
+    msgs.append(Message("assistant", text(rng), text(rng)))
+    return Trajectory(task_id, msgs, tools=TOOLS)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_round_trip_render_tokens_decode_parse(qwen, seed):
+    traj = Trajectory.from_dict(json.loads(json.dumps(trajectory(random.Random(seed), f"s{seed}").to_dict())))
+    enc = encode(traj, qwen)
+    assert qwen.decode(enc.input_ids) == enc.text == qwen.apply_chat_template(
+        traj.openai_messages(), tools=TOOLS, tokenize=False)
+    assistant = [(i, m) for i, m in enumerate(traj.messages) if m.role == "assistant"]
+    assert [s.message_index for s in enc.spans] == [i for i, _ in assistant]
+    for span, (_, original) in zip(enc.spans, assistant):
+        trained = qwen.decode(enc.input_ids[span.token_start:span.token_end])
+        assert trained.endswith("<|im_end|>")
+        parsed = parse_assistant(trained, TOOLS, think_open=True)  # the text a server would return
+        assert parsed.errors == []
+        want = Message("assistant", original.content, original.reasoning_content,
+                       [ToolCall(c.name, c.arguments) for c in original.tool_calls])  # ids are not rendered
+        assert parsed.to_message() == want
+    # exactly the spans are trained; everything else (system, user, tool results, headers) is not
+    inside = {i for s in enc.spans for i in range(s.token_start, s.token_end)}
+    assert [i for i, m in enumerate(enc.loss_mask) if m] == sorted(inside)
+    assert all(enc.input_ids[s.token_end - 1] == IM_END for s in enc.spans)
+
+
+def test_tool_results_are_never_trained(qwen):
+    traj = trajectory(random.Random(99), "t")
+    enc = encode(traj, qwen)
+    for i, m in enumerate(traj.messages):
+        if m.role == "tool":
+            start = enc.text.index(m.content, enc.text.index("<tool_response>"))
+            toks = [k for k, (a, b) in enumerate(enc.offsets) if a >= start and b <= start + len(m.content)]
+            assert toks and all(enc.loss_mask[k] == 0 for k in toks)
+
+
+def test_truncation_ends_after_a_whole_assistant_turn(qwen):
+    msgs = hand_example()
+    full = encode(msgs, qwen)
+    assert len(full) == 63
+    # 62 fits both turns up to their <|im_end|>; only the template's trailing newline goes
+    assert encode(msgs, qwen, max_len=62).input_ids == full.input_ids[:62]
+    cut = encode(msgs, qwen, max_len=61)  # the second turn does not fit: cut after the first one
+    assert cut.truncated and cut.n_messages == 2 and len(cut) == 39
+    assert cut.input_ids == full.input_ids[:39] and cut.input_ids[-1] == IM_END and cut.loss_mask[-1] == 1
+    assert cut.text.endswith("</tool_call><|im_end|>")
+    assert encode(msgs, qwen, max_len=len(full)).truncated is False
+    with pytest.raises(EncodeError, match="max_len 20 is shorter than the first assistant turn"):
+        encode(msgs, qwen, max_len=20)
+
+
+def test_template_that_drops_old_reasoning_is_rejected_naming_the_message(qwen):
+    # the official Qwen3 style: reasoning is shown only for the LAST assistant turn
+    drops = ("{%- for m in messages -%}<|im_start|>{{ m.role }}\n{%- if m.role == 'assistant' and loop.last and "
+             "m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}{{ m.content }}<|im_end|>\n"
+             "{%- endfor -%}{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif -%}")
+    with pytest.raises(TemplateNotPrefixStable, match="not prefix-stable at message 1") as e:
+        encode(hand_example(), qwen, chat_template=drops)
+    assert e.value.index == 1
+
+
+def test_thinking_off_generation_prompt_conflicts_with_reasoning(qwen):
+    with pytest.raises(TemplateNotPrefixStable, match="enable_thinking=False"):
+        encode(hand_example(), qwen, enable_thinking=False)
+
+
+def test_smollm2_template_no_tools_no_think():
+    from cardforge.core.models import prepare
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(prepare("smollm2-135m-instruct"))
+    msgs = [Message("user", "hi"), Message("assistant", "Hello!"), Message("user", "2+2?"), Message("assistant", "4")]
+    enc = encode(msgs, tok)
+    assert "You are a helpful AI assistant named SmolLM" in enc.text  # its default system prompt: context
+    trained = [tok.decode(enc.input_ids[s.token_start:s.token_end]) for s in enc.spans]
+    assert trained == ["Hello!<|im_end|>", "4<|im_end|>"]
+    assert sum(enc.loss_mask) == sum(s.token_end - s.token_start for s in enc.spans)
+    assert [parse_assistant(t).content for t in trained] == ["Hello!", "4"]

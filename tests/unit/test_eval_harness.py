@@ -1,0 +1,83 @@
+"""The streaming harness against the fault-injecting server (a real HTTP server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from cardforge.eval.benchmarks.letters import parse_letter
+from cardforge.eval.client import Sampling
+from cardforge.eval.fake_server import FakeServer
+from cardforge.eval.harness import HarnessOptions, Question, run_questions
+from cardforge.eval.records import append_record, read_records
+
+FAULTS = ["none", "slow:3", "http500", "http500_once", "drop", "badjson", "length"]
+
+
+def _qs(faults=FAULTS):
+    return [Question(f"q{i}", [{"role": "user", "content": f"QID=q{i} ANSWER=B FAULT={f}"}], "B")
+            for i, f in enumerate(faults)]
+
+
+def _opts(sampling=Sampling(max_tokens=16), **kw):
+    return HarnessOptions(sampling, **{"concurrency": 4, "timeout_s": 1.0, "retries": 1,
+                                                      "progress": False, **kw})
+
+
+def _counts(srv) -> dict:
+    return json.loads(urllib.request.urlopen(srv.base_url + "/counts").read())
+
+
+@pytest.mark.parametrize("think_tags", [False, True], ids=["reasoning_content", "think_tags"])
+def test_every_fault_is_recorded_and_the_run_completes(tmp_path, think_tags):
+    out = tmp_path / "r.jsonl"
+    with FakeServer(think_tags=think_tags) as srv:
+        t0 = time.monotonic()
+        recs = run_questions(_qs(), srv.base_url, parse_letter, _opts(), out, label="m", suite="s")
+        counts = _counts(srv)
+    assert time.monotonic() - t0 < 20
+    by = {r["id"]: r for r in recs}
+    assert len(recs) == len(FAULTS) == len(read_records(out))
+    ok = by["q0"]
+    assert (ok["finish_reason"], ok["parsed"], ok["correct"], ok["attempts"]) == ("stop", "B", True, 1)
+    assert ok["reasoning"] == "Let me think about the choices." and ok["answer"].endswith("Answer: B")
+    assert "Answer" not in ok["reasoning"] and ok["completion_tokens"] == 12 and ok["ttft_s"] <= ok["latency_s"]
+    assert ok["prompt_hash"] and ok["timings"]["draft_n"] == 0
+    assert by["q1"]["finish_reason"] == "error" and "timeout" in by["q1"]["error"]
+    assert by["q2"]["finish_reason"] == "error" and "HTTP 500" in by["q2"]["error"]
+    assert by["q3"]["finish_reason"] == "stop" and by["q3"]["correct"] and by["q3"]["attempts"] == 2
+    assert by["q4"]["finish_reason"] == "error" and "Payload" in by["q4"]["error"]
+    assert by["q5"]["finish_reason"] == "error" and "invalid JSON" in by["q5"]["error"]
+    # truncated in the thought: a length finish with no answer is a parse failure, never a guessed letter
+    assert (by["q6"]["finish_reason"], by["q6"]["parsed"], by["q6"]["answer"]) == ("length", None, "")
+    assert counts == {"q0": 1, "q1": 2, "q2": 2, "q3": 2, "q4": 2, "q5": 2, "q6": 1}  # retries = 1
+
+
+def test_resume_sends_only_unfinished_questions(tmp_path):
+    out = tmp_path / "r.jsonl"
+    qs = _qs(["none", "none", "http500", "length"])
+    with FakeServer() as srv:
+        run_questions(qs, srv.base_url, parse_letter, _opts(retries=0), out)
+        first = _counts(srv)
+        recs = run_questions(qs, srv.base_url, parse_letter, _opts(retries=0), out)
+        second = _counts(srv)
+    assert first == {"q0": 1, "q1": 1, "q2": 1, "q3": 1}
+    assert second == {"q0": 1, "q1": 1, "q2": 2, "q3": 1}  # only the error is asked again
+    assert [r["id"] for r in recs] == ["q0", "q1", "q2", "q3"] and len(read_records(out)) == 5
+    # a changed prompt or sampling is not "finished": it runs again
+    with FakeServer() as srv:
+        run_questions(qs[:1], srv.base_url, parse_letter, _opts(sampling=Sampling(max_tokens=17)), out)
+        assert _counts(srv) == {"q0": 1}
+
+
+def test_torn_last_line_is_skipped_and_cut(tmp_path):
+    out = tmp_path / "r.jsonl"
+    append_record(out, {"id": "a"})
+    with open(out, "ab") as f:
+        f.write(b'{"id": "torn", "rea')  # a writer killed mid-line
+    assert [r["id"] for r in read_records(out)] == ["a"]
+    append_record(out, {"id": "b"})
+    assert out.read_text().splitlines() == ['{"id": "a"}', '{"id": "b"}']

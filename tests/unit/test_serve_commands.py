@@ -1,0 +1,94 @@
+"""The exact engine command lines the serve stage runs and the card publishes, pinned per backend."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from cardforge.core.config.compose import ConfigError, compose
+from cardforge.serve.__main__ import rewrite_shorthands
+from cardforge.serve.commands import inference_commands
+from cardforge.serve.launchers import build_command
+from cardforge.serve.stage import serve_options
+
+SPEC = "'{\"method\":\"mtp\",\"num_speculative_tokens\":3}'"
+
+
+def cmd(overrides, model, **kw) -> str:
+    cfg = compose("serve", overrides)
+    return shlex.join(build_command(model, serve_options(cfg), **kw))
+
+
+def test_llama_cpp_command_with_mtp():
+    assert cmd([], "/m/tiny.gguf", port=8080) == (
+        "llama-server -m /m/tiny.gguf --host 127.0.0.1 --port 8080 --alias tiny-qwen35-mtp --jinja -c 4096 "
+        "--metrics --no-webui --spec-type draft-mtp --spec-draft-n-max 3 --spec-draft-p-min 0.0")
+
+
+def test_llama_cpp_command_mtp_off_threads_ctx():
+    got = cmd(["serve.mtp.enabled=false", "serve.threads=2", "serve.ctx_size=8192", "serve.mtp.p_min=0.5"],
+              "/m/x.gguf", port=9)
+    assert got == ("llama-server -m /m/x.gguf --host 127.0.0.1 --port 9 --alias tiny-qwen35-mtp --jinja -c 8192 "
+                   "--metrics --no-webui -t 2")
+
+
+def test_llama_cpp_mtp_knobs():
+    got = cmd(["serve.mtp.n_max=2", "serve.mtp.p_min=0.75"], "/m/x.gguf", port=1)
+    assert got.endswith("--spec-type draft-mtp --spec-draft-n-max 2 --spec-draft-p-min 0.75")
+
+
+def test_vllm_command():
+    assert cmd(["serve=vllm", "experiment=qwen36_27b_card"], "Qwen/Qwen3.6-27B") == (
+        "vllm serve Qwen/Qwen3.6-27B --served-model-name Qwen3.6-27B --host 127.0.0.1 --port 8000 "
+        "--tensor-parallel-size 1 --max-model-len 32768 --reasoning-parser qwen3 --enable-auto-tool-choice "
+        f"--tool-call-parser qwen3_xml --speculative-config {SPEC}")
+
+
+def test_vllm_tp_quantization_and_mtp_off():
+    got = cmd(["serve=vllm", "serve.tensor_parallel_size=4", "serve.max_model_len=65536",
+               "serve.quantization=fp8", "serve.mtp.enabled=false", "serve.model_path=/ckpt/Qwen3.6-27B-FP8"],
+              "/ckpt/Qwen3.6-27B-FP8")
+    assert got == ("vllm serve /ckpt/Qwen3.6-27B-FP8 --served-model-name Qwen3.6-27B-FP8 --host 127.0.0.1 "
+                   "--port 8000 --tensor-parallel-size 4 --max-model-len 65536 --reasoning-parser qwen3 "
+                   "--enable-auto-tool-choice --tool-call-parser qwen3_xml --quantization fp8")
+
+
+def test_sglang_command():
+    assert cmd(["serve=sglang", "experiment=qwen36_27b_card"], "Qwen/Qwen3.6-27B") == (
+        "python -m sglang.launch_server --model-path Qwen/Qwen3.6-27B --served-model-name Qwen3.6-27B "
+        "--host 127.0.0.1 --port 30000 --tp-size 1 --context-length 32768 --reasoning-parser qwen3 "
+        "--tool-call-parser qwen3_coder --speculative-algorithm EAGLE --speculative-num-steps 3 "
+        "--speculative-eagle-topk 1 --speculative-num-draft-tokens 4")
+
+
+def test_served_name_never_has_slashes():
+    assert "--served-model-name org--name" in cmd(["serve=vllm", "serve.served_model_name=org--name"], "x")
+    with pytest.raises(ConfigError, match="served_model_name must not contain '/'"):
+        compose("serve", ["serve.served_model_name=org/name"])
+    assert "--served-model-name Qwen3.6-27B" in cmd(["serve=vllm", "serve.model_path=Qwen/Qwen3.6-27B"],
+                                                    "Qwen/Qwen3.6-27B")
+
+
+def test_bad_mtp_settings_name_the_key():
+    with pytest.raises(ConfigError, match="serve.mtp.n_max"):
+        compose("serve", ["serve.mtp.n_max=0"])
+    with pytest.raises(ConfigError, match="serve.mtp.p_min"):
+        compose("serve", ["serve.mtp.p_min=1.5"])
+
+
+def test_inference_commands_for_the_card():
+    cmds = inference_commands(compose("serve", ["experiment=qwen36_27b_card"]))
+    assert set(cmds) == {"llama_cpp", "vllm", "sglang"}
+    assert cmds["llama_cpp"].startswith("llama-server -m Qwen3.6-27B-Q4_K_M.gguf --host 127.0.0.1 --port 8080 ")
+    assert "--spec-type draft-mtp --spec-draft-n-max 3" in cmds["llama_cpp"]
+    assert cmds["vllm"].startswith("vllm serve Qwen/Qwen3.6-27B ") and SPEC in cmds["vllm"]
+    assert "--tool-call-parser qwen3_coder --speculative-algorithm EAGLE" in cmds["sglang"]
+    # smollm2 (llama arch, no MTP head): no speculation anywhere
+    demo = inference_commands(compose("serve", ["experiment=smollm2_demo"]))
+    assert not any("spec" in c for c in demo.values())
+
+
+def test_cli_shorthands():
+    assert rewrite_shorthands(["backend=vllm", "model=Qwen/Qwen3.6-27B", "model=smollm2_135m", "x.y=1"]) == [
+        "serve=vllm", "serve.model_path=Qwen/Qwen3.6-27B", "model=smollm2_135m", "x.y=1"]
