@@ -55,7 +55,7 @@ def test_sigkill_then_rerun_matches_uninterrupted(tiny_train_outputs, tmp_path, 
 
     resumed = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr
+    assert "resuming from" in resumed.stdout + resumed.stderr
 
     got = load_file(killed_out / "train" / "adapter" / "adapter_model.safetensors")
     want = load_file(tiny_train_outputs / "train" / "adapter" / "adapter_model.safetensors")

@@ -16,8 +16,8 @@ from cardforge.core.models import (
     build_model,
     embedded_path,
     read_manifest,
-    register_resolvers,
 )
+from cardforge.core.config.resolvers import register_resolvers
 from cardforge.core.models.mtp import mtp_manifest, mtp_shapes, read_mtp_tensors, write_mtp_tensors
 from cardforge.core.models.tiny_qwen35 import SPEC
 

