@@ -67,7 +67,7 @@ def calibrate_input_amax(src: Path, texts: list[str], pattern: re.Pattern, max_l
     try:
         for text in texts:
             ids = tok(text, return_tensors="pt", truncation=True, max_length=max_len)
-            model(**ids)
+            model.model(**ids)  # the trunk only: lm_head is never quantized, its 248k-wide logits are waste
     finally:
         for h in hooks:
             h.remove()

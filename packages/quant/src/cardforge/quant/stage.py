@@ -125,12 +125,14 @@ def run_safetensors(cfg: DictConfig, fmt: str, src: Path, out: Path, texts, head
 
 
 def table(results: dict) -> str:
-    rows = ["| file | size GB | size GiB | KLD vs BF16 | PPL | same top-1 % | MTP |", "|---|---|---|---|---|---|---|"]
+    rows = ["| file | size GB | size GiB | KLD vs BF16 | PPL | same top-1 % | MTP | loads (draft_n) |",
+            "|---|---|---|---|---|---|---|---|"]
     for key, r in results.items():
         kld = f"{r['kld_mean']:.5f}" if "kld_mean" in r else "—"
         ppl = f"{r['ppl']:.3f}" if "ppl" in r else "—"
         top = f"{r['same_top_p']:.2f}" if "same_top_p" in r else "—"
-        rows.append(f"| {key} | {r['GB']} | {r['GiB']} | {kld} | {ppl} | {top} | {r.get('mtp_check', 'none')} |")
+        loads = f"yes ({r.get('draft_n', 0)})" if r.get("load_ok") else ("—" if "load_ok" not in r else "NO")
+        rows.append(f"| {key} | {r['GB']} | {r['GiB']} | {kld} | {ppl} | {top} | {r.get('mtp_check', 'none')} | {loads} |")
     return "\n".join(rows) + "\n"
 
 

@@ -1,0 +1,67 @@
+"""Train stage on the tiny Qwen3.5+MTP model: seeded first losses, MLflow records, clear input errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cardforge.core.config.compose import compose
+
+# tiny-qwen35-mtp (content hash in the model cache), tests/conftest.py samples, seed 42, fp32 CPU, r 64
+FIRST_LOSSES = [12.596852, 12.387518, 12.114282, 11.832723]
+
+
+def _cfg(outputs, experiment, *extra):
+    return compose("train", [f"paths.outputs={outputs}", f"logger.experiment_name={experiment}", *extra])
+
+
+def test_seeded_run_pins_first_losses_and_logs_to_mlflow(tiny_train_outputs, mlflow_uri, mlflow_experiment):
+    import mlflow
+
+    from cardforge.train import stage
+
+    result = stage.run(_cfg(tiny_train_outputs, mlflow_experiment, "trainer.max_steps=4"))
+    print("losses", result.losses, "tokens/s", result.tokens_per_s)
+    assert result.steps == 4 and result.optimizer == "adamw"  # paged_adamw_8bit falls back on CPU
+    torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(FIRST_LOSSES), rtol=1e-4, atol=1e-4)
+    assert result.losses[-1] < result.losses[0]
+    assert result.lora_targets == {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 1, "gate_proj": 4, "up_proj": 4,
+                                   "down_proj": 4, "in_proj_qkv": 3, "in_proj_z": 3, "in_proj_b": 3, "in_proj_a": 3,
+                                   "out_proj": 3}
+    adapter = tiny_train_outputs / "train" / "adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+
+    run = mlflow.search_runs(experiment_names=[mlflow_experiment], output_format="list")[0]
+    assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["cardforge.stage"] == "train" and run.data.tags["train.optimizer"] == "adamw"
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == [0, 1, 2, 3]  # Lightning logs at the step the batch started
+    torch.testing.assert_close(torch.tensor([m.value for m in history]), torch.tensor(FIRST_LOSSES), rtol=1e-4, atol=1e-4)
+    for key in ("train/lr", "train/tokens_per_s", "train/trained_token_fraction"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 4, key
+    frac = run.data.metrics["train/trained_token_fraction"]
+    assert 0.2 < frac < 0.9  # prompts are masked out, the replies are trained
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"loss_curve.png", "adapter", "config.yaml"} <= arts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "adapter")} >= {
+        "adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
+
+
+def test_missing_data_says_run_make_data(tmp_path):
+    from cardforge.train.stage import MissingInputError, run
+
+    with pytest.raises(MissingInputError, match=r"run the data stage first \(make data EXP=tiny"):
+        run(compose("train", [f"paths.outputs={tmp_path}"]))
+
+
+def test_cli_missing_data_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cardforge.train", f"paths.outputs={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"cardforge train: {tmp_path}/data/trajectories.jsonl does not exist: run the data stage first "
+        "(make data EXP=tiny, or python -m cardforge.data)"]
