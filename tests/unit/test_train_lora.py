@@ -1,0 +1,59 @@
+"""The LoRA target resolver: qwen3_5 attention + MLP + Gated DeltaNet names, llama names, one-line failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cardforge.core.config.compose import compose
+from cardforge.train.lora import LoraTargetError, apply_lora, resolve_targets
+
+
+def _meta_model(name: str):
+    """The real architecture from the embedded model's config.json, on the meta device (no weights read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from cardforge.core.models import prepare
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(prepare(name)))
+
+
+def test_qwen35_config_targets_match_attention_mlp_and_gdn():
+    cfg = compose("train", ["experiment=tiny"])
+    matched = resolve_targets(_meta_model("tiny-qwen35-mtp"), list(cfg.lora.target_modules))
+    # 3 Gated DeltaNet layers + 1 full-attention layer, an MLP in each
+    assert {t: len(v) for t, v in matched.items()} == {
+        "q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 1, "gate_proj": 4, "up_proj": 4, "down_proj": 4,
+        "in_proj_qkv": 3, "in_proj_z": 3, "in_proj_b": 3, "in_proj_a": 3, "out_proj": 3}
+    assert matched["in_proj_qkv"] == [f"model.layers.{i}.linear_attn.in_proj_qkv" for i in range(3)]
+    assert matched["q_proj"] == ["model.layers.3.self_attn.q_proj"]
+
+
+def test_llama_config_targets_match_smollm2():
+    cfg = compose("train", ["experiment=smollm2_demo"])
+    matched = resolve_targets(_meta_model("smollm2-135m-instruct"), list(cfg.lora.target_modules))
+    assert {len(v) for v in matched.values()} == {30}  # every one of SmolLM2's 30 layers
+
+
+def test_unmatched_target_fails_with_one_line():
+    model = _meta_model("smollm2-135m-instruct")
+    with pytest.raises(LoraTargetError) as e:
+        resolve_targets(model, ["q_proj", "in_proj_qkv", "qkv"])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("lora.target_modules: in_proj_qkv, qkv match no linear module of LlamaForCausalLM; "
+                          "its linear modules are: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj")
+
+
+def test_apply_lora_instantiates_peft_config_from_the_group(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    cfg = compose("train", ["lora.r=4", "lora.target_modules=[in_proj_qkv,down_proj]"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    peft_model, matched = apply_lora(model, cfg.lora)
+    assert peft_model.peft_config["default"].r == 4
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert len(trainable) == 2 * (3 + 4) and all("lora_" in n for n in trainable)
+    assert OmegaConf.to_container(cfg.lora.target_modules) == list(matched)
