@@ -87,3 +87,18 @@ def plot_loss(history: list[tuple[int, float]], path: str | Path, title: str = "
     fig.savefig(buf, format="png")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def progress_bar() -> pl.Callback:
+    """Lightning's bar (Rich when installed) showing loss, lr (scientific: 2e-4 is not "0.000") and tokens/s."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    class Bar(RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar):
+        def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+            metrics = super().get_metrics(trainer, pl_module)
+            metrics.pop("v_num", None)
+            return {k.removeprefix("train/"): f"{v:.2e}" if k.endswith("lr") and isinstance(v, float) else v
+                    for k, v in metrics.items()}
+
+    return Bar()

@@ -13,7 +13,9 @@ MLflow: the stage's nested run (loss, lr, tokens/s, trained-token fraction per s
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -51,19 +53,29 @@ def data_path(cfg: DictConfig) -> Path:
     return Path(cfg.paths.outputs) / "data" / "trajectories.jsonl"
 
 
-def _in_multirun() -> bool:
+def _multirun_overrides() -> str | None:
+    """This sweep job's overrides ("lora.r=8,trainer.lr=1e-4"), or None outside a Hydra multirun."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        return HydraConfig.get().mode == RunMode.MULTIRUN
+        hc = HydraConfig.get()
+        return hc.job.override_dirname or str(hc.job.num) if hc.mode == RunMode.MULTIRUN else None
     except Exception:  # not under @hydra.main (tests, the pipeline)
-        return False
+        return None
+
+
+def _launched_rank() -> int:
+    """Global rank of this process when a launcher started it (Lightning's DDP children, SLURM, torchrun)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
 
 
 def train_dir(cfg: DictConfig) -> Path:
     base = Path(cfg.paths.outputs) / "train"
-    return base / "runs" / tracking.config_hash(cfg, TRAIN_SECTIONS) if _in_multirun() else base
+    return base / "runs" / tracking.config_hash(cfg, TRAIN_SECTIONS) if _multirun_overrides() else base
 
 
 def model_path(cfg: DictConfig) -> Path:
@@ -118,7 +130,7 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
     from transformers import AutoTokenizer
 
     from cardforge.core.io import atomic_dir, atomic_write_json
-    from cardforge.train.callbacks import AtomicLastCheckpoint, LossHistory, plot_loss
+    from cardforge.train.callbacks import AtomicLastCheckpoint, LossHistory, plot_loss, progress_bar
     from cardforge.train.data import TrainDataModule, load_samples
     from cardforge.train.lora import apply_lora
     from cardforge.train.module import DistillModule
@@ -141,8 +153,9 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
         precision=tc.precision, max_epochs=tc.max_epochs if tc.max_steps < 1 else -1, max_steps=tc.max_steps,
         accumulate_grad_batches=tc.grad_accum, log_every_n_steps=tc.log_every_n_steps,
         logger=instantiate(cfg.logger, run_id=run_id, tracking_uri=tracking.tracking_uri(cfg)) if run_id else False,
-        callbacks=[ckpt := AtomicLastCheckpoint(out_dir / "checkpoints" / tracking.config_hash(cfg, TRAIN_SECTIONS),
-                                                tc.ckpt_every_n_steps), history := LossHistory()],
+        # LossHistory first: the checkpoint taken in the same on_train_batch_end must include this step's loss
+        callbacks=[progress_bar(), history := LossHistory(), ckpt := AtomicLastCheckpoint(
+            out_dir / "checkpoints" / tracking.config_hash(cfg, TRAIN_SECTIONS), tc.ckpt_every_n_steps)],
         enable_checkpointing=False,  # our AtomicLastCheckpoint replaces ModelCheckpoint
         use_distributed_sampler=False,  # ResumableSampler shards by rank itself
         limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(out_dir), enable_model_summary=False,
@@ -178,6 +191,8 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
             model.save_pretrained(tmp, state_dict=state)
         plot_loss(history.history, out_dir / "loss_curve.png", f"{cfg.model.name} LoRA r={cfg.lora.r}")
         shutil.rmtree(ckpt.dirpath, ignore_errors=True)  # finished: a rerun trains afresh
+        with contextlib.suppress(OSError):
+            ckpt.dirpath.parent.rmdir()  # only when no other config's run is in flight
         result.wall_s = time.perf_counter() - t0
         atomic_write_json(out_dir / "train_result.json", {**asdict(result), "lora_modules": matched})
     return result
@@ -191,7 +206,10 @@ def run(cfg: DictConfig) -> TrainResult:
         raise MissingInputError(f"{src} does not exist: run the data stage first "
                                 f"(make data EXP={cfg.experiment}, or python -m cardforge.data)")
     out_dir = train_dir(cfg)
-    with tracking.stage_run(cfg, "train") as run:
+    if _launched_rank() != 0:  # a DDP/FSDP worker Lightning (or SLURM) started: rank 0 owns the MLflow run
+        return train(cfg, src, out_dir, run_id=None)
+    sweep_job = _multirun_overrides()  # names the sweep's runs by what differs, for side-by-side comparison
+    with tracking.stage_run(cfg, "train", run_name=f"train {sweep_job}" if sweep_job else None) as run:
         result = train(cfg, src, out_dir, run_id=run.info.run_id)
         mlflow.set_tags({"train.optimizer": result.optimizer, "train.resumed_from_step": str(result.resumed_from_step),
                          "train.lora_targets": ",".join(f"{t}:{n}" for t, n in result.lora_targets.items())})
