@@ -24,7 +24,7 @@ def test_multirun_nests_both_trainings_under_one_sweep_run(tiny_train_outputs, t
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(r.data.params["lora.r"] for r in children) == ["16", "8"]
-    assert sorted(r.info.run_name for r in children) == ["train lora.r=16", "train lora.r=8"]
+    assert sorted(r.info.run_name for r in children) == ["train lora.r=16,trainer.max_steps=2", "train lora.r=8,trainer.max_steps=2"]
     assert all(r.info.status == "FINISHED" and "train/loss" in r.data.metrics for r in children)
     # each job has its own output folder: neither overwrote the other's adapter
     adapters = sorted((tiny_train_outputs / "train" / "runs").glob("*/adapter/adapter_model.safetensors"))

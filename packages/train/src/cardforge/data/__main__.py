@@ -3,7 +3,7 @@
 
 import sys
 
-from cardforge.core.cli import not_implemented, stage_main
+from cardforge.core.cli import stage_main
 
 
 def main() -> None:
@@ -12,7 +12,9 @@ def main() -> None:
         from cardforge.data.show_mask import main as show_mask
 
         raise SystemExit(show_mask(sys.argv[2:]))
-    stage_main("data", not_implemented("data", 3))
+    from cardforge.data.stage import run
+
+    stage_main("data", run)
 
 
 if __name__ == "__main__":

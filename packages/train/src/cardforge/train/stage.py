@@ -60,7 +60,11 @@ def _multirun_overrides() -> str | None:
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
-        return hc.job.override_dirname or str(hc.job.num) if hc.mode == RunMode.MULTIRUN else None
+        if hc.mode != RunMode.MULTIRUN:
+            return None
+        # where/how overrides (paths, logger, hydra) say nothing about what the job trains
+        keep = [o for o in hc.overrides.task if not o.lstrip("+~").startswith(("paths.", "logger.", "hydra"))]
+        return ",".join(keep) or str(hc.job.num)
     except Exception:  # not under @hydra.main (tests, the pipeline)
         return None
 

@@ -105,8 +105,11 @@ class TeacherConfig:
     max_tokens: int = 4096
     concurrency: int = 4
     timeout_s: float = 600.0
+    ctx_size: int = 4096  # kind=embedded: llama-server context per slot
 
     def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"teacher.concurrency must be >= 1, got {self.concurrency}")
         if self.kind == TeacherKind.endpoint and not self.base_url:
             raise ValueError("teacher.base_url is required when teacher.kind=endpoint")
 
@@ -121,10 +124,25 @@ class DataConfig:
     seed: int = 0
     max_seq_len: int = 1024
     eval_fraction: float = 0.05
+    # task sources (cardforge.data.tasks): builtin | humaneval | bfcl:FILE | jsonl:FILE
+    sources: list[str] = field(default_factory=lambda: ["builtin"])
+    samples_per_task: int = 1  # k teacher samples per task (rejection sampling keeps the judged-good ones)
+    retries: int = 3  # per teacher request, with exponential backoff; then the sample is recorded as an error
+    retry_errors: bool = False  # a re-run asks again for samples rejected as teacher_error
+    tool_timeout_s: float = 10.0  # wall clock per sandboxed tool call
+    simulator_url: Optional[str] = None  # tool_results=simulate: who role-plays the runtime (null: the teacher)
+    simulator_model: Optional[str] = None
+    min_accepted: int = 1  # fewer accepted samples stops the stage (never train on nothing)
 
     def __post_init__(self) -> None:
         if self.judge and self.tool_results != ToolResults.execute:
             raise ValueError("data.judge=true needs data.tool_results=execute (a judge needs real results)")
+        if self.samples_per_task < 1:
+            raise ValueError(f"data.samples_per_task must be >= 1, got {self.samples_per_task}")
+        if self.max_steps < 1:
+            raise ValueError(f"data.max_steps must be >= 1, got {self.max_steps}")
+        if not self.sources:
+            raise ValueError("data.sources is empty: name at least one task source (e.g. data.sources=[builtin])")
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""One ReAct sample: think one step -> call one tool -> observe -> loop, then judge; never raises for the
+teacher's faults, which end the sample with a rejection reason instead.
+
+Two message lists grow side by side: `wire` is what the teacher is sent (tools in the system prompt, its
+calls as XML text, results as <tool_response> user turns: every OpenAI-compatible server takes that), and
+`messages` is the trajectory in our schema (assistant tool_calls, tool results), rendered for the student
+by its own chat template.
+
+Rejection reasons (the manifest's table): teacher_error, length, unclosed_think, parse_error,
+bad_tool_call, simulator_error, max_steps, wrong_answer, unverifiable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from cardforge.core.chat import Message, Timings, Trajectory, Verdict, parse_assistant
+from cardforge.data.tasks import Task
+from cardforge.data.teacher import Teacher, call_xml, tools_prompt
+from cardforge.data.tools import FINISH, ToolError, Workspace, check_call, execute, simulate_prompt
+from cardforge.data.verify import verify
+from cardforge.eval.client import Sampling
+
+SIMULATOR_SAMPLING = Sampling(temperature=0.2, top_p=0.95, max_tokens=192, thinking=False)
+
+
+@dataclass
+class Options:
+    mode: str  # "execute" | "simulate"
+    max_steps: int
+    judge: bool  # keep only verified samples (rejection sampling)
+    tool_timeout_s: float = 10.0
+
+
+@dataclass
+class _End:
+    finish: str
+    reason: str | None = None  # None: the teacher finished; the judge decides
+    detail: str = ""
+
+
+def sample_id(task: Task, k: int) -> str:
+    return f"{task.id}#{k}"
+
+
+async def run_sample(task: Task, k: int, teacher: Teacher, session, opts: Options,
+                     simulator: Teacher | None = None, sim_session=None) -> Trajectory:
+    t0 = time.monotonic()
+    timings = Timings()
+    messages = [Message("system", task.system), Message("user", task.prompt)]
+    wire = [{"role": "system", "content": tools_prompt(task.system, task.tools)},
+            {"role": "user", "content": task.prompt}]
+    allowed = [t["function"]["name"] for t in task.tools]
+    ws = Workspace({p: c.encode() for p, c in task.files.items()}) if opts.mode == "execute" else None
+    errors: list[str] = []
+    answer, calls = None, []
+    end = _End("max_steps", "max_steps", f"no answer within data.max_steps={opts.max_steps}")
+    for step in range(opts.max_steps):
+        c = await teacher.ask(session, wire)
+        timings.teacher_s += c.latency_s or 0.0
+        errors += c.errors
+        if c.finish_reason == "error":
+            end = _End("error", "teacher_error", c.error or "request failed")
+            break
+        parsed = parse_assistant(c.content, task.tools)
+        reasoning = c.reasoning or parsed.reasoning
+        if c.finish_reason == "length":
+            messages.append(Message("assistant", c.content, reasoning))  # kept for inspection in rejections
+            end = _End("length", "length", f"hit teacher.max_tokens at step {step}")
+            break
+        if parsed.errors:
+            messages.append(Message("assistant", c.content, reasoning))
+            errors += parsed.errors
+            end = _End("parse_error", "parse_error", parsed.errors[0])
+            break
+        if not parsed.tool_calls:
+            if not parsed.content and reasoning:  # all of it was thought: no </think>, or nothing after it
+                messages.append(Message("assistant", "", reasoning))
+                end = _End("parse_error", "unclosed_think", "the output ended inside the reasoning")
+                break
+            # tolerant ReAct: an answer without a tool call finishes the task
+            messages.append(Message("assistant", parsed.content, reasoning))
+            answer, end = parsed.content, _End("stop")
+            break
+        step_calls = parsed.tool_calls if task.answer_by_call else parsed.tool_calls[:1]
+        for j, call in enumerate(step_calls):
+            call.id = f"call_{step}_{j}"
+        messages.append(Message("assistant", parsed.content, reasoning, step_calls))
+        if task.answer_by_call:  # function-calling items: the call is the answer, nothing runs
+            calls, end = step_calls, _End("tool_calls")
+            break
+        call = step_calls[0]
+        try:
+            check_call(call, allowed)
+        except ToolError as e:
+            end = _End("parse_error", "bad_tool_call", str(e))
+            break
+        if call.name == FINISH:
+            answer, end = str(call.arguments.get("answer", "")), _End("tool_calls")
+            break
+        t1 = time.monotonic()
+        if ws is not None:
+            try:
+                obs = await asyncio.to_thread(execute, call, ws, opts.tool_timeout_s)
+            except ToolError as e:
+                obs = f"error: {e}"
+        else:
+            sim = await (simulator or teacher).ask(sim_session or session, simulate_prompt(call), SIMULATOR_SAMPLING)
+            if sim.finish_reason == "error":
+                end = _End("error", "simulator_error", sim.error or "simulator failed")
+                break
+            obs = sim.content.strip()
+        timings.tools_s += time.monotonic() - t1
+        messages.append(Message("tool", obs, tool_call_id=call.id, name=call.name))
+        wire += [{"role": "assistant", "content": "\n\n".join(p for p in (parsed.content, call_xml(call)) if p)},
+                 {"role": "user", "content": f"<tool_response>\n{obs}\n</tool_response>"}]
+
+    verdict, extra = await _judge(task, end, answer, calls, ws, opts)
+    timings.total_s = time.monotonic() - t0
+    extra.update({"task_id": task.id, "sample": k, "tool_results": opts.mode, "answer": answer,
+                  "steps": sum(m.role == "assistant" for m in messages)})
+    return Trajectory(sample_id(task, k), messages, source=task.source, teacher=teacher.label, tools=task.tools,
+                      verdict=verdict, timings=timings, finish_reason=end.finish, errors=errors, extra=extra)
+
+
+async def _judge(task: Task, end: _End, answer, calls, ws, opts: Options) -> tuple[Verdict, dict]:
+    if end.reason is not None:
+        return Verdict("rejected", 0.0, f"{end.reason}: {end.detail}", "runtime"), {"reason": end.reason}
+    check = await asyncio.to_thread(verify, task, answer, calls, ws, opts.tool_timeout_s)
+    extra = {"check": check.detail, "verified": check.ok}
+    if not opts.judge:  # card v1: no rejection sampling; the check is recorded, not enforced
+        return Verdict("accepted", None, check.detail, "none"), {**extra, "reason": None}
+    if check.ok:
+        return Verdict("accepted", 1.0, check.detail, "rules"), {**extra, "reason": None}
+    reason = "wrong_answer" if check.ok is False else "unverifiable"
+    return Verdict("rejected", 0.0, f"{reason}: {check.detail}", "rules"), {**extra, "reason": reason}

@@ -1,0 +1,177 @@
+"""Data stage: teacher ReAct trajectories on verifiable tasks -> the accepted distillation set.
+
+Run as: python -m cardforge.data [hydra overrides]     (make data EXP=tiny ARGS="data=react_execute")
+
+Reads  the tasks of data.sources (cardforge.data.tasks); the teacher of `teacher=` (an embedded one is
+       served by llama-server for the stage's duration).
+Writes <outputs>/data/trajectories.jsonl  the ACCEPTED samples (what train and quant read)
+       <outputs>/data/rejections.jsonl    every rejected sample, verdict.reason = "<reason>: <detail>"
+       <outputs>/data/manifest.json       sha256, counts, rejections by reason, student-token statistics
+MLflow: the stage's nested run: counts and token metrics, the three files and a markdown table.
+
+Resumable: samples are appended one whole line at a time (cardforge.core.chat.append_jsonl) and a re-run
+skips every sample id already in either file, so a kill -9 loses at most the samples in flight and never
+duplicates one. A changed teacher/task config starts over (the old files are kept as *.stale-<key>).
+Fewer than data.min_accepted accepted samples stops the stage with an error (never train on nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cardforge.core import tracking
+from cardforge.core.chat import append_jsonl, completed_task_ids, read_jsonl, write_jsonl
+from cardforge.core.errors import UserError
+from cardforge.core.io import atomic_write_json, atomic_write_text
+
+# keys that change how many samples are made or kept, not what one sample is: a re-run with other values
+# resumes instead of starting over
+RESUME_NEUTRAL = ("num_samples", "samples_per_task", "retries", "retry_errors", "min_accepted", "eval_fraction",
+                  "max_seq_len", "judge")
+TRANSIENT = ("teacher_error", "simulator_error")  # what data.retry_errors=true asks again for
+
+
+@dataclass
+class DataResult:
+    trajectories: str
+    rejections: str
+    manifest: dict[str, Any]
+    run_id: str | None
+    wall_s: float
+
+
+def out_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.outputs) / "data"
+
+
+def resume_key(cfg: DictConfig) -> str:
+    data = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
+    teacher = OmegaConf.to_container(cfg.teacher, resolve=True, enum_to_str=True)
+    for k in RESUME_NEUTRAL:
+        data.pop(k, None)
+    for k in ("concurrency", "timeout_s", "base_url", "api_key_env", "ctx_size"):  # transport, not content
+        teacher.pop(k, None)
+    return tracking.config_hash({"data": data, "teacher": teacher})
+
+
+def _prepare_files(cfg: DictConfig, out: Path) -> tuple[Path, Path]:
+    accepted, rejected, state = out / "trajectories.jsonl", out / "rejections.jsonl", out / "state.json"
+    key = resume_key(cfg)
+    old = json.loads(state.read_text()).get("resume_key") if state.exists() else None
+    if old and old != key:
+        for p in (accepted, rejected):
+            if p.exists():
+                p.rename(p.with_name(f"{p.name}.stale-{old}"))
+        _log(f"teacher/data config changed ({old} -> {key}): starting over, old files kept as *.stale-{old}")
+    atomic_write_json(state, {"resume_key": key})
+    if cfg.data.retry_errors and rejected.exists():
+        keep = [t for t in read_jsonl(rejected)[0] if t.extra.get("reason") not in TRANSIENT]
+        write_jsonl(rejected, keep)
+    return accepted, rejected
+
+
+def _log(msg: str) -> None:
+    print(f"[cardforge.data] {msg}", file=sys.stderr, flush=True)
+
+
+async def _generate(todo, teacher, opts, accepted: Path, rejected: Path, simulator) -> None:
+    from cardforge.data.react import run_sample
+    from cardforge.eval.client import new_session
+
+    sem = asyncio.Semaphore(teacher.concurrency)
+    counts = {"accepted": 0, "rejected": 0}
+    async with new_session(teacher.concurrency) as session:
+        sim_session = new_session(simulator.concurrency) if simulator else None
+
+        async def one(task, k):
+            async with sem:
+                traj = await run_sample(task, k, teacher, session, opts, simulator, sim_session)
+            ok = traj.verdict.status == "accepted"
+            append_jsonl(accepted if ok else rejected, traj)  # the loop is the only writer: whole lines
+            counts["accepted" if ok else "rejected"] += 1
+            _log(f"{sum(counts.values())}/{len(todo)} {traj.task_id}: "
+                 f"{'accepted' if ok else 'rejected (' + traj.verdict.reason[:80] + ')'}")
+
+        try:
+            await asyncio.gather(*(one(t, k) for t, k in todo))
+        finally:
+            if sim_session:
+                await sim_session.close()
+
+
+def _student_tokenizer(cfg: DictConfig):
+    from cardforge.core.chat import load_tokenizer
+
+    return load_tokenizer(str(cfg.model.name if cfg.model.embedded else cfg.model.path))
+
+
+def run(cfg: DictConfig) -> DataResult:
+    import mlflow
+
+    from cardforge.data.manifest import build_manifest, table, token_stats
+    from cardforge.data.react import Options, sample_id
+    from cardforge.data.tasks import load_tasks
+    from cardforge.data.teacher import Teacher, open_teacher
+
+    t0 = time.monotonic()
+    d, out = cfg.data, out_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with tracking.stage_run(cfg, "data") as run_:
+        tasks = load_tasks(list(d.sources), int(d.num_samples) or None, int(d.seed))
+        accepted, rejected = _prepare_files(cfg, out)
+        done = completed_task_ids(accepted) | completed_task_ids(rejected)
+        todo = [(t, k) for t in tasks for k in range(int(d.samples_per_task)) if sample_id(t, k) not in done]
+        mode = str(OmegaConf.select(cfg, "data.tool_results", default="simulate"))
+        mode = mode.split(".")[-1]  # an enum prints as ToolResults.execute
+        _log(f"{len(tasks)} tasks x {d.samples_per_task} samples: {len(todo)} to ask, {len(done)} already done "
+             f"(tool_results={mode}, judge={bool(d.judge)})")
+        if todo:
+            opts = Options(mode, int(d.max_steps), bool(d.judge), float(d.tool_timeout_s))
+            if mode == "execute":
+                from cardforge.core.sandbox import check_available
+
+                check_available()  # fail before the teacher starts, with the fix in the message
+            with open_teacher(cfg, out) as teacher:
+                simulator = None
+                if mode == "simulate" and d.simulator_url:
+                    simulator = Teacher(str(d.simulator_url).rstrip("/").removesuffix("/v1"),
+                                        d.simulator_model, teacher.sampling, teacher.timeout_s, teacher.retries,
+                                        teacher.concurrency, label=str(d.simulator_model or "simulator"))
+                asyncio.run(_generate(todo, teacher, opts, accepted, rejected, simulator))
+        acc = read_jsonl(accepted)[0] if accepted.exists() else []
+        rej = read_jsonl(rejected)[0] if rejected.exists() else []
+        try:
+            tokens = token_stats(acc, _student_tokenizer(cfg), int(d.max_seq_len))
+        except Exception as e:  # noqa: BLE001 - no local student tokenizer (e.g. the 27B card without weights)
+            tokens = {"error": f"{type(e).__name__}: {e}"[:300]}
+        info = {"teacher": str(cfg.teacher.model), "tool_results": mode, "judge": bool(d.judge),
+                "sources": list(d.sources), "samples_per_task": int(d.samples_per_task),
+                "resume_key": resume_key(cfg), "wall_s": round(time.monotonic() - t0, 1)}
+        manifest = build_manifest(accepted, acc, rej, tokens=tokens, info=info)
+        atomic_write_json(out / "manifest.json", manifest)
+        atomic_write_text(out / "table.md", table(manifest))
+        _log(table(manifest))
+        c = manifest["counts"]
+        metrics = {f"data.{k}": float(v) for k, v in c.items()}
+        metrics.update({f"data.rejected.{r}": float(n) for r, n in manifest["rejections"].items()})
+        metrics.update({f"data.tokens.{k}": float(v) for k, v in (tokens or {}).items()
+                        if isinstance(v, (int, float))})
+        metrics["data.wall_s"] = info["wall_s"]
+        mlflow.log_metrics(metrics)
+        mlflow.set_tag("data.sha256", str(manifest["sha256"]))
+        for p in (accepted, rejected, out / "manifest.json", out / "table.md"):
+            if p.exists():
+                mlflow.log_artifact(str(p), "data")
+        if c["accepted"] < int(d.min_accepted):
+            raise UserError(f"only {c['accepted']} of {c['samples']} samples were accepted (data.min_accepted="
+                            f"{d.min_accepted}); rejections by reason: {manifest['rejections']} — see {rejected}; "
+                            "try more data.samples_per_task, easier data.sources or a stronger teacher=")
+        return DataResult(str(accepted), str(rejected), manifest, run_.info.run_id, info["wall_s"])

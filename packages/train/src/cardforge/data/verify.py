@@ -1,0 +1,79 @@
+"""Rule-based verifiers: did this trajectory really solve its task? (the judge of rejection sampling)
+
+`verify(task, answer, calls, workspace)` -> `Check(ok, detail)`; ok is None when the task cannot be
+checked this way (no verifier, or a file check without a real workspace under tool_results=simulate).
+Blocking (HumanEval runs the tests in the sandbox): call it from a thread.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cardforge.core.chat import ToolCall
+from cardforge.data.tasks import Task
+from cardforge.data.tools import Workspace
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_CODE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
+
+
+@dataclass
+class Check:
+    ok: bool | None
+    detail: str = ""
+
+
+def last_number(text: str) -> float | None:
+    found = _NUMBER.findall(text.replace(",", ""))
+    return float(found[-1]) if found else None
+
+
+def _humaneval(v: dict, answer: str, timeout_s: float) -> Check:
+    from cardforge.core.sandbox import run_sandboxed
+
+    blocks = _CODE.findall(answer)
+    code = blocks[-1] if blocks else answer
+    if f"def {v['entry_point']}" not in code:  # the body alone: put it under the given signature
+        code = v["prompt"] + code
+    program = f"{code}\n\n{v['test']}\n\ncheck({v['entry_point']})\n"
+    r = run_sandboxed(["python3", "solution.py"], files={"solution.py": program}, timeout_s=timeout_s, read_back=False)
+    if r.exit_code == 0:
+        return Check(True, "tests passed")
+    tail = (r.stderr.strip().splitlines() or ["timeout" if r.timed_out else f"exit {r.exit_code}"])[-1]
+    return Check(False, f"tests failed: {tail[:200]}")
+
+
+def verify(task: Task, answer: str | None, calls: list[ToolCall], ws: Workspace | None,
+           timeout_s: float = 10.0) -> Check:
+    v, kind = task.verifier, task.verifier.get("type", "none")
+    if kind == "none":
+        return Check(None, "no verifier")
+    if kind == "bfcl":
+        from cardforge.data.bfcl import match_calls
+
+        why = match_calls(calls, v["ground_truth"])
+        return Check(why is None, why or "calls match a possible answer")
+    if kind == "file":
+        if ws is None:
+            return Check(None, "file check needs tool_results=execute")
+        got = ws.files.get(v["path"])
+        if got is None:
+            return Check(False, f"{v['path']} was not written")
+        ok = got.decode("utf-8", "replace").strip() == str(v["content"]).strip()
+        return Check(ok, f"{v['path']} {'matches' if ok else 'differs'}")
+    if answer is None:
+        return Check(False, "no final answer")
+    if kind == "word":
+        ok = re.search(rf"\b{re.escape(str(v['word']))}\b", answer, re.I) is not None
+        return Check(ok, f"answer {'contains' if ok else 'lacks'} {v['word']!r}")
+    if kind == "number":
+        got = last_number(answer)
+        ok = got is not None and abs(got - float(v["value"])) < 1e-9
+        return Check(ok, f"last number {got} vs {v['value']}")
+    if kind == "exact":
+        ok = answer.strip().lower() == str(v["answer"]).strip().lower()
+        return Check(ok, "exact match" if ok else f"expected {v['answer']!r}")
+    if kind == "humaneval":
+        return _humaneval(v, answer, timeout_s)
+    return Check(None, f"unknown verifier type {kind!r}")
