@@ -88,3 +88,18 @@ def test_tier_module_selection_follows_the_card():
                             ("mtp.layers.0.mlp.down_proj", False, False)]:
         assert bool(w4a16.match(name)) is in16, name
         assert bool(w4a4.match(name)) is in4, name
+
+
+def test_nvfp4_bytes_equal_nvidia_modelopt_reference():
+    # NVIDIA's own NVFP4 quantizer (nvidia-modelopt, CPU path) is the reference for the layout we write.
+    from modelopt.torch.quantization.qtensor import NVFP4QTensor
+
+    torch.manual_seed(1)
+    for shape in [(64, 64), (512, 256), (384, 320)]:
+        w = torch.randn(*shape) * 0.02
+        w[3, 5] = 0.5
+        ref, ref_scale, ref_global = NVFP4QTensor.quantize(w, nvfp4.GROUP)
+        packed, scale, global_scale = nvfp4.quantize(w)
+        assert torch.equal(packed, ref._quantized_data), shape
+        assert torch.equal(scale.view(torch.uint8), ref_scale.view(torch.uint8)), shape
+        assert float(global_scale) == float(ref_global)

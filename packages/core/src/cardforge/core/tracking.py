@@ -232,7 +232,8 @@ class MlflowSweepCallback(Callback):
         exp_id = get_or_create_experiment(OmegaConf.select(config, "logger.experiment_name", default="cardforge"), uri)
         overrides = list(config.hydra.overrides.task)
         client = mlflow.MlflowClient(uri)
-        stage = str(OmegaConf.select(config, "stage", default="sweep"))
+        stage = OmegaConf.select(config, "stage", default="sweep")
+        stage = getattr(stage, "value", stage)  # the Stage enum's name, not "Stage.train"
         run = client.create_run(
             exp_id,
             run_name=f"sweep:{stage}:{time.strftime('%Y%m%d-%H%M%S')}",
