@@ -54,6 +54,9 @@ def test_gguf_tiers_named_like_the_card_with_mtp(quant_run):
         assert header["kv"]["qwen35.nextn_predict_layers"] == 1
         assert any(".nextn.eh_proj." in t for t in header["tensors"])
     assert (out / "imatrix.gguf").stat().st_size > 0
+    # the base model at the eval tier with the SAME imatrix, for distill vs base at identical quant
+    assert [p.name for p in (out / "gguf" / "base").glob("*.gguf")] == ["tiny-qwen35-mtp-base-MTP-Q4_K_M-imatrix.gguf"]
+    assert result["base:Q4_K_M-imatrix"]["load_ok"] is True
     for key, r in result.items():
         if key.startswith(("Q", "BF16")):
             assert r["load_ok"] is True, key

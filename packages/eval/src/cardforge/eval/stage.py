@@ -2,7 +2,8 @@
 
 1. What to evaluate: `eval.endpoint` (a running OpenAI-compatible server) or `eval.distill_model` (a GGUF;
    default: the quant stage's eval.quant_tier GGUF), and with eval.compare_base the base model the same
-   way (`eval.base_endpoint` / `eval.base_model`, default: model.path as a BF16 GGUF). A GGUF is served by
+   way (`eval.base_endpoint` / `eval.base_model`, default: the quant stage's base model at the same tier and
+   imatrix, else model.path as a BF16 GGUF). A GGUF is served by
    llama-server (cardforge.serve) with MTP off and eval.concurrency slots, as the card's accuracy runs were.
 2. Each suite in eval.suites (benchmarks/) through the streaming harness: records in
    <outputs>/eval/<label>/<suite>.jsonl (resumable), then statistics (stats.py) per model and paired
@@ -52,12 +53,13 @@ def _say(msg: str) -> None:
     print(f"cardforge eval: {msg}", file=sys.stderr, flush=True)
 
 
-def _quant_gguf(cfg: DictConfig) -> Path | None:
+def _quant_gguf(cfg: DictConfig, prefix: str = "") -> Path | None:
+    """The quant stage's GGUF at eval.quant_tier (imatrix preferred); prefix "base:" for the base model's."""
     res = Path(cfg.paths.outputs) / "quant" / "quant_results.json"
     if not res.is_file():
         return None
     files = json.loads(res.read_text()).get("files", {})
-    tier = str(cfg.eval.quant_tier)
+    tier = prefix + str(cfg.eval.quant_tier)
     keys = sorted((k for k in files if k.startswith(tier) and str(files[k].get("path", "")).endswith(".gguf")),
                   key=lambda k: ("imatrix" not in k.lower(), k))
     return Path(files[keys[0]]["path"]) if keys else None
@@ -80,6 +82,8 @@ def targets(cfg: DictConfig) -> list[Target]:
             if not Path(ev.base_model).is_file():
                 raise UserError(f"eval.base_model={ev.base_model}: no such GGUF file")
             out.append(Target("base", gguf=Path(ev.base_model)))
+        elif not ev.distill_model and (base := _quant_gguf(cfg, "base:")) is not None:
+            out.append(Target("base", gguf=base))  # same tier, same imatrix as the distilled file
         else:
             from cardforge.serve.stage import resolve_gguf
 

@@ -74,7 +74,7 @@ def run_gguf(cfg: DictConfig, src: Path, out: Path, texts: tuple[list[str], list
     if q.compare_no_imatrix and any(t.name == "Q4_K_M" and t.imatrix for t in tiers):
         tiers.append(gguf.Tier("Q4_K_M", False))  # the side-by-side the card's choice of imatrix rests on
     imat = None
-    if any(t.imatrix for t in tiers):
+    if any(t.imatrix for t in tiers) or any(t.imatrix for t in q.base_tiers):
         t0 = time.perf_counter()
         imat = gguf.imatrix(bf16, calib_txt, out / "imatrix.gguf", q.imatrix_chunks, q.imatrix_ctx, threads,
                             logs / "imatrix.log")
@@ -89,14 +89,50 @@ def run_gguf(cfg: DictConfig, src: Path, out: Path, texts: tuple[list[str], list
                       **lineage.check_gguf(path, head or {"tensors": {}})}
         _log(f"{path.name} in {files[key]['seconds']} s")
 
+    files.update(run_base_gguf(cfg, gdir, imat, threads, logs, head))
     base_logits = out / "bf16-logits.bin"
     gguf.kld_base(bf16, held_txt, base_logits, q.imatrix_ctx, q.kld_chunks, threads, logs / "kld-base.log")
     for key, info in files.items():
         path = Path(info["path"])
         info.update(size_gb_gib(path.stat().st_size))
-        if key != "BF16":
+        if key != "BF16" and not key.startswith("base:"):
             info.update(gguf.kld(path, base_logits, q.imatrix_ctx, threads, logs / f"kld-{key}.log"))
     base_logits.unlink(missing_ok=True)  # large and reproducible
+    return files
+
+
+def base_model_dir(cfg: DictConfig) -> Path:
+    if cfg.model.embedded:
+        from cardforge.core.models import prepare
+
+        return prepare(cfg.model.name)
+    path = Path(cfg.model.path)
+    if not path.is_dir():
+        raise UserError(f"model.path={cfg.model.path} is not a local directory: quant.base_tiers needs the base "
+                        "checkpoint on disk (download it, or set quant.base_tiers=[])")
+    return path
+
+
+def run_base_gguf(cfg: DictConfig, gdir: Path, imat: Path | None, threads: int, logs: Path,
+                  head: dict | None) -> dict:
+    """The base model at quant.base_tiers with the distilled model's imatrix (distill vs base, same spec)."""
+    if not cfg.quant.base_tiers:
+        return {}
+    bdir = gdir / "base"
+    bdir.mkdir(exist_ok=True)
+    has_mtp = bool(head and head["tensors"])
+    bf16 = bdir / gguf.file_name(cfg.model.name + "-base", gguf.Tier("BF16", False), has_mtp)
+    if not bf16.is_file():
+        gguf.convert(base_model_dir(cfg), bf16)
+    files = {}
+    for t in cfg.quant.base_tiers:
+        tier = gguf.Tier(t.tier.value, t.imatrix)
+        path = gguf.quantize(bf16, bdir / gguf.file_name(cfg.model.name + "-base", tier, has_mtp), tier, imat,
+                             threads, logs / f"quantize-base-{tier.name}-{int(tier.imatrix)}.log")
+        files[f"base:{tier.name}{'-imatrix' if tier.imatrix else ''}"] = {
+            "path": str(path), **lineage.check_gguf(path, head or {"tensors": {}})}
+        _log(f"base {path.name}")
+    bf16.unlink()  # only the tiers are served
     return files
 
 

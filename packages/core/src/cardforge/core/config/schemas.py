@@ -238,6 +238,9 @@ class QuantConfig:
     compare_no_imatrix: bool = True  # also build Q4_K_M without imatrix and measure it side by side
     threads: int = 0  # 0 = all cores
     load_check: bool = True  # start llama-server on each GGUF and ask one question
+    # The base model at these tiers, with the distilled model's imatrix: the card compares distill vs base
+    # at the same quant ("same Q4_K_M, same imatrix, same MTP"), so the eval stage serves these.
+    base_tiers: list[GgufTierConfig] = field(default_factory=lambda: [GgufTierConfig(GgufTier.Q4_K_M, True)])
 
 
 @dataclass
