@@ -73,7 +73,8 @@ async def run_sample(task: Task, k: int, teacher: Teacher, session, opts: Option
         if parsed.errors:
             messages.append(Message("assistant", c.content, reasoning))
             errors += parsed.errors
-            end = _End("parse_error", "parse_error", parsed.errors[0])
+            unclosed = parsed.errors[0].startswith("missing </think>")
+            end = _End("parse_error", "unclosed_think" if unclosed else "parse_error", parsed.errors[0])
             break
         if not parsed.tool_calls:
             if not parsed.content and reasoning:  # all of it was thought: no </think>, or nothing after it

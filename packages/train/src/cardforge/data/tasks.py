@@ -109,5 +109,6 @@ def load_tasks(sources: list[str], limit: int | None, seed: int) -> list[Task]:
         dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
         raise UserError(f"data.sources: task ids are not unique ({', '.join(dup)}); a source is listed twice?")
     if limit and len(tasks) > limit:
-        tasks = sorted(random.Random(seed).sample(tasks, limit), key=ids.index)
+        keep = set(random.Random(seed).sample(range(len(tasks)), limit))  # source order kept
+        tasks = [t for i, t in enumerate(tasks) if i in keep]
     return tasks

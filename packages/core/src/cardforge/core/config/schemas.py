@@ -330,12 +330,32 @@ class EvalConfig:
 
 
 @dataclass
+class CardReference:
+    """One published technique the recipe combines (the card's attribution list, conf/card/*.yaml)."""
+
+    name: str = MISSING
+    authors: str = MISSING
+    year: int = MISSING
+    ref: str = ""  # arXiv id or venue
+    used_for: str = ""  # what the recipe takes from it, English
+    used_for_zh: str = ""  # the same, Chinese
+
+
+@dataclass
 class CardConfig:
     title: str = MISSING
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
     license: str = "apache-2.0"
     hf_repo: Optional[str] = None
     modelscope_repo: Optional[str] = None
+    # the pipeline run to compile; null: the latest FINISHED/RUNNING pipeline run of `experiment`
+    parent_run_id: Optional[str] = None
+    attribution: list[CardReference] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = [lang for lang in self.languages if lang not in ("en", "zh")]
+        if unknown or not self.languages:
+            raise ValueError(f"card.languages must be a non-empty subset of [en, zh], got {list(self.languages)}")
 
 
 @dataclass
