@@ -11,7 +11,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 MLFLOW_PORT ?= 5000
 CONSTRAINTS := requirements/constraints.txt
-PACKAGES := -e packages/core[models] -e packages/train -e packages/quant[modelopt] -e packages/serve[test] -e packages/eval[lm-eval]
+PACKAGES := -e packages/core[models] -e packages/train[data] -e packages/quant[modelopt] -e packages/serve[test] -e packages/eval[lm-eval]
 STAMP := $(VENV)/.cardforge-installed
 EMBEDDED := tiny-qwen35-mtp smollm2-135m-instruct
 

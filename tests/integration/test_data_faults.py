@@ -29,7 +29,7 @@ def write_tasks(path: Path, names) -> Path:
 
 
 def overrides(url: str, tasks: Path, out: Path, experiment: str, *extra: str) -> list[str]:
-    return [f"teacher=openai_endpoint", f"teacher.base_url={url}/v1", "teacher.model=fake", "teacher.timeout_s=1",
+    return ["teacher=openai_endpoint", f"teacher.base_url={url}/v1", "teacher.model=fake", "teacher.timeout_s=1",
             "teacher.concurrency=2", "data=react_execute", f"data.sources=[jsonl:{tasks}]", "data.retries=1",
             f"paths.outputs={out}", f"logger.experiment_name={experiment}", *extra]
 

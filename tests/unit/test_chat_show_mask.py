@@ -36,6 +36,7 @@ def test_cli_entry_and_bad_index(tmp_path, tiny_model_dir):
     r = subprocess.run([sys.executable, "-m", "cardforge.data", "show-mask", str(f), "--index", "7",
                         "--model", str(tiny_model_dir)], check=False, capture_output=True, text=True)
     assert r.returncode == 2 and "--index 7 is out of range" in r.stderr and "has 2 records" in r.stderr
-    # everything else still goes to the (not yet built) Hydra stage
-    r = subprocess.run([sys.executable, "-m", "cardforge.data"], check=False, capture_output=True, text=True)
-    assert r.returncode == 3 and "not implemented yet" in r.stderr
+    # everything else goes to the Hydra stage
+    r = subprocess.run([sys.executable, "-m", "cardforge.data", "--cfg", "job"], check=False, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "stage: data" in r.stdout

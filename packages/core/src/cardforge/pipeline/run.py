@@ -34,6 +34,7 @@ class StageSpec:
     target: str  # "module:function", called with the full config
     issue: int  # the issue that builds it (for the message when it is missing)
     sections: tuple[str, ...]  # config sections whose values decide what the stage computes
+    always: bool = False  # never skipped: the card cites this invocation's runs
 
 
 STAGES: list[StageSpec] = [
@@ -43,7 +44,7 @@ STAGES: list[StageSpec] = [
     StageSpec("merge", "cardforge.train.merge.stage:run", 4, ("model",)),
     StageSpec("quant", "cardforge.quant.stage:run", 5, ("model", "quant")),
     StageSpec("eval", "cardforge.eval.stage:run", 7, ("model", "serve", "eval")),
-    StageSpec("card", "cardforge.card.stage:run", 9, ("card",)),
+    StageSpec("card", "cardforge.card.stage:run", 9, ("card",), always=True),
 ]
 
 
@@ -103,7 +104,7 @@ def run(cfg: DictConfig) -> PipelineResult:
                 break
             key = stage_key(cfg, spec, upstream)
             rec = load_record(cfg, spec.name)
-            if rec and rec.get("key") == key and not ({spec.name, "all"} & force):
+            if rec and rec.get("key") == key and not spec.always and not ({spec.name, "all"} & force):
                 print(f"[pipeline] {spec.name}: unchanged (run {rec['run_id'][:8]}), skipped", file=sys.stderr)
                 result.skipped.append(spec.name)
                 result.results[spec.name] = rec.get("result")

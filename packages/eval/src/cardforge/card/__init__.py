@@ -1,1 +1,1 @@
-"""cardforge card stage."""
+"""cardforge card stage: the model card compiled from one pipeline invocation's MLflow runs (stage.run)."""

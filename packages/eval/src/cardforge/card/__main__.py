@@ -1,10 +1,12 @@
-"""Run as: python -m cardforge.card [hydra overrides]   (make card ARGS="...")"""
+"""Run as: python -m cardforge.card [hydra overrides] [card.parent_run_id=RUN]   (make card ARGS="...")"""
 
-from cardforge.core.cli import not_implemented, stage_main
+from cardforge.core.cli import stage_main
 
 
 def main() -> None:
-    stage_main("card", not_implemented("card", 9))
+    from cardforge.card.stage import run
+
+    stage_main("card", run)
 
 
 if __name__ == "__main__":

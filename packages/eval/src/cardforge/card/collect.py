@@ -130,6 +130,7 @@ def _record_run(cfg: DictConfig, client, stage: str, parent):
     tags = run.data.tags
     # a record rewritten by a later invocation is not what this parent used
     if (tags.get("cardforge.stage") != stage or run.info.status != "FINISHED"
+            or run.info.experiment_id != parent.info.experiment_id
             or tags.get("cardforge.experiment") != parent.data.tags.get("cardforge.experiment")
             or (run.info.start_time or 0) > (parent.info.start_time or 0)):
         return None

@@ -15,6 +15,7 @@ TEXT: dict[str, dict[str, str]] = {
         "training": "Training details",
         "base": "Base", "method": "Method", "optim": "Optimizer", "length": "Length", "teacher": "Teacher",
         "data": "Data", "tools": "Tool results", "merge": "Merge", "loss": "Loss",
+        "accepted": "accepted", "trained_tokens": "trained tokens", "final": "final", "paired": "paired",
         "tools_simulate": "SIMULATED — a model role-plays the runtime and writes each observation; nothing is "
                           "executed. Observations are masked out of the loss, so the model learns its own reasoning "
                           "and tool calls, not the invented outputs.",
@@ -93,6 +94,7 @@ TEXT: dict[str, dict[str, str]] = {
         "training": "训练配置(如实披露)",
         "base": "基座", "method": "方法", "optim": "优化", "length": "训练长度", "teacher": "Teacher",
         "data": "数据", "tools": "工具结果", "merge": "合并", "loss": "损失",
+        "accepted": "条被接受", "trained_tokens": "参与训练的 token", "final": "最终", "paired": "对配对",
         "tools_simulate": "模拟 —— 由一个模型扮演运行环境编写每条执行结果,并未真正执行。训练时这些结果不计入损失,"
                           "模型只学自己的思考与工具调用,不学编出来的输出。",
         "tools_execute": "真实执行 —— 每次工具调用都在真实沙箱里运行,观察到的是真实输出{judge}。训练时这些结果不计入损失。",

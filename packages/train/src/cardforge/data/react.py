@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cardforge.core.chat import Message, Timings, Trajectory, Verdict, parse_assistant
 from cardforge.data.tasks import Task
@@ -57,8 +57,11 @@ async def run_sample(task: Task, k: int, teacher: Teacher, session, opts: Option
     errors: list[str] = []
     answer, calls = None, []
     end = _End("max_steps", "max_steps", f"no answer within data.max_steps={opts.max_steps}")
+    # the k samples of one task must differ: a fixed seed would make them identical
+    seed = teacher.sampling.seed
+    sampling = replace(teacher.sampling, seed=seed + 7919 * k) if seed is not None else None
     for step in range(opts.max_steps):
-        c = await teacher.ask(session, wire)
+        c = await teacher.ask(session, wire, sampling)
         timings.teacher_s += c.latency_s or 0.0
         errors += c.errors
         if c.finish_reason == "error":

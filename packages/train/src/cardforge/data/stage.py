@@ -57,7 +57,7 @@ def resume_key(cfg: DictConfig) -> str:
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True, enum_to_str=True)
     for k in RESUME_NEUTRAL:
         data.pop(k, None)
-    for k in ("concurrency", "timeout_s", "base_url", "api_key_env", "ctx_size"):  # transport, not content
+    for k in ("concurrency", "timeout_s", "base_url", "api_key_env", "ctx_size", "threads"):  # transport
         teacher.pop(k, None)
     return tracking.config_hash({"data": data, "teacher": teacher})
 
@@ -146,7 +146,9 @@ def run(cfg: DictConfig) -> DataResult:
                                         d.simulator_model, teacher.sampling, teacher.timeout_s, teacher.retries,
                                         teacher.concurrency, label=str(d.simulator_model or "simulator"))
                 asyncio.run(_generate(todo, teacher, opts, accepted, rejected, simulator))
-        acc = read_jsonl(accepted)[0] if accepted.exists() else []
+        if not accepted.exists():  # nothing accepted yet: still the path the next stage reads
+            atomic_write_text(accepted, "")
+        acc = read_jsonl(accepted)[0]
         rej = read_jsonl(rejected)[0] if rejected.exists() else []
         try:
             tokens = token_stats(acc, _student_tokenizer(cfg), int(d.max_seq_len))

@@ -98,7 +98,7 @@ def open_teacher(cfg: DictConfig, log_dir: Path) -> Iterator[Teacher]:
     from cardforge.serve.launchers.llama_cpp import llama_server
 
     n, ctx = int(t.concurrency), int(t.ctx_size)
-    serve = {"host": "127.0.0.1", "port": 0, "ctx_size": ctx * n, "mtp": {"enabled": False},
+    serve = {"host": "127.0.0.1", "port": 0, "ctx_size": ctx * n, "mtp": {"enabled": False}, "threads": int(t.threads),
              "served_model_name": str(t.model), "startup_timeout_s": 120}
     # llama-server splits -c over its --parallel slots: each concurrent request gets teacher.ctx_size
     with llama_server(embedded_gguf(str(t.model)), serve, extra_args=["--parallel", str(n)],

@@ -106,6 +106,7 @@ class TeacherConfig:
     concurrency: int = 4
     timeout_s: float = 600.0
     ctx_size: int = 4096  # kind=embedded: llama-server context per slot
+    threads: int = 0  # kind=embedded: llama-server -t (0: llama.cpp decides)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
