@@ -19,10 +19,15 @@ def _run(args, uri, tmp_path, experiment):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_reproduce_runs_existing_stages_then_stops_clearly(mlflow_uri, mlflow_experiment, tmp_path, tiny_model_dir):
-    proc = _run([], mlflow_uri, tmp_path, mlflow_experiment)
-    assert proc.returncode == 3, proc.stderr[-2000:]
-    assert "[pipeline] stopped before 'data': stage 'data' is not implemented yet (issue #3)" in proc.stderr
+def test_pipeline_stops_clearly_at_a_missing_stage(mlflow_uri, mlflow_experiment, tmp_path, tiny_model_dir):
+    from cardforge.core.config.compose import compose
+    from cardforge.pipeline.run import STAGES, StageSpec, run
+
+    cfg = compose("pipeline", [f"logger.experiment_name={mlflow_experiment}", f"paths.outputs={tmp_path / 'out'}"])
+    missing = StageSpec("data", "cardforge.not_built_yet.stage:run", 3, ("data",))
+    result = run(cfg, stages=[STAGES[0], missing])
+    assert (result.done, result.stopped_at) == (["models"], "data")
+    assert result.reason == "stage 'data' is not implemented yet (issue #3)"
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name(mlflow_experiment)
     runs = {r.data.tags["cardforge.stage"]: r for r in client.search_runs([exp.experiment_id])}
@@ -33,9 +38,16 @@ def test_reproduce_runs_existing_stages_then_stops_clearly(mlflow_uri, mlflow_ex
     assert runs["models"].data.params["models.tiny-qwen35-mtp.path"] == str(tiny_model_dir)
 
 
+def test_until_names_a_stage(tmp_path):
+    proc = _run(["until=nope"], "sqlite:///" + str(tmp_path / "m.db"), tmp_path, "t-until")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == ("cardforge pipeline: error: until=nope: no such stage; choose one "
+                                                    "of: models, data, train, merge, quant, eval, card")
+
+
 def test_multirun_groups_jobs_under_one_sweep_run(mlflow_uri, mlflow_experiment, tmp_path, tiny_model_dir,
                                                  smollm2_model_dir):
-    proc = _run(["-m", "model=tiny_qwen35_mtp,smollm2_135m"], mlflow_uri, tmp_path, mlflow_experiment)
+    proc = _run(["-m", "model=tiny_qwen35_mtp,smollm2_135m", "until=models"], mlflow_uri, tmp_path, mlflow_experiment)
     assert proc.returncode == 0, proc.stderr[-2000:]
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name(mlflow_experiment)
@@ -51,11 +63,11 @@ def test_multirun_groups_jobs_under_one_sweep_run(mlflow_uri, mlflow_experiment,
 
 
 def test_rerun_skips_unchanged_stages_and_force_reruns(mlflow_uri, mlflow_experiment, tmp_path, tiny_model_dir):
-    first = _run([], mlflow_uri, tmp_path, mlflow_experiment)
+    first = _run(["until=models"], mlflow_uri, tmp_path, mlflow_experiment)
     assert "[pipeline] models ..." in first.stderr, first.stderr[-2000:]
-    second = _run([], mlflow_uri, tmp_path, mlflow_experiment)
+    second = _run(["until=models"], mlflow_uri, tmp_path, mlflow_experiment)
     assert "[pipeline] models: unchanged" in second.stderr and "[pipeline] models ..." not in second.stderr
-    forced = _run(["force=[models]"], mlflow_uri, tmp_path, mlflow_experiment)
+    forced = _run(["until=models", "force=[models]"], mlflow_uri, tmp_path, mlflow_experiment)
     assert "[pipeline] models ..." in forced.stderr
-    changed = _run(["teacher.model=tiny-qwen35-mtp"], mlflow_uri, tmp_path, mlflow_experiment)
+    changed = _run(["until=models", "teacher.model=tiny-qwen35-mtp"], mlflow_uri, tmp_path, mlflow_experiment)
     assert "[pipeline] models ..." in changed.stderr  # a section the stage reads changed

@@ -27,7 +27,7 @@ from cardforge.core import paths
 PARENT_ENV = "CARDFORGE_PARENT_RUN_ID"
 SWEEP_RUN_FILE = "mlflow_sweep_run_id"
 # keys that say where/how a run was made, not what it computes: left out of the config hash
-HASH_EXCLUDE = ("paths", "logger", "run_name", "force", "stage")
+HASH_EXCLUDE = ("paths", "logger", "run_name", "force", "stage", "until")
 _last_stage_run: dict[str, str] = {}
 
 

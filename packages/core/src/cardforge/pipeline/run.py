@@ -11,12 +11,14 @@ with what was done so far, instead of failing at import.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
 import sys
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +27,7 @@ from omegaconf import DictConfig
 
 from cardforge.core import tracking
 from cardforge.core.cli import StageNotImplemented
+from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json
 
 
@@ -70,8 +73,21 @@ def resolve_stage(target: str) -> Callable[[DictConfig], Any] | None:
         return None
 
 
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Enum):
+        return obj.value
+    return str(obj)  # Path and anything else a stage returns
+
+
+def jsonable(result: Any) -> Any:
+    """A stage's result (dataclass, paths, enums) as plain JSON values, for its record and fingerprint."""
+    return json.loads(json.dumps(result, default=_plain))
+
+
 def fingerprint(result: Any) -> str:
-    return hashlib.sha256(json.dumps(result, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(jsonable(result), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def stage_key(cfg: DictConfig, spec: StageSpec, upstream: list[str]) -> str:
@@ -91,12 +107,19 @@ def load_record(cfg: DictConfig, stage: str) -> dict | None:
         return None
 
 
-def run(cfg: DictConfig) -> PipelineResult:
+def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResult:
+    stages = STAGES if stages is None else stages
+    names = [s.name for s in stages]
+    until = cfg.get("until")
+    if until is not None and until not in names:
+        raise UserError(f"until={until}: no such stage; choose one of: {', '.join(names)}")
+    if until is not None:
+        stages = stages[: names.index(until) + 1]
     force = set(cfg.get("force") or [])
     with tracking.pipeline_run(cfg) as parent:
         result = PipelineResult(run_id=parent.info.run_id)
         upstream: list[str] = []
-        for spec in STAGES:
+        for spec in stages:
             fn = resolve_stage(spec.target)
             if fn is None:
                 result.stopped_at = spec.name
@@ -120,7 +143,7 @@ def run(cfg: DictConfig) -> PipelineResult:
             child_id = tracking.last_stage_run_id(spec.name)
             fp = fingerprint(out)
             atomic_write_json(record_path(cfg, spec.name), {
-                "key": key, "fingerprint": fp, "result": out, "seconds": round(time.time() - started, 1),
+                "key": key, "fingerprint": fp, "result": jsonable(out), "seconds": round(time.time() - started, 1),
                 "run_id": child_id or parent.info.run_id,
             })
             result.results[spec.name] = out

@@ -34,10 +34,11 @@ def source_dir(cfg: DictConfig) -> Path:
     return merged
 
 
-def calibration_file(cfg: DictConfig) -> Path:
+def calibration_files(cfg: DictConfig) -> list[Path]:
     if cfg.quant.calibration:
-        return Path(cfg.quant.calibration)
-    return Path(cfg.paths.outputs) / "data" / "trajectories.jsonl"
+        return [Path(cfg.quant.calibration)]
+    data = Path(cfg.paths.outputs) / "data"
+    return [data / "trajectories.jsonl", data / "rejections.jsonl"]
 
 
 def _log(msg: str) -> None:
@@ -62,8 +63,9 @@ def run_gguf(cfg: DictConfig, src: Path, out: Path, texts: tuple[list[str], list
     logs.mkdir(parents=True, exist_ok=True)
     name, has_mtp = cfg.model.name, bool(head and head["tensors"])
     calib_txt, held_txt = out / "calibration.txt", out / "heldout.txt"
-    atomic_write_text(calib_txt, "\n\n".join(texts[0]))
-    atomic_write_text(held_txt, "\n\n".join(texts[1]))
+    need = 2 * q.imatrix_ctx + 64  # both tools refuse text shorter than two contexts
+    atomic_write_text(calib_txt, calibration.at_least("\n\n".join(texts[0]), need, src))
+    atomic_write_text(held_txt, calibration.at_least("\n\n".join(texts[1]), need, src))
 
     t0 = time.perf_counter()
     bf16 = gguf.convert(src, gdir / gguf.file_name(name, gguf.Tier("BF16", False), has_mtp))
@@ -182,9 +184,12 @@ def run(cfg: DictConfig) -> dict:
                         "(re-run the merge stage, or set model.has_mtp=false for a model without one)")
     out = Path(cfg.paths.outputs) / "quant"
     out.mkdir(parents=True, exist_ok=True)
-    texts = calibration.split(calibration.load_texts(calibration_file(cfg), src), cfg.quant.heldout_fraction)
+    calib, held, held_out = calibration.split(calibration.load_texts(calibration_files(cfg), src),
+                                              cfg.quant.heldout_fraction)
+    texts = (calib, held)
     with tracking.stage_run(cfg, "quant"):
-        mlflow.set_tags({"quant.source": str(src), "quant.mtp_head": str(bool(head and head["tensors"]))})
+        mlflow.set_tags({"quant.source": str(src), "quant.mtp_head": str(bool(head and head["tensors"])),
+                         "quant.kld_on": "held-out text" if held_out else "calibration text (too few to hold out)"})
         results: dict[str, dict] = {}
         for fmt in formats(cfg):
             t0 = time.perf_counter()
@@ -200,6 +205,7 @@ def run(cfg: DictConfig) -> dict:
                 if metric in r:
                     mlflow.log_metric(f"{key}.{metric}", r[metric])
         summary = {"source": str(src), "llama_cpp": llama_cpp.release_info(), "files": results,
+                   "kld_text": "held-out" if held_out else "calibration (too few texts to hold any out)",
                    "mtp_manifest": head}
         atomic_write_json(out / "quant_results.json", summary)
         atomic_write_text(out / "quant_table.md", table(results))

@@ -379,6 +379,7 @@ class CardforgeConfig:
     card: CardConfig = field(default_factory=CardConfig)
     force: list[str] = field(default_factory=list)  # stages to rerun although their inputs are unchanged
     format: Optional[QuantFormat] = None  # quant stage only: build just this format (`format=gguf`)
+    until: Optional[str] = None  # pipeline only: stop after this stage (`until=train`)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, for stage-specific experiments
 
 
