@@ -209,7 +209,11 @@ def quant(c: Collected, ctx: Context, lang: str) -> list[str]:
     if bench_n and n not in bench_n:
         n = bench_n[-1]
     if rows:
-        out += [T["quant_lead"].format(n=n, ref=ev.ref), ""]
+        # the quant stage says whether its KLD text was truly held out (a small data set cannot spare any)
+        held = q.tags.get("quant.kld_on", "held-out text").startswith("held-out")
+        kld_on = {"en": "held-out text" if held else "the calibration text (too few texts to hold any out)",
+                  "zh": "留出文本" if held else "校准文本(文本太少,无法留出)"}[lang]
+        out += [T["quant_lead"].format(n=n, ref=ev.ref, kld_on=kld_on), ""]
     out += [T["quant_head"], "|---|---|---|---|---|---|---|---|---|---|"]
     for key in order:
         f = files[key]

@@ -41,7 +41,7 @@ TEXT: dict[str, dict[str, str]] = {
         "mtp_head": "| tier · prompts · n-max | tok/s | speedup | accept rate | mean accept length | source |",
         "mtp_plot": "MTP speedup and accept rate vs n-max",
         "quant": "Per-quant files: size, fidelity, MTP speed",
-        "quant_lead": "KLD and perplexity are against the BF16 GGUF on held-out text. MTP columns: coding "
+        "quant_lead": "KLD and perplexity are against the BF16 GGUF on {kld_on}. MTP columns: coding "
                       "prompts at n-max = {n} (`serve.mtp.n_max`) {ref}.",
         "quant_head": "| file | size GB | size GiB | KLD vs BF16 | PPL | tok/s spec off | tok/s MTP | speedup "
                       "| accept | source |",
@@ -114,7 +114,7 @@ TEXT: dict[str, dict[str, str]] = {
         "mtp_head": "| 档 · prompt · n-max | tok/s | 加速比 | 接受率 | 平均接受长度 | 来源 |",
         "mtp_plot": "MTP 加速比与接受率随 n-max 的变化",
         "quant": "各量化档:体积、保真度、MTP 速度",
-        "quant_lead": "KLD 与困惑度均相对 BF16 GGUF,在留出文本上测得。MTP 列:编码类 prompt,n-max = {n}"
+        "quant_lead": "KLD 与困惑度均相对 BF16 GGUF,在{kld_on}上测得。MTP 列:编码类 prompt,n-max = {n}"
                       "(`serve.mtp.n_max`){ref}。",
         "quant_head": "| 文件 | 体积 GB | 体积 GiB | KLD(对 BF16) | PPL | 关投机 tok/s | MTP tok/s | 加速比 | 接受率 | 来源 |",
         "gib": "📏 GB vs GiB:体积以十进制 GB(10⁹ 字节)和二进制 GiB(2³⁰ 字节)给出。显存按 GiB 造却标 \"GB\","
