@@ -71,3 +71,17 @@ def test_rerun_skips_unchanged_stages_and_force_reruns(mlflow_uri, mlflow_experi
     assert "[pipeline] models ..." in forced.stderr
     changed = _run(["until=models", "teacher.model=tiny-qwen35-mtp"], mlflow_uri, tmp_path, mlflow_experiment)
     assert "[pipeline] models ..." in changed.stderr  # a section the stage reads changed
+
+
+def test_card_preset_prints_the_plan_and_stops_clearly_without_gpu(tmp_path, monkeypatch):
+    monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+    proc = _run(["experiment=qwen36_27b_card"], "sqlite:///" + str(tmp_path / "m.db"), tmp_path, "t-plan")
+    assert proc.returncode == 2
+    err = proc.stderr
+    for stage in ["data", "train", "merge", "quant", "eval", "card"]:
+        assert f"| {stage} | `python -m cardforge." in err
+    assert "GGUF Q4_K_M, Q5_K_M, Q6_K, Q8_0" in err and "1842 samples" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("cardforge pipeline: error: experiment=qwen36_27b_card cannot run on this machine: ")
+    assert "no CUDA GPU visible" in last and "model.path=Qwen/Qwen3.6-27B" in last and "$DEEPSEEK_API_KEY" in last
+    assert not (tmp_path / "out" / ".pipeline").exists()  # nothing ran

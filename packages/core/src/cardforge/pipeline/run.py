@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from cardforge.core import tracking
 from cardforge.core.cli import StageNotImplemented
 from cardforge.core.errors import UserError
+from cardforge.pipeline import plan
 from cardforge.core.io import atomic_write_json
 
 
@@ -115,6 +116,10 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
         raise UserError(f"until={until}: no such stage; choose one of: {', '.join(names)}")
     if until is not None:
         stages = stages[: names.index(until) + 1]
+    if plan.needs_gpu(cfg) and (missing := plan.problems(cfg)):
+        print(f"[pipeline] plan for experiment={cfg.experiment}:\n{plan.render(cfg)}", file=sys.stderr)
+        raise UserError(f"experiment={cfg.experiment} cannot run on this machine: " + "; ".join(missing)
+                        + ". Everything else was validated (config, targets, llama.cpp); nothing was run.")
     force = set(cfg.get("force") or [])
     with tracking.pipeline_run(cfg) as parent:
         result = PipelineResult(run_id=parent.info.run_id)
