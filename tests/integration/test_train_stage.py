@@ -63,5 +63,5 @@ def test_cli_missing_data_is_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"cardforge train: {tmp_path}/data/trajectories.jsonl does not exist: run the data stage first "
+        f"cardforge train: error: {tmp_path}/data/trajectories.jsonl does not exist: run the data stage first "
         "(make data EXP=tiny, or python -m cardforge.data)"]

@@ -12,10 +12,12 @@ from collections import defaultdict
 
 import torch
 
+from cardforge.core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class LoraTargetError(ValueError):
+class LoraTargetError(UserError, ValueError):
     """A requested LoRA target matches no module (one line naming the key to change)."""
 
 

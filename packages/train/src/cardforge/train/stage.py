@@ -25,13 +25,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cardforge.core.errors import UserError
 from cardforge.core import tracking
 
 log = logging.getLogger("cardforge.train")
 TRAIN_SECTIONS = ("model", "data", "lora", "trainer")  # what decides the trained weights (and the ckpt dir)
 
 
-class MissingInputError(FileNotFoundError):
+class MissingInputError(UserError, FileNotFoundError):
     """The stage's input does not exist (the message names the command that makes it)."""
 
 
