@@ -105,8 +105,9 @@ def test_tables_hold_exactly_the_logged_numbers_with_run_ids(built):
     assert f"final 1.8000, 123.4 tokens/s, 41.2 s {_ref(t)}" in built.text
     assert f"9 / 12 accepted (75.0%), trained tokens 43.2%, max_seq_len {p['data.max_seq_len']} {_ref(d)}" in built.text
     assert f"MTP tensors 15 (manifest match `true`) {_ref(built.runs['merge'])}" in built.text
-    # limitations follow data.tool_results (tiny preset: simulate)
-    assert "data.tool_results=simulate" in built.text and "not executed" in built.text
+    # limitations follow data.tool_results (tiny preset: execute, the real sandbox + judge)
+    assert "data.tool_results=execute" in built.text and "real execution in a sandbox" in built.text
+    assert "not executed" not in built.text
 
 
 def _runs_by_short(client, uri_experiment):

@@ -102,7 +102,7 @@ def test_card_preset_has_the_seed_card_settings():
 )
 def test_invalid_override_is_one_clear_line(override, expected):
     with pytest.raises(ConfigError) as e:
-        compose("train", [override])
+        compose("train", ["data=react_simulate", override])
     assert str(e.value) == expected
 
 
