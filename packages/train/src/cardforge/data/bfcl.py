@@ -48,8 +48,25 @@ def _read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def package_file(name: str) -> Path:
+    """`simple_python` -> the installed bfcl-eval package's data/BFCL_v4_simple_python.json (data only: the
+    package is installed --no-deps, its runtime pins would clash with ours)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("bfcl_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"data.sources: bfcl:{name} needs the bfcl-eval package (pip install --no-deps bfcl-eval)")
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    file = data / f"BFCL_v4_{name}.json"
+    if not file.is_file():
+        names = sorted(p.stem.removeprefix("BFCL_v4_") for p in data.glob("BFCL_v4_*.json"))
+        raise UserError(f"data.sources: bfcl:{name} is not a BFCL v4 set; choose one of: {', '.join(names)}")
+    return file
+
+
 def bfcl_tasks(file: str | Path) -> list[Task]:
-    file = Path(file)
+    """Tasks from a BFCL v4 file path, or a set name of the bfcl-eval package (`simple_python`, `multiple`)."""
+    file = Path(file) if ("/" in str(file) or str(file).endswith(".json")) else package_file(str(file))
     answers = file.parent / "possible_answer" / file.name
     if not file.is_file() or not answers.is_file():
         raise UserError(f"data.sources: bfcl:{file} needs the question file and {answers} (BFCL v4 layout)")

