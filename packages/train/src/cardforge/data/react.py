@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 from cardforge.core.chat import Message, Timings, Trajectory, Verdict, parse_assistant
 from cardforge.data.tasks import Task
 from cardforge.data.teacher import Teacher, call_xml, tools_prompt
+from cardforge.data import llm_judge
 from cardforge.data.tools import FINISH, ToolError, Workspace, check_call, execute, simulate_prompt
 from cardforge.data.verify import verify
 from cardforge.eval.client import Sampling
@@ -32,6 +34,7 @@ class Options:
     max_steps: int
     judge: bool  # keep only verified samples (rejection sampling)
     tool_timeout_s: float = 10.0
+    llm_judge: Any = None  # a Teacher at data.judge_url: decides what no rule can verify
 
 
 @dataclass
@@ -121,7 +124,7 @@ async def run_sample(task: Task, k: int, teacher: Teacher, session, opts: Option
         wire += [{"role": "assistant", "content": "\n\n".join(p for p in (parsed.content, call_xml(call)) if p)},
                  {"role": "user", "content": f"<tool_response>\n{obs}\n</tool_response>"}]
 
-    verdict, extra = await _judge(task, end, answer, calls, ws, opts)
+    verdict, extra = await _judge(task, end, answer, calls, ws, opts, session, messages)
     timings.total_s = time.monotonic() - t0
     extra.update({"task_id": task.id, "sample": k, "tool_results": opts.mode, "answer": answer,
                   "steps": sum(m.role == "assistant" for m in messages)})
@@ -129,7 +132,8 @@ async def run_sample(task: Task, k: int, teacher: Teacher, session, opts: Option
                       verdict=verdict, timings=timings, finish_reason=end.finish, errors=errors, extra=extra)
 
 
-async def _judge(task: Task, end: _End, answer, calls, ws, opts: Options) -> tuple[Verdict, dict]:
+async def _judge(task: Task, end: _End, answer, calls, ws, opts: Options, session=None,
+                 messages=()) -> tuple[Verdict, dict]:
     if end.reason is not None:
         return Verdict("rejected", 0.0, f"{end.reason}: {end.detail}", "runtime"), {"reason": end.reason}
     check = await asyncio.to_thread(verify, task, answer, calls, ws, opts.tool_timeout_s)
@@ -138,5 +142,12 @@ async def _judge(task: Task, end: _End, answer, calls, ws, opts: Options) -> tup
         return Verdict("accepted", None, check.detail, "none"), {**extra, "reason": None}
     if check.ok:
         return Verdict("accepted", 1.0, check.detail, "rules"), {**extra, "reason": None}
+    if check.ok is None and opts.llm_judge is not None:  # no rule applies: the LLM judge decides
+        passed, why = await llm_judge.judge(opts.llm_judge, session, task, list(messages), answer)
+        extra["llm_judge"] = why
+        if passed:
+            return Verdict("accepted", 1.0, why, "llm"), {**extra, "reason": None}
+        reason = "judge_failed" if passed is False else "judge_unparseable"
+        return Verdict("rejected", 0.0, f"{reason}: {why}", "llm"), {**extra, "reason": reason}
     reason = "wrong_answer" if check.ok is False else "unverifiable"
     return Verdict("rejected", 0.0, f"{reason}: {check.detail}", "rules"), {**extra, "reason": reason}

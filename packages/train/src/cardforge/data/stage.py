@@ -119,6 +119,7 @@ def run(cfg: DictConfig) -> DataResult:
     from cardforge.data.manifest import build_manifest, table, token_stats
     from cardforge.data.react import Options, sample_id
     from cardforge.data.tasks import load_tasks
+    from cardforge.data import llm_judge
     from cardforge.data.teacher import Teacher, open_teacher
 
     t0 = time.monotonic()
@@ -135,6 +136,10 @@ def run(cfg: DictConfig) -> DataResult:
              f"(tool_results={mode}, judge={bool(d.judge)})")
         if todo:
             opts = Options(mode, int(d.max_steps), bool(d.judge), float(d.tool_timeout_s))
+            if d.judge and d.judge_url:
+                opts.llm_judge = Teacher(str(d.judge_url).rstrip("/").removesuffix("/v1"), d.judge_model,
+                                         llm_judge.JUDGE_SAMPLING, float(cfg.teacher.timeout_s), int(d.retries),
+                                         int(cfg.teacher.concurrency), label=str(d.judge_model or "judge"))
             if mode == "execute":
                 from cardforge.core.sandbox import check_available
 

@@ -133,6 +133,8 @@ class DataConfig:
     tool_timeout_s: float = 10.0  # wall clock per sandboxed tool call
     simulator_url: Optional[str] = None  # tool_results=simulate: who role-plays the runtime (null: the teacher)
     simulator_model: Optional[str] = None
+    judge_url: Optional[str] = None  # an OpenAI-compatible LLM judge for tasks no rule can verify (data.judge=true)
+    judge_model: Optional[str] = None
     min_accepted: int = 1  # fewer accepted samples stops the stage (never train on nothing)
 
     def __post_init__(self) -> None:
