@@ -22,19 +22,14 @@ def _render(record: dict, tokenizer) -> str:
     return tokenizer.apply_chat_template(traj.openai_messages(), tokenize=False, **kwargs)
 
 
-def load_texts(paths: list[Path], model_dir: Path) -> list[str]:
+def load_texts(paths: list[Path], tokenizer) -> list[str]:
     """One string per trajectory (.jsonl, rendered with the model's chat template) or per paragraph (.txt)."""
     if not paths[0].is_file():
         raise UserError(f"calibration text not found: {paths[0]} (run the data stage or set quant.calibration=FILE)")
     texts: list[str] = []
-    tok = None
     for path in (p for p in paths if p.is_file()):
         if path.suffix == ".jsonl":
-            if tok is None:
-                from transformers import AutoTokenizer
-
-                tok = AutoTokenizer.from_pretrained(model_dir)
-            texts += [_render(json.loads(line), tok) for line in path.read_text().splitlines() if line.strip()]
+            texts += [_render(json.loads(line), tokenizer) for line in path.read_text().splitlines() if line.strip()]
         else:
             texts += [p for p in path.read_text().split("\n\n") if p.strip()]
     if not texts:
@@ -51,11 +46,9 @@ def split(texts: list[str], heldout_fraction: float, min_texts: int = 10) -> tup
     return texts[:-n_held], texts[-n_held:], True
 
 
-def at_least(text: str, n_tokens: int, tokenizer_dir: Path) -> str:
+def at_least(text: str, n_tokens: int, tokenizer) -> str:
     """llama-imatrix / llama-perplexity need 2 contexts of tokens: repeat a short text (logged) to get there."""
-    from transformers import AutoTokenizer
-
-    have = len(AutoTokenizer.from_pretrained(tokenizer_dir)(text)["input_ids"])
+    have = len(tokenizer(text)["input_ids"])
     if have >= n_tokens:
         return text
     reps = -(-n_tokens // max(have, 1)) + 1

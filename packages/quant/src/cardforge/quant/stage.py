@@ -56,7 +56,8 @@ def formats(cfg: DictConfig) -> list[str]:
     return out
 
 
-def run_gguf(cfg: DictConfig, src: Path, out: Path, texts: tuple[list[str], list[str]], head: dict | None) -> dict:
+def run_gguf(cfg: DictConfig, src: Path, out: Path, texts: tuple[list[str], list[str]], head: dict | None,
+             tokenizer) -> dict:
     q, threads = cfg.quant, cfg.quant.threads or os.cpu_count() or 1
     gdir, logs = out / "gguf", out / "logs"
     gdir.mkdir(parents=True, exist_ok=True)
@@ -64,8 +65,8 @@ def run_gguf(cfg: DictConfig, src: Path, out: Path, texts: tuple[list[str], list
     name, has_mtp = cfg.model.name, bool(head and head["tensors"])
     calib_txt, held_txt = out / "calibration.txt", out / "heldout.txt"
     need = 2 * q.imatrix_ctx + 64  # both tools refuse text shorter than two contexts
-    atomic_write_text(calib_txt, calibration.at_least("\n\n".join(texts[0]), need, src))
-    atomic_write_text(held_txt, calibration.at_least("\n\n".join(texts[1]), need, src))
+    atomic_write_text(calib_txt, calibration.at_least("\n\n".join(texts[0]), need, tokenizer))
+    atomic_write_text(held_txt, calibration.at_least("\n\n".join(texts[1]), need, tokenizer))
 
     t0 = time.perf_counter()
     bf16 = gguf.convert(src, gdir / gguf.file_name(name, gguf.Tier("BF16", False), has_mtp))
@@ -184,7 +185,10 @@ def run(cfg: DictConfig) -> dict:
                         "(re-run the merge stage, or set model.has_mtp=false for a model without one)")
     out = Path(cfg.paths.outputs) / "quant"
     out.mkdir(parents=True, exist_ok=True)
-    calib, held, held_out = calibration.split(calibration.load_texts(calibration_files(cfg), src),
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src)  # once: the 248k-token vocabulary takes seconds to load
+    calib, held, held_out = calibration.split(calibration.load_texts(calibration_files(cfg), tokenizer),
                                               cfg.quant.heldout_fraction)
     texts = (calib, held)
     with tracking.stage_run(cfg, "quant"):
@@ -193,7 +197,7 @@ def run(cfg: DictConfig) -> dict:
         results: dict[str, dict] = {}
         for fmt in formats(cfg):
             t0 = time.perf_counter()
-            results.update(run_gguf(cfg, src, out, texts, head) if fmt == "gguf"
+            results.update(run_gguf(cfg, src, out, texts, head, tokenizer) if fmt == "gguf"
                            else run_safetensors(cfg, fmt, src, out, texts, head))
             mlflow.log_metric(f"quant.{fmt}.seconds", time.perf_counter() - t0)
         if "gguf" in formats(cfg) and cfg.quant.load_check:
