@@ -162,10 +162,10 @@ def _run_suites(cfg: DictConfig, out_dir: Path, tlist: list[Target], root: str) 
     import mlflow
 
     ev = cfg.eval
-    suites = [s for s in ev.suites if s in benchmarks.REGISTRY]
-    for s in ev.suites:
+    suites = list(ev.suites)
+    for s in suites:
         if s not in benchmarks.REGISTRY:
-            _say(f"suite {s!r} is not built yet (issue #{benchmarks.PLANNED.get(s, '?')}): skipped")
+            raise UserError(f"eval.suites: unknown suite {s!r}; known: {sorted(benchmarks.REGISTRY)}")
     questions = {s: benchmarks.get(s).load(ev, root) for s in suites}
     opts = options(cfg)
     records: dict[str, dict[str, list[dict]]] = {}
@@ -174,9 +174,13 @@ def _run_suites(cfg: DictConfig, out_dir: Path, tlist: list[Target], root: str) 
         _say(f"{t.label}: {t.endpoint or t.gguf}")
         with serving(t, cfg, out_dir / "logs") as url:
             for s in suites:
-                records.setdefault(t.label, {})[s] = run_questions(
-                    questions[s], url, benchmarks.get(s).parse, opts, out_dir / t.label / f"{s}.jsonl",
-                    label=t.label, suite=s)
+                mod, path = benchmarks.get(s), out_dir / t.label / f"{s}.jsonl"
+                if hasattr(mod, "run_suite"):  # multi-turn suites (agentic) drive the conversation themselves
+                    got = mod.run_suite(questions[s], url, opts, path, label=t.label, suite=s, cfg=cfg)
+                else:
+                    got = run_questions(questions[s], url, mod.parse, opts, path, label=t.label, suite=s,
+                                        **({"score": mod.score} if hasattr(mod, "score") else {}))
+                records.setdefault(t.label, {})[s] = got
             if ev.lm_eval_tasks:
                 from cardforge.eval import lm_eval_model
 
