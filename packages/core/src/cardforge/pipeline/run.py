@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import mlflow
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cardforge.core import tracking
 from cardforge.core.cli import StageNotImplemented
@@ -39,6 +39,7 @@ class StageSpec:
     issue: int  # the issue that builds it (for the message when it is missing)
     sections: tuple[str, ...]  # config sections whose values decide what the stage computes
     always: bool = False  # never skipped: the card cites this invocation's runs
+    enabled_by: str | None = None  # a boolean config key; false -> the stage is left out of this chain
 
 
 STAGES: list[StageSpec] = [
@@ -46,6 +47,7 @@ STAGES: list[StageSpec] = [
     StageSpec("data", "cardforge.data.stage:run", 3, ("model", "teacher", "data")),
     StageSpec("train", "cardforge.train.stage:run", 4, ("model", "data", "lora", "trainer")),
     StageSpec("merge", "cardforge.train.merge.stage:run", 4, ("model",)),
+    StageSpec("mtp", "cardforge.train.mtp.stage:run", 11, ("model", "mtp"), enabled_by="mtp.enabled"),
     StageSpec("quant", "cardforge.quant.stage:run", 5, ("model", "quant")),
     StageSpec("eval", "cardforge.eval.stage:run", 7, ("model", "serve", "eval")),
     StageSpec("card", "cardforge.card.stage:run", 9, ("card",), always=True),
@@ -125,6 +127,10 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
         result = PipelineResult(run_id=parent.info.run_id)
         upstream: list[str] = []
         for spec in stages:
+            if spec.enabled_by and not OmegaConf.select(cfg, spec.enabled_by, default=False):
+                print(f"[pipeline] {spec.name}: off ({spec.enabled_by}=false)", file=sys.stderr)
+                upstream.append(f"{spec.name}:off")  # switching it on or off changes what comes after
+                continue
             fn = resolve_stage(spec.target)
             if fn is None:
                 result.stopped_at = spec.name

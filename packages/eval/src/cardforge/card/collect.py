@@ -20,11 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from cardforge.core import tracking
 from cardforge.core.errors import UserError
 
-STAGES = ("data", "train", "merge", "quant", "eval")
+STAGES = ("data", "train", "merge", "mtp", "quant", "eval")
 # artifacts the card reads or shows, per stage (artifact path in the run)
 ARTIFACTS = {
     "data": ["data/manifest.json"],
     "train": ["loss_curve.png"],
+    "mtp": ["mtp/mtp_bench.png"],
     "quant": ["quant/quant_results.json"],
     "eval": ["eval/summary.json", "eval/mtp_bench.png"],
 }

@@ -185,6 +185,30 @@ def mtp(c: Collected, ctx: Context, lang: str) -> list[str]:
     return out + [""]
 
 
+def mtp_head(c: Collected, ctx: Context, lang: str) -> list[str]:
+    """The retrained MTP head vs the grafted one: offline (held-out prompts) and online (llama-server)."""
+    run, T = c.get("mtp"), TEXT[lang]
+    if run is None:
+        return []
+    out = [f"### {T['mtp_retrain']}", "", T["mtp_retrain_lead"].format(
+        steps=run.params.get("mtp.steps", "?"), prompts=run.params.get("mtp.num_prompts", "?"),
+        n=run.params.get("mtp.n_max", "?"), ref=run.ref), "", T["mtp_offline_head"], "|---|---|---|---|---|"]
+    n = run.params.get("mtp.n_max", "?")
+    for head in ("grafted", "retrained"):
+        g = lambda k: run.metrics.get(f"mtp.offline.{head}.{k}")  # noqa: E731
+        out.append(f"| {head} | {num(g('step1_acc'), '.3f')} | {num(g('accept_rate'), '.3f')} (n-max {n}) "
+                   f"| {num(g('mean_accept_len'), '.2f')} | {run.ref} |")
+    rows = [r for r in mtp_rows(run) if r["tier"].startswith("online.")]
+    if rows:
+        out += ["", T["mtp_online_lead"], "", T["mtp_head"], "|---|---|---|---|---|---|"]
+        for r in rows:
+            speed = "—" if r.get("speedup") is None else f"{r['speedup']:.2f}×"
+            out.append(f"| `{r['tier'].removeprefix('online.')}` · {r['prompt_type']} · {r['n_max'] or 'off'} "
+                       f"| {num(r.get('tok_s_median'), '.1f')} | {speed} | {num(r.get('accept_rate'), '.3f')} "
+                       f"| {num(r.get('mean_accept_len'), '.2f')} | {run.ref} |")
+    return out + [""]
+
+
 def _bench_for(key: str, path: str | None, rows: list[dict], n: int) -> dict | None:
     """The bench row (coding prompts, n-max n) measured on this quant file, matched by file stem or tier suffix."""
     stem = Path(path).stem if path else None
@@ -305,7 +329,7 @@ def artifact_json(run: StageRun | None, artifact: str) -> dict:
         return {}
 
 
-SECTIONS = (training, None, evaluation, mtp, quant, protocol, limitations, files_section, inference, sources)
+SECTIONS = (training, None, evaluation, mtp, mtp_head, quant, protocol, limitations, files_section, inference, sources)
 
 
 def render(c: Collected, ctx: Context) -> str:

@@ -40,6 +40,14 @@ TEXT: dict[str, dict[str, str]] = {
                     "not change what is generated.",
         "mtp_head": "| tier · prompts · n-max | tok/s | speedup | accept rate | mean accept length | source |",
         "mtp_plot": "MTP speedup and accept rate vs n-max",
+        "mtp_retrain": "MTP head retrained on the distilled distribution",
+        "mtp_retrain_lead": "The base's grafted MTP head predicts the distilled model poorly; `cardforge.train.mtp` "
+                            "retrained it ({steps} steps, trunk frozen) on the distilled model's own continuations "
+                            "of {prompts} distillation prompts {ref}. Offline: teacher-forced drafts on held-out "
+                            "prompts, chained as llama.cpp drafts at n-max {n}.",
+        "mtp_offline_head": "| head | next-next token accuracy | draft accept rate | mean accept length | source |",
+        "mtp_online_lead": "Online, side by side in one run: llama-server `--spec-type draft-mtp` with each head "
+                           "(same GGUF type), greedy; speedup against speculation off.",
         "quant": "Per-quant files: size, fidelity, MTP speed",
         "quant_lead": "KLD and perplexity are against the BF16 GGUF on {kld_on}. MTP columns: coding "
                       "prompts at n-max = {n} (`serve.mtp.n_max`) {ref}.",
@@ -112,6 +120,13 @@ TEXT: dict[str, dict[str, str]] = {
         "mtp_lead": "llama-server `--spec-type draft-mtp`,贪心、单槽、多次重复取中位数。tok/s 为跑测机器上的绝对值;"
                     "加速比对比同一次运行中关闭投机的速度。贪心投机解码只接受目标模型自己的 argmax token,不改变生成内容。",
         "mtp_head": "| 档 · prompt · n-max | tok/s | 加速比 | 接受率 | 平均接受长度 | 来源 |",
+        "mtp_retrain": "在蒸馏分布上重训的 MTP 头",
+        "mtp_retrain_lead": "从基座嫁接来的 MTP 头对蒸馏后模型预测较弱;`cardforge.train.mtp` 冻结主干,用蒸馏模型自己对 "
+                            "{prompts} 条蒸馏提示的续写重训了它({steps} 步){ref}。离线:留出提示上的 teacher-forcing "
+                            "草稿,按 llama.cpp 在 n-max {n} 时的链式方式计算。",
+        "mtp_offline_head": "| 头 | 下下个 token 准确率 | 草稿接受率 | 平均接受长度 | 来源 |",
+        "mtp_online_lead": "在线(同一次运行并排测):llama-server `--spec-type draft-mtp` 分别加载两个头(相同 GGUF 类型),"
+                           "贪心;加速比相对于关闭推测解码。",
         "mtp_plot": "MTP 加速比与接受率随 n-max 的变化",
         "quant": "各量化档:体积、保真度、MTP 速度",
         "quant_lead": "KLD 与困惑度均相对 BF16 GGUF,在{kld_on}上测得。MTP 列:编码类 prompt,n-max = {n}"

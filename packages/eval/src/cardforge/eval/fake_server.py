@@ -11,6 +11,13 @@ Behaviour is chosen per request by tags in the last user message, so one run can
 `--delay S` slows every answer (kill -9 tests); `--think-tags` sends <think>..</think> in `content`
 instead of `reasoning_content`. GET /counts returns {key: requests seen}. Every stream ends like
 llama-server's: a last chunk with usage and `timings` before `data: [DONE]`.
+
+Scripted mode (multi-turn tests: the agentic runner, BFCL): `FakeServer(script=fn)` answers with
+`fn(messages)` when it returns a string (None: the behaviour above). The reply is streamed as the answer,
+cut before the first of the request's `stop` strings (as llama-server does); a reply "FAULT=http500" or
+"FAULT=drop" injects that fault instead. `conversation_script({key: [reply0, reply1, ...]})` picks the
+conversation whose first user message contains `key` and the reply by the number of assistant turns so
+far; `--script FILE.json` serves such a mapping. Scripted requests count under the key "scripted".
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import json
 import re
 import threading
 from collections import Counter
+from typing import Callable
 
 from aiohttp import web
 
@@ -39,8 +47,9 @@ def _chunk(delta: dict | None = None, finish: str | None = None, **extra) -> byt
 
 
 class FakeServer:
-    def __init__(self, *, delay_s: float = 0.0, think_tags: bool = False):
-        self.delay_s, self.think_tags = delay_s, think_tags
+    def __init__(self, *, delay_s: float = 0.0, think_tags: bool = False,
+                 script: Callable[[list[dict]], str | None] | None = None):
+        self.delay_s, self.think_tags, self.script = delay_s, think_tags, script
         self.counts: Counter[str] = Counter()
         self.app = web.Application()
         self.app.add_routes([web.post("/v1/chat/completions", self.chat), web.get("/counts", self.get_counts),
@@ -65,6 +74,8 @@ class FakeServer:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if self.script is not None and (reply := self.script(body["messages"])) is not None:
+            return await self._scripted(request, body, reply)
         text = body["messages"][-1]["content"]
         tags = _tags(text)
         digest = hashlib.sha256(text.encode()).hexdigest()
@@ -108,6 +119,35 @@ class FakeServer:
         await resp.write_eof()
         return resp
 
+    async def _scripted(self, request: web.Request, body: dict, reply: str) -> web.StreamResponse:
+        self.counts["scripted"] += 1
+        if reply == "FAULT=http500":
+            return web.json_response({"error": {"message": "injected failure"}}, status=500)
+        for stop in body.get("stop") or []:
+            if stop in reply:
+                reply = reply[:reply.index(stop)]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        thought = "Scripted step."
+        if self.think_tags:
+            await resp.write(_chunk({"content": f"<think>\n{thought}\n</think>\n\n"}))
+        else:
+            await resp.write(_chunk({"reasoning_content": thought}))
+        half = len(reply) // 2
+        await resp.write(_chunk({"content": reply[:half]}))
+        if reply == "FAULT=drop":
+            request.transport.close()
+            return resp
+        await resp.write(_chunk({"content": reply[half:]}))
+        n_out = max(1, len(reply.split()))
+        await resp.write(_chunk({}, "stop"))
+        await resp.write(_chunk(None, None, choices=[], usage={"prompt_tokens": 10, "completion_tokens": n_out},
+                                timings={"predicted_n": n_out, "predicted_per_second": 100.0,
+                                         "draft_n": 0, "draft_n_accepted": 0}))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
     # --- run in a background thread (tests) ---
     def start(self, port: int = 0) -> "FakeServer":
         ready = threading.Event()
@@ -143,13 +183,31 @@ class FakeServer:
         self.stop()
 
 
+def conversation_script(replies: dict[str, list[str]]) -> Callable[[list[dict]], str | None]:
+    """{text in the first user message: [reply to turn 0, turn 1, ...]} (past the end: the last reply)."""
+    def script(messages: list[dict]) -> str | None:
+        first = next((m.get("content") or "" for m in messages if m.get("role") == "user"), "")
+        turn = sum(m.get("role") == "assistant" for m in messages)
+        for key, seq in replies.items():
+            if key in first and seq:
+                return seq[min(turn, len(seq) - 1)]
+        return None
+
+    return script
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--think-tags", action="store_true")
+    ap.add_argument("--script", help="JSON file {text in the first user message: [reply per turn]}")
     a = ap.parse_args()
-    srv = FakeServer(delay_s=a.delay, think_tags=a.think_tags).start(a.port)
+    script = None
+    if a.script:
+        with open(a.script, encoding="utf-8") as f:
+            script = conversation_script(json.load(f))
+    srv = FakeServer(delay_s=a.delay, think_tags=a.think_tags, script=script).start(a.port)
     print(f"listening on {srv.base_url}", flush=True)
     threading.Event().wait()
 

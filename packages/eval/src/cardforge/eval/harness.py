@@ -6,6 +6,12 @@ Every question ends with a record: a finish_reason from the server (stop / lengt
 "error"` with the error after all retries; a failing request never stops the run. Records are written as
 each answer arrives (see records.py), so kill -9 loses only the requests in flight; rerunning skips what
 finished. The progress bar shows live accuracy over the answered questions.
+
+`score=` (a benchmark's `score(question, completion) -> dict`, e.g. coding: run the answer's code in the
+sandbox) adds fields to each record and decides `parsed` / `correct`. It is called for every completion,
+in a worker thread (asyncio.to_thread: a sandbox run must not stall the other requests' streams); a
+completion that did not finish with `stop` is never correct, whatever the scorer says, and a scorer that
+raises leaves `correct: false` with `score_error` set instead of stopping the run.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class HarnessOptions:
 
 # parse(answer_text) -> the parsed answer, or None (a parse failure: never a guess)
 Parser = Callable[[str], "str | None"]
+# score(question, completion) -> extra record fields, including parsed / correct (blocking: runs in a thread)
+Scorer = Callable[[Question, Completion], dict]
 
 
 def make_record(q: Question, c: Completion, parse: Parser, opts: HarnessOptions, label: str, suite: str) -> dict:
@@ -68,8 +76,21 @@ def make_record(q: Question, c: Completion, parse: Parser, opts: HarnessOptions,
     }
 
 
+def apply_score(r: dict, q: Question, c: Completion, score: Scorer) -> dict:
+    """Merge a scorer's fields into a record (blocking; see the module doc for the rules)."""
+    try:
+        fields = score(q, c)
+    except Exception as e:  # noqa: BLE001 - a scorer bug must cost one record, not the run
+        fields = {"correct": False, "score_error": f"{type(e).__name__}: {e}"[:500]}
+    r.update(fields)
+    if c.finish_reason != "stop":
+        r["parsed"], r["correct"] = None, False
+    r["correct"] = bool(r.get("correct"))
+    return r
+
+
 async def _run(questions: list[Question], base_url: str, parse: Parser, opts: HarnessOptions, out: Path,
-               label: str, suite: str) -> None:
+               label: str, suite: str, score: Scorer | None = None) -> None:
     done = rec.finished_ids(out, {q.id: q.prompt_hash for q in questions}, opts.sampling_hash)
     todo = [q for q in questions if q.id not in done]
     prior = rec.latest_by_id(rec.read_records(out))
@@ -85,6 +106,8 @@ async def _run(questions: list[Question], base_url: str, parse: Parser, opts: Ha
                 c = await complete(session, base_url, q.messages, opts.sampling, timeout_s=opts.timeout_s,
                                    retries=opts.retries, model=opts.model, think_open=opts.think_open)
             r = make_record(q, c, parse, opts, label, suite)
+            if score is not None:
+                r = await asyncio.to_thread(apply_score, r, q, c, score)
             rec.append_record(out, r)  # the event loop is the only writer: no interleaving
             state["answered"] += 1
             state["correct"] += int(r["correct"])
@@ -97,12 +120,14 @@ async def _run(questions: list[Question], base_url: str, parse: Parser, opts: Ha
 
 
 def run_questions(questions: list[Question], base_url: str, parse: Parser, opts: HarnessOptions,
-                  out_path: str | Path, *, label: str = "model", suite: str = "suite") -> list[dict]:
-    """Ask every unfinished question; return the latest record of each question, in question order."""
+                  out_path: str | Path, *, label: str = "model", suite: str = "suite",
+                  score: Scorer | None = None) -> list[dict]:
+    """Ask every unfinished question; return the latest record of each question, in question order.
+    `score`: see the module doc (fields and correctness from running the answer, off the event loop)."""
     out = Path(out_path)
     ids = [q.id for q in questions]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{suite}: question ids are not unique")
-    asyncio.run(_run(questions, base_url, parse, opts, out, label, suite))
+    asyncio.run(_run(questions, base_url, parse, opts, out, label, suite, score))
     latest = rec.latest_by_id(rec.read_records(out))
     return [latest[q.id] for q in questions if q.id in latest]

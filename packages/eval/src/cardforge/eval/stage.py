@@ -32,6 +32,7 @@ from cardforge.eval.client import Sampling
 from cardforge.eval.harness import HarnessOptions, run_questions
 
 CHANCE = {"gpqa_diamond": 0.25, "mmlu": 0.25}
+PASS_AT_1 = {"humaneval", "coding"}  # suites whose accuracy is also logged as pass_at_1 (per language too)
 
 
 @dataclass
@@ -126,7 +127,18 @@ def options(cfg: DictConfig) -> HarnessOptions:
 def _suite_metrics(label: str, suite: str, s: dict) -> dict[str, float]:
     m = {f"{label}.{suite}.{k}": float(v) for k, v in s.items() if isinstance(v, (int, float)) and v is not None}
     m.update({f"{label}.{suite}.finish_{k}": float(v) for k, v in s["finish"].items()})
+    if suite.split(".")[0] in PASS_AT_1:  # one sample per problem: accuracy is pass@1, named so
+        m[f"{label}.{suite}.pass_at_1"] = float(s["accuracy"])
+    for group, gs in s.get("groups", {}).items():  # e.g. each BFCL set: <label>.bfcl.<set>.accuracy
+        m.update(_suite_metrics(label, f"{suite}.{group}", gs))
     return m
+
+
+def _row(suite: str, label: str, s: dict) -> str:
+    f = s["finish"]
+    return (f"| {suite} | {label} | {s['accuracy']:.1%} ({s['ci95_low']:.1%}–{s['ci95_high']:.1%}) | "
+            f"{s['correct']}/{s['n']} | {f['stop']} / {f['length']} / {f['error']} | {s['parse_fail']} | "
+            f"{s['median_completion_tokens']} |")
 
 
 def table(summary: dict) -> str:
@@ -136,10 +148,12 @@ def table(summary: dict) -> str:
         for label, s in per.items():
             if label in ("delta", "note"):
                 continue
-            f = s["finish"]
-            lines.append(f"| {suite} | {label} | {s['accuracy']:.1%} ({s['ci95_low']:.1%}–{s['ci95_high']:.1%}) | "
-                         f"{s['correct']}/{s['n']} | {f['stop']} / {f['length']} / {f['error']} | {s['parse_fail']} | "
-                         f"{s['median_completion_tokens']} |")
+            lines.append(_row(suite, label, s))
+            lines += [_row(f"{suite}/{g}", label, gs) for g, gs in s.get("groups", {}).items()]
+            if s.get("judge_n"):
+                lines.append(f"| {suite} (LLM judge) | {label} | {s['judge_accuracy']:.1%} ({s['judge_ci95_low']:.1%}–"
+                             f"{s['judge_ci95_high']:.1%}) | {s['judge_correct']}/{s['judge_n']} | agrees with the "
+                             f"checker on {s['judge_agree']}/{s['judge_n']} | | |")
         if "delta" in per:
             d = per["delta"]
             lines.append(f"| {suite} | Δ distill−base | {d['delta']:+.1%} (paired bootstrap {d['ci95_low']:+.1%}–"
@@ -150,6 +164,9 @@ def table(summary: dict) -> str:
 
 
 def _note(cfg: DictConfig, suite: str, n: int) -> str | None:
+    mod = benchmarks.get(suite)
+    if hasattr(mod, "note"):  # suites with their own data say what a partial run means
+        return mod.note(cfg.eval, n)
     src = str(cfg.eval.get("gpqa_source" if suite == "gpqa_diamond" else "mmlu_source"))
     if "fixtures" in src or n < 50:
         return (f"smoke set ({n} self-written questions from {Path(src).name}, not the real benchmark): accuracy "

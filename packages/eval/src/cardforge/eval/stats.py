@@ -75,5 +75,23 @@ def median_tokens(records: Iterable[dict]) -> float | None:
     return float(statistics.median(toks)) if toks else None
 
 
-def summarize(records: list[dict]) -> dict[str, Any]:
-    return {**accuracy(records), "finish": finish_table(records), "median_completion_tokens": median_tokens(records)}
+def judge_summary(records: list[dict]) -> dict[str, Any]:
+    """An LLM judge's verdicts beside the rule-based `correct` (records with `judge_correct` true/false)."""
+    judged = [r for r in records if r.get("judge_correct") is not None]
+    k = sum(1 for r in judged if r["judge_correct"])
+    lo, hi = wilson(k, len(judged))
+    return {"judge_n": len(judged), "judge_correct": k, "judge_accuracy": k / len(judged) if judged else 0.0,
+            "judge_ci95_low": lo, "judge_ci95_high": hi,
+            "judge_agree": sum(1 for r in judged if bool(r["judge_correct"]) == bool(r.get("correct")))}
+
+
+def summarize(records: list[dict], *, by_group: bool = True) -> dict[str, Any]:
+    """Accuracy, finish table, median length; plus `groups` (the same per record `group`, e.g. a BFCL set)
+    and the judge's numbers when records carry them."""
+    out = {**accuracy(records), "finish": finish_table(records), "median_completion_tokens": median_tokens(records)}
+    if any(r.get("judge_correct") is not None for r in records):
+        out.update(judge_summary(records))
+    groups = sorted({r["group"] for r in records if r.get("group")}) if by_group else []
+    if groups:
+        out["groups"] = {g: summarize([r for r in records if r.get("group") == g], by_group=False) for g in groups}
+    return out

@@ -28,6 +28,12 @@ from cardforge.quant.safetensors_export import export_fp8, export_nvfp4
 def source_dir(cfg: DictConfig) -> Path:
     if cfg.quant.source:
         return Path(cfg.quant.source)
+    if cfg.mtp.enabled:  # the MTP stage's checkpoint: merge's, with the retrained head
+        retrained = Path(cfg.paths.outputs) / "mtp" / "model"
+        if not retrained.is_dir():
+            raise UserError(f"mtp.enabled=true but no retrained checkpoint at {retrained}: run `make mtp` "
+                            "first, or set mtp.enabled=false to quantize the merged model with the grafted head")
+        return retrained
     merged = Path(cfg.paths.outputs) / "merge" / "model"
     if not merged.is_dir():
         raise UserError(f"no merged model at {merged}: run `make merge` first or set quant.source=DIR")
@@ -192,7 +198,9 @@ def run(cfg: DictConfig) -> dict:
                                               cfg.quant.heldout_fraction)
     texts = (calib, held)
     with tracking.stage_run(cfg, "quant"):
+        origin = ("retrained" if (src / "mtp_manifest.retrained.json").is_file() else "grafted") if head else "none"
         mlflow.set_tags({"quant.source": str(src), "quant.mtp_head": str(bool(head and head["tensors"])),
+                         "quant.mtp_head_origin": origin, "quant.mtp_head_sha256": (head or {}).get("shard_sha256") or "",
                          "quant.kld_on": "held-out text" if held_out else "calibration text (too few to hold out)"})
         results: dict[str, dict] = {}
         for fmt in formats(cfg):

@@ -49,14 +49,19 @@ def sample_id(task: Task, k: int) -> str:
 
 
 async def run_sample(task: Task, k: int, teacher: Teacher, session, opts: Options,
-                     simulator: Teacher | None = None, sim_session=None) -> Trajectory:
+                     simulator: Teacher | None = None, sim_session=None, *,
+                     workspace: Workspace | None = None) -> Trajectory:
+    """`workspace` (execute mode): run in this one instead of a fresh copy of task.files, so the caller can
+    check its final state (the eval's agentic suite does)."""
     t0 = time.monotonic()
     timings = Timings()
     messages = [Message("system", task.system), Message("user", task.prompt)]
     wire = [{"role": "system", "content": tools_prompt(task.system, task.tools)},
             {"role": "user", "content": task.prompt}]
     allowed = [t["function"]["name"] for t in task.tools]
-    ws = Workspace({p: c.encode() for p, c in task.files.items()}) if opts.mode == "execute" else None
+    ws = None
+    if opts.mode == "execute":
+        ws = workspace if workspace is not None else Workspace({p: c.encode() for p, c in task.files.items()})
     errors: list[str] = []
     answer, calls = None, []
     end = _End("max_steps", "max_steps", f"no answer within data.max_steps={opts.max_steps}")

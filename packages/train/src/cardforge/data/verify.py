@@ -15,7 +15,6 @@ from cardforge.data.tasks import Task
 from cardforge.data.tools import Workspace
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_CODE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
 
 
 @dataclass
@@ -30,18 +29,10 @@ def last_number(text: str) -> float | None:
 
 
 def _humaneval(v: dict, answer: str, timeout_s: float) -> Check:
-    from cardforge.core.sandbox import run_sandboxed
+    from cardforge.core.humaneval import check, python_code
 
-    blocks = _CODE.findall(answer)
-    code = blocks[-1] if blocks else answer
-    if f"def {v['entry_point']}" not in code:  # the body alone: put it under the given signature
-        code = v["prompt"] + code
-    program = f"{code}\n\n{v['test']}\n\ncheck({v['entry_point']})\n"
-    r = run_sandboxed(["python3", "solution.py"], files={"solution.py": program}, timeout_s=timeout_s, read_back=False)
-    if r.exit_code == 0:
-        return Check(True, "tests passed")
-    tail = (r.stderr.strip().splitlines() or ["timeout" if r.timed_out else f"exit {r.exit_code}"])[-1]
-    return Check(False, f"tests failed: {tail[:200]}")
+    r = check(v, python_code(answer), timeout_s)
+    return Check(True, r.detail) if r.passed else Check(False, f"tests failed: {r.detail[:200]}")
 
 
 def verify(task: Task, answer: str | None, calls: list[ToolCall], ws: Workspace | None,

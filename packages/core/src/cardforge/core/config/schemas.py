@@ -18,11 +18,13 @@ class Stage(str, Enum):
     data = "data"
     train = "train"
     merge = "merge"
+    mtp = "mtp"
     quant = "quant"
     serve = "serve"
     eval = "eval"
     card = "card"
     pipeline = "pipeline"
+    release = "release"
 
 
 class Arch(str, Enum):
@@ -286,6 +288,10 @@ class ServeConfig:
             raise ValueError(f"serve.served_model_name must not contain '/': {self.served_model_name!r}")
 
 
+# the coding suite's languages (cardforge.eval.coding.runner.TOOLCHAINS; a test keeps the two in step)
+CODING_LANGUAGES = ("python", "javascript", "typescript", "java", "cpp", "c", "rust", "go", "ruby", "bash")
+
+
 @dataclass
 class EvalConfig:
     suites: list[str] = field(default_factory=lambda: ["gpqa_diamond", "mmlu"])
@@ -320,10 +326,38 @@ class EvalConfig:
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_include_path: Optional[str] = None
     progress: bool = True
+    # bfcl suite: BFCL v4 sets of the bfcl-eval package (or question files in its layout), AST-matched
+    bfcl_sets: list[str] = field(default_factory=lambda: ["simple_python", "multiple", "parallel",
+                                                          "parallel_multiple", "irrelevance"])
+    bfcl_limit: Optional[int] = None  # a seeded sample of N items per set; null: every item
+    # agentic suite: our multi-step tasks with real tools in the sandbox, checked on the final workspace
+    agentic_limit: Optional[int] = None  # the first N tasks; null: all
+    agentic_max_steps: Optional[int] = None  # model turns per task, overriding each task's own budget
+    agentic_tool_timeout_s: float = 10.0  # per sandboxed tool call
+    judge_url: Optional[str] = None  # an OpenAI-compatible LLM judge beside the agentic checkers (judge_accuracy)
+    judge_model: Optional[str] = None
+    # coding suites (humaneval, coding): answers compiled and run in the sandbox against hidden tests
+    coding_languages: list[str] = field(default_factory=lambda: list(CODING_LANGUAGES))
+    coding_problems: Optional[int] = None  # the first N of the 10 coding problems per language; null: all
+    # seconds per run of an answer's tests, by language (humaneval uses python's); the compile step has its own
+    coding_timeout_s: dict[str, float] = field(default_factory=lambda: {lang: 10.0 for lang in CODING_LANGUAGES})
+    coding_compile_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"eval.concurrency must be >= 1, got {self.concurrency}")
+        for key, names in (("coding_languages", self.coding_languages), ("coding_timeout_s", self.coding_timeout_s)):
+            if bad := sorted(set(names) - set(CODING_LANGUAGES)):
+                raise ValueError(f"eval.{key}: unknown language(s) {bad}; known: {list(CODING_LANGUAGES)}")
+        if "coding" in self.suites and not self.coding_languages:
+            raise ValueError("eval.coding_languages is empty but eval.suites has coding: name at least one language")
+        if self.coding_problems is not None and self.coding_problems < 1:
+            raise ValueError(f"eval.coding_problems must be >= 1 or null, got {self.coding_problems}")
+        for key in ("bfcl_limit", "agentic_limit", "agentic_max_steps"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"eval.{key} must be >= 1 or null, got {getattr(self, key)}")
+        if not self.bfcl_sets and "bfcl" in self.suites:
+            raise ValueError("eval.bfcl_sets is empty but eval.suites has bfcl: name at least one BFCL set")
         if self.retries < 0:
             raise ValueError(f"eval.retries must be >= 0, got {self.retries}")
         if any(n < 0 for n in self.mtp_n_max):
@@ -361,6 +395,96 @@ class CardConfig:
             raise ValueError(f"card.languages must be a non-empty subset of [en, zh], got {list(self.languages)}")
 
 
+class LinkMode(str, Enum):
+    hardlink = "hardlink"  # a file on another filesystem is copied instead (said in the output and manifest)
+    copy = "copy"
+
+
+@dataclass
+class ReleaseRepoIds:
+    """Where one repository goes: OWNER/NAME per hub; null: <hub>_namespace/<repo name>, else not uploaded."""
+
+    hf: Optional[str] = None
+    modelscope: Optional[str] = None
+
+
+@dataclass
+class ReleaseRepos:
+    main: ReleaseRepoIds = field(default_factory=ReleaseRepoIds)  # card + BF16 safetensors + gguf/
+    fp8: ReleaseRepoIds = field(default_factory=ReleaseRepoIds)  # FP8 block-128
+    nvfp4: ReleaseRepoIds = field(default_factory=ReleaseRepoIds)  # NVFP4 W4A16 at the root + w4a4/
+
+
+@dataclass
+class ReleaseConfig:
+    """The release bundle (python -m cardforge.card release; conf/release.yaml)."""
+
+    out_dir: str = "${paths.outputs}/release"
+    dry_run: bool = False  # list what would be uploaded, write nothing
+    link: LinkMode = LinkMode.hardlink
+    parent_run_id: Optional[str] = None  # the pipeline run to release; null: as the card stage picks it
+    name: Optional[str] = None  # main repo name (FP8/NVFP4 add -FP8/-NVFP4); null: card.title
+    gguf_name: Optional[str] = None  # GGUF file prefix (<gguf_name>-MTP-<TIER>.gguf); null: the quant stage's names
+    gguf_tiers: list[str] = field(default_factory=list)  # quant_results keys to ship; empty: the quant run's tiers
+    hf_namespace: Optional[str] = None
+    modelscope_namespace: Optional[str] = None
+    repos: ReleaseRepos = field(default_factory=ReleaseRepos)
+    hf_cli: str = "hf"  # hf | huggingface-cli (same arguments)
+    license: Optional[str] = None  # null: card.license
+    attribution: list[CardReference] = field(default_factory=list)  # empty: card.attribution
+
+    def __post_init__(self) -> None:
+        if self.hf_cli not in ("hf", "huggingface-cli"):
+            raise ValueError(f"release.hf_cli must be hf or huggingface-cli, got {self.hf_cli!r}")
+        for key in ("hf_namespace", "modelscope_namespace"):
+            if "/" in (getattr(self, key) or ""):
+                raise ValueError(f"release.{key} is an owner (user or org), without '/': {getattr(self, key)!r}")
+        for repo in ("main", "fp8", "nvfp4"):
+            for hub in ("hf", "modelscope"):
+                rid = getattr(getattr(self.repos, repo), hub)
+                if rid and rid.count("/") != 1:
+                    raise ValueError(f"release.repos.{repo}.{hub} must be OWNER/NAME, got {rid!r}")
+
+
+@dataclass
+class MtpTrainConfig:
+    """Retrain the MTP draft head on the distilled model's own continuations (python -m cardforge.train.mtp)."""
+
+    enabled: bool = False  # the pipeline runs the stage and quantizes its checkpoint instead of merge's
+    sources: list[str] = field(default_factory=lambda: ["builtin", "humaneval"])  # prompts: data.sources specs
+    num_prompts: int = 256  # a seeded sample of the sources' task prompts
+    heldout_fraction: float = 0.15  # prompts kept out of training for the offline before/after accept rate
+    max_new_tokens: int = 512  # continuation length per prompt
+    samples_per_prompt: int = 1  # the first greedy (temperature 0), the others sampled at `temperature`
+    temperature: float = 0.7
+    top_p: float = 0.95
+    steps: int = 2000  # optimizer steps, one sequence each
+    lr: float = 1.0e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    unroll: int = 3  # chained draft steps trained (llama.cpp feeds the head's output back at n-max > 1)
+    step_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    positions_per_step: int = 64  # drafts per sequence entering the loss (0: all; the LM head is the cost)
+    n_max: int = 3  # offline accept rate at this draft length (the card serves --spec-draft-n-max 3)
+    seed: int = 0
+    dtype: str = "float32"  # compute dtype of the frozen trunk and the head while training (bfloat16 on GPU)
+    device: str = "auto"  # auto: cuda when available
+    bench: bool = True  # online: llama-server draft-mtp, grafted vs retrained vs off, side by side
+    bench_tier: str = "Q8_0"  # GGUF type both heads are benched at
+    bench_n_max: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    bench_repeats: int = 3
+    bench_max_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        if self.unroll < 1:
+            raise ValueError(f"mtp.unroll must be >= 1, got {self.unroll}")
+        if len(self.step_weights) < self.unroll:
+            raise ValueError(f"mtp.step_weights needs {self.unroll} weights (mtp.unroll={self.unroll}), "
+                             f"got {list(self.step_weights)}")
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"mtp.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+
+
 @dataclass
 class CardforgeConfig:
     """The whole tree. Every primary config composes every group, so any stage sees the full picture."""
@@ -375,10 +499,12 @@ class CardforgeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    mtp: MtpTrainConfig = field(default_factory=MtpTrainConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     card: CardConfig = field(default_factory=CardConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
     force: list[str] = field(default_factory=list)  # stages to rerun although their inputs are unchanged
     format: Optional[QuantFormat] = None  # quant stage only: build just this format (`format=gguf`)
     until: Optional[str] = None  # pipeline only: stop after this stage (`until=train`)
