@@ -48,6 +48,7 @@ class TrainResult:
     tokens_per_s: float = 0.0
     trained_token_fraction: float = 0.0
     wall_s: float = 0.0
+    peak_cuda_mem_gib: float = 0.0  # torch.cuda.max_memory_allocated over the fit (0 off CUDA)
 
 
 def data_path(cfg: DictConfig) -> Path:
@@ -119,7 +120,10 @@ def load_base(path: Path, precision: str, gradient_checkpointing: bool, fsdp: bo
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if "bf16" in precision else torch.float32
+    # FSDP flattens each layer's tensors into one of a single dtype ("Must flatten tensors with uniform dtype" with a
+    # bf16 base and fp32 LoRA, seen on an H200): under FSDP the base stays fp32 and FSDP's bf16-mixed precision
+    # (param_dtype bf16) computes in bf16 from the fp32 shards
+    dtype = torch.bfloat16 if "bf16" in precision and not fsdp else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.config.use_cache = False
     model.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode (LoRA dropout)
@@ -176,6 +180,11 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
         resumed_from = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"])
         log.warning("resuming from %s (step %d)", resume, resumed_from)
     log.info("LoRA targets (%s): %s", cfg.lora.target_modules, {t: len(v) for t, v in matched.items()})
+    on_cuda = trainer.strategy.root_device.type == "cuda"
+    if on_cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
     with warnings.catch_warnings():
         # TrainDataModule restores the sampler position itself, so Lightning's generic warning does not apply
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
@@ -191,6 +200,8 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
         tokens_per_s=module.tokens_total / max(module.train_seconds, 1e-9),
         trained_token_fraction=module.target_total / max(module.tokens_total, 1),
     )
+    if on_cuda:
+        result.peak_cuda_mem_gib = torch.cuda.max_memory_allocated(trainer.strategy.root_device) / 2**30
     if trainer.is_global_zero:
         with atomic_dir(adapter_dir) as tmp:
             model.save_pretrained(tmp, state_dict=state)
@@ -220,6 +231,8 @@ def run(cfg: DictConfig) -> TrainResult:
                          "train.lora_targets": ",".join(f"{t}:{n}" for t, n in result.lora_targets.items())})
         mlflow.log_metrics({"train/wall_s": result.wall_s, "train/tokens_per_s_mean": result.tokens_per_s,
                             "train/final_loss": result.losses[-1] if result.losses else float("nan")})
+        if result.peak_cuda_mem_gib:
+            mlflow.log_metric("train/peak_cuda_mem_gib", result.peak_cuda_mem_gib)
         mlflow.log_artifact(str(out_dir / "loss_curve.png"))
         mlflow.log_artifact(str(out_dir / "train_result.json"))
         mlflow.log_artifacts(result.adapter_dir, "adapter")
