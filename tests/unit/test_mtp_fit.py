@@ -65,6 +65,7 @@ def test_accept_stats_count_the_matching_prefix_like_llama_server():
     assert s["accept_rate"] <= s["step1_acc"] + 1e-9
 
 
+@pytest.mark.slow
 def test_fit_learns_the_drafts_on_held_out_sequences_and_only_the_head_moves():
     model = _small_model()
     seqs = _cyclic(10, 40, 16, 96, seed=2)
@@ -74,21 +75,33 @@ def test_fit_learns_the_drafts_on_held_out_sequences_and_only_the_head_moves():
     trunk_before = {k: v.clone() for k, v in model.state_dict().items()}
     before = F.accept_stats(head, model, held, n_max=3)
     losses = F.fit(head, model, train, steps=150, lr=3e-3, weight_decay=0.0, unroll=3, step_weights=[1, 0.5, 0.25],
-                   warmup_ratio=0.05, seed=0, positions_per_step=16)
+                   warmup_ratio=0.05, seed=0, positions_per_step=16, self_targets=False)
     after = F.accept_stats(head, model, held, n_max=3)
     assert before["accept_rate"] < 0.1
     assert after["step1_acc"] > 0.9 and after["accept_rate"] > 0.8, after
-    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 / 4
+    # argmax is right long before the (random, small) LM head can make the softmax confident
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
     assert all(torch.equal(v, trunk_before[k]) for k, v in model.state_dict().items())  # trunk frozen
 
 
-def test_unroll_one_trains_only_the_first_draft():
+def test_self_targets_teach_the_drafts_greedy_decoding_accepts():
+    """Labels read off the trunk (its argmax after each prefix) at every position, prompt included: on held-out
+    prompts the head then drafts the model's own greedy continuation."""
     model = _small_model()
-    feats = F.trunk_features(model, _cyclic(8, 40, 16, 96, seed=3))
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 96, (12,), generator=g).tolist() for _ in range(12)]
+    seqs = F.generate(model, prompts, max_new_tokens=24, temperature=0.0, top_p=1.0, seed=0, eos_ids=[95])
+    feats = F.trunk_features(model, seqs)
+    # the continuation is the trunk's own argmax: the labels self_targets reads off the hidden states
+    for f in feats:
+        cont = model.get_output_embeddings()(f.hidden[f.prompt_len - 1:-1]).argmax(-1)
+        assert torch.equal(cont, f.ids[f.prompt_len:])
+    train, held = feats[:10], feats[10:]
     head = MtpHead(model.config)
-    F.fit(head, model, feats, steps=150, lr=3e-3, weight_decay=0.0, unroll=1, step_weights=None,
-          warmup_ratio=0.05, seed=0, positions_per_step=16)
-    s = F.accept_stats(head, model, feats, n_max=3)
-    # step 1 learned; chained steps see the head's own output as `hidden`, which only unroll > 1 trains
-    assert s["step1_acc"] > 0.9
-    assert s["step3_acc"] < s["step1_acc"]
+    trunk_before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = F.accept_stats(head, model, held, n_max=3)
+    F.fit(head, model, train, steps=200, lr=3e-3, weight_decay=0.0, unroll=3, step_weights=[1, 0.5, 0.25],
+          warmup_ratio=0.05, seed=0, positions_per_step=32, self_targets=True)
+    after = F.accept_stats(head, model, held, n_max=3)
+    assert after["accept_rate"] > before["accept_rate"] + 0.3, (before, after)
+    assert all(torch.equal(v, trunk_before[k]) for k, v in model.state_dict().items())  # trunk frozen

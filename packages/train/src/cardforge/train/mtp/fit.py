@@ -74,7 +74,7 @@ def trunk_features(model, seqs: list[Sequence]) -> list[Features]:
 
 
 def _chain(head: MtpHead, model, f: Features, unroll: int, positions: torch.Tensor | None = None,
-           ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+           self_targets: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """[(logits_k, targets_k)] for k = 1..unroll, teacher forced: at every position t ([L-1-k, V]), or only at
     `positions` (the head runs over the whole sequence; the 248k-wide LM head, most of the cost, only there)."""
     ids, L = f.ids, f.ids.shape[0]
@@ -88,7 +88,14 @@ def _chain(head: MtpHead, model, f: Features, unroll: int, positions: torch.Tens
         hidden = hidden[:, :n]
         pe_k = (pe[0][:, :n], pe[1][:, :n])
         h_out = head(hidden, model.get_input_embeddings()(ids[k:k + n].unsqueeze(0)), pe_k)
-        target = ids[k + 1:k + 1 + n]
+        if self_targets:  # the trunk's own greedy choice after x[..t+k]: what verification will accept
+            with torch.no_grad():
+                sel = positions[positions < n] if positions is not None else torch.arange(n)
+                tgt = model.get_output_embeddings()(f.hidden[sel + k].to(h_out.dtype)).argmax(-1)
+            target = torch.full((n,), -100, dtype=torch.long)
+            target[sel] = tgt
+        else:
+            target = ids[k + 1:k + 1 + n]
         if positions is None:
             out.append((model.get_output_embeddings()(h_out[0]), target))
         else:
@@ -105,11 +112,15 @@ def _valid_from(f: Features) -> int:
 
 def fit(head: MtpHead, model, feats: list[Features], *, steps: int, lr: float, weight_decay: float,
         unroll: int, step_weights: list[float] | None, warmup_ratio: float, seed: int, grad_clip: float = 1.0,
-        positions_per_step: int | None = 64, on_step: Callable[[int, float, float], None] | None = None) -> list[float]:
+        positions_per_step: int | None = 64, self_targets: bool = True, on_step: Callable[[int, float, float], None] | None = None) -> list[float]:
     """Train the head for `steps` sequence steps (one sequence per step, seeded order); returns losses.
 
-    `positions_per_step`: a seeded sample of continuation positions whose drafts enter the loss (the head sees
-    the whole sequence; only the LM head's cost scales with it). None: every position."""
+    `positions_per_step`: a seeded sample of positions whose drafts enter the loss (the head sees the whole
+    sequence; only the LM head's cost scales with it). None: every position.
+    `self_targets`: the label of draft k at t is the trunk's own argmax after x[..t+k] (read off the cached
+    hidden states), at every position of prompt and continuation: exactly what greedy verification accepts,
+    and many more examples per sequence than the generated tokens alone. False: the next tokens of the text,
+    continuation positions only."""
     for p in model.parameters():
         p.requires_grad_(False)
     head.train()
@@ -128,14 +139,14 @@ def fit(head: MtpHead, model, feats: list[Features], *, steps: int, lr: float, w
             order = list(range(len(feats)))
             rng.shuffle(order)
         f = feats[order.pop()]
-        start, L = _valid_from(f), f.ids.shape[0]
+        start, L = (0 if self_targets else _valid_from(f)), f.ids.shape[0]
         if L - 2 <= start:
             continue
         pos = torch.arange(start, L - 2)
         if positions_per_step and len(pos) > positions_per_step:
             pos = pos[torch.randperm(len(pos), generator=gen)[:positions_per_step]].sort().values
         total, norm = 0.0, 0.0
-        for k, (logits, target) in enumerate(_chain(head, model, f, unroll, pos)):
+        for k, (logits, target) in enumerate(_chain(head, model, f, unroll, pos, self_targets)):
             if logits.shape[0] == 0:
                 break
             total = total + weights[k] * F.cross_entropy(logits.float(), target)
@@ -148,7 +159,7 @@ def fit(head: MtpHead, model, feats: list[Features], *, steps: int, lr: float, w
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if on_step:
             on_step(step, float(loss), sched.get_last_lr()[0])
     head.eval()

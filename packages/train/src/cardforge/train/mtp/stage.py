@@ -105,7 +105,7 @@ def continuations(cfg: DictConfig, src: Path, tokenizer, items: list[tuple[str, 
     from cardforge.train.mtp.fit import Sequence
 
     m = cfg.mtp
-    key = {"max_new_tokens": int(m.max_new_tokens), "temperature": float(m.temperature), "top_p": float(m.top_p),
+    key = {"v": 2, "max_new_tokens": int(m.max_new_tokens), "temperature": float(m.temperature), "top_p": float(m.top_p),
            "seed": int(m.seed), "model": _weights_id(src)}
     done: dict[tuple[str, int], Any] = {}
     if path.is_file():
@@ -134,7 +134,7 @@ def continuations(cfg: DictConfig, src: Path, tokenizer, items: list[tuple[str, 
         for tid, k, ids in todo:
             body = {"prompt": ids, "n_predict": int(m.max_new_tokens), "return_tokens": True, "cache_prompt": False,
                     "temperature": 0.0 if k == 0 else float(m.temperature), "top_p": 1.0 if k == 0 else float(m.top_p),
-                    "top_k": 0, "seed": int(m.seed) * 1009 + k, "samplers": ["top_p", "temperature"] if k else []}
+                    "top_k": 0, "seed": int(m.seed) * 1009 + k}  # the default sampler chain: temperature 0 is greedy
             reply = _post(srv.base_url + "/completion", body, timeout=float(cfg.eval.timeout_s))
             seq = Sequence(list(ids) + list(reply.get("tokens") or []), len(ids), tid)
             append_record(path, {"id": tid, "k": k, "key": key, "prompt_len": seq.prompt_len, "ids": seq.ids})
@@ -196,11 +196,11 @@ def _bench(cfg: DictConfig, grafted: Path, retrained: Path, out: Path) -> list[d
 
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    tier = Tier(str(cfg.mtp.bench_tier)) if not isinstance(cfg.mtp.bench_tier, Tier) else cfg.mtp.bench_tier
+    tier = Tier(str(cfg.mtp.bench_tier), imatrix=False)
     threads = int(cfg.serve.threads or os.cpu_count() or 2)
     ggufs = {}
     for label, src in (("grafted", grafted), ("retrained", retrained)):
-        final = out / "gguf" / f"{label}-{tier.value}.gguf"
+        final = out / "gguf" / f"{label}-{tier.name}.gguf"
         if not final.is_file():
             bf16 = convert(src, out / "gguf" / f"{label}-BF16.gguf")
             quantize(bf16, final, tier, None, threads, logs / f"quantize-{label}.log")
@@ -214,7 +214,7 @@ def _bench(cfg: DictConfig, grafted: Path, retrained: Path, out: Path) -> list[d
                            thinking=bool(cfg.eval.thinking), timeout_s=float(cfg.eval.timeout_s), log_dir=logs)
     for r in rows:
         r["head"] = r["tier"]
-        r["tier"] = f"{r['head']} {tier.value}"
+        r["tier"] = f"{r['head']}-{tier.name}"
     return rows
 
 
