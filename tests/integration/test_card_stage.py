@@ -43,7 +43,8 @@ def built(_mlflow_store, tmp_path_factory):
         out = tmp_path_factory.mktemp("card") / "artifacts"
         _, res = _pipeline(mp, _mlflow_store, "t-card-built", out)
     client = MlflowClient(_mlflow_store)
-    runs = {s: client.get_run(res.results[s]["run_id"]) for s in ("data", "train", "merge", "quant", "eval", "card")}
+    runs = {s: client.get_run(res.results[s]["run_id"])
+            for s in ("data", "train", "merge", "mtp", "quant", "eval", "card")}
     return SimpleNamespace(res=res, out=out, runs=runs, client=client, uri=_mlflow_store,
                            text=(out / "card" / "README.md").read_text())
 
@@ -54,7 +55,7 @@ def _ref(run) -> str:
 
 def test_card_nests_under_the_pipeline_and_logs_card_and_plots(built):
     card = built.runs["card"]
-    assert built.res.done == ["models", "data", "train", "merge", "quant", "eval", "card"]
+    assert built.res.done == ["models", "data", "train", "merge", "mtp", "quant", "eval", "card"]
     assert card.data.tags["mlflow.parentRunId"] == built.res.run_id
     assert card.data.tags["cardforge.stage"] == "card"
     logged = {a.path for a in built.client.list_artifacts(card.info.run_id, "card")}
@@ -65,6 +66,17 @@ def test_card_nests_under_the_pipeline_and_logs_card_and_plots(built):
         assert f"]({png})" in built.text
     assert "## 🇬🇧 English" in built.text and "## 🇨🇳 中文" in built.text
     assert "Not measured" not in built.text and "未测量" not in built.text
+
+
+def test_card_shows_the_grafted_vs_retrained_mtp_head(built):
+    MTP_OFFLINE, MTP_ONLINE = fx.MTP_OFFLINE, fx.MTP_ONLINE  # noqa: N806
+    ref = f"[run {built.runs['mtp'].info.run_id[:8]}]"
+    for head, stats in MTP_OFFLINE.items():
+        assert (f"| {head} | {stats['step1_acc']:.3f} | {stats['accept_rate']:.3f} (n-max 3) "
+                f"| {stats['mean_accept_len']:.2f} | {ref} |") in built.text
+    for head, rate in MTP_ONLINE.items():
+        assert f"| `{head}` · coding · 3 |" in built.text and f"| {rate:.3f} |" in built.text
+    assert "MTP head retrained on the distilled distribution" in built.text and "重训的 MTP 头" in built.text
 
 
 def test_tables_hold_exactly_the_logged_numbers_with_run_ids(built):
@@ -185,7 +197,7 @@ def test_rerun_cites_the_earlier_runs_of_skipped_stages(mlflow_uri, mlflow_exper
     out = tmp_path / "artifacts"
     _, first = _pipeline(monkeypatch, mlflow_uri, mlflow_experiment, out)
     _, second = _pipeline(monkeypatch, mlflow_uri, mlflow_experiment, out, "eval.seed=7")
-    assert second.skipped == ["models", "data", "train", "merge", "quant"] and "eval" in second.done
+    assert second.skipped == ["models", "data", "train", "merge", "mtp", "quant"] and "eval" in second.done
     text = (out / "card" / "README.md").read_text()
     assert f"`{second.run_id}`" in text  # the card is of the second invocation
     old_train, new_eval = first.results["train"]["run_id"], second.results["eval"]["run_id"]
@@ -204,7 +216,7 @@ def test_missing_stages_render_not_measured(mlflow_uri, mlflow_experiment, tmp_p
     assert res.stopped_at == "merge"  # the pipeline stops where a stage is missing; the card is compiled after
     result = card_run(compose("card", [f"logger.experiment_name={mlflow_experiment}", f"paths.outputs={out}"]))
     text = Path(result["card"]).read_text()
-    assert result["parent"] == res.run_id and result["not_measured"] == ["merge", "quant", "eval"]
+    assert result["parent"] == res.run_id and result["not_measured"] == ["merge", "mtp", "quant", "eval"]
     for stage in ("quant", "eval"):
         assert f"**Not measured in this run** — no finished `{stage}` run under pipeline run `{res.run_id[:8]}`" in text
         assert f"**本次运行未测量** —— 流水线 run `{res.run_id[:8]}` 下没有已完成的 `{stage}` run" in text

@@ -42,7 +42,7 @@ def test_until_names_a_stage(tmp_path):
     proc = _run(["until=nope"], "sqlite:///" + str(tmp_path / "m.db"), tmp_path, "t-until")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == ("cardforge pipeline: error: until=nope: no such stage; choose one "
-                                                    "of: models, data, train, merge, quant, eval, card")
+                                                    "of: models, data, train, merge, mtp, quant, eval, card")
 
 
 def test_multirun_groups_jobs_under_one_sweep_run(mlflow_uri, mlflow_experiment, tmp_path, tiny_model_dir,
