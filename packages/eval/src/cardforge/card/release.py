@@ -51,7 +51,7 @@ class Item:
     """One file of a repository: linked from `source`, or written from `data` (card artifacts, READMEs)."""
 
     dest: str  # path inside the repository
-    stage: str  # the stage that produced it: card | merge | quant | release
+    stage: str  # the stage that produced it: card | merge | mtp | quant | release
     run_id: str | None  # its MLflow run (release-written files: the release run, unknown in a dry run)
     source: Path | None = None
     data: bytes | None = None
@@ -220,7 +220,7 @@ def _readme(plan: Plan, repo: Repo, main: Repo, what: str) -> bytes:
 
 def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
     parent = find_parent(cfg, client)
-    runs = {s: r for s, r in stage_runs(cfg, parent, client).items() if s in ("merge", "quant")}
+    runs = {s: r for s, r in stage_runs(cfg, parent, client).items() if s in ("merge", "mtp", "quant")}
     card = card_run(client, parent)
     pid = parent.info.run_id[:8]
     for stage, run in (("merge", runs.get("merge")), ("quant", runs.get("quant")), ("card", card)):
@@ -234,7 +234,9 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
         raise UserError(f"quant run {quant.run_id[:8]} logged no quant/quant_results.json with files: rerun the quant stage")
     files: dict[str, dict] = qres["files"]
 
-    expected = _json(_artifact(cfg, merge, "mtp_manifest.base.json", tmp)) or qres.get("mtp_manifest") or {}
+    # the head every file must carry: the one in the checkpoint the quant run quantized (merge's grafted head,
+    # or the mtp stage's retrained one), else the merge run's record of the base head
+    expected = qres.get("mtp_manifest") or _json(_artifact(cfg, merge, "mtp_manifest.base.json", tmp)) or {}
     if "tensors" not in expected:
         if merge.params.get("model.has_mtp") == "False" or quant.tags.get("quant.mtp_head") == "False":
             expected = {"tensors": {}}
@@ -260,8 +262,14 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
     for f in _files(card_dir):
         if f.name != "card.json":  # the card's own run bookkeeping; manifest.json says the same
             main.items.append(Item(f.relative_to(card_dir).as_posix(), "card", card.run_id, data=f.read_bytes()))
-    model_dir = Path(_json(_artifact(cfg, merge, "merge_result.json", tmp)).get("model_dir")
-                     or Path(cfg.paths.outputs) / "merge" / "model")
+    merged_dir = Path(_json(_artifact(cfg, merge, "merge_result.json", tmp)).get("model_dir")
+                      or Path(cfg.paths.outputs) / "merge" / "model")
+    model_dir, producer = merged_dir, merge
+    source = qres.get("source")
+    mtp_run = runs.get("mtp")
+    if mtp_run is not None and source and Path(source).is_dir() and Path(source).resolve() != merged_dir.resolve():
+        model_dir, producer = Path(source), mtp_run  # the merged checkpoint with the retrained MTP head
+        plan.notes.append(f"main/: the checkpoint with the MTP head retrained by mtp run {mtp_run.run_id[:8]}")
     if not (model_dir / "config.json").is_file():
         raise UserError(f"no merged checkpoint at {model_dir} (merge run {merge.run_id[:8]}): rerun `make merge`")
     have = {p.name for p in model_dir.iterdir()}
@@ -274,9 +282,9 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
     for f in _files(model_dir):
         rel = f.relative_to(model_dir).as_posix()
         if rel not in taken:  # the card's README wins over anything of the same name
-            main.items.append(Item(rel, "merge", merge.run_id, source=f))
+            main.items.append(Item(rel, producer.stage if producer is mtp_run else "merge", producer.run_id,
+                                   source=f))
     main.checks.append(("safetensors", ""))
-    source = qres.get("source")
     if source and Path(source).resolve() != model_dir.resolve():
         plan.notes.append(f"the quant run quantized {source}, not the merge output {model_dir}")
 
