@@ -142,8 +142,11 @@ def run_sandboxed(
         argv = _command(cmd, workdir, timeout_s, mem_mb, max_procs, max_file_bytes, tmp_mb, env, ro_binds)
         start = time.monotonic()
         # own process group: the wall-clock kill reaches setpriv/bwrap and nothing of ours
+        # env: bwrap's own pid 1 inside the sandbox keeps the environment it was started with, readable there as
+        # /proc/1/environ (--clearenv only cleans the command's): give it nothing of ours
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
         if stdin is not None:
             _feed(proc, stdin.encode() if isinstance(stdin, str) else stdin)
         out, err, killed_by = _collect(proc, start + timeout_s, max_output)

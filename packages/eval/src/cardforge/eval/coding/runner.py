@@ -31,6 +31,7 @@ from pathlib import Path
 
 from cardforge.core.errors import UserError
 from cardforge.core.sandbox import run_sandboxed
+from cardforge.core.sandbox.run import SandboxResult
 from cardforge.eval.coding.languages import LANGUAGES
 from cardforge.eval.coding.problems import Problem
 
@@ -142,15 +143,73 @@ class RunResult:
         return asdict(self)
 
 
-def _script(tc: Toolchain, sentinel: str, timeout_s: float, compile_timeout_s: float) -> str:
+def _script(tc: Toolchain, sentinel: str, timeout_s: float, compile_timeout_s: float, stamp: bool = False) -> str:
     q = " ".join  # every argv word here is ours and needs no quoting
     lines = ["#!/bin/bash"]
     if tc.compile:
         lines += [f"timeout -k 2 {compile_timeout_s:g} {q(tc.compile)} 1>&2",
                   f"rc=$?; if [ $rc -ne 0 ]; then echo '{sentinel} compile-exit' $rc >&2; exit {COMPILE_EXIT}; fi"]
+    if stamp:  # when the run step starts (wall clock, bash's builtin: no extra process), for run_program
+        lines.append(f'echo "{sentinel} start $EPOCHREALTIME" >&2')
     lines += [f"echo '{sentinel} run' >&2",
               f"exec prlimit --as={tc.run_mem_mb << 20} -- timeout -k 2 {timeout_s:g} {q(tc.run)}"]
     return "\n".join(lines) + "\n"
+
+
+# run_program: the file each language's compile/run command expects, and the companions it names too
+SOURCE_FILE = {"python": "main.py", "javascript": "main.js", "typescript": "main.ts", "java": "Main.java",
+               "cpp": "main.cpp", "c": "main.c", "rust": "main.rs", "go": "main.go", "ruby": "main.rb",
+               "bash": "main.sh"}
+_COMPANIONS = {"java": {"Solution.java": "class Solution {\n}\n"}, "go": {"solution.go": "package main\n"}}
+
+
+@dataclass
+class ProgramRun(SandboxResult):
+    """`run_program`'s result: the SandboxResult fields describe the run step (stderr after the compile
+    output, duration_s from the run step's start, timed_out/killed_by "timeout" also when the script's own
+    `timeout` stopped the program: exit 124, or 137 after its -k grace)."""
+    compiled: bool = True
+    compile_output: str = ""
+    compile_s: float = 0.0
+
+
+def run_program(language: str, source: str, *, timeout_s: float | None = None,
+                compile_timeout_s: float = COMPILE_TIMEOUT_S, read_back: bool = True) -> ProgramRun:
+    """A whole program (its own main, no driver) through exactly run_solution's compile-and-run script and
+    per-language limits: one sandbox run, compile step included. The hostile-call suite runs through this
+    (`hostile_runner`). Blocking."""
+    tc = TOOLCHAINS[language]
+    timeout_s = float(timeout_s or DEFAULT_TIMEOUT_S[language])
+    sentinel = f"CF_{secrets.token_hex(8)}_STEP"
+    files = {**_COMPANIONS.get(language, {}), SOURCE_FILE[language]: source,
+             "cf_run.sh": _script(tc, sentinel, timeout_s, compile_timeout_s, stamp=True)}
+    total = timeout_s + (compile_timeout_s if tc.compile else 0) + 10
+    with SLOTS:
+        t0 = time.time()
+        r = run_sandboxed(["bash", "cf_run.sh"], files=files, timeout_s=total, read_back=read_back,
+                          max_read_back=64 << 20, **sandbox_limits(language))
+        t_end = time.time()
+    compile_out, found, rest = r.stderr.partition(f"{sentinel} start ")
+    if not found:  # the compile step failed (or the sandbox was stopped during it)
+        return ProgramRun(**{**asdict(r), "duration_s": t_end - t0}, compiled=False, compile_output=compile_out)
+    stamp, _, rest = rest.partition("\n")
+    _, _, run_err = rest.partition(f"{sentinel} run\n")
+    start = float(stamp) if stamp.replace(".", "", 1).isdigit() else t0
+    out = ProgramRun(**{**asdict(r), "stderr": run_err, "duration_s": t_end - start},
+                     compile_output=compile_out, compile_s=start - t0)
+    if not r.timed_out and r.exit_code in (124, 137):  # the script's `timeout` stopped the program
+        out.timed_out, out.killed_by, out.exit_code = True, "timeout", None
+    return out
+
+
+def hostile_runner(language: str):
+    """A `cardforge.core.sandbox.hostile` Runner that compiles and runs each case's program with the coding
+    limits of `language` (run_program). A case's `timeout_s` becomes the run step's timeout (run_solution
+    takes one too); its other limits (e.g. mem_mb, written for the plain sandbox) are not applied: the coding
+    run's own per-language limits (TOOLCHAINS run_mem_mb, MAX_PROCS, ...) are what is under test."""
+    def runner(source: str, limits: dict) -> ProgramRun:
+        return run_program(language, source, timeout_s=limits.get("timeout_s"))
+    return runner
 
 
 def _tail(text: str, n: int = 2000) -> str:
