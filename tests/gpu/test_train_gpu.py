@@ -1,8 +1,8 @@
 """The single-GPU check of issue #4: the train stage with trainer=gpu_card (bf16-mixed, bitsandbytes' paged
 AdamW 8-bit, gradient checkpointing, grad accumulation) on tiny-qwen35-mtp, then the merge stage on its adapter.
 FSDP / DDP: the configs compose and build their Lightning strategies; FSDP also trains on one GPU (world size 1:
-wrapping, use_orig_params, activation checkpointing, checkpoints; no sharding across ranks). Its adapter save is
-an open bug (xfail below). Running DDP/FSDP across GPUs needs a 2+ GPU machine.
+wrapping, use_orig_params, activation checkpointing, checkpoints, the adapter; no sharding across ranks). Running
+DDP/FSDP across GPUs needs a 2+ GPU machine.
 
 Run on a CUDA machine: `make test-gpu` (= pytest -m gpu). Set CARDFORGE_GPU_REPORT=FILE to get the measured
 numbers (losses GPU vs CPU, tokens/s, step time, peak memory, optimizer class) as JSON.
@@ -254,10 +254,6 @@ def test_scale_out_configs_build_their_strategies(name, tmp_path, tiny_model_dir
     assert {c.__name__ for c in policy._module_classes} == {"Qwen3_5DecoderLayer"}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "open bug, seen on one H200 (2026-11-28): trainer=fsdp trains (finite, falling loss; checkpoints with the 8-bit "
-    "optimizer state are written) but the adapter saved afterwards holds 0 tensors: the state dict gathered by "
-    "trainer.strategy.lightning_module_state_dict() carries no lora_* keys at world size 1 (FSDP runs NO_SHARD)"))
 @pytest.mark.parametrize("ckpt_every", [100, 2], ids=["no_ckpt", "ckpt_every_2"])
 def test_fsdp_trains_on_one_gpu(ckpt_every, tiny_model_dir, tmp_path, mlflow_uri):
     """trainer=fsdp with world size 1: the wrapping (fp32 base + fp32 LoRA per layer unit, bf16 compute),

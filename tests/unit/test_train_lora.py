@@ -57,3 +57,30 @@ def test_apply_lora_instantiates_peft_config_from_the_group(tiny_model_dir):
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert len(trainable) == 2 * (3 + 4) and all("lora_" in n for n in trainable)
     assert OmegaConf.to_container(cfg.lora.target_modules) == list(matched)
+
+
+def test_save_adapter_writes_what_peft_writes(tiny_model_dir, tmp_path):
+    """Our adapter writer (used because PEFT's own finds nothing once FSDP wraps the modules) produces the same
+    files PEFT does for an unwrapped model: same tensor names, same values, same adapter_config."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from cardforge.train.stage import save_adapter
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "in_proj_qkv", "down_proj"],
+                                            init_lora_weights=False))
+    model.save_pretrained(tmp_path / "peft")
+    # the state dict as the train stage gathers it: the LightningModule's names ("model." + PeftModel's)
+    gathered = {f"model.{k}": v for k, v in model.state_dict().items()}
+    save_adapter(model, {k.removeprefix("model."): v for k, v in gathered.items()}, tmp_path / "ours")
+    want, got = load_file(tmp_path / "peft" / "adapter_model.safetensors"), load_file(tmp_path / "ours" / "adapter_model.safetensors")
+    assert sorted(got) == sorted(want) and len(got) > 0
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert json.loads((tmp_path / "ours" / "adapter_config.json").read_text()) == \
+        json.loads((tmp_path / "peft" / "adapter_config.json").read_text())

@@ -132,6 +132,36 @@ def load_base(path: Path, precision: str, gradient_checkpointing: bool, fsdp: bo
     return model
 
 
+def save_adapter(peft_model, state: dict, out: Path, adapter_name: str = "default") -> Path:
+    """Write a standard PEFT adapter directory (adapter_config.json + adapter_model.safetensors) from the
+    gathered training state dict.
+
+    Not `peft_model.save_pretrained(state_dict=...)`: PEFT finds the LoRA tensors by walking the model's
+    modules, and once FSDP (and activation checkpointing) has wrapped them their names no longer match, so
+    it saved an empty adapter (seen on an H200, trainer=fsdp). The state dict Lightning gathers has clean
+    names; the adapter's names are those minus the adapter name, exactly as PEFT writes them."""
+    from safetensors.torch import save_file
+
+    tag = f".{adapter_name}."
+    lora = {k.replace(tag, "."): v.detach().to("cpu").contiguous() for k, v in state.items()
+            if "lora_" in k and tag in k}
+    if not lora:
+        raise RuntimeError(f"no LoRA tensors in the gathered state dict ({len(state)} tensors, e.g. "
+                           f"{sorted(state)[:2]}): nothing to save as the adapter")
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(lora, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    import copy
+
+    config = copy.deepcopy(peft_model.peft_config[adapter_name])
+    config.inference_mode = True  # as PEFT writes it: the saved adapter loads for inference by default
+    auto = None
+    if config.task_type is None:
+        base = peft_model.get_base_model()
+        auto = {"base_model_class": type(base).__name__, "parent_library": type(base).__module__}
+    config.save_pretrained(str(out), auto_mapping_dict=auto)
+    return out
+
+
 def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None = None) -> TrainResult:
     """Fit, save the adapter, plot the loss. `run_id`: the MLflow run Lightning's logger writes into."""
     import lightning.pytorch as pl
@@ -204,7 +234,7 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
         result.peak_cuda_mem_gib = torch.cuda.max_memory_allocated(trainer.strategy.root_device) / 2**30
     if trainer.is_global_zero:
         with atomic_dir(adapter_dir) as tmp:
-            model.save_pretrained(tmp, state_dict=state)
+            save_adapter(model, state, tmp)
         plot_loss(history.history, out_dir / "loss_curve.png", f"{cfg.model.name} LoRA r={cfg.lora.r}")
         shutil.rmtree(ckpt.dirpath, ignore_errors=True)  # finished: a rerun trains afresh
         with contextlib.suppress(OSError):
