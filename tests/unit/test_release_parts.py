@@ -120,7 +120,7 @@ def test_hash_cache_is_keyed_by_inode_so_a_hard_link_is_not_hashed_twice(tmp_pat
 def test_release_config_section_is_typed():
     cfg = compose("release", ["experiment=qwen36_27b_card"])
     assert cfg.stage.value == "release" and cfg.release.name == "Qwen3.6-27B-DSV4Pro-Thinking-Distill"
-    assert cfg.release.out_dir.endswith("artifacts/qwen36_27b_card/release")
+    assert cfg.release.out_dir is None and cfg.paths.outputs.endswith("artifacts/qwen36_27b_card")  # -> <outputs>/release
     for bad, msg in [("release.link=symlink", "release.link: Invalid value 'symlink'"),
                      ("release.repos.fp8.hf=noslash", "release.repos.fp8.hf must be OWNER/NAME"),
                      ("release.repos.gguf.hf=a/b", "release.repos.gguf: no such key"),

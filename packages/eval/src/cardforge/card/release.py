@@ -472,7 +472,7 @@ def run(cfg: DictConfig) -> dict:
     from mlflow import MlflowClient
 
     t0 = time.perf_counter()
-    out_dir = Path(cfg.release.out_dir).resolve()
+    out_dir = Path(cfg.release.out_dir or Path(cfg.paths.outputs) / "release").resolve()
     client = MlflowClient(tracking.tracking_uri(cfg))
     with tempfile.TemporaryDirectory(prefix="cardforge-release-") as tmp:  # downloaded run records only
         plan = plan_release(cfg, client, Path(tmp))

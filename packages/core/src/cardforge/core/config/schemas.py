@@ -419,7 +419,7 @@ class ReleaseRepos:
 class ReleaseConfig:
     """The release bundle (python -m cardforge.card release; conf/release.yaml)."""
 
-    out_dir: str = "${paths.outputs}/release"
+    out_dir: Optional[str] = None  # null: <paths.outputs>/release (not interpolated: the config hash ignores paths)
     dry_run: bool = False  # list what would be uploaded, write nothing
     link: LinkMode = LinkMode.hardlink
     parent_run_id: Optional[str] = None  # the pipeline run to release; null: as the card stage picks it
