@@ -299,3 +299,47 @@ def test_a_failing_lineage_check_stops_the_release(mlflow_uri, files, released):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("cardforge release: error: MTP lineage check failed for main/. (safetensors)"), last
     assert _tree(out) == {"main/earlier.txt"}
+
+
+def test_with_the_mtp_stage_main_ships_the_retrained_head(mlflow_uri, files, tmp_path):
+    """When the pipeline ran the mtp stage, the quant run quantized <outputs>/mtp/model: main/ ships that
+    checkpoint (its retrained head, credited to the mtp run) and lineage checks every file against that head."""
+    import torch
+
+    from cardforge.core.models import mtp as mtp_io
+
+    retrained = _link_tree(files.merged, tmp_path / "mtp" / "model")
+    (retrained / mtp_io.MTP_SHARD).unlink()  # a hard link: never write through it
+    (retrained / mtp_io.INDEX).unlink()
+    shutil.copyfile(files.merged / mtp_io.INDEX, retrained / mtp_io.INDEX)
+    mtp_io.write_mtp_tensors(retrained, {k: v + 0.01 for k, v in mtp_io.read_mtp_tensors(files.merged).items()})
+    head = mtp_manifest(retrained)
+    assert head["shard_sha256"] != files.head["shard_sha256"]
+    gguf = {"Q8_0": files.results["Q8_0"]}  # GGUF lineage is structural; FP8/NVFP4 were made from the grafted head
+    cfg = _cfg("t-release-mtp", tmp_path / "release", "format=gguf")
+    work = tmp_path / "work"
+    work.mkdir()
+    with tracking.pipeline_run(cfg) as parent:
+        with tracking.stage_run(cfg, "merge") as m:
+            (work / "merge_result.json").write_text(json.dumps({"model_dir": str(files.merged), "mtp_tensors": 15}))
+            mlflow.log_artifact(str(work / "merge_result.json"))
+        with tracking.stage_run(cfg, "mtp") as t:
+            pass
+        with tracking.stage_run(cfg, "quant"):
+            (work / "quant_results.json").write_text(json.dumps({"source": str(retrained), "files": gguf,
+                                                                 "mtp_manifest": head}))
+            mlflow.log_artifact(str(work / "quant_results.json"), "quant")
+        with tracking.stage_run(cfg, "card"):
+            (work / "card").mkdir()
+            (work / "card" / "README.md").write_text(README)
+            mlflow.log_artifact(str(work / "card" / "README.md"), "card")
+    cfg = _cfg("t-release-mtp", tmp_path / "release", "format=gguf", f"release.parent_run_id={parent.info.run_id}")
+    release.run(cfg)
+    out = tmp_path / "release" / "main"
+    assert mtp_manifest(out)["tensors"] == head["tensors"]  # the retrained head, bit for bit
+    assert torch.equal(mtp_io.read_mtp_tensors(out)["mtp.fc.weight"],
+                       mtp_io.read_mtp_tensors(retrained)["mtp.fc.weight"])
+    man = json.loads((tmp_path / "release" / "manifest.json").read_text())
+    shard = next(e for e in man["repos"]["main"]["files"] if e["path"] == mtp_io.MTP_SHARD)
+    assert shard["stage"] == "mtp" and shard["run_id"] == t.info.run_id
+    assert os.stat(out / "model.safetensors").st_ino == os.stat(files.merged / "model.safetensors").st_ino
