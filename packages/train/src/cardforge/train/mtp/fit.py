@@ -161,7 +161,7 @@ def fit(head: MtpHead, model, feats: list[Features], *, steps: int, lr: float, w
         sched.step()
         losses.append(float(loss.detach()))
         if on_step:
-            on_step(step, float(loss), sched.get_last_lr()[0])
+            on_step(step, float(loss.detach()), sched.get_last_lr()[0])
     head.eval()
     return losses
 
