@@ -77,24 +77,27 @@ def _client(cfg: DictConfig):
     return MlflowClient(tracking.tracking_uri(cfg))
 
 
-def _pipeline_run(client, run_id: str):
+def _pipeline_run(client, run_id: str, key: str = "card.parent_run_id"):
     from mlflow.exceptions import MlflowException
 
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise UserError(f"card.parent_run_id={run_id}: no such run in {client.tracking_uri}") from None
+        raise UserError(f"{key}={run_id}: no such run in {client.tracking_uri}") from None
     if run.data.tags.get("cardforge.stage") != "pipeline":
-        raise UserError(f"card.parent_run_id={run_id} is a '{run.data.tags.get('cardforge.stage')}' run, not a "
+        raise UserError(f"{key}={run_id} is a '{run.data.tags.get('cardforge.stage')}' run, not a "
                         "pipeline run: give the id of the pipeline parent run")
     return run
 
 
-def find_parent(cfg: DictConfig, client=None):
-    """card.parent_run_id, else the pipeline run this process is inside, else the latest one of `experiment`."""
+def find_parent(cfg: DictConfig, client=None, *, given: str | None = None, key: str = "card.parent_run_id"):
+    """`given` (the value of config key `key`), else card.parent_run_id, else the pipeline run this process is
+    inside, else the latest one of `experiment`."""
     import mlflow
 
     client = client or _client(cfg)
+    if given:
+        return _pipeline_run(client, str(given), key)
     given = OmegaConf.select(cfg, "card.parent_run_id")
     if given:
         return _pipeline_run(client, str(given))
@@ -112,7 +115,7 @@ def find_parent(cfg: DictConfig, client=None):
             return run
     raise UserError(f"no pipeline run of experiment={cfg.experiment} in MLflow experiment '{exp_name}' "
                     f"({client.tracking_uri}): run `make reproduce EXP={cfg.experiment}` first, or set "
-                    "card.parent_run_id=RUN_ID")
+                    f"{key}=RUN_ID")
 
 
 def _record_run(cfg: DictConfig, client, stage: str, parent):

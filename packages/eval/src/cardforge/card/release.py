@@ -36,6 +36,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cardforge.card import collect
 from cardforge.card.collect import StageRun, stage_runs
 from cardforge.core import tracking
 from cardforge.core.errors import UserError
@@ -96,34 +97,9 @@ def _gb(n: int) -> dict:
 
 
 def find_parent(cfg: DictConfig, client):
-    """release.parent_run_id, else card.parent_run_id, the pipeline this process runs in, else the latest one."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    given = cfg.release.parent_run_id or OmegaConf.select(cfg, "card.parent_run_id")
-    if given:
-        try:
-            run = client.get_run(str(given))
-        except MlflowException:
-            raise UserError(f"release.parent_run_id={given}: no such run in {client.tracking_uri}") from None
-        if run.data.tags.get("cardforge.stage") != "pipeline":
-            raise UserError(f"release.parent_run_id={given} is a '{run.data.tags.get('cardforge.stage')}' run: "
-                            "give the id of the pipeline parent run")
-        return run
-    active = mlflow.active_run()
-    for rid in (active.info.run_id if active else None, os.environ.get(tracking.PARENT_ENV)):
-        if rid and client.get_run(rid).data.tags.get("cardforge.stage") == "pipeline":
-            return client.get_run(rid)
-    exp = client.get_experiment_by_name(str(cfg.logger.experiment_name))
-    runs = [] if exp is None else client.search_runs(
-        [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=50,
-        filter_string=f"tags.`cardforge.stage` = 'pipeline' and tags.`cardforge.experiment` = '{cfg.experiment}'")
-    for run in runs:
-        if run.info.status in ("FINISHED", "RUNNING"):
-            return run
-    raise UserError(f"no pipeline run of experiment={cfg.experiment} in MLflow experiment "
-                    f"'{cfg.logger.experiment_name}' ({client.tracking_uri}): run `make reproduce EXP={cfg.experiment}` "
-                    "first, or set release.parent_run_id=RUN_ID")
+    """release.parent_run_id, else as the card stage picks it (card.parent_run_id, the pipeline this process
+    runs in, else the latest one of the experiment)."""
+    return collect.find_parent(cfg, client, given=cfg.release.parent_run_id, key="release.parent_run_id")
 
 
 def card_run(client, parent) -> StageRun | None:

@@ -6,7 +6,6 @@ Outputs under <paths.outputs>/quant/: gguf/, fp8/, nvfp4-w4a16/, nvfp4-w4a4/, qu
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time

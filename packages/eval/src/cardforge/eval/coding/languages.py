@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 
 from cardforge.eval.coding.problems import Problem
 
