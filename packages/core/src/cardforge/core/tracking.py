@@ -176,15 +176,19 @@ def log_config(cfg: DictConfig) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(cfg: DictConfig, stage: str, run_name: str | None = None) -> Iterator[Any]:
-    """Open the stage's MLflow run (nested where a parent exists); FAILED on exception, KILLED on Ctrl-C."""
+def stage_run(cfg: DictConfig, stage: str, run_name: str | None = None, parent_run_id: str | None = None
+              ) -> Iterator[Any]:
+    """Open the stage's MLflow run (nested where a parent exists); FAILED on exception, KILLED on Ctrl-C.
+
+    The parent: the active run, else `parent_run_id` (a stage that reports on a pipeline run it is not part
+    of: card, release), else $CARDFORGE_PARENT_RUN / the sweep's."""
     import mlflow
 
     uri = tracking_uri(cfg)
     exp_name = OmegaConf.select(cfg, "logger.experiment_name", default="cardforge")
     exp_id = get_or_create_experiment(exp_name, uri)
     active = mlflow.active_run()
-    parent = active.info.run_id if active else (os.environ.get(PARENT_ENV) or _sweep_parent_id())
+    parent = active.info.run_id if active else (parent_run_id or os.environ.get(PARENT_ENV) or _sweep_parent_id())
     name = run_name or OmegaConf.select(cfg, "run_name") or stage
     kwargs: dict[str, Any] = {"experiment_id": exp_id, "run_name": name, "tags": run_tags(cfg, stage)}
     if active:

@@ -467,67 +467,57 @@ def run(cfg: DictConfig) -> dict:
     for old in out_dir.parent.glob(f".{out_dir.name}.*.tmp"):  # left by a killed release: links only
         shutil.rmtree(old, ignore_errors=True)
     cache = _json(out_dir / CACHE) if (out_dir / CACHE).is_file() else {}
-    nest = None if mlflow.active_run() else plan.parent.run_id
-    prev = os.environ.get(tracking.PARENT_ENV)
-    if nest:
-        os.environ[tracking.PARENT_ENV] = nest
-    try:
-        with tracking.stage_run(cfg, "release") as active:
-            rid = active.info.run_id
-            with atomic_dir(out_dir) as root:
-                _log(f"assembling {sum(len(r.items) for r in plan.repos)} files in {root} ({mode})")
-                how: dict[tuple[str, str], str] = {}
-                for repo in plan.repos:
-                    for item in repo.items:
-                        if item.stage == "release":
-                            item.run_id = rid
-                        how[repo.key, item.dest] = place(item, root / repo.key / item.dest, mode)
-                lineage = check_lineage(plan, lambda repo, dest: root / repo.key / dest)
-                paths = [root / repo.key / i.dest for repo in plan.repos for i in repo.items]
-                _log(f"MTP lineage: {len(lineage)} checks passed; sha256 of {len(paths)} files")
-                digests = hash_files(paths, cache)
-                checked = {(c["repo"], c["path"]): c["mtp_check"] for c in lineage}
-                man: dict[str, Any] = {
-                    "parent_run_id": plan.parent.run_id, "release_run_id": rid, "experiment": str(cfg.experiment),
-                    "runs": {s: {"run_id": r.run_id, "reused": r.reused} for s, r in plan.runs.items()},
-                    "license": plan.license, "attribution": plan.attribution, "link": mode,
-                    "repos": {}, "skipped": plan.skipped, "notes": plan.notes, "lineage": lineage, "upload": commands}
-                for repo in plan.repos:
-                    entries = []
-                    for i in repo.items:
-                        p = root / repo.key / i.dest
-                        unit = i.dest if i.dest.endswith(".gguf") else (i.dest.rpartition("/")[0] or ".")
-                        entries.append({"path": i.dest, **_gb(p.stat().st_size), "sha256": digests[p],
-                                        "stage": i.stage, "run_id": i.run_id, "link": how[repo.key, i.dest],
-                                        "source": str(i.source) if i.source else None,
-                                        "mtp_check": checked.get((repo.key, unit))
-                                        if i.dest.endswith((".safetensors", ".gguf")) else None})
-                    man["repos"][repo.key] = {"name": repo.name, "hf": repo.hf, "modelscope": repo.modelscope,
-                                              "dir": str(out_dir / repo.key), "files": entries,
-                                              **_gb(sum(e["bytes"] for e in entries)), "not_produced": repo.notes}
-                atomic_write_json(root / "manifest.json", man)
-                atomic_write_text(root / "manifest.md", manifest_md(man))
-                atomic_write_text(root / "upload_commands.sh", "# printed by `cardforge release`, not run by it\n"
-                                  + "\n".join(commands) + "\n")
-                live = {_stat_key(p) for p in paths}
-                atomic_write_json(root / CACHE, {k: v for k, v in cache.items() if k in live})
-            for name in ("manifest.json", "manifest.md", "upload_commands.sh"):
-                mlflow.log_artifact(str(out_dir / name), "release")
-            links = sum(v == "hardlink" for v in how.values())
-            copies = sum(v == "copy" for v in how.values())
-            mlflow.set_tags({"release.parent_run_id": plan.parent.run_id,
-                             "release.repos": ",".join(r.key for r in plan.repos),
-                             "release.skipped": ",".join(plan.skipped), "release.out_dir": str(out_dir)})
-            mlflow.log_metrics({"release.files": float(len(how)), "release.hardlinks": float(links),
-                                "release.copies": float(copies),
-                                **{f"release.{k}.{u}": float(v[u]) for k, v in man["repos"].items()
-                                   for u in ("GB", "GiB")}})
-    finally:
-        if nest:
-            if prev is None:
-                os.environ.pop(tracking.PARENT_ENV, None)
-            else:
-                os.environ[tracking.PARENT_ENV] = prev
+    # nested under the pipeline run: the active one inside the pipeline, else the one reported on
+    with tracking.stage_run(cfg, "release", parent_run_id=plan.parent.run_id) as active:
+        rid = active.info.run_id
+        with atomic_dir(out_dir) as root:
+            _log(f"assembling {sum(len(r.items) for r in plan.repos)} files in {root} ({mode})")
+            how: dict[tuple[str, str], str] = {}
+            for repo in plan.repos:
+                for item in repo.items:
+                    if item.stage == "release":
+                        item.run_id = rid
+                    how[repo.key, item.dest] = place(item, root / repo.key / item.dest, mode)
+            lineage = check_lineage(plan, lambda repo, dest: root / repo.key / dest)
+            paths = [root / repo.key / i.dest for repo in plan.repos for i in repo.items]
+            _log(f"MTP lineage: {len(lineage)} checks passed; sha256 of {len(paths)} files")
+            digests = hash_files(paths, cache)
+            checked = {(c["repo"], c["path"]): c["mtp_check"] for c in lineage}
+            man: dict[str, Any] = {
+                "parent_run_id": plan.parent.run_id, "release_run_id": rid, "experiment": str(cfg.experiment),
+                "runs": {s: {"run_id": r.run_id, "reused": r.reused} for s, r in plan.runs.items()},
+                "license": plan.license, "attribution": plan.attribution, "link": mode,
+                "repos": {}, "skipped": plan.skipped, "notes": plan.notes, "lineage": lineage, "upload": commands}
+            for repo in plan.repos:
+                entries = []
+                for i in repo.items:
+                    p = root / repo.key / i.dest
+                    unit = i.dest if i.dest.endswith(".gguf") else (i.dest.rpartition("/")[0] or ".")
+                    entries.append({"path": i.dest, **_gb(p.stat().st_size), "sha256": digests[p],
+                                    "stage": i.stage, "run_id": i.run_id, "link": how[repo.key, i.dest],
+                                    "source": str(i.source) if i.source else None,
+                                    "mtp_check": checked.get((repo.key, unit))
+                                    if i.dest.endswith((".safetensors", ".gguf")) else None})
+                man["repos"][repo.key] = {"name": repo.name, "hf": repo.hf, "modelscope": repo.modelscope,
+                                          "dir": str(out_dir / repo.key), "files": entries,
+                                          **_gb(sum(e["bytes"] for e in entries)), "not_produced": repo.notes}
+            atomic_write_json(root / "manifest.json", man)
+            atomic_write_text(root / "manifest.md", manifest_md(man))
+            atomic_write_text(root / "upload_commands.sh", "# printed by `cardforge release`, not run by it\n"
+                              + "\n".join(commands) + "\n")
+            live = {_stat_key(p) for p in paths}
+            atomic_write_json(root / CACHE, {k: v for k, v in cache.items() if k in live})
+        for name in ("manifest.json", "manifest.md", "upload_commands.sh"):
+            mlflow.log_artifact(str(out_dir / name), "release")
+        links = sum(v == "hardlink" for v in how.values())
+        copies = sum(v == "copy" for v in how.values())
+        mlflow.set_tags({"release.parent_run_id": plan.parent.run_id,
+                         "release.repos": ",".join(r.key for r in plan.repos),
+                         "release.skipped": ",".join(plan.skipped), "release.out_dir": str(out_dir)})
+        mlflow.log_metrics({"release.files": float(len(how)), "release.hardlinks": float(links),
+                            "release.copies": float(copies),
+                            **{f"release.{k}.{u}": float(v[u]) for k, v in man["repos"].items()
+                               for u in ("GB", "GiB")}})
     _summary(plan, out_dir, dry=False)
     print(f"MTP lineage: {len(lineage)} checks passed ("
           + ", ".join(f"{c['repo']}/{c['path']}: {c['mtp_check']}" for c in lineage) + ")")

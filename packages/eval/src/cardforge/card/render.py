@@ -166,6 +166,12 @@ def evaluation(c: Collected, ctx: Context, lang: str) -> list[str]:
     return out + [""]
 
 
+def _mtp_row(r: dict, label: str, ref: str) -> str:
+    speed = "—" if r.get("speedup") is None else f"{r['speedup']:.2f}×"
+    return (f"| `{label}` · {r['prompt_type']} · {r['n_max'] or 'off'} | {num(r.get('tok_s_median'), '.1f')} "
+            f"| {speed} | {num(r.get('accept_rate'), '.3f')} | {num(r.get('mean_accept_len'), '.2f')} | {ref} |")
+
+
 def mtp(c: Collected, ctx: Context, lang: str) -> list[str]:
     ev, T = c.get("eval"), TEXT[lang]
     out = [f"### {T['mtp']}", ""]
@@ -175,11 +181,7 @@ def mtp(c: Collected, ctx: Context, lang: str) -> list[str]:
     if not rows:
         return out + [T["no_rows"].format(stage="eval", run=ev.run_id[:8], what=WHAT[lang]["mtp"]), ""]
     out += [T["mtp_lead"], "", T["mtp_head"], "|---|---|---|---|---|---|"]
-    for r in rows:
-        speed = "—" if r.get("speedup") is None else f"{r['speedup']:.2f}×"
-        out.append(f"| `{r['tier']}` · {r['prompt_type']} · {r['n_max'] or 'off'} | {num(r.get('tok_s_median'), '.1f')}"
-                   f" | {speed} | {num(r.get('accept_rate'), '.3f')} | {num(r.get('mean_accept_len'), '.2f')} "
-                   f"| {ev.ref} |")
+    out += [_mtp_row(r, r["tier"], ev.ref) for r in rows]
     if "mtp_bench.png" in ctx.plots:
         out += ["", f"![{T['mtp_plot']}](mtp_bench.png)"]
     return out + [""]
@@ -201,11 +203,7 @@ def mtp_head(c: Collected, ctx: Context, lang: str) -> list[str]:
     rows = [r for r in mtp_rows(run) if r["tier"].startswith("online.")]
     if rows:
         out += ["", T["mtp_online_lead"], "", T["mtp_head"], "|---|---|---|---|---|---|"]
-        for r in rows:
-            speed = "—" if r.get("speedup") is None else f"{r['speedup']:.2f}×"
-            out.append(f"| `{r['tier'].removeprefix('online.')}` · {r['prompt_type']} · {r['n_max'] or 'off'} "
-                       f"| {num(r.get('tok_s_median'), '.1f')} | {speed} | {num(r.get('accept_rate'), '.3f')} "
-                       f"| {num(r.get('mean_accept_len'), '.2f')} | {run.ref} |")
+        out += [_mtp_row(r, r["tier"].removeprefix("online."), run.ref) for r in rows]
     return out + [""]
 
 

@@ -12,7 +12,6 @@ same parent.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -46,41 +45,30 @@ def run(cfg: DictConfig) -> dict:
 
     card_dir = Path(cfg.paths.outputs) / "card"
     c = collect.collect(cfg, card_dir / ".mlflow")
-    # nest under the pipeline run: inside the pipeline it is the active run; standalone, say which it is
-    nest = None if mlflow.active_run() else c.parent.run_id
-    prev = os.environ.get(tracking.PARENT_ENV)
-    if nest:
-        os.environ[tracking.PARENT_ENV] = nest
-    try:
-        with tracking.stage_run(cfg, "card") as active:
-            card_run = collect.StageRun.from_run(mlflow.get_run(active.info.run_id))
-            card_dir.mkdir(parents=True, exist_ok=True)
-            figures = plots.make_plots(c, card_dir)
-            ctx = render.Context(
-                title=str(cfg.card.title), experiment=str(cfg.experiment), card_run=card_run,
-                attribution=OmegaConf.to_container(cfg.card.attribution, resolve=True),
-                languages=list(cfg.card.languages), commands=_commands(cfg, c), plots=figures,
-                license=str(cfg.card.license))
-            text = render.render(c, ctx)
-            readme = atomic_write_text(card_dir / "README.md", text)
-            sources = {"parent": c.parent.run_id, "card_run": card_run.run_id,
-                       "stages": {s: {"run_id": r.run_id, "reused": r.reused} for s, r in c.stages.items()},
-                       "not_measured": [s for s in collect.STAGES if s not in c.stages]}
-            atomic_write_json(card_dir / "card.json", sources)
-            shutil.rmtree(card_dir / ".mlflow", ignore_errors=True)  # downloaded copies, not part of the card
-            mlflow.log_artifact(str(readme), "card")
-            mlflow.log_artifact(str(card_dir / "card.json"), "card")
-            for fig in figures.values():
-                mlflow.log_artifact(str(fig), "card")
-            mlflow.set_tags({"card.parent_run_id": c.parent.run_id,
-                             "card.not_measured": ",".join(sources["not_measured"])})
-            mlflow.log_metric("card.stages_measured", float(len(c.stages)))
-    finally:
-        if nest:
-            if prev is None:
-                os.environ.pop(tracking.PARENT_ENV, None)
-            else:
-                os.environ[tracking.PARENT_ENV] = prev
+    # nested under the pipeline run: the active one inside the pipeline, else the one reported on
+    with tracking.stage_run(cfg, "card", parent_run_id=c.parent.run_id) as active:
+        card_run = collect.StageRun.from_run(mlflow.get_run(active.info.run_id))
+        card_dir.mkdir(parents=True, exist_ok=True)
+        figures = plots.make_plots(c, card_dir)
+        ctx = render.Context(
+            title=str(cfg.card.title), experiment=str(cfg.experiment), card_run=card_run,
+            attribution=OmegaConf.to_container(cfg.card.attribution, resolve=True),
+            languages=list(cfg.card.languages), commands=_commands(cfg, c), plots=figures,
+            license=str(cfg.card.license))
+        text = render.render(c, ctx)
+        readme = atomic_write_text(card_dir / "README.md", text)
+        sources = {"parent": c.parent.run_id, "card_run": card_run.run_id,
+                   "stages": {s: {"run_id": r.run_id, "reused": r.reused} for s, r in c.stages.items()},
+                   "not_measured": [s for s in collect.STAGES if s not in c.stages]}
+        atomic_write_json(card_dir / "card.json", sources)
+        shutil.rmtree(card_dir / ".mlflow", ignore_errors=True)  # downloaded copies, not part of the card
+        mlflow.log_artifact(str(readme), "card")
+        mlflow.log_artifact(str(card_dir / "card.json"), "card")
+        for fig in figures.values():
+            mlflow.log_artifact(str(fig), "card")
+        mlflow.set_tags({"card.parent_run_id": c.parent.run_id,
+                         "card.not_measured": ",".join(sources["not_measured"])})
+        mlflow.log_metric("card.stages_measured", float(len(c.stages)))
     print(f"cardforge card: {readme} (pipeline run {c.parent.run_id[:8]}, card run {card_run.run_id[:8]}; "
           f"not measured: {', '.join(sources['not_measured']) or 'none'})", file=sys.stderr)
     return {"card": str(readme), "run_id": card_run.run_id, **sources}

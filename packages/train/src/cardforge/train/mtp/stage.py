@@ -191,8 +191,8 @@ def _device(cfg: DictConfig):
 
 def _bench(cfg: DictConfig, grafted: Path, retrained: Path, out: Path) -> list[dict]:
     from cardforge.eval import mtp_bench
-    from cardforge.quant.gguf import convert, quantize
-    from cardforge.quant.gguf import Tier
+    from cardforge.eval.stage import serve_dict
+    from cardforge.quant.gguf import Tier, convert, quantize
 
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -206,8 +206,7 @@ def _bench(cfg: DictConfig, grafted: Path, retrained: Path, out: Path) -> list[d
             quantize(bf16, final, tier, None, threads, logs / f"quantize-{label}.log")
             bf16.unlink()
         ggufs[label] = final
-    serve = OmegaConf.to_container(cfg.serve, resolve=True, enum_to_str=True)
-    serve.update(served_model_name=None, model_path=None)
+    serve = serve_dict(cfg)
     n_values = sorted(set(int(n) for n in cfg.mtp.bench_n_max) | {0})
     rows = mtp_bench.bench(ggufs, n_values, serve, p_min=float(cfg.serve.mtp.p_min),
                            repeats=int(cfg.mtp.bench_repeats), max_tokens=int(cfg.mtp.bench_max_tokens),
@@ -307,7 +306,9 @@ def run(cfg: DictConfig) -> MtpResult:
         result = MtpResult(str(dst), before, after, train_after, losses, rows, len(feats_train), len(feats_held),
                            int(sum(len(f.ids) - f.prompt_len for f in feats_train)), times)
         atomic_write_json(out / "mtp_result.json", asdict(result))
-        _loss_plot(losses, out / "mtp_loss.png")
+        from cardforge.train.callbacks import plot_loss
+
+        plot_loss(list(enumerate(losses)), out / "mtp_loss.png", "MTP head retraining (one sequence per step)")
         mlflow.log_artifact(str(out / "mtp_result.json"), "mtp")
         mlflow.log_artifact(str(out / "mtp_loss.png"), "mtp")
         for f in ("mtp_bench.json", "mtp_bench.md", "mtp_bench.png"):
@@ -326,23 +327,3 @@ def _write_bench(rows: list[dict], out: Path) -> None:
     device = f"{platform.machine()} CPU ({platform.node()})"
     atomic_write_text(out / "mtp_bench.md", mtp_bench.table(rows, device))
     mtp_bench.plot(rows, out / "mtp_bench.png")
-
-
-def _loss_plot(losses: list[float], path: Path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cardforge.core.io import atomic_write_bytes
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(len(losses)), losses, lw=0.8)
-    ax.set(xlabel="step (one sequence)", ylabel="MTP draft loss", title="MTP head retraining")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
