@@ -124,3 +124,15 @@ def plot(rows: list[dict], path: Path) -> Path:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def write(rows: list[dict], out_dir: Path) -> list[Path]:
+    """mtp_bench.json / .md (the table, labelled with this machine) / .png in out_dir; returns the paths."""
+    import platform
+
+    from cardforge.core.io import atomic_write_json, atomic_write_text
+
+    device = f"{platform.machine()} CPU ({platform.node()})"
+    return [atomic_write_json(out_dir / "mtp_bench.json", rows),
+            atomic_write_text(out_dir / "mtp_bench.md", table(rows, device)),
+            plot(rows, out_dir / "mtp_bench.png")]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,10 +240,7 @@ def _bench(cfg: DictConfig, out_dir: Path, tlist: list[Target]) -> list[dict]:
     rows = mtp_bench.bench(models, n_values, serve_dict(cfg), p_min=float(cfg.serve.mtp.p_min),
                            repeats=int(ev.bench_repeats), max_tokens=int(ev.bench_max_tokens),
                            thinking=bool(ev.thinking), timeout_s=float(ev.timeout_s), log_dir=out_dir / "logs")
-    device = f"{platform.machine()} CPU ({platform.node()})"
-    atomic_write_json(out_dir / "mtp_bench.json", rows)
-    atomic_write_text(out_dir / "mtp_bench.md", mtp_bench.table(rows, device))
-    mtp_bench.plot(rows, out_dir / "mtp_bench.png")
+    mtp_bench.write(rows, out_dir)
     for r in rows:
         key = f"mtp.{r['tier']}.{r['prompt_type']}.n{r['n_max']}"
         for m in ("tok_s_median", "speedup", "accept_rate", "mean_accept_len"):

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from cardforge.core import tracking
 from cardforge.eval.records import append_record
 from cardforge.core.errors import UserError
-from cardforge.core.io import atomic_dir, atomic_write_json, atomic_write_text
+from cardforge.core.io import atomic_dir, atomic_write_json
 from cardforge.core.models import mtp as mtp_io
 
 
@@ -298,7 +298,9 @@ def run(cfg: DictConfig) -> MtpResult:
             t3 = time.perf_counter()
             rows = _bench(cfg, src, dst, out)
             times["bench_s"] = time.perf_counter() - t3
-            _write_bench(rows, out)
+            from cardforge.eval import mtp_bench
+
+            mtp_bench.write(rows, out)
             for r in rows:
                 for k in ("tok_s_median", "speedup", "accept_rate", "mean_accept_len"):
                     if r.get(k) is not None:
@@ -316,14 +318,3 @@ def run(cfg: DictConfig) -> MtpResult:
                 mlflow.log_artifact(str(out / f), "mtp")
         mlflow.log_artifact(str(dst / "mtp_manifest.retrained.json"), "mtp")
     return result
-
-
-def _write_bench(rows: list[dict], out: Path) -> None:
-    import platform
-
-    from cardforge.eval import mtp_bench
-
-    atomic_write_json(out / "mtp_bench.json", rows)
-    device = f"{platform.machine()} CPU ({platform.node()})"
-    atomic_write_text(out / "mtp_bench.md", mtp_bench.table(rows, device))
-    mtp_bench.plot(rows, out / "mtp_bench.png")
