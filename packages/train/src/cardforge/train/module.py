@@ -15,16 +15,23 @@ import torch
 import torch.nn.functional as F
 
 from cardforge.train import optim
+from cardforge.train.fast.loss import linear_cross_entropy
 
 
-def masked_lm_loss(backbone: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over tokens whose loss_mask is 1 (predicted from the previous position)."""
+def masked_lm_loss(backbone: torch.nn.Module, batch: dict[str, torch.Tensor],
+                   chunked_ce: bool = False) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over tokens whose loss_mask is 1 (predicted from the previous position).
+
+    `chunked_ce`: cardforge's linear cross-entropy (logits of 1024 tokens at a time, never all of them)."""
     hidden = backbone.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                     use_cache=False).last_hidden_state
     target = batch["loss_mask"][:, 1:].bool()
     h = hidden[:, :-1][target]
     labels = batch["input_ids"][:, 1:][target]
-    logits = backbone.get_output_embeddings()(h).float()
+    head = backbone.get_output_embeddings()
+    if chunked_ce and type(head) is torch.nn.Linear and head.bias is None:
+        return linear_cross_entropy(h, head.weight, labels), int(target.sum())
+    logits = head(h).float()
     return F.cross_entropy(logits, labels), int(target.sum())
 
 
@@ -47,6 +54,7 @@ class DistillModule(pl.LightningModule):
         super().__init__()
         self.model = model  # peft.PeftModel
         self.tcfg = trainer_cfg
+        self._chunked_ce = str(getattr(trainer_cfg, "kernels", "transformers")) == "cardforge"
         self.total_steps = total_steps
         self.optimizer_name = ""  # what actually runs (after the CPU fallback)
         self._rng_to_restore: dict[str, Any] | None = None
@@ -65,7 +73,7 @@ class DistillModule(pl.LightningModule):
             self._t_last = time.perf_counter()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, n_target = masked_lm_loss(self.model.get_base_model(), batch)
+        loss, n_target = masked_lm_loss(self.model.get_base_model(), batch, chunked_ce=self._chunked_ce)
         self.last_loss = loss.detach()
         tokens = int(batch["attention_mask"].sum())
         now = time.perf_counter()
@@ -84,7 +92,7 @@ class DistillModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = masked_lm_loss(self.model.get_base_model(), batch)
+        loss, _ = masked_lm_loss(self.model.get_base_model(), batch, chunked_ce=self._chunked_ce)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 

@@ -184,6 +184,15 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
     fsdp = str(tc.strategy) == "fsdp"
     base = load_base(path, str(tc.precision), tc.gradient_checkpointing, fsdp)
     model, matched = apply_lora(base, cfg.lora)
+    if tc.kernels == "cardforge":
+        from cardforge.train import fast
+
+        n_gdn = fast.enable(model, compile=tc.compile_gdn)
+        log.info("trainer.kernels=cardforge: GDN kernel on %d layers, fused LoRA forward, chunked cross-entropy", n_gdn)
+    if tc.gradient_checkpointing and tc.no_recompute_layers and not fsdp:
+        layers = base.model.layers
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = i < len(layers) - tc.no_recompute_layers
     strategy = build_strategy(tc, base)
 
     datamodule = TrainDataModule(samples, pad_id, tc.batch_size, tc.seed)

@@ -190,6 +190,11 @@ class TrainerConfig:
     devices: Any = "auto"  # "auto", a count, or a list of device indices
     num_nodes: int = 1
     ckpt_every_n_steps: int = 10  # atomic last.ckpt for exact resume after a kill
+    # cardforge: our Gated DeltaNet kernel, LoRA forward and chunked cross-entropy (cardforge.train.fast; same
+    # loss and gradients, tested); transformers: transformers' + PEFT's own forward
+    kernels: str = "cardforge"
+    compile_gdn: bool = False  # kernels=cardforge: the GDN core through torch.compile (~30-45 s once per length)
+    no_recompute_layers: int = 0  # with gradient checkpointing: the last N decoder layers keep activations
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -200,6 +205,10 @@ class TrainerConfig:
             raise ValueError("trainer.strategy=fsdp needs trainer.accelerator=gpu (use trainer.strategy=ddp on CPU)")
         if self.ckpt_every_n_steps < 1:
             raise ValueError(f"trainer.ckpt_every_n_steps must be >= 1, got {self.ckpt_every_n_steps}")
+        if self.kernels not in ("cardforge", "transformers"):
+            raise ValueError(f"trainer.kernels must be cardforge or transformers, got {self.kernels!r}")
+        if self.no_recompute_layers < 0:
+            raise ValueError(f"trainer.no_recompute_layers must be >= 0, got {self.no_recompute_layers}")
 
 
 class NvFp4Tier(str, Enum):

@@ -1,0 +1,331 @@
+"""LoRA training-step benchmark on the Qwen3.6-27B text architecture: plain transformers + PEFT vs cardforge.
+
+    python -m cardforge.train.bench                      # 27B architecture, random bf16 weights, seq 4096 and 8192
+    python -m cardforge.train.bench --arch tiny --seq 256 --steps 2   # anywhere (CPU too): the code path only
+
+Both variants run in one process on the SAME model and LoRA weights (restored before each variant), the same
+batch and the same optimizer (bitsandbytes paged AdamW 8-bit on CUDA), so their first losses must agree:
+- `plain`: what a user writes: bf16 model, `get_peft_model`, `gradient_checkpointing_enable()`,
+  `model(input_ids, labels=input_ids).loss` (full-sequence logits), transformers' Gated DeltaNet path.
+- `cardforge`: the train stage's step: bf16 autocast (Lightning bf16-mixed), cardforge's GDN kernel and chunked
+  linear cross-entropy (`cardforge.train.fast`), optionally some layers not recomputed.
+Reported per variant and sequence length: step time (median), tokens/s, MFU (model FLOPs 4N + attention,
+no recompute, against the dense bf16 peak), peak memory (allocated and reserved), first loss. Results go to
+stdout as a table and to --out as JSON; `--profile` prints the top kernels of one step per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+QWEN36_27B = dict(vocab_size=248320, hidden_size=5120, intermediate_size=17408, num_hidden_layers=64,
+                  full_attention_interval=4, num_attention_heads=24, num_key_value_heads=4, head_dim=256,
+                  linear_num_key_heads=16, linear_num_value_heads=48, linear_key_head_dim=128,
+                  linear_value_head_dim=128, linear_conv_kernel_dim=4, partial_rotary_factor=0.25,
+                  mrope_section=[11, 11, 10], rope_theta=10_000_000.0)
+TINY = dict(vocab_size=248320, hidden_size=256, intermediate_size=512, num_hidden_layers=4, full_attention_interval=4,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=128, linear_num_key_heads=2,
+            linear_num_value_heads=4, linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4,
+            partial_rotary_factor=0.25, mrope_section=[6, 5, 5], rope_theta=10_000_000.0)
+ARCHS = {"qwen36_27b": QWEN36_27B, "tiny": TINY}
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                "in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj"]  # conf/lora/qwen35.yaml
+H200_BF16_PEAK = 989e12  # dense bf16 tensor-core FLOP/s (vendor datasheet, SXM)
+
+
+def text_config(arch: dict, layers: int | None = None):
+    from transformers import Qwen3_5TextConfig
+
+    a = dict(arch)
+    if layers:
+        a["num_hidden_layers"] = layers
+    return Qwen3_5TextConfig(
+        vocab_size=a["vocab_size"], hidden_size=a["hidden_size"], intermediate_size=a["intermediate_size"],
+        num_hidden_layers=a["num_hidden_layers"], full_attention_interval=a["full_attention_interval"],
+        num_attention_heads=a["num_attention_heads"], num_key_value_heads=a["num_key_value_heads"],
+        head_dim=a["head_dim"], linear_num_key_heads=a["linear_num_key_heads"],
+        linear_num_value_heads=a["linear_num_value_heads"], linear_key_head_dim=a["linear_key_head_dim"],
+        linear_value_head_dim=a["linear_value_head_dim"], linear_conv_kernel_dim=a["linear_conv_kernel_dim"],
+        tie_word_embeddings=False, use_cache=False,
+        rope_parameters={"rope_type": "default", "rope_theta": a["rope_theta"],
+                         "partial_rotary_factor": a["partial_rotary_factor"], "mrope_section": a["mrope_section"],
+                         "mrope_interleaved": True})
+
+
+def build_model(config, device: str, dtype: torch.dtype, seed: int = 0):
+    """Random weights with transformers' own init, created directly on `device` (seconds for 27B on a GPU)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.config.use_cache = False
+    return model.train()
+
+
+def add_lora(model, r: int = 64, alpha: int = 128, dropout: float = 0.05):
+    """The card's LoRA, through cardforge's target resolver (every target must match)."""
+    from omegaconf import OmegaConf
+
+    from cardforge.train.lora import apply_lora
+
+    cfg = OmegaConf.create({"_target_": "peft.LoraConfig", "r": r, "lora_alpha": alpha, "lora_dropout": dropout,
+                            "target_modules": LORA_TARGETS, "bias": "none", "task_type": "CAUSAL_LM"})
+    peft_model, _ = apply_lora(model, cfg)
+    return peft_model
+
+
+@dataclass
+class Variant:
+    name: str
+    kernels: str  # transformers | cardforge
+    loss: str  # hf (model(labels=)) | chunked (cardforge masked loss)
+    autocast: bool
+    no_recompute_layers: int = 0  # the last N decoder layers keep their activations
+    compile: bool = False  # the GDN core through torch.compile
+
+
+VARIANTS = {
+    "plain": Variant("plain", "transformers", "hf", autocast=False),
+    "cardforge": Variant("cardforge", "cardforge", "chunked", autocast=True),
+    "cardforge-compile": Variant("cardforge-compile", "cardforge", "chunked", autocast=True, compile=True),
+    "cardforge-ce-only": Variant("cardforge-ce-only", "transformers", "chunked", autocast=True),
+}
+
+
+def set_recompute(model, no_recompute_layers: int) -> None:
+    layers = model.get_base_model().model.layers
+    for i, layer in enumerate(layers):
+        if hasattr(layer, "gradient_checkpointing"):
+            layer.gradient_checkpointing = i < len(layers) - no_recompute_layers
+
+
+def configure(model, v: Variant) -> None:
+    from cardforge.train import fast
+
+    if v.kernels == "cardforge":
+        fast.enable(model, compile=v.compile)
+    else:
+        fast.disable(model)
+    set_recompute(model, v.no_recompute_layers)
+
+
+def loss_fn(model, batch: dict[str, torch.Tensor], v: Variant) -> torch.Tensor:
+    from cardforge.train.module import masked_lm_loss
+
+    device_type = batch["input_ids"].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=v.autocast):
+        if v.loss == "hf":
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         labels=batch["input_ids"], use_cache=False).loss
+        loss, _ = masked_lm_loss(model.get_base_model(), batch, chunked_ce=True)
+        return loss
+
+
+def make_batch(vocab: int, seq: int, device: str, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (1, seq), generator=g)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+            "loss_mask": torch.ones_like(ids).to(device)}
+
+
+def build_optimizer(params, on_cuda: bool):
+    from cardforge.train.optim import build_optimizer as build
+
+    opt, _ = build(params, "paged_adamw_8bit", 1e-5, 0.0, on_cuda=on_cuda)
+    return opt
+
+
+def lora_params(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def model_flops_per_token(config, seq: int) -> float:
+    """Forward + backward (activation gradients; the base is frozen) of every matmul with weights, plus attention.
+    2 FLOPs per weight per token forward, 2 backward; causal attention 2*T*heads*head_dim per token per layer
+    forward (QK^T and PV over T/2 keys on average), twice that backward. LoRA adds < 2%: not counted."""
+    c = config
+    h, f, hd = c.hidden_size, c.intermediate_size, c.head_dim
+    attn_w = h * (2 * c.num_attention_heads * hd) + 2 * h * c.num_key_value_heads * hd + c.num_attention_heads * hd * h
+    kd, vd = c.linear_num_key_heads * c.linear_key_head_dim, c.linear_num_value_heads * c.linear_value_head_dim
+    gdn_w = h * (2 * kd + vd) + h * vd + 2 * h * c.linear_num_value_heads + vd * h
+    n_full = sum(1 for t in c.layer_types if t == "full_attention")
+    n_lin = c.num_hidden_layers - n_full
+    weights = n_full * attn_w + n_lin * gdn_w + c.num_hidden_layers * 3 * h * f + c.vocab_size * h
+    attn = n_full * 2 * seq * c.num_attention_heads * hd
+    return 4 * weights + 3 * attn
+
+
+@dataclass
+class Result:
+    variant: str
+    seq: int
+    status: str = "ok"
+    step_s: list[float] = field(default_factory=list)
+    first_loss: float = float("nan")
+    peak_alloc_gib: float = float("nan")
+    peak_reserved_gib: float = float("nan")
+    tok_s: float = float("nan")
+    mfu: float = float("nan")
+    error: str = ""
+
+
+def run_variant(model, v: Variant, seq: int, steps: int, warmup: int, snapshot: dict, device: str,
+                flops_tok: float, profile: bool = False) -> Result:
+    res = Result(v.name, seq)
+    on_cuda = device.startswith("cuda")
+    with torch.no_grad():  # same LoRA weights for every variant: first losses are comparable
+        for n, p in lora_params(model).items():
+            p.copy_(snapshot[n])
+    configure(model, v)
+    batch = make_batch(model.config.vocab_size, seq, device)
+    opt = None
+    try:
+        opt = build_optimizer(list(lora_params(model).values()), on_cuda)
+        if on_cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        for i in range(warmup + steps):
+            if profile and i == warmup:
+                _profile_step(model, batch, v, opt)
+            torch.manual_seed(1234 + i)  # same dropout masks for every variant
+            if on_cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            loss = loss_fn(model, batch, v)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if on_cuda:
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            if i == 0:
+                res.first_loss = float(loss)
+            if i >= warmup:
+                res.step_s.append(dt)
+            print(f"  {v.name} seq {seq} step {i}: {dt:.3f} s loss {float(loss):.4f}", file=sys.stderr, flush=True)
+        step = statistics.median(res.step_s)
+        res.tok_s = seq / step
+        res.mfu = flops_tok * res.tok_s / H200_BF16_PEAK
+        if on_cuda:
+            res.peak_alloc_gib = torch.cuda.max_memory_allocated() / 2**30
+            res.peak_reserved_gib = torch.cuda.max_memory_reserved() / 2**30
+    except torch.cuda.OutOfMemoryError as exc:
+        res.status, res.error = "oom", str(exc).splitlines()[0][:200]
+        if on_cuda:
+            res.peak_alloc_gib = torch.cuda.max_memory_allocated() / 2**30
+    finally:
+        del opt
+        model.zero_grad(set_to_none=True)
+        if on_cuda:
+            torch.cuda.empty_cache()
+    return res
+
+
+def _profile_step(model, batch, v: Variant, opt) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        loss = loss_fn(model, batch, v)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+    print(f"== profile {v.name}", file=sys.stderr)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60),
+          file=sys.stderr, flush=True)
+
+
+def table(results: list[Result]) -> str:
+    rows = ["| variant | seq | step s (median) | tok/s | MFU | peak alloc GiB | peak reserved GiB | first loss | status |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        step = statistics.median(r.step_s) if r.step_s else float("nan")
+        rows.append(f"| {r.variant} | {r.seq} | {step:.3f} | {r.tok_s:.0f} | {r.mfu:.1%} | {r.peak_alloc_gib:.1f} | "
+                    f"{r.peak_reserved_gib:.1f} | {r.first_loss:.4f} | {r.status} |")
+    by = {(r.variant, r.seq): r for r in results}
+    for seq in sorted({r.seq for r in results}):
+        base = by.get(("plain", seq))
+        for r in results:
+            if r.seq == seq and r.variant != "plain" and base and base.status == r.status == "ok":
+                rows.append(f"\nseq {seq}: {r.variant} / plain = {r.tok_s / base.tok_s:.2f}x tok/s")
+    return "\n".join(rows)
+
+
+def environment() -> dict[str, Any]:
+    from importlib import metadata
+
+    env = {"torch": torch.__version__, "cuda": str(torch.version.cuda)}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    for pkg in ("transformers", "peft", "triton", "bitsandbytes", "flash-linear-attention"):
+        try:
+            env[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            env[pkg] = "missing"
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cardforge.train.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=sorted(ARCHS), default="qwen36_27b")
+    p.add_argument("--layers", type=int, default=None, help="override the number of decoder layers (quick checks)")
+    p.add_argument("--seq", type=int, nargs="+", default=[4096, 8192])
+    p.add_argument("--variants", nargs="+", default=["plain", "cardforge"],
+                   help=f"from {', '.join(VARIANTS)}; NAME:K = NAME with the last K layers not recomputed")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per variant (median reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--profile", action="store_true", help="print the top kernels of one step per variant")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = p.parse_args(argv)
+    # fewer fragmented blocks: reserved memory close to allocated (set before CUDA initialises; both variants)
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+    variants = []
+    for spec in args.variants:
+        name, _, k = spec.partition(":")
+        if name not in VARIANTS:
+            p.error(f"--variants: unknown {name!r}; choose from {', '.join(VARIANTS)}")
+        v = VARIANTS[name]
+        variants.append(Variant(spec, v.kernels, v.loss, v.autocast, int(k) if k else 0, v.compile))
+    on_cuda = args.device.startswith("cuda")
+    dtype = torch.bfloat16 if on_cuda else torch.float32
+    config = text_config(ARCHS[args.arch], args.layers)
+    t0 = time.perf_counter()
+    model = build_model(config, args.device, dtype)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = add_lora(model)
+    n_lora = sum(p.numel() for p in lora_params(model).values())
+    print(f"built {args.arch} ({config.num_hidden_layers} layers) + LoRA ({n_lora / 1e6:.0f}M params) on "
+          f"{args.device} in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    snapshot = {n: p.detach().clone() for n, p in lora_params(model).items()}
+    results = []
+    for seq in args.seq:
+        flops_tok = model_flops_per_token(config, seq)
+        for v in variants:
+            results.append(run_variant(model, v, seq, args.steps, args.warmup, snapshot, args.device, flops_tok,
+                                       profile=args.profile and on_cuda))
+            if args.out:  # after every variant: a later crash or timeout keeps what was measured
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(
+                    {"arch": args.arch, "layers": config.num_hidden_layers, "device": args.device,
+                     "environment": environment(), "lora_params": n_lora, "argv": argv if argv else sys.argv[1:],
+                     "results": [r.__dict__ for r in results], "table": table(results)}, indent=2))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

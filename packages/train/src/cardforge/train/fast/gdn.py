@@ -1,0 +1,105 @@
+"""Gated DeltaNet for training, in plain PyTorch: the chunked form with one matmul per chunk in the scan.
+
+transformers' reference (`torch_chunk_gated_delta_rule`) is what runs when flash-linear-attention is absent or
+refuses the GPU (fla 0.6 refuses Hopper with Triton < 3.7.1: wrong gradients in chunk_bwd_dqkwg). Its scan over
+chunks does five small ops per chunk, each launched on its own, and autograd records them all. Here the work
+that does not depend on the recurrent state is done for every chunk at once, and the state recurrence is folded
+into an affine map per chunk:
+
+    S_{i+1} = M_i S_i + C_i      M_i = exp(g_last_i) I - Kd_i^T W_i     C_i = Kd_i^T U_i
+
+(U, W: the UT transform's new values and decayed keys; Kd: keys decayed to the chunk's end), so the scan is one
+batched `baddbmm` per chunk, and the outputs of all chunks are two batched matmuls once the states are known:
+
+    O_i = (Qd_i - A_i W_i) S_i + A_i U_i      (A_i: the causal intra-chunk attention with decays)
+
+Same maths as the reference (tests compare outputs and gradients), fp32 inside like fla and transformers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)  # transformers' / fla's l2norm
+
+
+def chunk_gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, g: torch.Tensor,
+                           beta: torch.Tensor, chunk_size: int = 64, use_qk_l2norm: bool = True) -> torch.Tensor:
+    """query/key [B, T, Hk, Dk], value [B, T, Hv, Dv], g (log decay, <= 0) and beta [B, T, Hv] -> out [B, T, Hv, Dv].
+
+    No initial state and no final state: training on whole sequences (generation keeps transformers' path).
+    """
+    out_dtype = value.dtype
+    B, T, Hk, Dk = key.shape
+    Hv, Dv = value.shape[-2:]
+    if Hv != Hk:  # grouped value heads: each q/k head serves Hv // Hk consecutive value heads
+        query = query.repeat_interleave(Hv // Hk, dim=2)
+        key = key.repeat_interleave(Hv // Hk, dim=2)
+    q, k, v = (x.transpose(1, 2).float() for x in (query, key, value))  # [B, H, T, D]
+    beta, g = beta.transpose(1, 2).float(), g.transpose(1, 2).float()  # [B, H, T]
+    if use_qk_l2norm:
+        q, k = _l2norm(q), _l2norm(k)
+    q = q * Dk ** -0.5
+
+    pad = (-T) % chunk_size
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        beta, g = F.pad(beta, (0, pad)), F.pad(g, (0, pad))
+    n = (T + pad) // chunk_size
+    C = chunk_size
+    q, k, v = (x.reshape(B, Hv, n, C, -1) for x in (q, k, v))
+    beta, g = beta.reshape(B, Hv, n, C), g.reshape(B, Hv, n, C)
+
+    gc = g.cumsum(-1)  # log decay from the chunk's start to each position
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    decay = (gc.unsqueeze(-1) - gc.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # [B, H, n, C, C]
+    k_beta = k * beta.unsqueeze(-1)
+    # UT transform: T = (I + strictly_lower(diag(beta) K K^T * decay))^-1, solved once per chunk
+    ut = (k_beta @ k.transpose(-1, -2)) * decay
+    eye = torch.eye(C, dtype=ut.dtype, device=ut.device)
+    t_inv = torch.linalg.solve_triangular(ut.tril(-1) + eye, eye.expand_as(ut), upper=False, unitriangular=True)
+    u = t_inv @ (v * beta.unsqueeze(-1))  # new values
+    w = t_inv @ (k_beta * gc.exp().unsqueeze(-1))  # keys decayed from the chunk start, read the old state
+
+    g_last = gc[..., -1:]  # [B, H, n, 1]
+    kd = k * (g_last - gc).exp().unsqueeze(-1)  # keys decayed to the chunk's end
+    qd = q * gc.exp().unsqueeze(-1)  # queries read the state decayed from the chunk start
+    attn = (q @ k.transpose(-1, -2)) * decay  # causal intra-chunk attention, diagonal included
+
+    kd_t = kd.transpose(-1, -2)  # [B, H, n, Dk, C]
+    m = torch.diag_embed(g_last.exp().expand(B, Hv, n, Dk)) - kd_t @ w  # [B, H, n, Dk, Dk]
+    c = kd_t @ u  # [B, H, n, Dk, Dv]
+    m, c = m.reshape(B * Hv, n, Dk, Dk), c.reshape(B * Hv, n, Dk, Dv)
+    # unbind, not c[:, i]: the backward of n selects would zero-fill and add n full-size gradients
+    ms, cs = m.unbind(1), c.unbind(1)
+    states = [torch.zeros(B * Hv, Dk, Dv, dtype=c.dtype, device=c.device)]
+    for i in range(n - 1):  # the only sequential part: one batched matmul-add per chunk
+        states.append(torch.baddbmm(cs[i], ms[i], states[-1]))
+    s = torch.stack(states, dim=1).reshape(B, Hv, n, Dk, Dv)  # the state each chunk starts from
+
+    o = (qd - attn @ w) @ s + attn @ u  # [B, H, n, C, Dv]
+    o = o.reshape(B, Hv, n * C, Dv)[:, :, :T]
+    return o.transpose(1, 2).to(out_dtype)
+
+
+def reference(query, key, value, g, beta, chunk_size: int = 64) -> torch.Tensor:
+    """The token-by-token recurrence (exact, slow): the ground truth tests compare both chunked forms with."""
+    B, T, Hk, Dk = key.shape
+    Hv, Dv = value.shape[-2:]
+    if Hv != Hk:
+        query = query.repeat_interleave(Hv // Hk, dim=2)
+        key = key.repeat_interleave(Hv // Hk, dim=2)
+    q, k = _l2norm(query.float()) * Dk ** -0.5, _l2norm(key.float())
+    v, g, beta = value.float(), g.float(), beta.float()
+    s = torch.zeros(B, Hv, Dk, Dv, dtype=torch.float32, device=v.device)
+    out = []
+    for t in range(T):
+        s = s * g[:, t].exp()[..., None, None]
+        kt, vt = k[:, t], v[:, t]  # [B, H, D]
+        pred = torch.einsum("bhk,bhkv->bhv", kt, s)
+        s = s + torch.einsum("bhk,bhv->bhkv", kt, (vt - pred) * beta[:, t, :, None])
+        out.append(torch.einsum("bhk,bhkv->bhv", q[:, t], s))
+    return torch.stack(out, dim=1).to(value.dtype)

@@ -1,0 +1,129 @@
+"""Swap cardforge's Gated DeltaNet forward into a transformers Qwen3.5 model (and back)."""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+from cardforge.train.fast.gdn import chunk_gated_delta_rule
+
+_NEEDED = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "conv1d", "norm", "out_proj", "A_log", "dt_bias",
+           "head_k_dim", "head_v_dim", "key_dim", "value_dim")
+
+
+def _gdn_modules(model: torch.nn.Module):
+    return [m for m in model.modules() if type(m).__name__.endswith("GatedDeltaNet")]
+
+
+def _forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
+    if cache_params is not None:  # generation: transformers' cached path
+        return self._cf_transformers_forward(hidden_states, cache_params=cache_params,
+                                             attention_mask=attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[0] > 1 \
+            and attention_mask.shape[1] > 1:  # right padding in a batch: padded positions write nothing
+        hidden_states = (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)
+    bsz, seq_len, _ = hidden_states.shape
+    mixed = self.in_proj_qkv(hidden_states)  # same call order as transformers (LoRA dropout RNG order)
+    z = self.in_proj_z(hidden_states)
+    b = self.in_proj_b(hidden_states)
+    a = self.in_proj_a(hidden_states)
+    mixed = torch.nn.functional.silu(self.conv1d(mixed.transpose(1, 2))[..., :seq_len]).transpose(1, 2)
+    query, key, value = torch.split(mixed, [self.key_dim, self.key_dim, self.value_dim], dim=-1)
+    query = query.reshape(bsz, seq_len, -1, self.head_k_dim)
+    key = key.reshape(bsz, seq_len, -1, self.head_k_dim)
+    value = value.reshape(bsz, seq_len, -1, self.head_v_dim)
+    beta = b.sigmoid()
+    g = -self.A_log.float().exp() * torch.nn.functional.softplus(a.float() + self.dt_bias)
+    out = self._cf_chunk_fn(query, key, value, g, beta)
+    out = self.norm(out.reshape(-1, self.head_v_dim), z.reshape(-1, self.head_v_dim))
+    return self.out_proj(out.reshape(bsz, seq_len, -1))
+
+
+_COMPILED = None
+
+
+def _compiled_chunk_fn():
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(chunk_gated_delta_rule, dynamic=False)
+    return _COMPILED
+
+
+def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False) -> int:
+    """Patch every Gated DeltaNet module of `model` (PEFT-wrapped or not) and, with `lora`, PEFT's LoRA Linear
+    layers; `compile`: the GDN core through torch.compile (fuses its fp32 elementwise work). Returns the number of
+    GDN modules patched."""
+    mods = _gdn_modules(model)
+    for m in mods:
+        missing = [n for n in _NEEDED if not hasattr(m, n)]
+        if missing:
+            raise RuntimeError(f"{type(m).__name__} lacks {', '.join(missing)}: this transformers version is not "
+                               "supported by cardforge's GDN kernel; set trainer.kernels=transformers")
+        if not hasattr(m, "_cf_transformers_forward"):
+            m._cf_transformers_forward = m.forward
+            m.forward = types.MethodType(_forward, m)
+        m._cf_chunk_fn = _compiled_chunk_fn() if compile else chunk_gated_delta_rule
+    if lora:
+        enable_lora(model)
+    return len(mods)
+
+
+def disable(model: torch.nn.Module) -> None:
+    for m in _gdn_modules(model):
+        if hasattr(m, "_cf_transformers_forward"):
+            m.forward = m._cf_transformers_forward
+            del m._cf_transformers_forward
+    disable_lora(model)
+
+
+def enabled(model: torch.nn.Module) -> bool:
+    mods = _gdn_modules(model)
+    return bool(mods) and all(hasattr(m, "_cf_transformers_forward") for m in mods)
+
+
+def _lora_forward(self, x: torch.Tensor, *args, **kwargs):
+    """PEFT's vanilla LoRA Linear forward with the update folded into one addmm: result + s * (drop(x) A^T) B^T.
+
+    PEFT first casts x to the adapter's fp32 dtype (a full fp32 copy of every adapted input, cast back to bf16 by
+    autocast) and then scales and adds in two more passes over the output; here x stays as it comes and the scale
+    and the add happen inside the matmul. Anything else (merged, several adapters, variants, extra kwargs) goes
+    through PEFT's own forward."""
+    active = self.active_adapters
+    if (args or kwargs or self.disable_adapters or self.merged or len(active) != 1
+            or active[0] not in self.lora_A or active[0] in getattr(self, "lora_variant", {})):
+        return self._cf_peft_forward(x, *args, **kwargs)
+    name = active[0]
+    if x.dtype != self.lora_A[name].weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        return self._cf_peft_forward(x, *args, **kwargs)  # PEFT's cast is what makes the dtypes meet
+    result = self.base_layer(x)
+    h = self.lora_A[name](self.lora_dropout[name](x))
+    w_b = self.lora_B[name].weight
+    out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), w_b.t().to(h.dtype),
+                      alpha=self.scaling[name])
+    return out.reshape(result.shape).to(result.dtype)
+
+
+def _lora_linears(model: torch.nn.Module):
+    try:
+        from peft.tuners.lora.layer import Linear
+    except ImportError:
+        return []
+    return [m for m in model.modules() if type(m) is Linear]
+
+
+def enable_lora(model: torch.nn.Module) -> int:
+    """Patch PEFT's LoRA Linear layers of `model` (see `_lora_forward`); returns how many."""
+    mods = _lora_linears(model)
+    for m in mods:
+        if not hasattr(m, "_cf_peft_forward"):
+            m._cf_peft_forward = m.forward
+            m.forward = types.MethodType(_lora_forward, m)
+    return len(mods)
+
+
+def disable_lora(model: torch.nn.Module) -> None:
+    for m in _lora_linears(model):
+        if hasattr(m, "_cf_peft_forward"):
+            m.forward = m._cf_peft_forward
+            del m._cf_peft_forward

@@ -1,0 +1,140 @@
+"""cardforge's training kernels (cardforge.train.fast) against transformers + PEFT: same loss, same LoRA gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cardforge.train import bench, fast
+from cardforge.train.fast.gdn import chunk_gated_delta_rule, reference
+from cardforge.train.fast.loss import linear_cross_entropy
+
+SMALL = dict(bench.TINY, vocab_size=1000, hidden_size=64, intermediate_size=128, head_dim=32,
+             linear_key_head_dim=32, linear_value_head_dim=32, mrope_section=[2, 1, 1])
+
+
+def _gdn_inputs(B=2, T=150, Hk=2, Hv=4, D=32, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, T, Hk, D, generator=g, dtype=dtype) for _ in range(2))
+    v = torch.randn(B, T, Hv, D, generator=g, dtype=dtype)
+    a, b = (torch.randn(B, T, Hv, generator=g, dtype=dtype) for _ in range(2))
+    return [x.requires_grad_() for x in (q, k, v, a, b)]
+
+
+def _run_gdn(fn, inputs):
+    q, k, v, a, b = [x.detach().clone().requires_grad_() for x in inputs]
+    out = fn(q, k, v, -F.softplus(a), b.sigmoid())
+    out = out[0] if isinstance(out, tuple) else out
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    (out * weights).sum().backward()
+    return out.detach(), [x.grad for x in (q, k, v, a, b)]
+
+
+@pytest.mark.parametrize("T,chunk", [(150, 64), (64, 64), (37, 16), (1, 64)])
+def test_gdn_matches_token_recurrence(T, chunk):
+    inputs = _gdn_inputs(T=T)
+    ref_out, ref_grads = _run_gdn(reference, inputs)
+    out, grads = _run_gdn(lambda *x: chunk_gated_delta_rule(*x, chunk_size=chunk), inputs)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    for name, g, r in zip("qkvab", grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5, msg=f"grad of {name}")
+
+
+def test_gdn_matches_transformers_chunked():
+    from transformers.models.qwen3_5 import modeling_qwen3_5 as m
+
+    inputs = _gdn_inputs(T=130)
+    hf_out, hf_grads = _run_gdn(lambda q, k, v, g, b: m.torch_chunk_gated_delta_rule(
+        q, k, v, g=g, beta=b, use_qk_l2norm_in_kernel=True), inputs)
+    out, grads = _run_gdn(chunk_gated_delta_rule, inputs)
+    torch.testing.assert_close(out, hf_out.to(out.dtype), rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, hf_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [7, 1024])
+def test_linear_cross_entropy_matches_plain(chunk):
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(50, 16, generator=g, dtype=torch.float64)
+    weight = torch.randn(300, 16, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 300, (50,), generator=g)
+    labels[::5] = -100  # ignored positions count neither in the sum nor in the mean
+    h1, h2 = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    ref = F.cross_entropy(h1 @ weight.t(), labels, ignore_index=-100)
+    (ref * 3).backward()
+    loss = linear_cross_entropy(h2, weight, labels, chunk=chunk)
+    (loss * 3).backward()
+    torch.testing.assert_close(loss, ref.to(loss.dtype))
+    torch.testing.assert_close(h2.grad, h1.grad)
+    assert torch.count_nonzero(h2.grad[::5]) == 0
+
+
+def _small_lora_model():
+    model = bench.build_model(bench.text_config(SMALL), "cpu", torch.float32, seed=0)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = bench.add_lora(model)
+    with torch.no_grad():  # PEFT starts B at 0: give the adapters a nonzero output so their gradients all differ
+        for n, p in bench.lora_params(model).items():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    return model
+
+
+def test_training_step_matches_transformers_peft():
+    """The benchmark's two variants on one model and batch: the plain transformers + PEFT loss and every LoRA
+    gradient equal cardforge's (fp32, dropout masks seeded alike)."""
+    model = _small_lora_model()
+    batch = bench.make_batch(SMALL["vocab_size"], 100, "cpu")
+    results = {}
+    for name in ("plain", "cardforge"):
+        v = bench.VARIANTS[name]
+        v = bench.Variant(v.name, v.kernels, v.loss, autocast=False)
+        bench.configure(model, v)
+        assert fast.enabled(model) == (name == "cardforge")
+        torch.manual_seed(7)
+        loss = bench.loss_fn(model, batch, v)
+        loss.backward()
+        results[name] = (loss.detach(), {n: p.grad.clone() for n, p in bench.lora_params(model).items()})
+        model.zero_grad(set_to_none=True)
+    (l0, g0), (l1, g1) = results["plain"], results["cardforge"]
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+    assert len(g0) == len(g1) > 0 and any("in_proj_qkv" in n for n in g0)
+    for n in g0:
+        assert torch.count_nonzero(g0[n]) > 0, n
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_generation_with_cache_keeps_transformers_path():
+    model = bench.build_model(bench.text_config(SMALL), "cpu", torch.float32, seed=0).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    before = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert fast.enable(model) == 3  # 3 GDN layers of 4
+    after = model.generate(ids, max_new_tokens=6, do_sample=False)
+    torch.testing.assert_close(after, before)
+    with torch.no_grad():  # the no-cache forward (training / scoring) goes through cardforge's kernel, same logits
+        ours = model(ids, use_cache=False).logits
+        fast.disable(model)
+        theirs = model(ids, use_cache=False).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_module_is_a_clear_error():
+    model = bench.build_model(bench.text_config(SMALL), "cpu", torch.float32)
+    gdn = next(m for m in model.modules() if type(m).__name__.endswith("GatedDeltaNet"))
+    del gdn.in_proj_z
+    with pytest.raises(RuntimeError, match="in_proj_z.*trainer.kernels=transformers"):
+        fast.enable(model)
+
+
+def test_bench_cli_runs_and_reports(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--arch", "tiny", "--layers", "4", "--seq", "64", "--steps", "1", "--warmup", "0",
+                       "--variants", "plain", "cardforge", "--out", str(out)]) == 0
+    import json
+
+    data = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in data["results"]}
+    assert rows["plain"]["status"] == rows["cardforge"]["status"] == "ok"
+    assert abs(rows["plain"]["first_loss"] - rows["cardforge"]["first_loss"]) < 0.05  # fp32 vs bf16 autocast
+    assert "cardforge / plain" in capsys.readouterr().out
