@@ -102,3 +102,64 @@ def test_kill_9_mid_run_then_rerun_has_no_duplicate(tmp_path, mlflow_uri, mlflow
     finally:
         server.kill()
         server.wait()
+
+
+def stats(url: str) -> dict:
+    with urllib.request.urlopen(url + "/stats") as r:
+        return json.load(r)
+
+
+def test_card_teacher_preset_key_concurrency_k_samples_and_logged_dataset(tmp_path, monkeypatch, mlflow_uri,
+                                                                          mlflow_experiment, tiny_model_dir):
+    """teacher=deepseek_v4_pro against a local endpoint: the key from $DEEPSEEK_API_KEY is sent, at most
+    teacher.concurrency requests are in flight (and that many are reached), k samples per task each get their own
+    id, and the data run in MLflow holds the JSONL, manifest and table with the manifest's hash as a tag."""
+    import mlflow
+
+    tasks = write_tasks(tmp_path / "tasks.jsonl", {"t0": "", "t1": ""})
+    with FakeServer(delay_s=0.3) as srv:
+        monkeypatch.setenv("TEACHER_BASE_URL", srv.base_url + "/v1")
+        monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-test-123")
+        cfg = compose("data", ["teacher=deepseek_v4_pro", "teacher.concurrency=2", "teacher.timeout_s=10",
+                               "data=react_execute", f"data.sources=[jsonl:{tasks}]", "data.samples_per_task=3",
+                               f"paths.outputs={tmp_path / 'out'}", f"logger.experiment_name={mlflow_experiment}"])
+        res = run(cfg)
+        seen = stats(srv.base_url)
+    assert seen["authorization"] == "Bearer sk-test-123"
+    assert seen["peak_in_flight"] == 2  # bounded by teacher.concurrency, and the bound is reached
+    assert seen["models"] == {"deepseek-v4-pro": 6}
+    ids = sorted(t.task_id for t in read_jsonl(res.trajectories)[0])
+    assert ids == ["t0#0", "t0#1", "t0#2", "t1#0", "t1#1", "t1#2"]
+    run_ = mlflow.get_run(res.run_id)
+    assert run_.data.tags["data.sha256"] == res.manifest["sha256"]
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(res.run_id, "data")}
+    assert {"data/trajectories.jsonl", "data/manifest.json", "data/table.md"} <= logged
+    assert run_.data.metrics["data.accepted"] == 6
+
+
+def test_simulated_tool_results_come_from_the_simulator_endpoint(tmp_path, mlflow_uri, mlflow_experiment,
+                                                                 tiny_model_dir):
+    """data=react_simulate with data.simulator_url: the teacher's tool call is answered by the second endpoint
+    (role-playing the runtime), nothing is executed, and the result lands in the trajectory as the tool turn."""
+    from cardforge.eval.fake_server import conversation_script
+
+    call = ("<tool_call>\n<function=python>\n<parameter=code>\nprint(6 * 7)\n</parameter>\n</function>\n"
+            "</tool_call>")
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"id": "mul", "prompt": "What is 6*7? Use python.",
+                                 "verifier": {"type": "word", "word": "42"}}) + "\n")
+    teacher = FakeServer(script=conversation_script({"What is 6*7": [call, "The answer is 42."]}))
+    simulator = FakeServer(script=lambda messages: "42\n")
+    with teacher, simulator:
+        cfg = compose("data", ["teacher=openai_endpoint", f"teacher.base_url={teacher.base_url}/v1",
+                               "teacher.model=fake", "teacher.timeout_s=10", "data=react_simulate",
+                               f"data.sources=[jsonl:{tasks}]", f"data.simulator_url={simulator.base_url}/v1",
+                               "data.simulator_model=runtime-sim", f"paths.outputs={tmp_path / 'out'}",
+                               f"logger.experiment_name={mlflow_experiment}", "data.min_accepted=1"])
+        res = run(cfg)
+        sim_seen, teacher_seen = stats(simulator.base_url), stats(teacher.base_url)
+    (traj,), _ = read_jsonl(res.trajectories)
+    tool = [m for m in traj.messages if m.role == "tool"]
+    assert [m.content.strip() for m in tool] == ["42"]
+    assert sim_seen["models"] == {"runtime-sim": 1} and teacher_seen["models"] == {"fake": 2}
+    assert res.manifest["tool_results"] == "simulate"

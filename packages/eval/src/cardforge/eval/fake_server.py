@@ -9,7 +9,8 @@ Behaviour is chosen per request by tags in the last user message, so one run can
   FAULT=http500_once  HTTP 500 on the first request, then fine   FAULT=drop         close mid-answer
   FAULT=badjson     an invalid JSON chunk mid-stream             FAULT=length       think only, then length
 `--delay S` slows every answer (kill -9 tests); `--think-tags` sends <think>..</think> in `content`
-instead of `reasoning_content`. GET /counts returns {key: requests seen}. Every stream ends like
+instead of `reasoning_content`. GET /counts returns {key: requests seen}; GET /stats returns the most requests
+ever in flight at once, the last Authorization header and the requested model names. Every stream ends like
 llama-server's: a last chunk with usage and `timings` before `data: [DONE]`.
 
 Scripted mode (multi-turn tests: the agentic runner, BFCL): `FakeServer(script=fn)` answers with
@@ -51,8 +52,12 @@ class FakeServer:
                  script: Callable[[list[dict]], str | None] | None = None):
         self.delay_s, self.think_tags, self.script = delay_s, think_tags, script
         self.counts: Counter[str] = Counter()
+        self.in_flight = self.peak_in_flight = 0
+        self.authorization: str | None = None
+        self.models: Counter[str] = Counter()
         self.app = web.Application()
         self.app.add_routes([web.post("/v1/chat/completions", self.chat), web.get("/counts", self.get_counts),
+                             web.get("/stats", self.get_stats),
                              web.get("/health", lambda r: web.json_response({"status": "ok"}))])
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -66,14 +71,24 @@ class FakeServer:
     async def get_counts(self, request: web.Request) -> web.Response:
         return web.json_response(dict(self.counts))
 
+    async def get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"peak_in_flight": self.peak_in_flight, "authorization": self.authorization,
+                                  "models": dict(self.models)})
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self.authorization = request.headers.get("Authorization")
         try:
             return await self._chat(request)
         except ConnectionError:  # the client gave up (timeout test) or we dropped it on purpose
             return web.Response(status=499)
+        finally:
+            self.in_flight -= 1
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        self.models[str(body.get("model"))] += 1
         if self.script is not None and (reply := self.script(body["messages"])) is not None:
             return await self._scripted(request, body, reply)
         text = body["messages"][-1]["content"]
