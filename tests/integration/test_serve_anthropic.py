@@ -126,7 +126,26 @@ def test_api_key_is_enforced(smol):
     assert status == 401 and err["error"]["type"] == "authentication_error"
 
 
-def test_binds_loopback_by_default():
-    from cardforge.serve.anthropic.__main__ import parse_args
+def listening(pid: int) -> list[tuple[str, int]]:
+    """The (address, port) pairs process `pid` really listens on, read from the kernel (psutil)."""
+    import psutil
 
-    assert parse_args(["--backend", "http://127.0.0.1:1"]).host == "127.0.0.1"
+    proc = psutil.Process(pid)
+    conns = proc.net_connections(kind="inet") if hasattr(proc, "net_connections") else proc.connections(kind="inet")
+    return sorted((c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN)
+
+
+@pytest.mark.parametrize("args, expect", [([], "127.0.0.1"), (["--host", "127.0.0.2"], "127.0.0.2")],
+                         ids=["default", "control-127.0.0.2"])
+def test_binds_loopback_by_default(tmp_path, args, expect):
+    """The bridge CLI without --host listens on 127.0.0.1 only: the bound socket, not the argparse default.
+    The control run (--host 127.0.0.2) shows the check sees whatever address the process really bound."""
+    import sys
+
+    from cardforge.serve.process import free_port, managed_server
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "cardforge.serve.anthropic", "--backend", "http://127.0.0.1:9",
+           "--port", str(port), "--log-level", "warning", *args]
+    with managed_server(cmd, host=expect, port=port, log_path=tmp_path / "bridge.log", timeout_s=60) as srv:
+        assert listening(srv.pid) == [(expect, port)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,8 +169,8 @@ def test_stage_run_logs_the_mtp_check_to_mlflow(tiny_gguf, tmp_path, mlflow_uri,
 
 def test_cli_prints_the_vllm_command_when_vllm_is_missing(tmp_path):
     pytest.importorskip("hydra")
-    if subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True).returncode == 0:
-        pytest.skip("vLLM is installed here: the CLI would start it")
+    if shutil.which("vllm"):
+        pytest.skip("a vllm executable is on PATH here: the CLI would start it")
     out = subprocess.run([sys.executable, "-m", "cardforge.serve", "backend=vllm", "model=Qwen/Qwen3.6-27B"],
                          capture_output=True, text=True, timeout=60, env=_stage_env(tmp_path))
     assert out.returncode == 0, out.stderr

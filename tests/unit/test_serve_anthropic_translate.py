@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from cardforge.core.chat import Message, ToolCall, encode, parse_assistant
 from pydantic import ValidationError
 
 from cardforge.serve.anthropic.protocol import MessagesRequest
@@ -155,3 +156,138 @@ def test_mtp_verdicts():
     assert assess(p(40, 20), **kw).status == "ok" and p(40, 20).accept_rate == 0.5
     assert assess(None, has_mtp=True, mtp_enabled=False, min_accept_rate=0.05).status == "disabled"
     assert not assess(None, has_mtp=False, mtp_enabled=True, min_accept_rate=0.05).warn
+
+
+# --- backend content carrying our Qwen3 markup: read with the chat contract's parser (issue 3 item 2) ---
+
+OAI_TOOLS = [
+    {"type": "function", "function": {"name": "search", "description": "Search", "parameters": {
+        "type": "object", "properties": {"query": {"type": "string"}, "limit": {"type": "integer"}}}}},
+    {"type": "function", "function": {"name": "run_python", "description": "Run code", "parameters": {
+        "type": "object", "properties": {"code": {"type": "string"}, "timeout": {"type": "number"},
+                                         "env": {"type": "object"}}}}},
+]
+CALLS = [ToolCall("search", {"query": "42", "limit": 3}),
+         ToolCall("run_python", {"code": "x = '<b>'\nprint(x, 1 < 2)", "timeout": 2.5, "env": {"A": "1"}}),
+         ToolCall("search", {"query": "café 日本語", "limit": 10})]
+
+
+@pytest.fixture(scope="module")
+def rendered(tiny_model_dir) -> dict[str, str]:
+    """One assistant turn with three tool calls rendered by the chat contract (encode: the model's own
+    template), as a backend without reasoning/tool parsers returns it: the generated text after the
+    generation prompt ("REASONING\\n</think>\\n\\nCONTENT\\n\\n<tool_call>..."), and the same with the
+    opening <think> (templates whose generation prompt does not hold it)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    turn = [Message("user", "Find it and run it."),
+            Message("assistant", "Let me look that up.", "First search, then run code.", list(CALLS))]
+    enc = encode(turn, tok, OAI_TOOLS)
+    span = enc.spans[0]
+    generated = enc.text[span.char_start:span.char_end].removesuffix("<|im_end|>")
+    assert generated.count("<tool_call>") == 3 and "</think>" in generated and not generated.startswith("<think>")
+    parsed = parse_assistant(generated, OAI_TOOLS)  # the contract's round trip holds before we test the bridge
+    assert parsed.ok and parsed.tool_calls == CALLS, parsed.errors
+    return {"no_opener": generated, "opener": "<think>\n" + generated}
+
+
+def rebuild(events) -> list[dict]:
+    """The content blocks a client assembles from the stream (and checks of the event grammar)."""
+    blocks, open_idx = [], None
+    for name, data in events:
+        if name == "content_block_start":
+            assert open_idx is None and data["index"] == len(blocks)
+            blocks.append({**data["content_block"], "_json": ""})
+            open_idx = data["index"]
+        elif name == "content_block_delta":
+            assert data["index"] == open_idx
+            d, b = data["delta"], blocks[open_idx]
+            if d["type"] == "text_delta":
+                b["text"] += d["text"]
+            elif d["type"] == "thinking_delta":
+                b["thinking"] += d["thinking"]
+            else:
+                assert d["type"] == "input_json_delta" and b["type"] == "tool_use"
+                b["_json"] += d["partial_json"]
+        elif name == "content_block_stop":
+            assert data["index"] == open_idx
+            open_idx = None
+    assert open_idx is None
+    for b in blocks:
+        raw = b.pop("_json")
+        if b["type"] == "tool_use":
+            b["input"] = json.loads(raw or "{}")
+    return blocks
+
+
+def stream_content(content: str, sizes, tools=OAI_TOOLS):
+    tr = StreamTranslator("m", tools=tools)
+    events, pos, i = tr.start(), 0, 0
+    while pos < len(content):
+        n = sizes[i % len(sizes)]
+        events += tr.feed(chunk({"content": content[pos:pos + n]}))
+        pos, i = pos + n, i + 1
+    events += tr.feed(chunk(finish="stop"))
+    return events + tr.finish()
+
+
+def tool_uses(blocks) -> list[tuple[str, dict]]:
+    return [(b["name"], b["input"]) for b in blocks if b["type"] == "tool_use"]
+
+
+def expected(content: str) -> list[tuple[str, dict]]:
+    return [(c.name, c.arguments) for c in parse_assistant(content, OAI_TOOLS).tool_calls]
+
+
+@pytest.mark.parametrize("variant", ["no_opener", "opener"])
+def test_content_tool_calls_become_the_parsers_tool_use_blocks(rendered, variant):
+    content = rendered[variant]
+    parsed = parse_assistant(content, OAI_TOOLS)
+    msg = from_openai({"id": "x", "choices": [{"finish_reason": "stop", "message": {
+        "role": "assistant", "content": content}}]}, "m", OAI_TOOLS)
+    assert tool_uses(msg["content"]) == expected(content) == [(c.name, c.arguments) for c in CALLS]
+    assert tool_uses(msg["content"])[0][1]["query"] == "42"  # typed by the request's schema, as the parser does
+    assert [b["type"] for b in msg["content"]] == ["thinking", "text", "tool_use", "tool_use", "tool_use"]
+    assert msg["content"][0]["thinking"] == parsed.reasoning == "First search, then run code."
+    assert msg["content"][1]["text"] == parsed.content == "Let me look that up."
+    assert "<tool_call>" not in json.dumps(msg["content"]) and msg["stop_reason"] == "tool_use"
+    ids = [b["id"] for b in msg["content"] if b["type"] == "tool_use"]
+    assert len(set(ids)) == 3 and all(i.startswith("toolu_") for i in ids)
+
+
+@pytest.mark.parametrize("variant", ["no_opener", "opener"])
+@pytest.mark.parametrize("sizes", [[1], [2, 7, 3, 11, 1, 5], [10_000]], ids=["char", "mixed", "whole"])
+def test_streamed_content_tool_calls_equal_the_parsers(rendered, variant, sizes):
+    content = rendered[variant]
+    events = stream_content(content, sizes)
+    blocks = rebuild(events)
+    assert tool_uses(blocks) == expected(content) == [(c.name, c.arguments) for c in CALLS]
+    assert sum(1 for _, d in events if d.get("delta", {}).get("type") == "input_json_delta") == 3
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+    assert "<tool_call>" not in json.dumps(blocks) and "</tool_call>" not in json.dumps(blocks)
+    if variant == "opener":  # a leading <think> streams as a thinking block: the blocks equal from_openai's
+        msg = from_openai({"choices": [{"message": {"content": content}}]}, "m", OAI_TOOLS)
+        strip_ids = lambda bs: [{k: v for k, v in b.items() if k != "id"} for b in bs]  # noqa: E731
+        assert strip_ids(blocks) == strip_ids(msg["content"])
+
+
+def test_streamed_calls_are_sent_as_each_closes():
+    call = lambda q: f"<tool_call>\n<function=search>\n<parameter=query>\n{q}\n</parameter>\n</function>\n</tool_call>"  # noqa: E731
+    tr = StreamTranslator("m", tools=OAI_TOOLS)
+    tr.start()
+    first = tr.feed(chunk({"content": "Looking.\n\n" + call("a") + "\n" + call("b")[:20]}))
+    assert rebuild(first) == [{"type": "text", "text": "Looking."},
+                              {"type": "tool_use", "id": rebuild(first)[1]["id"], "name": "search", "input": {"query": "a"}}]
+    rest = tr.feed(chunk({"content": call("b")[20:]})) + tr.finish()
+    assert [e[1]["content_block"]["name"] for e in rest if e[0] == "content_block_start"] == ["search"]
+
+
+def test_malformed_content_call_stays_text_and_plain_text_is_untouched():
+    bad = "Trying.\n\n<tool_call>\n<function=search>\n<parameter=query>\nx\n</parameter>\n</tool_call>"
+    msg = from_openai({"choices": [{"finish_reason": "stop", "message": {"content": bad}}]}, "m", OAI_TOOLS)
+    assert msg["content"] == [{"type": "text", "text": bad}] and msg["stop_reason"] == "end_turn"
+    assert rebuild(stream_content(bad, [3])) == msg["content"]
+    plain = "  a < b and <b>bold</b>, <think about it>\n"
+    assert rebuild(stream_content(plain, [1])) == [{"type": "text", "text": plain}]
+    assert from_openai({"choices": [{"message": {"content": plain}}]}, "m")["content"] == [{"type": "text", "text": plain}]

@@ -3,11 +3,19 @@
 
 All three come from the same `serve` section; only the backend-specific keys (tool parser, port) differ,
 taken from conf/serve/<backend>.yaml so each line is what `serve=<backend>` would run.
+
+What the vLLM / SGLang lines serve is the DISTILLED model, never the base (`model.path`): serve.model_path
+when given, else the card's published repo (card.hf_repo / release.repos.main.hf, or
+<release.hf_namespace>/<release.name or card.title>), else the directory `make release` assembles the main repo in
+(<release.out_dir or paths.outputs/release>/main: the merged checkpoint + card), shown relative to the
+checkout when it lies inside it.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -32,15 +40,55 @@ def _serve_for(cfg: DictConfig, backend: str) -> Any:
     return serve
 
 
+def published_repo(cfg: DictConfig) -> str | None:
+    """The main repo id the release publishes (conf/release.yaml's rule), or None when none is configured."""
+    given = OmegaConf.select(cfg, "release.repos.main.hf") or OmegaConf.select(cfg, "card.hf_repo")
+    if given:
+        return str(given)
+    ns = OmegaConf.select(cfg, "release.hf_namespace")
+    name = OmegaConf.select(cfg, "release.name") or OmegaConf.select(cfg, "card.title")
+    return f"{ns}/{name}" if ns and name else None
+
+
+def released_model_dir(cfg: DictConfig) -> Path:
+    """<release.out_dir>/main (default <paths.outputs>/release/main): the merged distilled checkpoint as
+    `make release` assembles it (cardforge.card.release)."""
+    out = OmegaConf.select(cfg, "release.out_dir") or Path(cfg.paths.outputs) / "release"
+    return Path(out) / "main"
+
+
+def merged_model_dir(cfg: DictConfig) -> Path:
+    """<paths.outputs>/merge/model: where the merge stage writes the merged BF16 checkpoint."""
+    return Path(cfg.paths.outputs) / "merge" / "model"
+
+
+def _shown(path: Path, cfg: DictConfig) -> str:
+    """A path for a published command: ./relative when inside the checkout (no machine-specific prefix)."""
+    root = OmegaConf.select(cfg, "paths.root")
+    if root:
+        rel = os.path.relpath(Path(path).absolute(), Path(root).absolute())
+        if not rel.startswith(".."):
+            return "./" + Path(rel).as_posix()
+    return str(path)
+
+
+def local_model(cfg: DictConfig) -> Path | None:
+    """The distilled checkpoint on this machine: the released main dir, else the merge output; None if neither."""
+    for path in (released_model_dir(cfg), merged_model_dir(cfg)):
+        if (path / "config.json").is_file():
+            return path
+    return None
+
+
 def model_ref(cfg: DictConfig, backend: str, gguf_name: str | None = None) -> str:
-    """What the published command points at: the GGUF file for llama.cpp, the HF repo/dir otherwise."""
+    """What the published command points at: the GGUF file for llama.cpp; for vLLM/SGLang the distilled
+    model (serve.model_path, else the published repo, else the released model dir), never model.path."""
     given = cfg.serve.get("model_path")
     if given and str(given).endswith(".gguf") == (backend == "llama_cpp"):  # a GGUF only fits llama.cpp
         return str(given)
     if backend == "llama_cpp":
         return gguf_name or f"{cfg.model.name}-Q4_K_M.gguf"
-    repo = OmegaConf.select(cfg, "card.hf_repo")
-    return repo or str(cfg.model.path)
+    return published_repo(cfg) or _shown(released_model_dir(cfg), cfg)
 
 
 def inference_commands(cfg: DictConfig, gguf_name: str | None = None) -> dict[str, str]:

@@ -2,8 +2,10 @@
 
 llama_cpp: start llama-server (MTP speculation per serve.mtp), run the start check (probe accept rate,
 warn + MLflow tag when an expected MTP head is unused or never accepted), then serve until Ctrl-C
-(serve.keep_running=false: stop after the check). vllm / sglang: build the same config's command and run
-it where the engine is installed; elsewhere print it and exit 0 with a note.
+(serve.keep_running=false: stop after the check). vllm / sglang: build the same config's command for the
+distilled model (serve.model_path, the card's repo, or the merged/released checkpoint; never the base) and
+run it where the engine is installed (the `vllm` executable on PATH; `sglang` importable), logging to
+<outputs>/serve/<backend>.log; elsewhere print it and exit 0 with a note.
 """
 
 from __future__ import annotations
@@ -11,18 +13,22 @@ from __future__ import annotations
 import importlib.util
 import json
 import shlex
+import shutil
 import signal
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cardforge.serve.commands import inference_commands
-from cardforge.serve.launchers import HEALTH_PATHS, backend_name, build_command, option
+from cardforge.serve.commands import (
+    inference_commands, local_model, merged_model_dir, published_repo, released_model_dir,
+)
+from cardforge.serve.launchers import HEALTH_PATHS, backend_name, build_command, option, served_name
 from cardforge.serve.speculation import SpecProbe, SpecVerdict, assess, log, probe
 
 ENGINES = {"vllm": "vllm", "sglang": "sglang"}  # backend -> the Python module that must be importable
@@ -39,6 +45,7 @@ class ServeResult:
     verdict: SpecVerdict | None = None
     log_path: str | None = None
     commands: dict[str, str] = field(default_factory=dict)
+    served_models: list[str] = field(default_factory=list)  # vllm / sglang: what /v1/models listed
 
 
 def serve_options(cfg: DictConfig) -> dict[str, Any]:
@@ -141,31 +148,81 @@ def _run_llama_cpp(cfg: DictConfig, result: ServeResult) -> ServeResult:
     return result
 
 
+def _served_models(base_url: str) -> list[str]:
+    """The model ids an OpenAI-compatible server lists at /v1/models ([] when it cannot say)."""
+    try:
+        with urllib.request.urlopen(base_url + "/v1/models", timeout=30) as resp:
+            data = json.loads(resp.read()).get("data") or []
+    except (OSError, ValueError, AttributeError) as e:
+        _say(f"WARNING: GET {base_url}/v1/models failed: {e}")
+        return []
+    return [str(m.get("id")) for m in data if isinstance(m, dict)]
+
+
+def engine_installed(backend: str, command: list[str]) -> bool:
+    """vLLM: its `vllm` executable is on PATH (what the command runs); SGLang: `sglang` is importable here."""
+    if backend == "vllm":
+        return shutil.which(command[0]) is not None
+    return importlib.util.find_spec(ENGINES[backend]) is not None
+
+
+def engine_model(cfg: DictConfig) -> tuple[str, bool]:
+    """(what vLLM/SGLang serve, whether it is known to exist): serve.model_path, else the card's published
+    repo, else the distilled checkpoint here (released main dir, else merge output); never model.path."""
+    given = option(cfg.serve, "model_path") or published_repo(cfg)
+    if given:
+        return str(given), True
+    local = local_model(cfg)
+    return (str(local), True) if local else (str(released_model_dir(cfg)), False)
+
+
 def _run_engine(cfg: DictConfig, backend: str, result: ServeResult) -> ServeResult:
-    """vLLM / SGLang: run the exact command when the engine is importable, else print it (exit 0)."""
+    """vLLM / SGLang: run the exact command when the engine is installed, else print it (exit 0)."""
     from cardforge.core import tracking
+    from cardforge.core.errors import UserError
     from cardforge.serve.process import managed_server
 
-    model = option(cfg.serve, "model_path") or (OmegaConf.select(cfg, "card.hf_repo") or str(cfg.model.path))
+    model, found = engine_model(cfg)
     serve = serve_options(cfg)
+    if not serve.get("port") and engine_installed(backend, build_command(model, serve)):
+        from cardforge.serve.process import free_port
+
+        serve["port"] = free_port(serve["host"])  # port 0: the engine must be told a concrete one to be found
     result.command = build_command(model, serve)
     print(shlex.join(result.command), flush=True)
-    if importlib.util.find_spec(ENGINES[backend]) is None:
+    if not engine_installed(backend, result.command):
         _say(f"{backend} is not installed here (pip install 'cardforge-serve[{backend}]' on a GPU host); "
              "printed the command it would run, nothing was started")
         return result
+    if not found:
+        raise UserError(f"no distilled model to serve: neither {released_model_dir(cfg)} nor "
+                        f"{merged_model_dir(cfg)} holds a checkpoint; run `make merge` (or `make release`), or "
+                        "pass serve.model_path=DIR_OR_HF_ID (the base model is never served by default)")
     log_path = Path(cfg.paths.outputs) / "serve" / f"{backend}.log"
+    log_path.unlink(missing_ok=True)
+    result.log_path = str(log_path)
     with tracking.stage_run(cfg, "serve"):
         import mlflow
 
-        with managed_server(result.command, host=serve["host"], port=int(serve["port"]), log_path=log_path,
-                            timeout_s=float(serve["startup_timeout_s"]), health_path=HEALTH_PATHS[backend]) as srv:
-            result.ran, result.base_url, result.startup_s = True, srv.base_url, srv.startup_s
-            mlflow.set_tags({"serve.backend": backend, "serve.command": shlex.join(result.command)[:5000]})
-            mlflow.log_metric("serve.startup_s", srv.startup_s)
-            _say(f"{backend} ready at {srv.base_url} in {srv.startup_s:.0f} s (log: {log_path})")
-            if option(cfg.serve, "keep_running", True):
-                _wait_for_interrupt()
+        try:
+            with managed_server(result.command, host=serve["host"], port=int(serve["port"]), log_path=log_path,
+                                timeout_s=float(serve["startup_timeout_s"]),
+                                health_path=HEALTH_PATHS[backend]) as srv:
+                result.ran, result.base_url, result.startup_s = True, srv.base_url, srv.startup_s
+                result.served_models = _served_models(srv.base_url)
+                name = served_name(serve, model)
+                if name not in result.served_models:
+                    _say(f"WARNING: {backend} lists models {result.served_models}, not {name!r}: clients asking "
+                         "for that name will get 404")
+                mlflow.set_tags({"serve.backend": backend, "serve.command": shlex.join(result.command)[:5000],
+                                 "serve.served_models": ",".join(result.served_models)[:5000]})
+                mlflow.log_metric("serve.startup_s", srv.startup_s)
+                _say(f"{backend} ready at {srv.base_url} in {srv.startup_s:.0f} s (log: {log_path})")
+                if option(cfg.serve, "keep_running", True):
+                    _wait_for_interrupt()
+        finally:
+            if log_path.is_file():
+                mlflow.log_artifact(str(log_path), "serve")
     return result
 
 

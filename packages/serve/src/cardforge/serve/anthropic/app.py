@@ -96,7 +96,7 @@ def create_app(backend: str, *, api_key: str | None = None, backend_api_key: str
         if resp.status_code >= 400:
             status, kind = (400, "invalid_request_error") if resp.status_code < 500 else (502, "api_error")
             return _error(status, kind, _backend_message(resp.status_code, resp.text))
-        return JSONResponse(from_openai(resp.json(), req.model))
+        return JSONResponse(from_openai(resp.json(), req.model, body.get("tools")))
 
     async def _stream(body: dict, client_model: str):
         # open the backend stream before answering, so backend errors still get a proper status code
@@ -112,7 +112,7 @@ def create_app(backend: str, *, api_key: str | None = None, backend_api_key: str
             return _error(status, kind, _backend_message(resp.status_code, text))
 
         async def events() -> AsyncIterator[str]:
-            tr = StreamTranslator(client_model)
+            tr = StreamTranslator(client_model, tools=body.get("tools"))
             try:
                 for ev in tr.start():
                     yield sse(ev)

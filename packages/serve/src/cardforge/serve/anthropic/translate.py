@@ -6,6 +6,10 @@ JSON-string arguments; tool_result blocks -> `tool` messages placed *before* the
 (OpenAI wants them right after the assistant's calls). thinking enabled/disabled -> the Qwen3 template's
 `chat_template_kwargs.enable_thinking`; absent -> the template's default.
 Response: reasoning_content -> a thinking block, content -> a text block, tool_calls -> tool_use blocks.
+A backend that returns our Qwen3 markup in `content` (a `<think>` block, `<tool_call><function=...>` XML)
+instead of structured fields (no reasoning / tool parser, or a parser that missed it) is read with
+`cardforge.core.chat.parse_assistant`, THE parser of the chat contract, so the tool_use blocks are exactly
+the calls the data and eval stages would see (typed by the request's tool schemas).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any
+
+from cardforge.core.chat import ParsedAssistant, ToolCall, parse_assistant
 
 from cardforge.serve.anthropic.protocol import (
     ImageBlock, MessagesRequest, RedactedThinkingBlock, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock,
@@ -161,15 +167,45 @@ def message_id(openai_id: str | None = None) -> str:
     return f"msg_{openai_id or uuid.uuid4().hex}"
 
 
-def from_openai(resp: dict, model: str) -> dict:
-    """An Anthropic `message` object from a non-streaming chat completion."""
+THINK_OPEN, THINK_CLOSE, CALL_OPEN = "<think>", "</think>", "<tool_call>"
+
+
+def has_markup(text: str | None) -> bool:
+    """True when assistant content carries think / tool-call markup a backend left unparsed."""
+    return bool(text) and (CALL_OPEN in text or THINK_CLOSE in text or text.lstrip().startswith(THINK_OPEN))
+
+
+def tool_use_block(call: ToolCall) -> dict:
+    return {"type": "tool_use", "id": call.id or f"toolu_{uuid.uuid4().hex[:24]}", "name": call.name,
+            "input": call.arguments}
+
+
+def parse_content(text: str, tools: list[dict] | None = None) -> ParsedAssistant:
+    """parse_assistant on backend content; when no call survives a malformed tool-call section, that section
+    stays in the text (the client sees what the model wrote instead of losing it)."""
+    parsed = parse_assistant(text, tools)
+    if parsed.errors and not parsed.tool_calls and CALL_OPEN in text:
+        rest = text.split(THINK_CLOSE, 1)[1] if THINK_CLOSE in text else text
+        parsed.content = rest.strip()
+    return parsed
+
+
+def from_openai(resp: dict, model: str, tools: list[dict] | None = None) -> dict:
+    """An Anthropic `message` object from a non-streaming chat completion (`tools`: the OpenAI request's
+    tools, which type the arguments of calls parsed from content)."""
     choice = (resp.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
     content: list[dict] = []
-    if msg.get("reasoning_content"):
-        content.append({"type": "thinking", "thinking": msg["reasoning_content"], "signature": ""})
-    if msg.get("content"):
-        content.append({"type": "text", "text": msg["content"]})
+    reasoning, text, parsed_calls = msg.get("reasoning_content"), msg.get("content"), []
+    if not msg.get("tool_calls") and isinstance(text, str) and has_markup(text):
+        parsed = parse_content(text, tools)
+        reasoning = reasoning or parsed.reasoning
+        text, parsed_calls = parsed.content, [tool_use_block(c) for c in parsed.tool_calls]
+    if reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+    if text:
+        content.append({"type": "text", "text": text})
+    content += parsed_calls
     for call in msg.get("tool_calls") or []:
         fn = call.get("function") or {}
         content.append({"type": "tool_use", "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",

@@ -7,6 +7,7 @@ Every builder has the signature `(model, serve, *, host, port, exe=None) -> list
 from __future__ import annotations
 
 import importlib
+import json
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +40,27 @@ def served_name(serve: Any, model: str | Path) -> str:
         if name.endswith(".gguf"):
             name = name[: -len(".gguf")]
     return name.replace("/", "--")
+
+
+def checkpoint_quantization(model: str | Path) -> str | None:
+    """The `--quantization` a local ModelOpt checkpoint is served with, read from its hf_quant_config.json
+    (the layout cardforge's quant stage writes for NVFP4): quant_algo NVFP4 / W4A16_NVFP4 -> "modelopt_fp4"
+    (vLLM's and SGLang's name for ModelOpt NVFP4), FP8* -> "modelopt". None for anything else (BF16, FP8
+    block-128 with `quantization_config` in config.json, an HF id): the engine reads config.json."""
+    path = Path(str(model)) / "hf_quant_config.json"
+    try:
+        quant = json.loads(path.read_text()).get("quantization") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    algo = str(quant.get("quant_algo") or "").upper() if isinstance(quant, dict) else ""
+    if "FP4" in algo:
+        return "modelopt_fp4"
+    return "modelopt" if algo.startswith("FP8") else None
+
+
+def quantization(serve: Any, model: str | Path) -> str | None:
+    """serve.quantization when set, else what the checkpoint's own files call for."""
+    return option(serve, "quantization") or checkpoint_quantization(model)
 
 
 def command_builder(backend: str) -> Callable[..., list[str]]:

@@ -2,8 +2,9 @@
 
 MTP: SGLang runs a model's built-in MTP/NextN head through its EAGLE machinery (`NEXTN` is an alias of
 `EAGLE`); for Qwen3.5/3.6 and Qwen3-Next it uses a chain: topk 1, num-steps N, num-draft-tokens N + 1.
-Tool calls in the Qwen3-Coder XML format are parsed by `qwen3_coder`. FP8/NVFP4 checkpoints are detected
-from config.json (`quantization_config`); `serve.quantization` forces `--quantization` when set.
+Tool calls in the Qwen3-Coder XML format are parsed by `qwen3_coder`. FP8 block-128 checkpoints are
+detected from config.json (`quantization_config`); our NVFP4 checkpoints (ModelOpt layout,
+hf_quant_config.json) get `--quantization modelopt_fp4`; `serve.quantization` forces `--quantization`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cardforge.serve.launchers import option, served_name
+from cardforge.serve.launchers import option, quantization, served_name
 
 
 def sglang_command(model: str | Path, serve: Any, *, host: str = "127.0.0.1", port: int = 30000,
@@ -29,6 +30,7 @@ def sglang_command(model: str | Path, serve: Any, *, host: str = "127.0.0.1", po
         n = int(option(mtp, "n_max", 3))
         cmd += ["--speculative-algorithm", "EAGLE", "--speculative-num-steps", str(n),
                 "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", str(n + 1)]
-    if option(serve, "quantization"):
-        cmd += ["--quantization", str(option(serve, "quantization"))]
+    quant = quantization(serve, model)
+    if quant:
+        cmd += ["--quantization", str(quant)]
     return cmd

@@ -1,9 +1,12 @@
 """vLLM (`vllm serve`), written for vLLM 0.19-0.21 flag names (see docs/serving.md).
 
 MTP: `--speculative-config '{"method":"mtp","num_speculative_tokens":N}'` uses the checkpoint's own `mtp.*`
-head (Qwen3.5/3.6 carry one), so no draft model is passed. Quantization: FP8 (block 128) and NVFP4
-checkpoints made by llm-compressor carry `quantization_config` in config.json, which vLLM reads, so no
-flag is needed; `serve.quantization` forces `--quantization` when set.
+head (Qwen3.5/3.6 carry one), so no draft model is passed. Quantization, for what cardforge's quant stage
+writes: FP8 block-128 carries `quantization_config` (quant_method fp8) in config.json, which vLLM reads, so
+no flag; NVFP4 is written in the ModelOpt layout (hf_quant_config.json, quant_algo NVFP4 = W4A4 or
+W4A16_NVFP4), which vLLM serves as `--quantization modelopt_fp4`: the flag is added when the local
+checkpoint has that file (`checkpoint_quantization`). `serve.quantization` forces `--quantization` (set
+`modelopt_fp4` for an NVFP4 repo given by HF id).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cardforge.serve.launchers import option, served_name
+from cardforge.serve.launchers import option, quantization, served_name
 
 
 def vllm_command(model: str | Path, serve: Any, *, host: str = "127.0.0.1", port: int = 8000,
@@ -28,6 +31,7 @@ def vllm_command(model: str | Path, serve: Any, *, host: str = "127.0.0.1", port
     if option(mtp, "enabled", False):
         spec = {"method": "mtp", "num_speculative_tokens": int(option(mtp, "n_max", 3))}
         cmd += ["--speculative-config", json.dumps(spec, separators=(",", ":"))]
-    if option(serve, "quantization"):
-        cmd += ["--quantization", str(option(serve, "quantization"))]
+    quant = quantization(serve, model)
+    if quant:
+        cmd += ["--quantization", str(quant)]
     return cmd
