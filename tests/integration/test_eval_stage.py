@@ -9,6 +9,7 @@ import mlflow
 import pytest
 
 from cardforge.core.config.compose import compose
+from cardforge.core.io import sha256_file
 from cardforge.core.models.smollm2 import gguf_path
 from cardforge.eval.records import read_records
 from cardforge.eval.stage import run
@@ -27,8 +28,12 @@ def test_stage_tiny_vs_smollm2_with_mtp_bench(tmp_path, tiny_gguf, mlflow_uri, m
             recs = read_records(tmp_path / "eval" / label / f"{suite}.jsonl")
             assert len(recs) == 3 and all(r["finish_reason"] in ("stop", "length") for r in recs)
             assert all(r["completion_tokens"] and r["ttft_s"] is not None for r in recs)
+            assert {r["model_id"] for r in recs} == {"gguf-sha256:" + sha256_file(tiny_gguf if label == "distill"
+                                                                                  else gguf_path())}
     gq = res.summary["suites"]["gpqa_diamond"]
     assert gq["delta"]["n"] == 3 and "smoke set" in gq["note"]
+    cut = sum(r["finish_reason"] == "length" for r in res.records["distill"]["gpqa_diamond"])
+    assert (f"distill: {cut} of 3 answers truncated" in gq["note"]) == (cut > 0)  # the smoke note says so
     rows = {(r["tier"], r["prompt_type"], r["n_max"]): r for r in res.bench}
     tier = tiny_gguf.stem
     assert {k[2] for k in rows} == {0, 2, 3}

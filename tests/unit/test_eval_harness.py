@@ -81,3 +81,35 @@ def test_torn_last_line_is_skipped_and_cut(tmp_path):
     assert [r["id"] for r in read_records(out)] == ["a"]
     append_record(out, {"id": "b"})
     assert out.read_text().splitlines() == ['{"id": "a"}', '{"id": "b"}']
+
+
+def test_resume_is_keyed_by_the_served_model(tmp_path):
+    """A rebuilt model (another model_id) is asked every question again; its answers never count for the
+    other build, and switching back reuses the first build's finished answers (append-only file)."""
+    out = tmp_path / "r.jsonl"
+    qs = _qs(["none", "none", "length"])
+    ids = ["q0", "q1", "q2"]
+    with FakeServer() as srv:
+        a = run_questions(qs, srv.base_url, parse_letter, _opts(model_id="gguf-sha256:aaa"), out)
+        assert _counts(srv) == dict.fromkeys(ids, 1)
+        b = run_questions(qs, srv.base_url, parse_letter, _opts(model_id="gguf-sha256:bbb"), out)
+        assert _counts(srv) == dict.fromkeys(ids, 2)  # model B: all re-asked, none of A's answers reused
+        again_a = run_questions(qs, srv.base_url, parse_letter, _opts(model_id="gguf-sha256:aaa"), out)
+        again_b = run_questions(qs, srv.base_url, parse_letter, _opts(model_id="gguf-sha256:bbb"), out)
+        assert _counts(srv) == dict.fromkeys(ids, 2)  # back to A, then B again: nothing asked
+    assert [r["model_id"] for r in a] == ["gguf-sha256:aaa"] * 3 and [r["model_id"] for r in b] == ["gguf-sha256:bbb"] * 3
+    assert again_a == a and again_b == b  # each model gets its own records back, not the newest in the file
+    assert len(read_records(out)) == 6  # append-only: nothing lost, nothing written twice
+
+
+def test_records_without_a_model_id_are_asked_again(tmp_path):
+    out = tmp_path / "r.jsonl"
+    qs = _qs(["none", "none"])
+    with FakeServer() as srv:
+        run_questions(qs, srv.base_url, parse_letter, _opts(), out)  # written before model ids existed
+        run_questions(qs, srv.base_url, parse_letter, _opts(model_id="gguf-sha256:aaa"), out)
+        assert _counts(srv) == {"q0": 2, "q1": 2}
+        # rerun with the same model id: its own finished records count, nothing is asked
+        recs = run_questions(qs, srv.base_url, parse_letter, _opts(model_id="gguf-sha256:aaa"), out)
+        assert _counts(srv) == {"q0": 2, "q1": 2}
+    assert {r["model_id"] for r in recs} == {"gguf-sha256:aaa"}

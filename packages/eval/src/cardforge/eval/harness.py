@@ -5,7 +5,8 @@
 Every question ends with a record: a finish_reason from the server (stop / length) or `finish_reason:
 "error"` with the error after all retries; a failing request never stops the run. Records are written as
 each answer arrives (see records.py), so kill -9 loses only the requests in flight; rerunning skips what
-finished. The progress bar shows live accuracy over the answered questions.
+finished for the same prompt, sampling and served model (`HarnessOptions.model_id`: a rebuilt GGUF is a new
+model, so its questions are asked again). The progress bar shows live accuracy over the answered questions.
 
 `score=` (a benchmark's `score(question, completion) -> dict`, e.g. coding: run the answer's code in the
 sandbox) adds fields to each record and decides `parsed` / `correct`. It is called for every completion,
@@ -49,6 +50,9 @@ class HarnessOptions:
     timeout_s: float = 1800.0
     retries: int = 2
     model: str | None = None  # the served model name, if the server needs one
+    # identity of the model behind the endpoint (eval/stage.py model_id(): "gguf-sha256:<hex>"); part of the
+    # resume key, so answers of an older build are never reused. None: records without an id match.
+    model_id: str | None = None
     think_open: bool = False
     progress: bool = True
 
@@ -67,7 +71,7 @@ def make_record(q: Question, c: Completion, parse: Parser, opts: HarnessOptions,
     # a truncated answer (length) or an error has no answer to score, even if a letter appears in it
     parsed = parse(c.content) if c.finish_reason == "stop" else None
     return {
-        "id": q.id, "suite": suite, "model": label, "prompt_hash": q.prompt_hash,
+        "id": q.id, "suite": suite, "model": label, "model_id": opts.model_id, "prompt_hash": q.prompt_hash,
         "sampling_hash": opts.sampling_hash, "reasoning": c.reasoning, "answer": c.content,
         "parsed": parsed, "gold": q.gold, "correct": parsed is not None and parsed == q.gold,
         "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
@@ -91,9 +95,9 @@ def apply_score(r: dict, q: Question, c: Completion, score: Scorer) -> dict:
 
 async def _run(questions: list[Question], base_url: str, parse: Parser, opts: HarnessOptions, out: Path,
                label: str, suite: str, score: Scorer | None = None) -> None:
-    done = rec.finished_ids(out, {q.id: q.prompt_hash for q in questions}, opts.sampling_hash)
+    prior = rec.current_by_id(out, {q.id: q.prompt_hash for q in questions}, opts.sampling_hash, opts.model_id)
+    done = {qid for qid, r in prior.items() if r.get("finish_reason") in rec.FINISHED}
     todo = [q for q in questions if q.id not in done]
-    prior = rec.latest_by_id(rec.read_records(out))
     n_correct = sum(1 for q in questions if q.id in done and prior[q.id].get("correct"))
     bar = tqdm(total=len(questions), initial=len(done), desc=f"{label}/{suite}", disable=not opts.progress,
                file=sys.stderr, dynamic_ncols=True)
@@ -122,12 +126,13 @@ async def _run(questions: list[Question], base_url: str, parse: Parser, opts: Ha
 def run_questions(questions: list[Question], base_url: str, parse: Parser, opts: HarnessOptions,
                   out_path: str | Path, *, label: str = "model", suite: str = "suite",
                   score: Scorer | None = None) -> list[dict]:
-    """Ask every unfinished question; return the latest record of each question, in question order.
+    """Ask every unfinished question; return the newest record of each question for this prompt, sampling and
+    model (opts.model_id), in question order.
     `score`: see the module doc (fields and correctness from running the answer, off the event loop)."""
     out = Path(out_path)
     ids = [q.id for q in questions]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{suite}: question ids are not unique")
     asyncio.run(_run(questions, base_url, parse, opts, out, label, suite, score))
-    latest = rec.latest_by_id(rec.read_records(out))
+    latest = rec.current_by_id(out, {q.id: q.prompt_hash for q in questions}, opts.sampling_hash, opts.model_id)
     return [latest[q.id] for q in questions if q.id in latest]

@@ -52,13 +52,14 @@ def cut_at_until(text: str, until: list[str]) -> str:
 class CardforgeStreamLM(LM):
     def __init__(self, base_url: str, records: str, model: str | None = None, max_tokens: int = 1024,
                  temperature: float = 0.6, top_p: float = 0.95, concurrency: int = 4, timeout_s: float = 1800,
-                 retries: int = 2, thinking: bool = True, seed: int = 1234, progress: bool = True, **_: Any):
+                 retries: int = 2, thinking: bool = True, seed: int = 1234, progress: bool = True,
+                 model_id: str | None = None, **_: Any):
         super().__init__()
         self.base_url, self.records = base_url, Path(records)
         self.opts = HarnessOptions(
             Sampling(float(temperature), float(top_p), int(max_tokens), int(seed), (), _bool(thinking)),
             concurrency=int(concurrency), timeout_s=float(timeout_s), retries=int(retries), model=model,
-            progress=_bool(progress))
+            model_id=str(model_id) if model_id else None, progress=_bool(progress))  # resume key: see harness
         self.last_records: list[dict] = []
 
     @property

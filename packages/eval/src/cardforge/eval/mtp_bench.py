@@ -7,20 +7,34 @@ prompt type: median tok/s, accept rate = sum(draft_n_accepted) / sum(draft_n), m
 the speedup vs speculation off measured in the same run (ratios travel across machines; absolute tok/s
 on a shared CPU does not, and is labelled as such).
 
-Mean accept length = tokens emitted per verify step = 1 + n_max * accept_rate. It assumes every step
-drafts n_max tokens, which holds for p-min = 0 (the card's setting, whose table obeys exactly this).
+Mean accept length = tokens emitted per verification step = 1 + accepted drafts / verification steps, the
+number llama-server itself logs ("mean len"). `timings` has no step count, so it is read from the server's
+Prometheus counters (/metrics, which cardforge's llama-server launch enables with --metrics):
+llamacpp:spec_decode_num_drafts_total ("total speculative decoding verification steps") before and after
+each request; the bench runs one request at a time on a one-slot server, so the difference is that request's.
+Only when a server has no such counter is it estimated as 1 + n_max * accept_rate, which assumes every step
+drafts n_max tokens: exact only for p-min = 0 (a p-min > 0 cuts drafts short, and the estimate is then too
+high). Each row says which (`mean_accept_len_source`: "server" or "estimate"); the table marks estimates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import statistics
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from cardforge.core.io import atomic_write_bytes
 from cardforge.eval.client import Sampling, complete, new_session
+
+# llama-server's Prometheus counters (GET /metrics with --metrics): cumulative over the server's life
+SPEC_COUNTERS = {"draft_steps": "llamacpp:spec_decode_num_drafts_total",
+                 "draft_tokens": "llamacpp:spec_decode_num_draft_tokens_total",
+                 "draft_accepted": "llamacpp:spec_decode_num_accepted_tokens_total"}
 
 PROMPTS = {
     "coding": [
@@ -34,18 +48,47 @@ PROMPTS = {
 }
 
 
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Unlabelled samples of a Prometheus text exposition: {name: value}."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and not line.startswith("#") and "{" not in parts[0]:
+            with contextlib.suppress(ValueError):
+                out[parts[0]] = float(parts[1])
+    return out
+
+
+async def spec_counters(session, base_url: str) -> dict[str, float] | None:
+    """llama-server's cumulative speculative-decoding counters, or None (no /metrics or no such counters)."""
+    try:
+        async with session.get(base_url.rstrip("/") + "/metrics", timeout=aiohttp.ClientTimeout(total=30)) as r:
+            if r.status != 200:
+                return None
+            got = parse_prometheus(await r.text())
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return None
+    return {k: got[name] for k, name in SPEC_COUNTERS.items()} if all(n in got for n in SPEC_COUNTERS.values()) \
+        else None
+
+
 async def _measure(base_url: str, prompts: list[str], repeats: int, sampling: Sampling, timeout_s: float) -> list[dict]:
     out = []
     async with new_session(1) as session:
         for rep in range(repeats):
             for prompt in prompts:
+                before = await spec_counters(session, base_url)
                 c = await complete(session, base_url, [{"role": "user", "content": prompt}], sampling,
                                    timeout_s=timeout_s, retries=1)
+                after = await spec_counters(session, base_url) if before is not None else None
                 t = c.timings or {}
                 out.append({"repeat": rep, "error": c.error, "finish_reason": c.finish_reason,
                             "predicted_n": t.get("predicted_n"), "tok_s": t.get("predicted_per_second"),
                             "draft_n": int(t.get("draft_n", 0) or 0),
                             "draft_n_accepted": int(t.get("draft_n_accepted", 0) or 0),
+                            # this request's verification steps (one slot, one request at a time)
+                            "draft_steps": (int(after["draft_steps"] - before["draft_steps"])
+                                            if before is not None and after is not None else None),
                             "wall_s": c.latency_s})
     return out
 
@@ -55,11 +98,19 @@ def summarize(samples: list[dict], n_max: int) -> dict[str, Any]:
     drafts = sum(s["draft_n"] for s in ok)
     accepted = sum(s["draft_n_accepted"] for s in ok)
     rate = accepted / drafts if drafts else None
+    steps = [s.get("draft_steps") for s in ok]
+    n_steps = sum(steps) if ok and all(st is not None for st in steps) else None
+    mean_len, source = None, None
+    if rate is not None and n_max:
+        if n_steps:  # what llama-server counts: 1 + accepted / verification steps
+            mean_len, source = 1 + accepted / n_steps, "server"
+        else:  # no step counter: assumes every step drafted n_max tokens (exact only for p-min = 0)
+            mean_len, source = 1 + n_max * rate, "estimate"
     return {"runs": len(ok), "failed": len(samples) - len(ok),
             "tok_s_median": statistics.median(s["tok_s"] for s in ok) if ok else None,
             "tokens_median": statistics.median(s["predicted_n"] for s in ok) if ok else None,
-            "draft_n": drafts, "draft_n_accepted": accepted, "accept_rate": rate,
-            "mean_accept_len": (1 + n_max * rate) if (rate is not None and n_max) else None}
+            "draft_n": drafts, "draft_n_accepted": accepted, "draft_steps": n_steps, "accept_rate": rate,
+            "mean_accept_len": mean_len, "mean_accept_len_source": source}
 
 
 def bench(models: dict[str, Path], n_values: list[int], serve: dict, *, p_min: float, repeats: int,
@@ -92,13 +143,18 @@ def _fmt(v: Any, spec: str) -> str:
 
 def table(rows: list[dict], device: str) -> str:
     lines = [f"Single-stream decode, greedy, median of repeats; tok/s is absolute on {device} (not comparable "
-             "across machines); speedup = ratio to speculation off, measured side by side in this run.", "",
+             "across machines); speedup = ratio to speculation off, measured side by side in this run. "
+             "Accept rate = Σdraft_n_accepted / Σdraft_n; mean accept len = tokens per verification step = "
+             "1 + accepted / verification steps, the steps counted by llama-server (/metrics "
+             "spec_decode_num_drafts_total); a * marks an estimate 1 + n-max × accept rate (the server gave no "
+             "step count), which assumes every step drafts n-max tokens: exact only for p-min = 0.", "",
              "| tier | prompts | n-max | tok/s (abs, this machine) | speedup | accept rate | mean accept len |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        est = "*" if r.get("mean_accept_len_source") == "estimate" else ""
         lines.append(f"| {r['tier']} | {r['prompt_type']} | {r['n_max'] or 'off'} | {_fmt(r['tok_s_median'], '.1f')} | "
                      f"{_fmt(r['speedup'], '.2f')}× | {_fmt(r['accept_rate'], '.3f')} | "
-                     f"{_fmt(r['mean_accept_len'], '.2f')} |")
+                     f"{_fmt(r['mean_accept_len'], '.2f')}{est} |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,8 +8,13 @@
 2. Each suite in eval.suites (benchmarks/) through the streaming harness: records in
    <outputs>/eval/<label>/<suite>.jsonl (resumable), then statistics (stats.py) per model and paired
    distill-vs-base, and eval.lm_eval_tasks through the `cardforge-stream` lm-eval model.
-3. MTP speed bench (mtp_bench.py) when the model has an MTP head and eval.mtp_n_max is not empty.
+3. MTP speed bench (mtp_bench.py) when the model has an MTP head and eval.mtp_n_max is not empty, over
+   eval.bench_models (a GGUF path, or "quant:<TIER>" = that tier from the quant stage's results).
 Everything goes to MLflow (metrics, summary.json, eval_table.md, the per-question JSONL, the bench plot).
+
+Resume is keyed by the served model too (model_id(): the GGUF's sha256), so a rebuilt model is asked every
+question again instead of inheriting the old build's answers. The harness always streams (SSE):
+eval.stream=false is refused (options()).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cardforge.core import tracking
 from cardforge.core.errors import UserError
-from cardforge.core.io import atomic_write_json, atomic_write_text
+from cardforge.core.io import atomic_write_json, atomic_write_text, sha256_file
 from cardforge.eval import benchmarks, stats
 from cardforge.eval.client import Sampling
 from cardforge.eval.harness import HarnessOptions, run_questions
@@ -53,16 +58,21 @@ def _say(msg: str) -> None:
     print(f"cardforge eval: {msg}", file=sys.stderr, flush=True)
 
 
-def _quant_gguf(cfg: DictConfig, prefix: str = "") -> Path | None:
-    """The quant stage's GGUF at eval.quant_tier (imatrix preferred); prefix "base:" for the base model's."""
+def _quant_file(cfg: DictConfig, tier: str) -> tuple[str, Path] | None:
+    """(quant_results key, GGUF) of the quant stage's `tier` (imatrix preferred; "base:TIER": the base model's)."""
     res = Path(cfg.paths.outputs) / "quant" / "quant_results.json"
     if not res.is_file():
         return None
     files = json.loads(res.read_text()).get("files", {})
-    tier = prefix + str(cfg.eval.quant_tier)
     keys = sorted((k for k in files if k.startswith(tier) and str(files[k].get("path", "")).endswith(".gguf")),
                   key=lambda k: ("imatrix" not in k.lower(), k))
-    return Path(files[keys[0]]["path"]) if keys else None
+    return (keys[0], Path(files[keys[0]]["path"])) if keys else None
+
+
+def _quant_gguf(cfg: DictConfig, prefix: str = "") -> Path | None:
+    """The quant stage's GGUF at eval.quant_tier (imatrix preferred); prefix "base:" for the base model's."""
+    hit = _quant_file(cfg, prefix + str(cfg.eval.quant_tier))
+    return hit[1] if hit else None
 
 
 def targets(cfg: DictConfig) -> list[Target]:
@@ -115,12 +125,53 @@ def serving(t: Target, cfg: DictConfig, log_dir: Path) -> Iterator[str]:
         yield srv.base_url
 
 
-def options(cfg: DictConfig) -> HarnessOptions:
+def options(cfg: DictConfig, model_id: str | None = None) -> HarnessOptions:
+    """The harness options of eval.*; `model_id` (model_id(target)) keys resume to the served model."""
     ev = cfg.eval
+    if not bool(ev.get("stream", True)):
+        raise UserError("the harness streams (SSE): eval.stream=false is not supported. A non-streaming request "
+                        "waits for the whole answer, so a long thought looks like a timeout, and finish_reason / "
+                        "timings come from the stream (docs/evaluation.md); leave eval.stream=true")
     return HarnessOptions(Sampling(float(ev.temperature), float(ev.top_p), int(ev.max_tokens), int(ev.seed), (),
                                    bool(ev.thinking)),
                           concurrency=int(ev.concurrency), timeout_s=float(ev.timeout_s), retries=int(ev.retries),
-                          progress=bool(ev.progress))
+                          model_id=model_id, progress=bool(ev.progress))
+
+
+def gguf_id(path: Path, cache: Path | None = None) -> str:
+    """"gguf-sha256:<hex>" of the whole file. Hashing runs at disk speed (~1-2 GB/s: seconds for the tiny
+    models, about a minute for a 27B BF16 GGUF, against hours of eval), so it is the full sha256, not a
+    sampled fingerprint. `cache` (a JSON file) remembers it per (path, size, mtime_ns, ctime_ns, inode): a
+    rebuilt or rewritten file changes its ctime/inode (ctime cannot be set back), so it is hashed again."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+    known: dict[str, str] = {}
+    if cache is not None and cache.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            known = json.loads(cache.read_text())
+    if key not in known:
+        known = {k: v for k, v in known.items() if not k.startswith(f"{p}|")}  # drop this file's old builds
+        known[key] = "gguf-sha256:" + sha256_file(p)
+        if cache is not None:
+            atomic_write_json(cache, known)
+    return known[key]
+
+
+def model_id(t: Target, cache: Path | None = None) -> str:
+    """The identity of what `t` serves, part of every record's resume key: a GGUF's sha256 (gguf_id), or for
+    an endpoint the GGUF llama-server reports in /props when that file is on this machine, else the URL
+    (the eval stage cannot see a model rebuilt behind a remote endpoint: change the URL or the records dir)."""
+    if t.gguf is not None:
+        return gguf_id(t.gguf, cache)
+    import urllib.request
+
+    with contextlib.suppress(Exception):
+        with urllib.request.urlopen(str(t.endpoint).rstrip("/") + "/props", timeout=10) as resp:
+            path = json.loads(resp.read()).get("model_path")
+        if path and Path(path).is_file():
+            return gguf_id(Path(path), cache)
+    return f"endpoint:{t.endpoint}"
 
 
 def _suite_metrics(label: str, suite: str, s: dict) -> dict[str, float]:
@@ -140,12 +191,15 @@ def _row(suite: str, label: str, s: dict) -> str:
             f"{s['median_completion_tokens']} |")
 
 
+NOT_LABELS = ("delta", "note", "truncation")  # summary["suites"][suite] keys that are not a model's stats
+
+
 def table(summary: dict) -> str:
     lines = ["| suite | model | accuracy (95% CI) | n | stop / length / error | parse fail | median tokens |",
              "|---|---|---|---|---|---|---|"]
     for suite, per in summary["suites"].items():
         for label, s in per.items():
-            if label in ("delta", "note"):
+            if label in NOT_LABELS:
                 continue
             lines.append(_row(suite, label, s))
             lines += [_row(f"{suite}/{g}", label, gs) for g, gs in s.get("groups", {}).items()]
@@ -159,7 +213,26 @@ def table(summary: dict) -> str:
                          f"{d['ci95_high']:+.1%}) | {d['n']} paired | McNemar exact p = {d['mcnemar_p']:.3g} | | |")
         if per.get("note"):
             lines.append(f"\n{suite}: {per['note']}\n")
+        if per.get("truncation") and per["truncation"] not in (per.get("note") or ""):
+            lines.append(f"\n{suite}: {per['truncation']}\n")
     return "\n".join(lines) + "\n"
+
+
+def truncation_note(per_label: dict[str, list[dict]], max_tokens: int) -> str | None:
+    """"k of N answers truncated (finish_reason=length ...)" per model, or None when nothing was cut off.
+    A truncated answer is never parsed (it scores as wrong): when every answer of a model was cut off its
+    accuracy says nothing about the model, only about eval.max_tokens, and the note says so."""
+    parts, useless = [], False
+    for label, recs in per_label.items():
+        k = sum(1 for r in recs if r.get("finish_reason") == "length")
+        if k:
+            parts.append(f"{label}: {k} of {len(recs)} answers truncated")
+            useless |= k == len(recs)
+    if not parts:
+        return None
+    why = ("accuracy is not meaningful (no answer reached its end, so none was parsed)" if useless else
+           "truncated answers are never parsed and count as wrong")
+    return f"{'; '.join(parts)} (finish_reason=length at eval.max_tokens={max_tokens}): {why}"
 
 
 def _note(cfg: DictConfig, suite: str, n: int) -> str | None:
@@ -183,11 +256,13 @@ def _run_suites(cfg: DictConfig, out_dir: Path, tlist: list[Target], root: str) 
         if s not in benchmarks.REGISTRY:
             raise UserError(f"eval.suites: unknown suite {s!r}; known: {sorted(benchmarks.REGISTRY)}")
     questions = {s: benchmarks.get(s).load(ev, root) for s in suites}
-    opts = options(cfg)
     records: dict[str, dict[str, list[dict]]] = {}
     lm_eval_results: dict[str, Any] = {}
     for t in tlist:
-        _say(f"{t.label}: {t.endpoint or t.gguf}")
+        mid = model_id(t, out_dir / "model_ids.json")  # part of the resume key: a rebuilt model is re-asked
+        opts = options(cfg, mid)
+        mlflow.set_tag(f"eval.{t.label}.model_id", mid)
+        _say(f"{t.label}: {t.endpoint or t.gguf} ({mid[:24]}…)")
         with serving(t, cfg, out_dir / "logs") as url:
             for s in suites:
                 mod, path = benchmarks.get(s), out_dir / t.label / f"{s}.jsonl"
@@ -203,7 +278,7 @@ def _run_suites(cfg: DictConfig, out_dir: Path, tlist: list[Target], root: str) 
                 margs = {"base_url": url, "records": str(out_dir / t.label / "lm_eval.jsonl"),
                          "max_tokens": ev.max_tokens, "temperature": ev.temperature, "top_p": ev.top_p,
                          "concurrency": ev.concurrency, "timeout_s": ev.timeout_s, "retries": ev.retries,
-                         "thinking": ev.thinking, "seed": ev.seed, "progress": ev.progress}
+                         "thinking": ev.thinking, "seed": ev.seed, "progress": ev.progress, "model_id": mid}
                 res = lm_eval_model.evaluate(list(ev.lm_eval_tasks), ev.lm_eval_include_path, margs, limit=ev.limit)
                 lm_eval_results[t.label] = res.get("results", {})
                 for task, vals in lm_eval_results[t.label].items():
@@ -220,23 +295,55 @@ def _run_suites(cfg: DictConfig, out_dir: Path, tlist: list[Target], root: str) 
             per["delta"] = stats.paired(records["distill"][s], records["base"][s], seed=int(ev.seed))
             mlflow.log_metrics({f"delta.{s}.{k}": float(v) for k, v in per["delta"].items()})
         per["note"] = _note(cfg, s, len(questions[s]))
+        per["truncation"] = truncation_note({label: records[label][s] for label in records}, int(ev.max_tokens))
+        if per["truncation"]:
+            if per["note"]:  # the smoke-set note says what else the numbers cannot show
+                per["note"] = f"{per['note']}. {per['truncation']}"
+            mlflow.set_tag(f"eval.{s}.truncation", per["truncation"])
+            _say(f"{s}: {per['truncation']}")
         summary["suites"][s] = per
     return summary, records
 
 
-def _bench(cfg: DictConfig, out_dir: Path, tlist: list[Target]) -> list[dict]:
+def bench_models(cfg: DictConfig, tlist: list[Target]) -> dict[str, Path]:
+    """{tier label: GGUF} for the MTP bench, from eval.bench_models. A value "quant:<TIER>" is that tier of
+    the quant stage's quant_results.json (imatrix preferred; labelled with its quant_results key, e.g.
+    "Q4_K_M-imatrix", the name the card's per-quant table matches); it is skipped, with a message, when the
+    quant stage has no such file or eval.distill_model names another model's file. Any other value is a GGUF
+    path, labelled with its key. Nothing left: the distilled GGUF alone (labelled with its file stem)."""
+    out: dict[str, Path] = {}
+    for name, ref in (cfg.eval.bench_models or {}).items():
+        ref = str(ref)
+        if ref.startswith("quant:"):
+            tier = ref.removeprefix("quant:")
+            hit = None if cfg.eval.distill_model else _quant_file(cfg, tier)
+            if hit is None:
+                why = "eval.distill_model is set" if cfg.eval.distill_model else "not in the quant stage's results"
+                _say(f"MTP bench: eval.bench_models.{name}={ref} skipped ({why})")
+                continue
+            out[hit[0]] = hit[1]
+        else:
+            if not Path(ref).is_file():
+                raise UserError(f"eval.bench_models.{name}={ref}: no such GGUF file")
+            out[str(name)] = Path(ref)
+    distill = next((t for t in tlist if t.label == "distill"), None)
+    if not out and distill and distill.gguf:
+        out = {distill.gguf.stem: distill.gguf}
+    return out
+
+
+def _bench(cfg: DictConfig, out_dir: Path, tlist: list[Target], models: dict[str, Path] | None = None) -> list[dict]:
     import mlflow
 
     from cardforge.eval import mtp_bench
 
     ev = cfg.eval
-    distill = next((t for t in tlist if t.label == "distill"), None)
-    models = {k: Path(v) for k, v in ev.bench_models.items()} or (
-        {distill.gguf.stem: distill.gguf} if distill and distill.gguf else {})
+    models = bench_models(cfg, tlist) if models is None else models
     if not (ev.mtp_n_max and cfg.model.has_mtp and models):
         _say("MTP bench skipped (needs model.has_mtp, eval.mtp_n_max and a GGUF, not an endpoint)")
         return []
     n_values = sorted(set(int(n) for n in ev.mtp_n_max) | {0})  # speculation off is the reference
+    _say(f"MTP bench: {len(models)} tier(s) {list(models)} x n-max {n_values}")
     rows = mtp_bench.bench(models, n_values, serve_dict(cfg), p_min=float(cfg.serve.mtp.p_min),
                            repeats=int(ev.bench_repeats), max_tokens=int(ev.bench_max_tokens),
                            thinking=bool(ev.thinking), timeout_s=float(ev.timeout_s), log_dir=out_dir / "logs")
@@ -255,11 +362,13 @@ def run(cfg: DictConfig) -> EvalResult:
     import mlflow
 
     out_dir = Path(cfg.paths.outputs) / "eval"
+    options(cfg)  # refuses eval.stream=false before anything starts
     tlist = targets(cfg)
+    models = bench_models(cfg, tlist) if (cfg.eval.mtp_n_max and cfg.model.has_mtp) else {}
     with tracking.stage_run(cfg, "eval"):
         mlflow.set_tags({f"eval.{t.label}": str(t.endpoint or t.gguf) for t in tlist})
         summary, records = _run_suites(cfg, out_dir, tlist, str(cfg.paths.root))
-        rows = _bench(cfg, out_dir, tlist)
+        rows = _bench(cfg, out_dir, tlist, models)
         summary["mtp_bench"] = rows
         atomic_write_json(out_dir / "summary.json", summary)
         atomic_write_text(out_dir / "eval_table.md", table(summary))

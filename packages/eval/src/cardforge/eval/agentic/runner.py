@@ -111,7 +111,7 @@ async def run_task(t: AgenticTask, actor: _Actor, session, opts: HarnessOptions,
     parsed = None if finish == "error" or end_reason in UNPARSEABLE else ("pass" if check is None else "fail")
     calls = [c for m in traj.messages if m.role == "assistant" for c in m.tool_calls]
     record = {
-        "id": t.id, "suite": suite, "model": label, "prompt_hash": task_hash(t, steps),
+        "id": t.id, "suite": suite, "model": label, "model_id": opts.model_id, "prompt_hash": task_hash(t, steps),
         "sampling_hash": opts.sampling_hash, "reasoning": "", "answer": answer, "parsed": parsed,
         "gold": "checker", "correct": correct, "finish_reason": finish,
         "prompt_tokens": _sum(c.prompt_tokens for c in cs), "completion_tokens": _sum(c.completion_tokens for c in cs),
@@ -139,7 +139,8 @@ def _sum(values) -> int | None:
 def _error_record(t: AgenticTask, opts: HarnessOptions, aopts: AgenticOptions, label: str, suite: str,
                   err: Exception) -> dict:
     """A bug or a sandbox failure inside one task: recorded like a failed request, the run goes on."""
-    return {"id": t.id, "suite": suite, "model": label, "prompt_hash": task_hash(t, _steps(t, aopts)),
+    return {"id": t.id, "suite": suite, "model": label, "model_id": opts.model_id,
+            "prompt_hash": task_hash(t, _steps(t, aopts)),
             "sampling_hash": opts.sampling_hash, "answer": None, "parsed": None, "gold": "checker", "correct": False,
             "finish_reason": "error", "error": f"{type(err).__name__}: {err}"[:300], "category": t.category,
             "steps": 0, "tool_calls": 0, "check": "not checked: the runner failed"}
@@ -148,9 +149,9 @@ def _error_record(t: AgenticTask, opts: HarnessOptions, aopts: AgenticOptions, l
 async def _run(tasks: list[AgenticTask], base_url: str, opts: HarnessOptions, aopts: AgenticOptions, out: Path,
                label: str, suite: str) -> None:
     hashes = {t.id: task_hash(t, _steps(t, aopts)) for t in tasks}
-    done = rec.finished_ids(out, hashes, opts.sampling_hash)
+    prior = rec.current_by_id(out, hashes, opts.sampling_hash, opts.model_id)  # this model's records only
+    done = {tid for tid, r in prior.items() if r.get("finish_reason") in rec.FINISHED}
     todo = [t for t in tasks if t.id not in done]
-    prior = rec.latest_by_id(rec.read_records(out))
     state = {"answered": len(done), "correct": sum(1 for i in done if prior[i].get("correct")), "errors": 0}
     bar = tqdm(total=len(tasks), initial=len(done), desc=f"{label}/{suite}", disable=not opts.progress,
                file=sys.stderr, dynamic_ncols=True)
@@ -188,6 +189,8 @@ def run_tasks(tasks: list[AgenticTask], base_url: str, opts: HarnessOptions, out
 
     check_available()  # no sandbox: say so once, not as 22 error records
     out = Path(out_path)
-    asyncio.run(_run(tasks, base_url, opts, aopts or AgenticOptions(), out, label, suite))
-    latest = rec.latest_by_id(rec.read_records(out))
+    aopts = aopts or AgenticOptions()
+    asyncio.run(_run(tasks, base_url, opts, aopts, out, label, suite))
+    latest = rec.current_by_id(out, {t.id: task_hash(t, _steps(t, aopts)) for t in tasks}, opts.sampling_hash,
+                               opts.model_id)
     return [latest[t.id] for t in tasks if t.id in latest]

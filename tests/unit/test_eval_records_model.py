@@ -1,0 +1,61 @@
+"""The served model's identity in the resume key: records.finished_ids / current_by_id and stage.model_id."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+from cardforge.eval import stage
+from cardforge.eval.fake_server import FakeServer
+from cardforge.eval.records import append_record, current_by_id, finished_ids
+from cardforge.eval.stage import Target, gguf_id, model_id
+
+
+def _rec(qid, model_id=None, finish="stop", prompt="p", sampling="s", **kw):
+    r = {"id": qid, "prompt_hash": prompt, "sampling_hash": sampling, "finish_reason": finish, **kw}
+    if model_id is not None:
+        r["model_id"] = model_id
+    return r
+
+
+def test_finished_needs_the_same_model(tmp_path):
+    out = tmp_path / "r.jsonl"
+    hashes = {"q0": "p", "q1": "p", "q2": "p", "q3": "p"}
+    append_record(out, _rec("q0"))  # legacy: no model id
+    append_record(out, _rec("q1", "A"))
+    append_record(out, _rec("q2", "A", finish="error"))
+    append_record(out, _rec("q1", "B"))  # B answered q1 after A did
+    append_record(out, _rec("q3", "A", finish="length"))
+    assert finished_ids(out, hashes, "s", "A") == {"q1", "q3"}  # B's newer q1 does not hide A's
+    assert finished_ids(out, hashes, "s", "B") == {"q1"}
+    assert finished_ids(out, hashes, "s", "C") == set()  # a rebuilt model: everything is asked again
+    assert finished_ids(out, hashes, "s") == {"q0"}  # no id only matches records without one
+    assert finished_ids(out, hashes, "other-sampling", "A") == set()
+    assert current_by_id(out, hashes, "s", "A")["q2"]["finish_reason"] == "error"  # retried on resume
+
+
+def test_gguf_id_is_the_file_sha256_and_follows_a_rebuild(tmp_path, monkeypatch):
+    gguf, cache = tmp_path / "m.gguf", tmp_path / "ids.json"
+    gguf.write_bytes(b"GGUF" + b"\0" * 4096)
+    calls = []
+    real = stage.sha256_file
+    monkeypatch.setattr(stage, "sha256_file", lambda p: calls.append(p) or real(p))
+    first = gguf_id(gguf, cache)
+    assert first == "gguf-sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert gguf_id(gguf, cache) == first and len(calls) == 1  # unchanged file: the cached hash
+    # a rebuild with the same size, even with the old mtime put back, is a new model
+    st = gguf.stat()
+    time.sleep(0.05)  # the kernel's ctime clock ticks per jiffy (a real rebuild takes far longer than one)
+    gguf.write_bytes(b"GGUF" + b"\1" * 4096)
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = gguf_id(gguf, cache)
+    assert second != first and len(calls) == 2
+    assert model_id(Target("distill", gguf=gguf), cache) == second
+    assert gguf_id(gguf) == second  # no cache: hashed every time
+
+
+def test_endpoint_id_is_the_url_when_the_server_has_no_props(tmp_path):
+    with FakeServer() as srv:  # no /props: the endpoint's URL is all the stage can know
+        assert model_id(Target("distill", endpoint=srv.base_url), tmp_path / "ids.json") == \
+            f"endpoint:{srv.base_url}"
