@@ -45,6 +45,30 @@ def test_until_names_a_stage(tmp_path):
                                                     "of: models, data, train, merge, mtp, quant, eval, card")
 
 
+def test_plan_rows_follow_the_stages_the_chain_runs():
+    from cardforge.core.config.compose import compose
+    from cardforge.pipeline import plan
+    from cardforge.pipeline.run import STAGES
+
+    for overrides in ([], ["mtp=grafted"], ["experiment=qwen36_27b_card"], ["experiment=smollm2_demo"]):
+        cfg = compose("pipeline", overrides)
+        chained = [s.name for s in STAGES if not s.enabled_by or cfg.mtp.enabled]
+        assert [row[0] for row in plan.plan(cfg)] == chained, overrides
+    tiny = dict((s, n) for s, _, n in plan.plan(compose("pipeline")))
+    assert "GPU" not in " ".join(tiny.values())  # the CPU preset's plan asks for no GPU
+
+
+def test_plan_true_on_the_cli_prints_and_exits_0(tmp_path, monkeypatch):
+    monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+    proc = _run(["experiment=qwen36_27b_card", "plan=true"], "sqlite:///" + str(tmp_path / "m.db"), tmp_path, "t-plan")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.startswith("pipeline plan for experiment=qwen36_27b_card (GPU):\n| stage | command | needs |")
+    assert "| mtp | `python -m cardforge.train.mtp experiment=qwen36_27b_card` | GPU: " in out
+    assert "cannot run on this machine" in out and "  - no CUDA GPU visible" in out
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.db").exists()  # nothing ran, no MLflow run
+
+
 def test_multirun_groups_jobs_under_one_sweep_run(mlflow_uri, mlflow_experiment, tmp_path, tiny_model_dir,
                                                  smollm2_model_dir):
     proc = _run(["-m", "model=tiny_qwen35_mtp,smollm2_135m", "until=models"], mlflow_uri, tmp_path, mlflow_experiment)
@@ -78,9 +102,16 @@ def test_card_preset_prints_the_plan_and_stops_clearly_without_gpu(tmp_path, mon
     proc = _run(["experiment=qwen36_27b_card"], "sqlite:///" + str(tmp_path / "m.db"), tmp_path, "t-plan")
     assert proc.returncode == 2
     err = proc.stderr
-    for stage in ["data", "train", "merge", "quant", "eval", "card"]:
-        assert f"| {stage} | `python -m cardforge." in err
+    rows = {line.split(" | ")[0].strip("| "): line for line in err.splitlines() if line.startswith("| ")}
+    assert list(rows) == ["stage", "models", "data", "train", "merge", "mtp", "quant", "eval", "card"]
+    for stage in ["data", "train", "merge", "mtp", "quant", "eval", "card"]:
+        assert f"| {stage} | `python -m cardforge." in rows[stage]
     assert "GGUF Q4_K_M, Q5_K_M, Q6_K, Q8_0" in err and "1842 samples" in err
+    # mtp/card.yaml switches the mtp stage on; it and eval run on the GPU too
+    assert rows["mtp"].startswith("| mtp | `python -m cardforge.train.mtp experiment=qwen36_27b_card` | GPU: ")
+    assert "2048 prompts x 2 continuations of 2048 tokens, 4000 steps" in rows["mtp"]
+    assert "| GPU (all layers offloaded) for llama-server on the Q4_K_M GGUF (~16.5 GB (15.4 GiB))" in rows["eval"]
+    assert "GPU for LoRA r64 on 27B" in rows["train"]
     last = err.strip().splitlines()[-1]
     assert last.startswith("cardforge pipeline: error: experiment=qwen36_27b_card cannot run on this machine: ")
     assert "no CUDA GPU visible" in last and "model.path=Qwen/Qwen3.6-27B" in last and "$DEEPSEEK_API_KEY" in last

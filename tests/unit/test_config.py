@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "base")
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+SOURCES = "builtin, humaneval, bfcl:NAME (a BFCL set or question file) or jsonl:PATH"
 
 
 def test_tree_has_every_stage_and_preset():
@@ -100,12 +102,47 @@ def test_card_preset_has_the_seed_card_settings():
         ("data.judge=true", "data.judge=true needs data.tool_results=execute (a judge needs real results)"),
         ("serve.served_model_name=org/name", "serve.served_model_name must not contain '/': 'org/name'"),
         ("trainer.warmup_ratio=1.5", "trainer.warmup_ratio must be in [0, 1), got 1.5"),
+        # values other packages own, checked at composition (test_config_allowed.py keeps the lists in step)
+        ("force=[trian]", "force: unknown stage 'trian'; choose one of: models, data, train, merge, mtp, quant, "
+                          "eval, card, all"),
+        ("force=[eval,Train]", "force: unknown stage 'Train'; choose one of: models, data, train, merge, mtp, quant, "
+                               "eval, card, all"),
+        ("eval.suites=[mmlu,nope]", "eval.suites: unknown suite 'nope'; choose one of: gpqa_diamond, mmlu, humaneval, "
+                                    "coding, bfcl, agentic"),
+        ("eval.quant_tier=Q9_X", "eval.quant_tier: unknown GGUF tier 'Q9_X'; choose one of: BF16, Q8_0, Q6_K, "
+                                 "Q5_K_M, Q4_K_M, Q5_0, Q4_0"),
+        ("mtp.bench_tier=Q9", "mtp.bench_tier: unknown GGUF tier 'Q9'; choose one of: BF16, Q8_0, Q6_K, Q5_K_M, "
+                              "Q4_K_M, Q5_0, Q4_0"),
+        ("data.sources=[nope]", f"data.sources: unknown source 'nope'; use {SOURCES}"),
+        ("data.sources=[builtin,bfcl:]", f"data.sources: unknown source 'bfcl:'; use {SOURCES}"),
+        ("data.sources=[jsonl]", f"data.sources: unknown source 'jsonl'; use {SOURCES}"),
+        ("data.sources=[humaneval:x]", f"data.sources: unknown source 'humaneval:x'; use {SOURCES}"),
+        ("mtp.sources=[nope]", f"mtp.sources: unknown source 'nope'; use {SOURCES}"),
+        ("trainer.precision=64-weird", "trainer.precision: unknown Lightning precision '64-weird'; choose one of: "
+                                       "transformer-engine, transformer-engine-float16, 16-true, 16-mixed, bf16-true, "
+                                       "bf16-mixed, 32-true, 64-true, 64, 32, 16, bf16"),
     ],
 )
 def test_invalid_override_is_one_clear_line(override, expected):
     with pytest.raises(ConfigError) as e:
         compose("train", ["data=react_simulate", override])
     assert str(e.value) == expected
+
+
+@pytest.mark.parametrize("override", [
+    "force=[all]", "force=[models,data,train,merge,mtp,quant,eval,card]", "force=[]",
+    "eval.suites=[gpqa_diamond,mmlu,humaneval,coding,bfcl,agentic]", "eval.quant_tier=Q8_0", "mtp.bench_tier=Q4_K_M",
+    "data.sources=[builtin,humaneval,bfcl:simple_python,jsonl:/data/tasks.jsonl]",
+    "mtp.sources=[bfcl:/x/BFCL_v4_simple.json]", "trainer.precision=bf16-mixed", "trainer.precision=32",
+])
+def test_valid_values_of_the_checked_keys_compose(override):
+    compose("pipeline", ["data=react_simulate", override])
+
+
+def test_every_preset_passes_the_value_checks():
+    for experiment in EXPERIMENTS:
+        cfg = compose("pipeline", [f"experiment={experiment}"])
+        assert cfg.trainer.precision and cfg.eval.suites and cfg.data.sources
 
 
 def test_unknown_key_lists_the_allowed_keys():
@@ -123,6 +160,23 @@ def test_cli_bad_override_exits_2_with_one_line():
     lines = proc.stderr.strip().splitlines()
     assert lines == ["cardforge train: config error: trainer.optimizer: Invalid value 'sgd', "
                      "expected one of [paged_adamw_8bit, adamw]"]
+
+
+@pytest.mark.parametrize("override, line", [
+    ("force=[trian]", "force: unknown stage 'trian'; choose one of: models, data, train, merge, mtp, quant, eval, "
+                      "card, all"),
+    ("eval.suites=[nope]", "eval.suites: unknown suite 'nope'; choose one of: gpqa_diamond, mmlu, humaneval, coding, "
+                           "bfcl, agentic"),
+])
+def test_cli_pipeline_refuses_a_bad_value_before_starting(override, line, tmp_path):
+    # until=models bounds the damage if the check ever slipped: only the (cached) models stage would run
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    proc = subprocess.run([sys.executable, "-m", "cardforge.pipeline", "until=models", override,
+                           f"paths.outputs={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [f"cardforge pipeline: config error: {line}"]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.db").exists()  # nothing started
 
 
 def test_cli_multirun_checks_every_job_before_launching():

@@ -27,7 +27,7 @@ from cardforge.core import paths
 PARENT_ENV = "CARDFORGE_PARENT_RUN_ID"
 SWEEP_RUN_FILE = "mlflow_sweep_run_id"
 # keys that say where/how a run was made, not what it computes: left out of the config hash
-HASH_EXCLUDE = ("paths", "logger", "run_name", "force", "stage", "until")
+HASH_EXCLUDE = ("paths", "logger", "run_name", "force", "stage", "until", "plan")
 _last_stage_run: dict[str, str] = {}
 
 
@@ -175,10 +175,64 @@ def log_config(cfg: DictConfig) -> None:
         mlflow.log_params(dict(items[i : i + 100]))
 
 
+class Killed(BaseException):
+    """SIGTERM as an exception (see `terminate_raises`), so the open runs end KILLED instead of RUNNING."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        super().__init__(f"killed by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def terminate_raises() -> Iterator[None]:
+    """Inside: SIGTERM raises `Killed` in the main thread, once (a second SIGTERM kills as usual). Only where
+    SIGTERM has its default action: a handler someone else installed stays in charge."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Killed(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def end_run(run_id: str, status: str) -> None:
+    """End run `run_id` with `status`, and any run left open inside it (the same exception ended those)."""
+    import mlflow
+
+    while (active := mlflow.active_run()) is not None:
+        mine = active.info.run_id == run_id
+        mlflow.end_run(status=status)
+        if mine:
+            return
+    mlflow.MlflowClient().set_terminated(run_id, status)  # not on the fluent stack any more (ended by id)
+
+
+def exit_status(exc: BaseException | None) -> str:
+    """MLflow's status of a run left by `exc`: KILLED for Ctrl-C / SIGTERM, FAILED for any other exception."""
+    if exc is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(exc, (KeyboardInterrupt, Killed)) else "FAILED"
+
+
 @contextlib.contextmanager
 def stage_run(cfg: DictConfig, stage: str, run_name: str | None = None, parent_run_id: str | None = None
               ) -> Iterator[Any]:
-    """Open the stage's MLflow run (nested where a parent exists); FAILED on exception, KILLED on Ctrl-C.
+    """Open the stage's MLflow run (nested where a parent exists); FAILED on an exception, KILLED on Ctrl-C or
+    SIGTERM (the outermost run turns SIGTERM into `Killed`, so a killed stage does not stay RUNNING).
 
     The parent: the active run, else `parent_run_id` (a stage that reports on a pipeline run it is not part
     of: card, release), else $CARDFORGE_PARENT_RUN / the sweep's."""
@@ -195,19 +249,17 @@ def stage_run(cfg: DictConfig, stage: str, run_name: str | None = None, parent_r
         kwargs["nested"] = True
     elif parent:
         kwargs["parent_run_id"] = parent
-    run = mlflow.start_run(**kwargs)
-    _last_stage_run[stage] = run.info.run_id
-    try:
-        log_config(cfg)
-        yield run
-    except KeyboardInterrupt:
-        mlflow.end_run(status="KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    else:
-        mlflow.end_run(status="FINISHED")
+    with terminate_raises():
+        run = mlflow.start_run(**kwargs)
+        _last_stage_run[stage] = run.info.run_id
+        try:
+            log_config(cfg)
+            yield run
+        except BaseException as e:
+            end_run(run.info.run_id, exit_status(e))
+            raise
+        else:
+            end_run(run.info.run_id, "FINISHED")
 
 
 @contextlib.contextmanager

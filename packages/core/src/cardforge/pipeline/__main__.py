@@ -1,4 +1,5 @@
-"""Run as: python -m cardforge.pipeline [experiment=tiny] [hydra overrides]   (make reproduce EXP=tiny)"""
+"""Run as: python -m cardforge.pipeline [experiment=tiny] [hydra overrides]   (make reproduce EXP=tiny)
+       python -m cardforge.pipeline experiment=NAME plan=true   (make plan EXP=NAME): the plan, nothing run"""
 
 import sys
 
@@ -9,6 +10,8 @@ def _run(cfg):
     from cardforge.pipeline.run import run
 
     result = run(cfg)
+    if cfg.get("plan"):  # printed by run(); nothing was run
+        return result
     done = ", ".join(result.done + [f"{s} (unchanged)" for s in result.skipped]) or "none"
     if result.stopped_at:
         from hydra.core.hydra_config import HydraConfig

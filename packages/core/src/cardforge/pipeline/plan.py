@@ -24,29 +24,60 @@ def needs_gpu(cfg: DictConfig) -> bool:
     return str(cfg.trainer.accelerator) == "gpu" or cfg.model.params_b >= 1.0
 
 
+def _gguf_gb(tier: str, params_b: float) -> float:
+    return GGUF_BPW.get(tier, 8) * params_b / 8
+
+
 def plan(cfg: DictConfig) -> list[tuple[str, str, str]]:
-    """(stage, command, needs) rows."""
+    """(stage, command, needs) rows, one per stage this invocation chains (the mtp row only with mtp.enabled)."""
     p = cfg.model.params_b
     exp = cfg.experiment
+    gpu = needs_gpu(cfg)
     bf16 = 2 * p
     tiers = [t.tier.value for t in cfg.quant.gguf_tiers]
-    gguf = sum(GGUF_BPW.get(t, 8) for t in tiers) * p / 8 + bf16  # the BF16 GGUF is the tiers' source
+    gguf = sum(_gguf_gb(t, p) for t in tiers) + bf16  # the BF16 GGUF is the tiers' source
     teacher = f"{cfg.teacher.kind.value} `{cfg.teacher.model}`" + (f" at {cfg.teacher.base_url}" if cfg.teacher.base_url else "")
-    return [
+    embedded = [n for n, on in ((cfg.model.name, cfg.model.embedded),
+                                (cfg.teacher.model, cfg.teacher.kind.value == "embedded")) if on]
+    models = (f"builds the embedded {', '.join(dict.fromkeys(embedded))} into the cache (no network)" if embedded
+              else "nothing to build (no embedded model)")
+    if not cfg.model.embedded:
+        models += f"; base weights at model.path={cfg.model.path}: {_gb(bf16)} on disk"
+    if gpu:
+        train = (f"GPU for LoRA r{cfg.lora.r} on {p:g}B (27B measured: 102.6 GiB peak at seq 4096 with plain "
+                 f"transformers+PEFT on one H200); base weights {_gb(bf16)}")
+    else:
+        train = f"CPU ({cfg.trainer.precision}) for LoRA r{cfg.lora.r} on {p:g}B; base weights {_gb(bf16)}"
+    rows = [
+        ("models", f"python -m cardforge.pipeline experiment={exp} until=models", models),
         ("data", f"python -m cardforge.data experiment={exp}",
          f"teacher {teacher} ({cfg.data.num_samples} samples, tool results {cfg.data.tool_results.value}); sandbox"),
-        ("train", f"python -m cardforge.train experiment={exp}",
-         f"GPU for LoRA r{cfg.lora.r} on {p:g}B (27B measured: 102.6 GiB peak at seq 4096 with plain "
-         f"transformers+PEFT on one H200); base weights {_gb(bf16)}"),
+        ("train", f"python -m cardforge.train experiment={exp}", train),
         ("merge", f"python -m cardforge.train.merge experiment={exp}", f"CPU RAM ~{_gb(bf16)}; disk {_gb(bf16)}"),
-        ("quant", f"python -m cardforge.quant experiment={exp}",
-         f"GGUF {', '.join(tiers)} + BF16 source: disk ~{_gb(gguf)}; FP8 ~{_gb(p)}; NVFP4 ~{_gb(0.6 * p)} per tier; "
-         "W4A4 calibration runs the model (GPU)"),
-        ("eval", f"python -m cardforge.eval experiment={exp}",
-         f"llama-server on {cfg.eval.quant_tier} for distill and base; {', '.join(cfg.eval.suites)}; "
-         f"max_tokens {cfg.eval.max_tokens}, concurrency {cfg.eval.concurrency}"),
-        ("card", f"python -m cardforge.card experiment={exp}", "MLflow runs of this invocation"),
     ]
+    m = cfg.mtp
+    if m.enabled:
+        where = (f"GPU: the frozen trunk in {m.dtype} (~{_gb(bf16)} of weights) generates and trains the MTP head"
+                 if gpu else f"CPU ({m.dtype}): the frozen trunk generates and trains the MTP head")
+        bench = (f"; bench: both heads as {m.bench_tier} GGUF (~{_gb(2 * _gguf_gb(str(m.bench_tier), p))}) on "
+                 "llama-server" if m.bench else "")
+        rows.append(("mtp", f"python -m cardforge.train.mtp experiment={exp}",
+                     f"{where}; {m.num_prompts} prompts x {m.samples_per_prompt} continuations of "
+                     f"{m.max_new_tokens} tokens, {m.steps} steps; disk: the merged files hard-linked + the new "
+                     f"mtp.* shard{bench}"))
+    rows.append(("quant", f"python -m cardforge.quant experiment={exp}",
+                 f"GGUF {', '.join(tiers)} + BF16 source: disk ~{_gb(gguf)}; FP8 ~{_gb(p)}; NVFP4 ~{_gb(0.6 * p)} "
+                 "per tier; W4A4 calibration runs the model" + (" (GPU)" if gpu else " (CPU)")))
+    ev, tier = cfg.eval, str(cfg.eval.quant_tier)
+    n_models = 2 if ev.compare_base else 1
+    serve = (f"llama-server on the {tier} GGUF (~{_gb(_gguf_gb(tier, p))}) + KV cache for {ev.concurrency} slots x "
+             f"ctx {cfg.serve.ctx_size}, {'distill then base' if ev.compare_base else 'distill'}")
+    rows.append(("eval", f"python -m cardforge.eval experiment={exp}",
+                 (f"GPU (all layers offloaded) for {serve}" if gpu else f"CPU for {serve}")
+                 + f"; {', '.join(ev.suites)}; max_tokens {ev.max_tokens}, concurrency {ev.concurrency}; "
+                 f"MTP speed bench n-max {list(ev.mtp_n_max)} x {n_models} model(s)"))
+    rows.append(("card", f"python -m cardforge.card experiment={exp}", "MLflow runs of this invocation"))
+    return rows
 
 
 def problems(cfg: DictConfig) -> list[str]:
@@ -87,3 +118,15 @@ def problems(cfg: DictConfig) -> list[str]:
 def render(cfg: DictConfig) -> str:
     rows = ["| stage | command | needs |", "|---|---|---|"] + [f"| {s} | `{c}` | {n} |" for s, c, n in plan(cfg)]
     return "\n".join(rows)
+
+
+def report(cfg: DictConfig) -> str:
+    """`plan=true` (make plan EXP=...): the plan, then what stops it on this machine; nothing is run."""
+    missing = problems(cfg)
+    where = "GPU" if needs_gpu(cfg) else "CPU"
+    lines = [f"pipeline plan for experiment={cfg.experiment} ({where}):", render(cfg), ""]
+    if missing:
+        lines += [f"cannot run on this machine ({len(missing)}):"] + [f"  - {m}" for m in missing]
+    else:
+        lines.append(f"nothing missing here: `make reproduce EXP={cfg.experiment}` runs it")
+    return "\n".join(lines)

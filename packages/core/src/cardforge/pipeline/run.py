@@ -3,7 +3,11 @@
 A stage is skipped when its record (`<outputs>/.pipeline/<stage>.json`) holds the same key: the hash of the
 config sections it reads plus the fingerprints of the stages before it. So changing `lora.r` reruns
 train and everything after it, not data. `force=[train]` (or `force=[all]`, `make reproduce FORCE=1`)
-reruns anyway. A failing stage leaves no record and marks its run FAILED; the next invocation resumes there.
+reruns anyway. A failing stage leaves no record and marks its run and the parent FAILED (KILLED on Ctrl-C or
+SIGTERM); the next invocation resumes there. `plan=true` prints the plan (plan.py) and runs nothing.
+
+Each stage's peak resident memory (this process and its children, memory.py) goes to the parent run as
+`<stage>.peak_rss_gib` (and to the stage's own run), with `<stage>.seconds`, and into its record.
 
 Stages are looked up lazily (`module:function`) so a stage that is not built yet stops the chain there
 with what was done so far, instead of failing at import.
@@ -28,8 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 from cardforge.core import tracking
 from cardforge.core.cli import StageNotImplemented
 from cardforge.core.errors import UserError
-from cardforge.pipeline import plan
 from cardforge.core.io import atomic_write_json
+from cardforge.pipeline import plan
+from cardforge.pipeline.memory import PeakRss
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class PipelineResult:
     stopped_at: str | None = None
     reason: str | None = None
     results: dict[str, Any] = field(default_factory=dict)
+    peak_rss_gib: dict[str, float] = field(default_factory=dict)  # stages run in this invocation
 
 
 def resolve_stage(target: str) -> Callable[[DictConfig], Any] | None:
@@ -110,6 +116,17 @@ def load_record(cfg: DictConfig, stage: str) -> dict | None:
         return None
 
 
+def _log_stage_metrics(stage: str, child_id: str | None, parent_id: str, metrics: dict[str, float]) -> None:
+    """On the parent (a results table cites one run) and on the stage's own run; never fails the stage."""
+    try:
+        client = mlflow.MlflowClient()
+        for rid in {parent_id, child_id} - {None}:
+            for key, val in metrics.items():
+                client.log_metric(rid, key, val)
+    except Exception as e:  # noqa: BLE001 - bookkeeping must not turn a finished stage into a failed one
+        print(f"[pipeline] {stage}: could not log {sorted(metrics)}: {e}", file=sys.stderr)
+
+
 def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResult:
     stages = STAGES if stages is None else stages
     names = [s.name for s in stages]
@@ -118,6 +135,9 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
         raise UserError(f"until={until}: no such stage; choose one of: {', '.join(names)}")
     if until is not None:
         stages = stages[: names.index(until) + 1]
+    if cfg.get("plan"):
+        print(plan.report(cfg))
+        return PipelineResult(run_id="", stopped_at=None, reason="plan=true: nothing was run")
     if plan.needs_gpu(cfg) and (missing := plan.problems(cfg)):
         print(f"[pipeline] plan for experiment={cfg.experiment}:\n{plan.render(cfg)}", file=sys.stderr)
         raise UserError(f"experiment={cfg.experiment} cannot run on this machine: " + "; ".join(missing)
@@ -125,6 +145,12 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
     force = set(cfg.get("force") or [])
     with tracking.pipeline_run(cfg) as parent:
         result = PipelineResult(run_id=parent.info.run_id)
+
+        def tags(**extra: str) -> None:
+            mlflow.set_tags({"cardforge.stages_done": ",".join(result.done),
+                             "cardforge.stages_skipped": ",".join(result.skipped),
+                             "cardforge.stopped_at": result.stopped_at or "", **extra})
+
         upstream: list[str] = []
         for spec in stages:
             if spec.enabled_by and not OmegaConf.select(cfg, spec.enabled_by, default=False):
@@ -146,23 +172,39 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
                 continue
             print(f"[pipeline] {spec.name} ...", file=sys.stderr)
             started = time.time()
+            before = tracking.last_stage_run_id(spec.name)
+            mem = PeakRss()
             try:
-                out = fn(cfg)
+                with mem:
+                    out = fn(cfg)
             except StageNotImplemented as e:
                 result.stopped_at, result.reason = spec.name, e.message
                 break
+            except BaseException as e:
+                # the stage's own run is FAILED/KILLED already (stage_run); say where the chain broke
+                failed = tracking.last_stage_run_id(spec.name)
+                failed = failed if failed != before else None
+                if mem.peak is not None:
+                    _log_stage_metrics(spec.name, failed, parent.info.run_id, mem.peak.metrics(spec.name))
+                tags(**{"cardforge.failed_at": spec.name,
+                        "cardforge.failure": f"{type(e).__name__}: {e}"[:4000]})
+                raise
+            seconds = round(time.time() - started, 1)
             child_id = tracking.last_stage_run_id(spec.name)
+            child_id = child_id if child_id != before else None
+            peak = mem.peak
+            _log_stage_metrics(spec.name, child_id, parent.info.run_id,
+                               {**peak.metrics(spec.name), f"{spec.name}.seconds": seconds})
+            result.peak_rss_gib[spec.name] = round(peak.gib, 4)
+            print(f"[pipeline] {spec.name}: done in {seconds:.0f} s, peak RSS {peak.gib:.2f} GiB",
+                  file=sys.stderr)
             fp = fingerprint(out)
             atomic_write_json(record_path(cfg, spec.name), {
-                "key": key, "fingerprint": fp, "result": jsonable(out), "seconds": round(time.time() - started, 1),
-                "run_id": child_id or parent.info.run_id,
+                "key": key, "fingerprint": fp, "result": jsonable(out), "seconds": seconds,
+                "peak_rss_gib": round(peak.gib, 4), "run_id": child_id or parent.info.run_id,
             })
             result.results[spec.name] = out
             result.done.append(spec.name)
             upstream.append(fp)
-        mlflow.set_tags({
-            "cardforge.stages_done": ",".join(result.done),
-            "cardforge.stages_skipped": ",".join(result.skipped),
-            "cardforge.stopped_at": result.stopped_at or "",
-        })
+        tags()
     return result

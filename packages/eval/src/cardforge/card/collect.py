@@ -92,7 +92,8 @@ def _pipeline_run(client, run_id: str, key: str = "card.parent_run_id"):
 
 def find_parent(cfg: DictConfig, client=None, *, given: str | None = None, key: str = "card.parent_run_id"):
     """`given` (the value of config key `key`), else card.parent_run_id, else the pipeline run this process is
-    inside, else the latest one of `experiment`."""
+    inside (this invocation, still RUNNING), else the latest FINISHED one of `experiment`: a run left RUNNING
+    by a killed process, or ended FAILED / KILLED, is never picked by default (give its id to compile it)."""
     import mlflow
 
     client = client or _client(cfg)
@@ -111,11 +112,12 @@ def find_parent(cfg: DictConfig, client=None, *, given: str | None = None, key: 
         [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=50,
         filter_string=f"tags.`cardforge.stage` = 'pipeline' and tags.`cardforge.experiment` = '{cfg.experiment}'")
     for run in runs:
-        if run.info.status in ("FINISHED", "RUNNING"):
+        if run.info.status == "FINISHED":
             return run
-    raise UserError(f"no pipeline run of experiment={cfg.experiment} in MLflow experiment '{exp_name}' "
-                    f"({client.tracking_uri}): run `make reproduce EXP={cfg.experiment}` first, or set "
-                    f"{key}=RUN_ID")
+    others = ", ".join(f"{r.info.run_id[:8]} {r.info.status}" for r in runs[:3])
+    raise UserError(f"no finished pipeline run of experiment={cfg.experiment} in MLflow experiment '{exp_name}' "
+                    f"({client.tracking_uri}){f' (latest: {others})' if others else ''}: run `make reproduce "
+                    f"EXP={cfg.experiment}` first, or set {key}=RUN_ID")
 
 
 def _record_run(cfg: DictConfig, client, stage: str, parent):

