@@ -15,7 +15,7 @@ PACKAGES := -e packages/core[models] -e packages/train[data] -e packages/quant[m
 STAMP := $(VENV)/.cardforge-installed
 EMBEDDED := tiny-qwen35-mtp smollm2-135m-instruct
 
-.PHONY: help setup system toolchains models llama-cpp test test-full test-gpu reproduce plan data train merge mtp quant serve eval card release \
+.PHONY: help setup system toolchains models llama-cpp test test-full test-gpu bench-train reproduce plan data train merge mtp quant serve eval card release \
         mlflow-ui lock clean
 
 help: ## list every target
@@ -52,6 +52,9 @@ test: setup ## run the default test tier (fast, CPU)
 
 test-full: setup ## run every CPU test, slow ones included
 	$(VPY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+bench-train: setup ## GPU: LoRA step throughput, 27B architecture (random weights), plain transformers+PEFT vs cardforge (ARGS="--seq 4096")
+	$(VPY) -m cardforge.train.bench $(ARGS)
 
 test-gpu: setup ## run the gpu-marked tests (needs CUDA)
 	$(VPY) -m pytest -m gpu $(PYTEST_ARGS)
