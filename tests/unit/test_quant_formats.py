@@ -32,17 +32,70 @@ def test_fp8_block_layout_and_error_bound(weight):
     assert scale_inv[0, 0] > 10 * scale_inv[1, 1]
 
 
-def test_fp8_ignores_layers_off_the_block_grid():
+def test_fp8_ignores_layers_off_the_block_grid_norms_conv1d_and_embeddings():
     shapes = {"model.layers.0.linear_attn.in_proj_a.weight": (4, 256),
               "model.layers.0.linear_attn.in_proj_qkv.weight": (1024, 256),
               "model.layers.0.linear_attn.conv1d.weight": (1024, 1, 4),
+              "model.layers.0.linear_attn.norm.weight": (128,),
+              "model.layers.0.linear_attn.A_log": (4,), "model.layers.0.linear_attn.dt_bias": (4,),
+              "model.layers.0.input_layernorm.weight": (256,),
+              "model.layers.0.post_attention_layernorm.weight": (256,),
+              "model.layers.3.self_attn.q_norm.weight": (128,), "model.norm.weight": (256,),
               "model.embed_tokens.weight": (248320, 256), "lm_head.weight": (248320, 256),
-              "mtp.fc.weight": (256, 512), "model.layers.3.self_attn.k_proj.weight": (128, 256)}
+              "mtp.fc.weight": (256, 512), "mtp.norm.weight": (256,),
+              "model.layers.3.self_attn.k_proj.weight": (128, 256)}
     ignored = fp8.ignored_modules(shapes, 128)
-    assert ignored == ["lm_head", "model.embed_tokens", "model.layers.0.linear_attn.in_proj_a", "mtp.fc"]
+    assert ignored == ["lm_head", "model.embed_tokens", "model.layers.0.input_layernorm",
+                       "model.layers.0.linear_attn.conv1d", "model.layers.0.linear_attn.in_proj_a",
+                       "model.layers.0.linear_attn.norm", "model.layers.0.post_attention_layernorm",
+                       "model.layers.3.self_attn.q_norm", "model.norm", "mtp.fc", "mtp.norm"]
+    # A_log / dt_bias belong to the linear_attn module itself: naming it would skip all its projections
+    assert "model.layers.0.linear_attn" not in ignored
     cfg = fp8.quantization_config(ignored)
     assert cfg["quant_method"] == "fp8" and cfg["weight_block_size"] == [128, 128]
     assert cfg["activation_scheme"] == "dynamic" and cfg["ignored_layers"] == ignored
+    assert cfg["modules_to_not_convert"] == ignored
+
+
+def _tiny_checkpoint(d):
+    import json
+
+    from safetensors.torch import save_file
+
+    d.mkdir()
+    torch.manual_seed(0)
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.randn(256, 128).to(torch.bfloat16),
+               "model.layers.0.linear_attn.in_proj_a.weight": torch.randn(4, 128).to(torch.bfloat16),
+               "model.layers.0.linear_attn.conv1d.weight": torch.randn(256, 1, 4).to(torch.bfloat16),
+               "model.layers.0.input_layernorm.weight": torch.zeros(128, dtype=torch.bfloat16),
+               "model.norm.weight": torch.zeros(128, dtype=torch.bfloat16),
+               "model.embed_tokens.weight": torch.randn(64, 128).to(torch.bfloat16)},
+              str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({"architectures": ["Qwen3_5ForCausalLM"]}))
+    return d
+
+
+def test_fp8_export_lists_norms_and_conv1d_as_vllm_reads_them(tmp_path):
+    import json
+
+    from cardforge.quant.safetensors_export import export_fp8
+
+    export_fp8(_tiny_checkpoint(tmp_path / "src"), tmp_path / "fp8")
+    qc = json.loads((tmp_path / "fp8" / "config.json").read_text())["quantization_config"]
+    assert qc["ignored_layers"] == ["model.embed_tokens", "model.layers.0.input_layernorm",
+                                    "model.layers.0.linear_attn.conv1d", "model.layers.0.linear_attn.in_proj_a",
+                                    "model.norm"]
+
+
+def test_nvfp4_export_lists_conv1d_as_excluded(tmp_path):
+    import json
+
+    from cardforge.quant.safetensors_export import export_nvfp4
+
+    export_nvfp4(_tiny_checkpoint(tmp_path / "src"), tmp_path / "nv", "w4a16")
+    exclude = json.loads((tmp_path / "nv" / "hf_quant_config.json").read_text())["quantization"]["exclude_modules"]
+    assert "model.layers.0.linear_attn.conv1d" in exclude and "model.embed_tokens" in exclude
+    assert "model.layers.0.mlp.up_proj" not in exclude
 
 
 def test_e2m1_codes_and_low_nibble_holds_the_even_element():

@@ -1,8 +1,10 @@
 """Calibration and held-out text for imatrix, W4A4 scales and KLD, drawn from the distillation set by default.
 
-The default pool is the data stage's accepted trajectories plus its rejected ones: both are the teacher's
-output on the task distribution (the judge only filtered correctness), and a small run may accept few.
-Each trajectory is rendered with the model's chat template, tools included, exactly as training sees it.
+The default pool is the data stage's accepted trajectories (trajectories.jsonl) plus its rejected ones
+(rejections.jsonl), in that order: both are the teacher's output on the task distribution (the judge only
+filtered correctness), and a small run may accept few. The held-out tail used for KLD therefore comes from the
+rejected set when there is one. Each trajectory is rendered with the model's chat template, tools included,
+exactly as training sees it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,15 @@ def _render(record: dict, tokenizer) -> str:
     return tokenizer.apply_chat_template(traj.openai_messages(), tokenize=False, **kwargs)
 
 
-def load_texts(paths: list[Path], tokenizer) -> list[str]:
-    """One string per trajectory (.jsonl, rendered with the model's chat template) or per paragraph (.txt)."""
+def require(paths: list[Path]) -> None:
+    """The first file is mandatory (the accepted set, or quant.calibration); the others are used if present."""
     if not paths[0].is_file():
         raise UserError(f"calibration text not found: {paths[0]} (run the data stage or set quant.calibration=FILE)")
+
+
+def load_texts(paths: list[Path], tokenizer) -> list[str]:
+    """One string per trajectory (.jsonl, rendered with the model's chat template) or per paragraph (.txt)."""
+    require(paths)
     texts: list[str] = []
     for path in (p for p in paths if p.is_file()):
         if path.suffix == ".jsonl":

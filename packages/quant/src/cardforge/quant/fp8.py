@@ -44,13 +44,16 @@ def is_candidate(name: str, tensor: torch.Tensor) -> bool:
 
 
 def ignored_modules(names_shapes: dict[str, tuple[int, ...]], block: int = 128) -> list[str]:
-    """Linear modules left in BF16: everything 2-D that is skipped by rule or has a width off the block grid."""
+    """Every module with a `.weight` that stays BF16, by the name vLLM / SGLang / transformers match it:
+    embeddings, lm_head, norms (RMSNorm, GDN's gated norm, q/k norms), conv1d, the MTP head, and Linear
+    layers with a width off the block grid. GDN's A_log / dt_bias are parameters of the linear_attn module
+    itself, not modules: listing `...linear_attn` would un-quantize all of its projections, so they are not."""
     out = []
     for name, shape in names_shapes.items():
-        if not name.endswith(".weight") or len(shape) != 2:
+        if not name.endswith(".weight"):
             continue
         module = name[: -len(".weight")]
-        if ALWAYS_SKIP.search(name) or shape[0] % block or shape[1] % block:
+        if len(shape) != 2 or ALWAYS_SKIP.search(name) or shape[0] % block or shape[1] % block:
             out.append(module)
     return sorted(out)
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cardforge.core import llama_cpp
 from cardforge.core.errors import UserError
+from cardforge.quant.schedule import add_child_cpu
 
 KNOWN_TIERS = {"BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q5_0", "Q4_0", "IQ4_XS"}
 
@@ -31,9 +33,22 @@ def file_name(model: str, tier: Tier, has_mtp: bool) -> str:
     return f"{model}{'-MTP' if has_mtp else ''}-{tier.name}{'-imatrix' if tier.imatrix else ''}.gguf"
 
 
-def _run(cmd: list[str], what: str, log: Path | None = None, timeout: float | None = None) -> str:
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
-    text = proc.stdout + proc.stderr
+def _run(cmd: list[str], what: str, log: Path | None = None) -> str:
+    """Run a llama.cpp tool; its stdout then its stderr go to `log` and are returned. The tool's CPU seconds
+    are charged to the running step (cardforge.quant.schedule)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, text=True)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # wait4: this child's own rusage, exact under concurrency
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        add_child_cpu(usage.ru_utime + usage.ru_stime)
+        out.seek(0)
+        err.seek(0)
+        text = out.read() + err.read()
     if log:
         log.write_text(text)
     if proc.returncode != 0:

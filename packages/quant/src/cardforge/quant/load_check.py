@@ -1,8 +1,13 @@
-"""Each GGUF tier must load in llama-server and answer: start it, ask one short question, stop it."""
+"""Each GGUF tier must load in llama-server and answer: start it, ask one short question, stop it.
+
+`check_one` is one file (the stage runs several side by side, see cardforge.quant.schedule); `check_all` runs
+them one after another.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -10,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cardforge.core.errors import UserError
+from cardforge.quant.schedule import add_child_cpu
 
 
 def ask(base_url: str, max_tokens: int = 8) -> dict:
@@ -20,24 +26,53 @@ def ask(base_url: str, max_tokens: int = 8) -> dict:
         return json.load(r)
 
 
-def check_all(cfg: DictConfig, results: dict) -> None:
-    from cardforge.serve.launchers.llama_cpp import llama_server
-
+def serve_options(cfg: DictConfig, threads: int | None = None) -> dict:
+    """cfg.serve as a dict, MTP speculation on where the model has a head; `threads` overrides serve.threads."""
     serve = OmegaConf.to_container(cfg.serve, resolve=True, enum_to_str=True)
     serve["mtp"]["enabled"] = bool(serve["mtp"]["enabled"] and cfg.model.has_mtp)
+    if threads:
+        serve["threads"] = threads
+    return serve
+
+
+def check_one(serve: dict, path: Path, log_path: Path) -> dict:
+    """Start llama-server on `path`, ask one question; load_ok, load_seconds and the draft counters."""
+    from cardforge.serve.launchers.llama_cpp import llama_server
+
+    t0 = time.perf_counter()
+    try:
+        with llama_server(path, serve, log_path=log_path) as srv:
+            reply = ask(srv.base_url)
+            add_child_cpu(_process_cpu(srv.pid))
+    except Exception as e:  # noqa: BLE001 - any failure to load is this file's verdict
+        raise UserError(f"{Path(path).name} does not load in llama-server: {str(e).splitlines()[0]}") from e
+    timings = reply.get("timings", {})
+    info = {"load_ok": bool(reply.get("choices")), "load_seconds": round(time.perf_counter() - t0, 2)}
+    if "draft_n" in timings:
+        info["draft_n"] = timings["draft_n"]
+        info["draft_n_accepted"] = timings.get("draft_n_accepted", 0)
+    return info
+
+
+def _process_cpu(pid: int | None) -> float:
+    """CPU seconds a live process has used so far (all its threads), from /proc; 0 where unreadable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return 0.0
+
+
+def log_path(out: Path, key: str) -> Path:
+    return Path(out) / "logs" / f"load-{key.replace(':', '_')}.log"
+
+
+def check_all(cfg: DictConfig, results: dict, out: Path | None = None) -> None:
+    serve = serve_options(cfg)
     for key, info in results.items():
         path = Path(info["path"])
         if path.suffix != ".gguf":
             continue
-        t0 = time.perf_counter()
-        try:
-            with llama_server(path, serve, log_path=path.parent.parent / "logs" / f"load-{key}.log") as srv:
-                reply = ask(srv.base_url)
-        except Exception as e:  # noqa: BLE001 - any failure to load is this file's verdict
-            raise UserError(f"{path.name} does not load in llama-server: {str(e).splitlines()[0]}") from e
-        timings = reply.get("timings", {})
-        info["load_ok"] = bool(reply.get("choices"))
-        info["load_seconds"] = round(time.perf_counter() - t0, 2)
-        if "draft_n" in timings:
-            info["draft_n"] = timings["draft_n"]
-            info["draft_n_accepted"] = timings.get("draft_n_accepted", 0)
+        logs = Path(out) if out else path.parent.parent
+        info.update(check_one(serve, path, log_path(logs, key)))

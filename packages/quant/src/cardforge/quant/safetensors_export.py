@@ -49,11 +49,12 @@ def export_fp8(src: Path, out: Path, block: int = 128, progress=None) -> dict:
 
 
 @torch.no_grad()
-def calibrate_input_amax(src: Path, texts: list[str], pattern: re.Pattern, max_len: int = 256) -> dict[str, float]:
+def calibrate_input_amax(src: Path, texts: list[str], pattern: re.Pattern, max_len: int = 256,
+                         tokenizer=None) -> dict[str, float]:
     """Largest |activation| entering each selected Linear over the calibration texts (W4A4 input scales)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(src)
+    tok = tokenizer or AutoTokenizer.from_pretrained(src)  # the caller's, if loaded: 248k tokens take seconds
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     model.eval()
     amax: dict[str, float] = {}
@@ -74,7 +75,7 @@ def calibrate_input_amax(src: Path, texts: list[str], pattern: re.Pattern, max_l
 
 
 def export_nvfp4(src: Path, out: Path, tier: str, calib_texts: list[str] | None = None,
-                 producer_version: str = "0", progress=None) -> dict:
+                 producer_version: str = "0", progress=None, tokenizer=None) -> dict:
     if tier not in nvfp4.TIERS:
         raise ValueError(f"unknown NVFP4 tier {tier!r}; choose one of: {', '.join(nvfp4.TIERS)}")
     pattern = nvfp4.TIERS[tier]
@@ -82,7 +83,7 @@ def export_nvfp4(src: Path, out: Path, tier: str, calib_texts: list[str] | None 
     if tier == "w4a4":
         if not calib_texts:
             raise ValueError("NVFP4 w4a4 needs calibration text for its input scales")
-        act_amax = calibrate_input_amax(src, calib_texts, pattern)
+        act_amax = calibrate_input_amax(src, calib_texts, pattern, tokenizer=tokenizer)
     exclude, n_quant = [], 0
     with atomic_dir(out) as tmp:
         writer = ShardWriter(tmp)
@@ -99,8 +100,8 @@ def export_nvfp4(src: Path, out: Path, tier: str, calib_texts: list[str] | None 
                     writer.add(f"{module}.input_scale", nvfp4.input_scale(act_amax[module]))
                 n_quant += 1
             else:
-                if name.endswith(".weight") and t.dim() == 2:
-                    exclude.append(module)
+                if name.endswith(".weight") and (t.dim() == 2 or module.endswith(".conv1d")):
+                    exclude.append(module)  # Linear-like modules kept BF16, conv1d included (the card says so)
                 writer.add(name, t)
             if progress:
                 progress(name)

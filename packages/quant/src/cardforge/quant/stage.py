@@ -2,15 +2,23 @@
 
 Run as: python -m cardforge.quant [format=gguf|fp8|nvfp4] [quant.source=DIR] [quant.calibration=FILE]
 Outputs under <paths.outputs>/quant/: gguf/, fp8/, nvfp4-w4a16/, nvfp4-w4a4/, quant_results.json, quant_table.md.
+
+Every step (convert, imatrix, each llama-quantize, each llama-perplexity KLD, each llama-server load check,
+FP8, each NVFP4 tier) is a `schedule.Step`; on a small model they run side by side, one thread each (see
+`parallel_slots`), and each one's wall seconds are logged to MLflow as `quant.time.<step>_s`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import resource
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 from omegaconf import DictConfig
@@ -18,10 +26,17 @@ from omegaconf import DictConfig
 from cardforge.core import llama_cpp, tracking
 from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json, atomic_write_text
-from cardforge.core.models.mtp import mtp_manifest
+from cardforge.core.paths import cache_dir
+from cardforge.core.models.mtp import mtp_manifest, read_mtp_tensors
 from cardforge.quant import calibration, gguf, lineage
 from cardforge.quant.checkpoint import dir_size, read_config, shard_files, size_gb_gib
 from cardforge.quant.safetensors_export import export_fp8, export_nvfp4
+from cardforge.quant.schedule import Outcome, Step, run_steps
+
+# Up to this checkpoint size the steps run side by side, one thread each: the tiny model's steps are mostly
+# single-threaded (vocabulary loading, the converter's Python), and several small GGUFs fit in memory at once.
+# Above it (the 27B card model) they run one at a time with every thread, as before.
+PARALLEL_MAX_BYTES = 4 * 10**9
 
 
 def source_dir(cfg: DictConfig) -> Path:
@@ -40,6 +55,8 @@ def source_dir(cfg: DictConfig) -> Path:
 
 
 def calibration_files(cfg: DictConfig) -> list[Path]:
+    """quant.calibration, else the data stage's accepted set followed by its rejected set (more teacher text
+    on the task distribution; see cardforge.quant.calibration)."""
     if cfg.quant.calibration:
         return [Path(cfg.quant.calibration)]
     data = Path(cfg.paths.outputs) / "data"
@@ -61,52 +78,57 @@ def formats(cfg: DictConfig) -> list[str]:
     return out
 
 
-def run_gguf(cfg: DictConfig, src: Path, out: Path, texts: tuple[list[str], list[str]], head: dict | None,
-             tokenizer) -> dict:
-    q, threads = cfg.quant, cfg.quant.threads or os.cpu_count() or 1
-    gdir, logs = out / "gguf", out / "logs"
-    gdir.mkdir(parents=True, exist_ok=True)
-    logs.mkdir(parents=True, exist_ok=True)
-    name, has_mtp = cfg.model.name, bool(head and head["tensors"])
-    calib_txt, held_txt = out / "calibration.txt", out / "heldout.txt"
-    need = 2 * q.imatrix_ctx + 64  # both tools refuse text shorter than two contexts
-    atomic_write_text(calib_txt, calibration.at_least("\n\n".join(texts[0]), need, tokenizer))
-    atomic_write_text(held_txt, calibration.at_least("\n\n".join(texts[1]), need, tokenizer))
+# --- the MTP head every output is checked against ---
 
-    t0 = time.perf_counter()
-    bf16 = gguf.convert(src, gdir / gguf.file_name(name, gguf.Tier("BF16", False), has_mtp))
-    _log(f"BF16 GGUF in {time.perf_counter() - t0:.1f} s: {bf16.name}")
-    files: dict[str, dict[str, Any]] = {"BF16": {"path": str(bf16), **lineage.check_gguf(bf16, head or {"tensors": {}})}}
 
-    tiers = [gguf.Tier(t.tier.value, t.imatrix) for t in q.gguf_tiers]
-    if q.compare_no_imatrix and any(t.name == "Q4_K_M" and t.imatrix for t in tiers):
-        tiers.append(gguf.Tier("Q4_K_M", False))  # the side-by-side the card's choice of imatrix rests on
-    imat = None
-    if any(t.imatrix for t in tiers) or any(t.imatrix for t in q.base_tiers):
-        t0 = time.perf_counter()
-        imat = gguf.imatrix(bf16, calib_txt, out / "imatrix.gguf", q.imatrix_chunks, q.imatrix_ctx, threads,
-                            logs / "imatrix.log")
-        _log(f"imatrix in {time.perf_counter() - t0:.1f} s ({q.imatrix_chunks} chunks x {q.imatrix_ctx} ctx)")
-        mlflow.log_artifact(str(imat), "quant")
-    for tier in tiers:
-        t0 = time.perf_counter()
-        path = gguf.quantize(bf16, gdir / gguf.file_name(name, tier, has_mtp), tier, imat, threads,
-                             logs / f"quantize-{tier.name}-{int(tier.imatrix)}.log")
-        key = f"{tier.name}{'-imatrix' if tier.imatrix else ''}"
-        files[key] = {"path": str(path), "seconds": round(time.perf_counter() - t0, 2),
-                      **lineage.check_gguf(path, head or {"tensors": {}})}
-        _log(f"{path.name} in {files[key]['seconds']} s")
+@dataclass
+class Head:
+    manifest: dict  # the stored manifest (name, shape, dtype, sha256 per mtp.* tensor)
+    origin: str  # the manifest file it was read from, or how it was obtained
+    tensors: dict  # the checkpoint's own head (equal to the manifest: checked), for the GGUF value checks
 
-    files.update(run_base_gguf(cfg, gdir, imat, threads, logs, head))
-    base_logits = out / "bf16-logits.bin"
-    gguf.kld_base(bf16, held_txt, base_logits, q.imatrix_ctx, q.kld_chunks, threads, logs / "kld-base.log")
-    for key, info in files.items():
-        path = Path(info["path"])
-        info.update(size_gb_gib(path.stat().st_size))
-        if key != "BF16" and not key.startswith("base:"):
-            info.update(gguf.kld(path, base_logits, q.imatrix_ctx, threads, logs / f"kld-{key}.log"))
-    base_logits.unlink(missing_ok=True)  # large and reproducible
-    return files
+    @property
+    def present(self) -> bool:
+        return bool(self.manifest["tensors"])
+
+
+def source_head(cfg: DictConfig, src: Path) -> Head:
+    """The stored manifest of `src` (merge: <outputs>/merge/mtp_manifest.merged.json; mtp stage:
+    mtp/model/mtp_manifest.retrained.json), after checking that `src`'s actual head is the one it describes.
+    A quant.source=DIR without a stored manifest (a checkpoint no stage of ours wrote) is its own reference."""
+    actual = mtp_manifest(src)
+    if not actual["tensors"]:
+        raise UserError(f"{src} has no mtp.* tensors but model.has_mtp=true: the head was lost before quant "
+                        "(re-run the merge stage, or set model.has_mtp=false for a model without one)")
+    stored_path = lineage.stored_manifest_path(src)
+    if stored_path is None:
+        if not cfg.quant.source:
+            want = src / "mtp_manifest.retrained.json" if src.parent.name == "mtp" else src.parent / "mtp_manifest.merged.json"
+            raise UserError(f"no stored MTP manifest for {src} (expected {want}, written by the stage that wrote the "
+                            "checkpoint): re-run that stage")
+        _log(f"{src} has no stored MTP manifest: its own head is the reference")
+        return Head(actual, f"computed from {src} (no stored manifest)", read_mtp_tensors(src))
+    stored = lineage.load_manifest(stored_path)
+    lineage.check_source(src, stored, stored_path, actual=actual)
+    return Head(stored, str(stored_path), read_mtp_tensors(src))
+
+
+def base_head(cfg: DictConfig, base: Path) -> Head:
+    """The base model's head (base tiers keep the base's own head): the merge stage's mtp_manifest.base.json
+    when this run quantizes the pipeline's outputs, else the base checkpoint's."""
+    stored_path = Path(cfg.paths.outputs) / "merge" / "mtp_manifest.base.json"
+    actual = mtp_manifest(base)
+    if cfg.quant.source or not stored_path.is_file():
+        return Head(actual, f"computed from {base}", read_mtp_tensors(base))
+    stored = lineage.load_manifest(stored_path)
+    lineage.check_source(base, stored, stored_path, actual=actual)
+    return Head(stored, str(stored_path), read_mtp_tensors(base))
+
+
+def _gguf_lineage(path: Path, head: Head | None) -> dict:
+    if head is None:
+        return lineage.check_gguf(path, {"tensors": {}})
+    return lineage.check_gguf(path, head.manifest, head.tensors)
 
 
 def base_model_dir(cfg: DictConfig) -> Path:
@@ -121,49 +143,221 @@ def base_model_dir(cfg: DictConfig) -> Path:
     return path
 
 
-def run_base_gguf(cfg: DictConfig, gdir: Path, imat: Path | None, threads: int, logs: Path,
-                  head: dict | None) -> dict:
-    """The base model at quant.base_tiers with the distilled model's imatrix (distill vs base, same spec)."""
-    if not cfg.quant.base_tiers:
-        return {}
-    bdir = gdir / "base"
-    bdir.mkdir(exist_ok=True)
-    has_mtp = bool(head and head["tensors"])
-    bf16 = bdir / gguf.file_name(cfg.model.name + "-base", gguf.Tier("BF16", False), has_mtp)
-    if not bf16.is_file():
-        gguf.convert(base_model_dir(cfg), bf16)
-    files = {}
-    for t in cfg.quant.base_tiers:
-        tier = gguf.Tier(t.tier.value, t.imatrix)
-        path = gguf.quantize(bf16, bdir / gguf.file_name(cfg.model.name + "-base", tier, has_mtp), tier, imat,
-                             threads, logs / f"quantize-base-{tier.name}-{int(tier.imatrix)}.log")
-        files[f"base:{tier.name}{'-imatrix' if tier.imatrix else ''}"] = {
-            "path": str(path), **lineage.check_gguf(path, head or {"tensors": {}})}
-        _log(f"base {path.name}")
-    bf16.unlink()  # only the tiers are served
-    return files
+# --- steps ---
 
 
-def run_safetensors(cfg: DictConfig, fmt: str, src: Path, out: Path, texts, head: dict | None) -> dict:
-    results = {}
-    if fmt == "fp8":
+def base_gguf_cache(cfg: DictConfig, base: Path) -> Path | None:
+    """Where the base model's BF16 GGUF is kept between runs: the base never changes from run to run, so its
+    conversion (~13 CPU-seconds on the tiny model, as much as the distilled model's) is done once per base
+    checkpoint and llama.cpp release. Embedded (small) bases only: a 27B base would take 54 GB of cache."""
+    if not cfg.model.embedded or sum(f.stat().st_size for f in shard_files(base)) > PARALLEL_MAX_BYTES:
+        return None
+    h = hashlib.sha256(f"{llama_cpp.VERSION}\n{base.resolve()}".encode())
+    for f in sorted(p for p in base.iterdir() if p.is_file()):  # a rebuilt model has new mtimes: a new key
+        st = f.stat()
+        h.update(f"\n{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    d = cache_dir() / "quant" / "base-gguf"
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{base.name}-{h.hexdigest()[:12]}-BF16.gguf"
+
+
+def parallel_slots(src: Path, threads: int) -> int:
+    size = sum(f.stat().st_size for f in shard_files(src))
+    return max(1, threads) if size <= PARALLEL_MAX_BYTES else 1
+
+
+@dataclass
+class Texts:
+    calib: list[str]
+    held: list[str]
+    held_out: bool
+    tokenizer: Any
+
+
+def calibration_step(cfg: DictConfig, src: Path, out: Path, files: list[Path]) -> Callable[[], Texts]:
+    def run() -> Texts:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(src)  # once: the 248k-token vocabulary takes seconds to load
+        calib, held, held_out = calibration.split(calibration.load_texts(files, tokenizer), cfg.quant.heldout_fraction)
+        need = 2 * cfg.quant.imatrix_ctx + 64  # llama-imatrix / llama-perplexity refuse text shorter than two contexts
+        atomic_write_text(out / "calibration.txt", calibration.at_least("\n\n".join(calib), need, tokenizer))
+        atomic_write_text(out / "heldout.txt", calibration.at_least("\n\n".join(held), need, tokenizer))
+        return Texts(calib, held, held_out, tokenizer)
+
+    return run
+
+
+def _key(tier: gguf.Tier) -> str:
+    return f"{tier.name}{'-imatrix' if tier.imatrix else ''}"
+
+
+class GgufPlan:
+    """The GGUF steps and how their outcomes become quant_results.json's entries."""
+
+    def __init__(self, cfg: DictConfig, src: Path, out: Path, head: Head | None, base: tuple[Path, Head | None] | None,
+                 threads: int, serve: dict):
+        q = cfg.quant
+        self.cfg, self.src, self.out, self.head, self.base, self.threads, self.serve = cfg, src, out, head, base, threads, serve
+        self.gdir, self.logs = out / "gguf", out / "logs"
+        name, has_mtp = cfg.model.name, bool(head and head.present)
+        self.bf16 = self.gdir / gguf.file_name(name, gguf.Tier("BF16", False), has_mtp)
+        self.tiers = [gguf.Tier(t.tier.value, t.imatrix) for t in q.gguf_tiers]
+        if q.compare_no_imatrix and any(t.name == "Q4_K_M" and t.imatrix for t in self.tiers):
+            self.tiers.append(gguf.Tier("Q4_K_M", False))  # the side-by-side the card's choice of imatrix rests on
+        self.base_tiers = [gguf.Tier(t.tier.value, t.imatrix) for t in q.base_tiers] if base else []
+        for t in self.tiers + self.base_tiers:  # an unknown tier fails now, not after minutes of converting
+            if t.name not in gguf.KNOWN_TIERS:
+                raise gguf.GgufError(f"unknown GGUF tier {t.name!r}; choose one of: {', '.join(sorted(gguf.KNOWN_TIERS))}")
+        self.need_imatrix = any(t.imatrix for t in self.tiers + self.base_tiers)
+        self.bdir = self.gdir / "base"
+        self.gdir.mkdir(parents=True, exist_ok=True)
+        if self.base_tiers:
+            self.bdir.mkdir(exist_ok=True)
+        self.base_bf16 = self.bdir / gguf.file_name(name + "-base", gguf.Tier("BF16", False), has_mtp)
+        self.base_src = self.base_bf16  # the cached copy instead, where there is one
+        self.base_cache = base_gguf_cache(cfg, base[0]) if base else None
+        self.base_logits = out / "bf16-logits.bin"
+        self.imatrix_file = out / "imatrix.gguf"
+
+    def _path(self, tier: gguf.Tier, base: bool = False) -> Path:
+        has_mtp = bool(self.head and self.head.present)
+        if base:
+            return self.bdir / gguf.file_name(self.cfg.model.name + "-base", tier, has_mtp)
+        return self.gdir / gguf.file_name(self.cfg.model.name, tier, has_mtp)
+
+    def _convert(self) -> dict:
+        gguf.convert(self.src, self.bf16)
+        return {"path": str(self.bf16), **_gguf_lineage(self.bf16, self.head)}
+
+    def _convert_base(self) -> str:
+        if self.base_cache is None:
+            gguf.convert(self.base[0], self.base_bf16)
+            return "converted"
+        if self.base_cache.is_file():
+            self.base_src = self.base_cache
+            return f"cached: {self.base_cache}"
+        # a private name, then an atomic rename: two runs converting the same base never share a file
+        tmp = self.base_cache.with_name(f".{self.base_cache.stem}.{os.getpid()}.{threading.get_ident()}.gguf")
+        try:
+            gguf.convert(self.base[0], tmp)
+            os.replace(tmp, self.base_cache)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.base_src = self.base_cache
+        return f"converted into the cache: {self.base_cache}"
+
+    def _imatrix(self) -> None:
+        q = self.cfg.quant
+        gguf.imatrix(self.bf16, self.out / "calibration.txt", self.imatrix_file, q.imatrix_chunks, q.imatrix_ctx,
+                     self.threads, self.logs / "imatrix.log")
+
+    def _quantize(self, tier: gguf.Tier, base: bool) -> dict:
         t0 = time.perf_counter()
-        info = export_fp8(src, out / "fp8", cfg.quant.fp8_block)
-        results["FP8-block128"] = {"path": str(out / "fp8"), "seconds": round(time.perf_counter() - t0, 2), **info}
-    else:
-        from cardforge.core import __version__
+        src = self.base_src if base else self.bf16
+        log = self.logs / f"quantize-{'base-' if base else ''}{tier.name}-{int(tier.imatrix)}.log"
+        path = gguf.quantize(src, self._path(tier, base), tier, self.imatrix_file if tier.imatrix else None,
+                             self.threads, log)
+        info = {"path": str(path)}
+        if not base:
+            info["seconds"] = round(time.perf_counter() - t0, 2)
+        info.update(_gguf_lineage(path, self.base[1] if base else self.head))
+        return info
 
-        for tier in cfg.quant.nvfp4:
-            t0 = time.perf_counter()
-            d = out / f"nvfp4-{tier.value}"
-            info = export_nvfp4(src, d, tier.value, calib_texts=texts[0][: cfg.quant.calib_samples],
-                                producer_version=__version__)
-            results[f"NVFP4-{tier.value.upper()}"] = {"path": str(d), "seconds": round(time.perf_counter() - t0, 2), **info}
-    for key, info in results.items():
-        d = Path(info["path"])
+    def _kld_base(self) -> None:
+        q = self.cfg.quant
+        gguf.kld_base(self.bf16, self.out / "heldout.txt", self.base_logits, q.imatrix_ctx, q.kld_chunks,
+                      self.threads, self.logs / "kld-base.log")
+
+    def _kld(self, tier: gguf.Tier) -> dict:
+        key = _key(tier)
+        return gguf.kld(self._path(tier), self.base_logits, self.cfg.quant.imatrix_ctx, self.threads,
+                        self.logs / f"kld-{key}.log")
+
+    def _load(self, key: str, path: Path) -> Callable[[], dict]:
+        from cardforge.quant import load_check
+
+        return lambda: load_check.check_one(self.serve, path, load_check.log_path(self.out, key))
+
+    def steps(self, middle: list[Step]) -> list[Step]:
+        """In priority order: the imatrix chain (the longest path) first, `middle` (the safetensors formats),
+        then the short KLD and load-check steps that fill the cores at the end."""
+        s: list[Step] = [Step("convert", self._convert, group="gguf"),
+                         Step("calibration", lambda: None)]  # placeholder: the caller's calibration step
+        if self.base:
+            s.append(Step("convert_base", self._convert_base, group="gguf"))
+        if self.need_imatrix:
+            s.append(Step("imatrix", self._imatrix, ("convert", "calibration"), group="gguf"))
+        for t in [t for t in self.tiers if t.imatrix]:
+            s.append(Step(f"quantize_{_key(t)}", lambda t=t: self._quantize(t, False), ("convert", "imatrix"), "gguf"))
+        for t in self.base_tiers:
+            after = ("convert_base", "imatrix") if t.imatrix else ("convert_base",)
+            s.append(Step(f"quantize_base_{_key(t)}", lambda t=t: self._quantize(t, True), after, "gguf"))
+        s.append(Step("kld_base", self._kld_base, ("convert", "calibration"), group="gguf"))
+        for t in [t for t in self.tiers if not t.imatrix]:
+            s.append(Step(f"quantize_{_key(t)}", lambda t=t: self._quantize(t, False), ("convert",), "gguf"))
+        s += middle
+        for t in self.tiers:
+            s.append(Step(f"kld_{_key(t)}", lambda t=t: self._kld(t), ("kld_base", f"quantize_{_key(t)}"), "gguf"))
+        if self.cfg.quant.load_check:
+            s.append(Step("load_BF16", self._load("BF16", self.bf16), ("convert",), "gguf"))
+            for t in self.tiers:
+                s.append(Step(f"load_{_key(t)}", self._load(_key(t), self._path(t)), (f"quantize_{_key(t)}",), "gguf"))
+            for t in self.base_tiers:
+                key = f"base:{_key(t)}"
+                s.append(Step(f"load_base_{_key(t)}", self._load(key, self._path(t, True)),
+                              (f"quantize_base_{_key(t)}",), "gguf"))
+        return s
+
+    def collect(self, o: Outcome) -> dict:
+        files: dict[str, dict] = {"BF16": dict(o.results["convert"])}
+        for t in self.tiers:
+            files[_key(t)] = dict(o.results[f"quantize_{_key(t)}"])
+        for t in self.base_tiers:
+            files[f"base:{_key(t)}"] = dict(o.results[f"quantize_base_{_key(t)}"])
+        for key, info in files.items():
+            info.update(size_gb_gib(Path(info["path"]).stat().st_size))
+            if f"kld_{key}" in o.results:
+                info.update(o.results[f"kld_{key}"])
+            load = f"load_{key.replace(':', '_')}"
+            if load in o.results:
+                info.update(o.results[load])
+        self.base_logits.unlink(missing_ok=True)  # large and reproducible
+        self.base_bf16.unlink(missing_ok=True)  # only the base tiers are served (a cached copy stays cached)
+        return files
+
+
+def _safetensors_tier(cfg: DictConfig, kind: str, src: Path, out: Path, calib: Callable[[], list[str]],
+                      head: dict | None, tokenizer: Callable[[], Any] = lambda: None) -> Callable[[], tuple[str, dict]]:
+    """One FP8 or NVFP4 tier ('fp8', 'w4a16', 'w4a4'): export, then the MTP lineage check."""
+
+    def run() -> tuple[str, dict]:
+        t0 = time.perf_counter()
+        if kind == "fp8":
+            key, d = "FP8-block128", out / "fp8"
+            info = export_fp8(src, d, cfg.quant.fp8_block)
+        else:
+            from cardforge.core import __version__
+
+            key, d = f"NVFP4-{kind.upper()}", out / f"nvfp4-{kind}"
+            info = export_nvfp4(src, d, kind, calib_texts=calib()[: cfg.quant.calib_samples],
+                                producer_version=__version__, tokenizer=tokenizer())
+        info = {"path": str(d), "seconds": round(time.perf_counter() - t0, 2), **info}
         if head and head["tensors"]:
             info.update(lineage.check_safetensors(d, head))
         info.update(size_gb_gib(dir_size(d)))
+        return key, info
+
+    return run
+
+
+def run_safetensors(cfg: DictConfig, fmt: str, src: Path, out: Path, texts, head: dict | None) -> dict:
+    """FP8 (fmt='fp8') or every configured NVFP4 tier, one after another (the stage itself schedules them)."""
+    kinds = ["fp8"] if fmt == "fp8" else [t.value for t in cfg.quant.nvfp4]
+    results = {}
+    for kind in kinds:
+        key, info = _safetensors_tier(cfg, kind, src, out, lambda: texts[0], head)()
+        results[key] = info
         _log(f"{key}: {info['GB']} GB in {info['seconds']} s")
     return results
 
@@ -180,47 +374,123 @@ def table(results: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _cpu_seconds() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _metric(step: str) -> str:
+    return f"quant.time.{step.replace(':', '_')}_s"
+
+
 def run(cfg: DictConfig) -> dict:
+    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
     src = source_dir(cfg)
     shard_files(src)  # fails with one line if src is not a checkpoint
     read_config(src)
-    head = mtp_manifest(src) if cfg.model.has_mtp else None
-    if cfg.model.has_mtp and not head["tensors"]:
-        raise UserError(f"{src} has no mtp.* tensors but model.has_mtp=true: the head was lost before quant "
-                        "(re-run the merge stage, or set model.has_mtp=false for a model without one)")
+    head = source_head(cfg, src) if cfg.model.has_mtp else None
+    fmts = formats(cfg)
+    base = None
+    if "gguf" in fmts and cfg.quant.base_tiers:
+        bdir = base_model_dir(cfg)
+        base = (bdir, base_head(cfg, bdir) if cfg.model.has_mtp else None)
+    files = calibration_files(cfg)
+    calibration.require(files)
     out = Path(cfg.paths.outputs) / "quant"
-    out.mkdir(parents=True, exist_ok=True)
-    from transformers import AutoTokenizer
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "gguf").mkdir(parents=True, exist_ok=True)
 
-    tokenizer = AutoTokenizer.from_pretrained(src)  # once: the 248k-token vocabulary takes seconds to load
-    calib, held, held_out = calibration.split(calibration.load_texts(calibration_files(cfg), tokenizer),
-                                              cfg.quant.heldout_fraction)
-    texts = (calib, held)
+    threads = int(cfg.quant.threads or os.cpu_count() or 1)
+    slots = parallel_slots(src, threads)
+    step_threads = max(1, threads // slots)
+    texts: dict[str, Texts] = {}
+
+    def calib() -> list[str]:
+        return texts["t"].calib
+
+    def tok():
+        return texts["t"].tokenizer
+
+    torch_threads: list[int] = []
+
+    def calibrate() -> None:
+        texts["t"] = calibration_step(cfg, src, out, files)()
+        if slots > 1:  # in-process torch work (FP8, NVFP4 calibration) shares the cores with the other steps
+            import torch
+
+            torch_threads.append(torch.get_num_threads())
+            torch.set_num_threads(step_threads)
+
+    manifest = head.manifest if head else None
+    middle: list[Step] = []
+    if "fp8" in fmts:  # after calibration: its imports of torch/transformers then happen in one thread
+        middle.append(Step("fp8", _safetensors_tier(cfg, "fp8", src, out, calib, manifest), ("calibration",), "fp8"))
+    if "nvfp4" in fmts:
+        for t in cfg.quant.nvfp4:
+            middle.append(Step(f"nvfp4_{t.value}", _safetensors_tier(cfg, t.value, src, out, calib, manifest, tok),
+                               ("calibration",), "nvfp4"))
+    plan = None
+    if "gguf" in fmts:
+        from cardforge.quant.load_check import serve_options
+
+        plan = GgufPlan(cfg, src, out, head, base, step_threads, serve_options(cfg, step_threads if slots > 1 else None))
+        steps = [Step("calibration", calibrate) if s.name == "calibration" else s for s in plan.steps(middle)]
+    else:
+        steps = [Step("calibration", calibrate), *middle]
+
     with tracking.stage_run(cfg, "quant"):
         origin = ("retrained" if (src / "mtp_manifest.retrained.json").is_file() else "grafted") if head else "none"
-        mlflow.set_tags({"quant.source": str(src), "quant.mtp_head": str(bool(head and head["tensors"])),
-                         "quant.mtp_head_origin": origin, "quant.mtp_head_sha256": (head or {}).get("shard_sha256") or "",
-                         "quant.kld_on": "held-out text" if held_out else "calibration text (too few to hold out)"})
-        results: dict[str, dict] = {}
-        for fmt in formats(cfg):
-            t0 = time.perf_counter()
-            results.update(run_gguf(cfg, src, out, texts, head, tokenizer) if fmt == "gguf"
-                           else run_safetensors(cfg, fmt, src, out, texts, head))
-            mlflow.log_metric(f"quant.{fmt}.seconds", time.perf_counter() - t0)
-        if "gguf" in formats(cfg) and cfg.quant.load_check:
-            from cardforge.quant.load_check import check_all
+        mlflow.set_tags({"quant.source": str(src), "quant.mtp_head": str(bool(head and head.present)),
+                         "quant.mtp_head_origin": origin, "quant.mtp_head_sha256": (manifest or {}).get("shard_sha256") or "",
+                         "quant.mtp_manifest": head.origin if head else "none",
+                         "quant.parallel": f"{slots} steps x {step_threads} thread(s)"})
+        t_setup = time.perf_counter() - t_start
+        _log(f"{len(steps)} steps, {slots} at a time, {step_threads} thread(s) each")
+        try:
+            outcome = run_steps(steps, slots, on_done=lambda name, s: _log(f"{name} in {s:.1f} s"))
+        finally:
+            if torch_threads:
+                import torch
 
-            check_all(cfg, results)
+                torch.set_num_threads(torch_threads[0])
+        results: dict[str, dict] = plan.collect(outcome) if plan else {}
+        for s in middle:
+            key, info = outcome.results[s.name]
+            results[key] = info
+        held_out = texts["t"].held_out
+        mlflow.set_tag("quant.kld_on", "held-out text" if held_out else "calibration text (too few to hold out)")
+        if plan and plan.need_imatrix:
+            mlflow.log_artifact(str(plan.imatrix_file), "quant")
+        total = time.perf_counter() - t_start
+        # CPU per step: the step's thread plus the llama.cpp processes it ran (the converter runs in
+        # cardforge.core, which does not report it, so the convert steps show their thread's share only)
+        timings = {name: {"start": round(t.start + t_setup, 2), "seconds": round(t.seconds, 2),
+                          "cpu_seconds": None if name.startswith("convert") else round(t.cpu, 2)}
+                   for name, t in outcome.timings.items()}
+        metrics = {_metric(name): t.seconds for name, t in outcome.timings.items()}
+        metrics.update({f"quant.cpu.{name.replace(':', '_')}_s": t.cpu for name, t in outcome.timings.items()
+                        if not name.startswith("convert")})
+        metrics.update({_metric("setup"): t_setup, _metric("total"): total, "quant.time.cpu_s": _cpu_seconds() - cpu_start,
+                        "quant.parallel_slots": slots})
+        for fmt in fmts:
+            metrics[f"quant.{fmt}.seconds"] = outcome.span(fmt, steps)
+        mlflow.log_metrics(metrics)
         for key, r in results.items():
             for metric in ("GB", "GiB", "kld_mean", "kld_p99", "ppl", "same_top_p", "seconds"):
                 if metric in r:
                     mlflow.log_metric(f"{key}.{metric}", r[metric])
         summary = {"source": str(src), "llama_cpp": llama_cpp.release_info(), "files": results,
                    "kld_text": "held-out" if held_out else "calibration (too few texts to hold any out)",
-                   "mtp_manifest": head}
+                   "mtp_manifest": manifest, "mtp_manifest_source": head.origin if head else None,
+                   "base_mtp_manifest_source": base[1].origin if base and base[1] else None,
+                   "base_bf16": outcome.results.get("convert_base"),
+                   "parallel": {"slots": slots, "threads_per_step": step_threads},
+                   "timings": timings, "total_seconds": round(total, 2)}
         atomic_write_json(out / "quant_results.json", summary)
         atomic_write_text(out / "quant_table.md", table(results))
         mlflow.log_artifact(str(out / "quant_results.json"), "quant")
         mlflow.log_artifact(str(out / "quant_table.md"), "quant")
         _log("\n" + table(results))
+        _log(f"quant stage: {total:.1f} s wall, {metrics['quant.time.cpu_s']:.1f} s CPU "
+             f"({slots} steps at a time)")
     return {k: {m: v for m, v in r.items() if m != "seconds"} for k, r in results.items()}

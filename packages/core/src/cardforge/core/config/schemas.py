@@ -284,7 +284,7 @@ class QuantConfig:
     nvfp4: list[NvFp4Tier] = field(default_factory=lambda: [NvFp4Tier.w4a16, NvFp4Tier.w4a4])
     keep_mtp: bool = True
     source: Optional[str] = None  # HF checkpoint dir to quantize; null = the merge stage's output
-    calibration: Optional[str] = None  # .txt or trajectories .jsonl; null = the data stage's accepted set
+    calibration: Optional[str] = None  # .txt or trajectories .jsonl; null = the data stage's accepted set + its rejected set (rejections.jsonl)
     heldout_fraction: float = 0.1  # tail of the calibration text kept out of imatrix, for KLD/perplexity
     kld_chunks: int = 16  # held-out chunks (of imatrix_ctx tokens) for KLD/perplexity per tier
     calib_samples: int = 32  # calibration texts run through the model for NVFP4 W4A4 input scales
