@@ -185,8 +185,10 @@ def test_every_phony_target_has_a_rule_and_help():
 
 
 def test_make_plan_prints_the_plan_command():
-    proc = subprocess.run(["make", "-n", "plan", "EXP=qwen36_27b_card", "ARGS=until=eval"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    # run under `make test` too: drop the outer make's level/flags so no "Entering/Leaving directory" lines appear
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "plan", "EXP=qwen36_27b_card", "ARGS=until=eval"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == (
         ".venv/bin/python -m cardforge.pipeline experiment=qwen36_27b_card plan=true until=eval")
