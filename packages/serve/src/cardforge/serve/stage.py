@@ -91,6 +91,9 @@ def _wait_for_interrupt() -> None:
     """Block until Ctrl-C or SIGTERM; both end in a clean stop (the callers' finally blocks run)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        # a process started in the background of a non-interactive shell inherits SIGINT ignored, and Python then
+        # never raises KeyboardInterrupt: Ctrl-C (SIGINT) must stop the server however the stage was started
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _say("serving; Ctrl-C stops it")  # inside the try: a Ctrl-C right after this line is still clean
         while True:
