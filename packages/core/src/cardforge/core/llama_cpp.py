@@ -121,7 +121,8 @@ def gguf_header(path: str | os.PathLike, max_array: int = 64) -> dict:
     """Metadata and tensor names of a GGUF file, read straight from its header in well under a second
     (gguf.GGUFReader takes ~20 s on a 248k-token vocab because it materialises every array entry).
     Arrays longer than `max_array` come back as {"array_len": n}.
-    Returns {"kv": {key: value}, "tensors": {name: shape in ggml order}}.
+    Returns {"kv": {key: value}, "tensors": {name: shape in ggml order},
+    "index": {name: {"shape", "type" (ggml type id), "offset" (absolute byte offset of its data)}}}.
     """
     import mmap
     import struct
@@ -153,6 +154,8 @@ def gguf_header(path: str | os.PathLike, max_array: int = 64) -> dict:
             if etype == 8:
                 for _ in range(n):  # walk the lengths only
                     pos += 8 + struct.unpack_from("<Q", buf, pos)[0]
+            elif etype == 9:
+                raise ValueError(f"{path}: nested GGUF arrays longer than {max_array} are not supported")
             else:
                 pos += n * struct.calcsize(_SCALARS[etype])
             return {"array_len": n}
@@ -165,10 +168,12 @@ def gguf_header(path: str | os.PathLike, max_array: int = 64) -> dict:
         for _ in range(n_kv):
             key = string()
             kv[key] = value(take("I"))
-        tensors = {}
+        infos = []
         for _ in range(n_tensors):
             name = string()
             shape = [take("Q") for _ in range(take("I"))]
-            take("I"), take("Q")  # ggml type, data offset
-            tensors[name] = shape
-    return {"kv": kv, "tensors": tensors}
+            infos.append((name, shape, take("I"), take("Q")))  # ggml type, offset within the data section
+        align = int(kv.get("general.alignment", 32))
+        data = -(-pos // align) * align
+    return {"kv": kv, "tensors": {n: s for n, s, _, _ in infos},
+            "index": {n: {"shape": s, "type": t, "offset": data + o} for n, s, t, o in infos}}

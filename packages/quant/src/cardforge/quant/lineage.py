@@ -16,9 +16,7 @@ every `mtp.*` tensor): `<outputs>/merge/mtp_manifest.merged.json` for `merge/mod
 from __future__ import annotations
 
 import json
-import mmap
 import re
-import struct
 from pathlib import Path
 
 from cardforge.core.errors import UserError
@@ -121,7 +119,6 @@ PLUS_ONE_NORM_ARCHS = ("qwen3next", "qwen35", "qwen35moe")
 REL_TOL = {"F32": 0.01, "F16": 0.01, "BF16": 0.01, "Q8_0": 0.03, "Q6_K": 0.06, "Q5_K": 0.12, "Q5_0": 0.12,
            "Q5_1": 0.12, "Q4_K": 0.2, "Q4_0": 0.2, "Q4_1": 0.2, "IQ4_XS": 0.2, "IQ4_NL": 0.2}
 REL_TOL_OTHER = 0.5  # 2-3 bit and other types: still below an unrelated head's distance
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
 def gguf_name(hf_name: str, first_block: int) -> str | None:
@@ -143,53 +140,10 @@ def mtp_layers(manifest: dict) -> int:
 def read_gguf_index(path: Path) -> dict:
     """Header of a GGUF file with each tensor's shape (ggml order), ggml type and absolute data offset.
     Arrays are skipped, not read (the 248k-entry vocabulary would take seconds)."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        pos = 0
+    from cardforge.core.llama_cpp import gguf_header
 
-        def take(fmt: str):
-            nonlocal pos
-            (val,) = struct.unpack_from("<" + fmt, buf, pos)
-            pos += struct.calcsize(fmt)
-            return val
-
-        def string() -> str:
-            nonlocal pos
-            n = take("Q")
-            pos += n
-            return buf[pos - n: pos].decode("utf-8", errors="replace")
-
-        def value(vtype: int):
-            nonlocal pos
-            if vtype == 8:
-                return string()
-            if vtype != 9:
-                return take(_SCALARS[vtype])
-            etype, n = take("I"), take("Q")
-            if etype == 8:
-                for _ in range(n):
-                    pos += 8 + struct.unpack_from("<Q", buf, pos)[0]
-            elif etype == 9:
-                raise ValueError("nested GGUF arrays are not supported")
-            else:
-                pos += n * struct.calcsize(_SCALARS[etype])
-            return {"array_len": n}
-
-        if buf[:4] != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        pos = 4
-        _version, n_tensors, n_kv = take("I"), take("Q"), take("Q")
-        kv = {}
-        for _ in range(n_kv):
-            key = string()
-            kv[key] = value(take("I"))
-        infos = []
-        for _ in range(n_tensors):
-            name = string()
-            shape = [take("Q") for _ in range(take("I"))]
-            infos.append((name, shape, take("I"), take("Q")))
-        align = int(kv.get("general.alignment", 32))
-        data = -(-pos // align) * align
-    return {"kv": kv, "tensors": {n: {"shape": s, "type": t, "offset": data + o} for n, s, t, o in infos}}
+    header = gguf_header(path, max_array=0)
+    return {"kv": header["kv"], "tensors": header["index"]}
 
 
 def _dequantize(path: Path, info: dict):
