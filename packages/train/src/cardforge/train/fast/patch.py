@@ -12,6 +12,19 @@ _NEEDED = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "conv1d", "norm
            "head_k_dim", "head_v_dim", "key_dim", "value_dim")
 
 
+def _swap_forward(module: torch.nn.Module, keep_as: str, forward) -> None:
+    """Bind `forward` to `module`, keeping its own forward under `keep_as` (once: enabling twice is a no-op)."""
+    if not hasattr(module, keep_as):
+        setattr(module, keep_as, module.forward)
+        module.forward = types.MethodType(forward, module)
+
+
+def _restore_forward(module: torch.nn.Module, kept_as: str) -> None:
+    if hasattr(module, kept_as):
+        module.forward = getattr(module, kept_as)
+        delattr(module, kept_as)
+
+
 def _gdn_modules(model: torch.nn.Module):
     return [m for m in model.modules() if type(m).__name__.endswith("GatedDeltaNet")]
 
@@ -60,9 +73,7 @@ def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False) -> 
         if missing:
             raise RuntimeError(f"{type(m).__name__} lacks {', '.join(missing)}: this transformers version is not "
                                "supported by cardforge's GDN kernel; set trainer.kernels=transformers")
-        if not hasattr(m, "_cf_transformers_forward"):
-            m._cf_transformers_forward = m.forward
-            m.forward = types.MethodType(_forward, m)
+        _swap_forward(m, "_cf_transformers_forward", _forward)
         m._cf_chunk_fn = _compiled_chunk_fn() if compile else chunk_gated_delta_rule
     if lora:
         enable_lora(model)
@@ -71,9 +82,7 @@ def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False) -> 
 
 def disable(model: torch.nn.Module) -> None:
     for m in _gdn_modules(model):
-        if hasattr(m, "_cf_transformers_forward"):
-            m.forward = m._cf_transformers_forward
-            del m._cf_transformers_forward
+        _restore_forward(m, "_cf_transformers_forward")
     disable_lora(model)
 
 
@@ -116,14 +125,10 @@ def enable_lora(model: torch.nn.Module) -> int:
     """Patch PEFT's LoRA Linear layers of `model` (see `_lora_forward`); returns how many."""
     mods = _lora_linears(model)
     for m in mods:
-        if not hasattr(m, "_cf_peft_forward"):
-            m._cf_peft_forward = m.forward
-            m.forward = types.MethodType(_lora_forward, m)
+        _swap_forward(m, "_cf_peft_forward", _lora_forward)
     return len(mods)
 
 
 def disable_lora(model: torch.nn.Module) -> None:
     for m in _lora_linears(model):
-        if hasattr(m, "_cf_peft_forward"):
-            m.forward = m._cf_peft_forward
-            del m._cf_peft_forward
+        _restore_forward(m, "_cf_peft_forward")
