@@ -93,14 +93,42 @@ class Variant:
     autocast: bool
     no_recompute_layers: int = 0  # the last N decoder layers keep their activations
     compile: bool = False  # the GDN core through torch.compile
+    layers: bool = False  # every decoder layer through torch.compile (regional compilation)
+    tf32: bool = False  # fp32 matmuls (the GDN core's) on TF32 tensor cores
+    memory_budget: float | None = None  # no checkpointing: compile's partitioner keeps this fraction of activations
 
 
 VARIANTS = {
     "plain": Variant("plain", "transformers", "hf", autocast=False),
     "cardforge": Variant("cardforge", "cardforge", "chunked", autocast=True),
-    "cardforge-compile": Variant("cardforge-compile", "cardforge", "chunked", autocast=True, compile=True),
     "cardforge-ce-only": Variant("cardforge-ce-only", "transformers", "chunked", autocast=True),
 }
+OPTIONS = ("compile", "layers", "tf32")
+ALIASES = {"cardforge-compile": "cardforge+compile"}
+SPEC_HELP = ("BASE[+OPTION...][:K][@B] with BASE from " + ", ".join(VARIANTS) + "; OPTION from " + ", ".join(OPTIONS)
+             + " (compile: the GDN core through torch.compile; layers: every decoder layer compiled; tf32: fp32 "
+               "matmuls on TF32); :K = the last K layers not recomputed; @B = no gradient checkpointing, compile's "
+               "partitioner keeps the fraction B of each layer's activations (needs +layers); "
+               "cardforge-compile = cardforge+compile")
+
+
+def parse_variant(spec: str) -> Variant:
+    """`cardforge+layers+tf32:8` -> the cardforge step, layers compiled, TF32, last 8 layers not recomputed."""
+    body, _, budget = ALIASES.get(spec, spec).partition("@")
+    body, _, k = body.partition(":")
+    name, *opts = body.split("+")
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r} in {spec!r}: {SPEC_HELP}")
+    bad = [o for o in opts if o not in OPTIONS]
+    if bad:
+        raise ValueError(f"unknown option {bad[0]!r} in {spec!r}: {SPEC_HELP}")
+    base = VARIANTS[name]
+    if opts and base.kernels != "cardforge":
+        raise ValueError(f"{spec!r}: options apply to cardforge's step only")
+    if budget and "layers" not in opts:
+        raise ValueError(f"{spec!r}: @B (memory budget) needs +layers")
+    return Variant(spec, base.kernels, base.loss, base.autocast, int(k) if k else 0, compile="compile" in opts,
+                   layers="layers" in opts, tf32="tf32" in opts, memory_budget=float(budget) if budget else None)
 
 
 def set_recompute(model, no_recompute_layers: int) -> None:
@@ -113,11 +141,16 @@ def set_recompute(model, no_recompute_layers: int) -> None:
 def configure(model, v: Variant) -> None:
     from cardforge.train import fast
 
+    if v.compile or v.layers:  # a fresh compile per variant: the memory budget is read when compiling
+        torch._dynamo.reset()
+    torch._functorch.config.activation_memory_budget = 1.0 if v.memory_budget is None else v.memory_budget
+    torch.backends.cuda.matmul.allow_tf32 = v.tf32
     if v.kernels == "cardforge":
-        fast.enable(model, compile=v.compile)
+        fast.enable(model, compile=v.compile, layers=v.layers)
     else:
         fast.disable(model)
-    set_recompute(model, v.no_recompute_layers)
+    n = len(model.get_base_model().model.layers)
+    set_recompute(model, n if v.memory_budget is not None else v.no_recompute_layers)
 
 
 def loss_fn(model, batch: dict[str, torch.Tensor], v: Variant) -> torch.Tensor:
@@ -282,12 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", choices=sorted(ARCHS), default="qwen36_27b")
     p.add_argument("--layers", type=int, default=None, help="override the number of decoder layers (quick checks)")
     p.add_argument("--seq", type=int, nargs="+", default=[4096, 8192])
-    p.add_argument("--variants", nargs="+", default=["plain", "cardforge"],
-                   help=f"from {', '.join(VARIANTS)}; NAME:K = NAME with the last K layers not recomputed")
+    p.add_argument("--variants", nargs="+", default=["plain", "cardforge"], help=SPEC_HELP)
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--profile", action="store_true", help="print the top kernels of one step per variant")
+    p.add_argument("--profile", nargs="*", default=None, metavar="VARIANT",
+                   help="print the top kernels of one step of these variants (all when none named)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = p.parse_args(argv)
     # fewer fragmented blocks: reserved memory close to allocated (set before CUDA initialises; both variants)
@@ -295,11 +328,10 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = []
     for spec in args.variants:
-        name, _, k = spec.partition(":")
-        if name not in VARIANTS:
-            p.error(f"--variants: unknown {name!r}; choose from {', '.join(VARIANTS)}")
-        v = VARIANTS[name]
-        variants.append(Variant(spec, v.kernels, v.loss, v.autocast, int(k) if k else 0, v.compile))
+        try:
+            variants.append(parse_variant(spec))
+        except ValueError as exc:
+            p.error(f"--variants: {exc}")
     on_cuda = args.device.startswith("cuda")
     dtype = torch.bfloat16 if on_cuda else torch.float32
     config = text_config(ARCHS[args.arch], args.layers)
@@ -316,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         flops_tok = model_flops_per_token(config, seq)
         for v in variants:
             results.append(run_variant(model, v, seq, args.steps, args.warmup, snapshot, args.device, flops_tok,
-                                       profile=args.profile and on_cuda))
+                                       profile=on_cuda and args.profile is not None
+                                       and (not args.profile or v.name in args.profile)))
             if args.out:  # after every variant: a later crash or timeout keeps what was measured
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(

@@ -63,10 +63,32 @@ def _compiled_chunk_fn():
     return _COMPILED
 
 
-def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False) -> int:
+def _decoder_layers(model: torch.nn.Module):
+    return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+
+
+def compile_layers(model: torch.nn.Module) -> int:
+    """Regional compilation: every decoder layer's call through `torch.compile` (norms, casts, SwiGLU, LoRA dropout,
+    residual adds and the GDN core fused by Inductor). Layers of one kind share their compiled code (params are
+    graph inputs), so a model compiles twice (GDN layer, attention layer) whatever its depth. Gradient
+    checkpointing stays outside: the recompute reruns the compiled forward. Returns the number of layers."""
+    layers = _decoder_layers(model)
+    for layer in layers:
+        if getattr(layer, "_compiled_call_impl", None) is None:
+            layer.compile(dynamic=False)
+    return len(layers)
+
+
+def uncompile_layers(model: torch.nn.Module) -> None:
+    for layer in _decoder_layers(model):
+        layer._compiled_call_impl = None
+
+
+def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False, layers: bool = False) -> int:
     """Patch every Gated DeltaNet module of `model` (PEFT-wrapped or not) and, with `lora`, PEFT's LoRA Linear
-    layers; `compile`: the GDN core through torch.compile (fuses its fp32 elementwise work). Returns the number of
-    GDN modules patched."""
+    layers; `compile`: the GDN core through torch.compile (fuses its fp32 elementwise work); `layers`: every
+    decoder layer through torch.compile (`compile_layers`; includes the GDN core). Returns the number of GDN
+    modules patched."""
     mods = _gdn_modules(model)
     for m in mods:
         missing = [n for n in _NEEDED if not hasattr(m, n)]
@@ -74,13 +96,18 @@ def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False) -> 
             raise RuntimeError(f"{type(m).__name__} lacks {', '.join(missing)}: this transformers version is not "
                                "supported by cardforge's GDN kernel; set trainer.kernels=transformers")
         _swap_forward(m, "_cf_transformers_forward", _forward)
-        m._cf_chunk_fn = _compiled_chunk_fn() if compile else chunk_gated_delta_rule
+        m._cf_chunk_fn = _compiled_chunk_fn() if compile and not layers else chunk_gated_delta_rule
     if lora:
         enable_lora(model)
+    if layers:
+        compile_layers(model)
+    else:
+        uncompile_layers(model)
     return len(mods)
 
 
 def disable(model: torch.nn.Module) -> None:
+    uncompile_layers(model)
     for m in _gdn_modules(model):
         _restore_forward(m, "_cf_transformers_forward")
     disable_lora(model)
