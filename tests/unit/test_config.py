@@ -118,6 +118,9 @@ def test_card_preset_has_the_seed_card_settings():
         ("data.sources=[jsonl]", f"data.sources: unknown source 'jsonl'; use {SOURCES}"),
         ("data.sources=[humaneval:x]", f"data.sources: unknown source 'humaneval:x'; use {SOURCES}"),
         ("mtp.sources=[nope]", f"mtp.sources: unknown source 'nope'; use {SOURCES}"),
+        ("trainer.activation_memory_budget=0.1", "trainer.activation_memory_budget needs trainer.compile_layers=true "
+                                                 "(the budget is applied by torch.compile's partitioner)"),
+        ("trainer.pad_to_multiple_of=0", "trainer.pad_to_multiple_of must be >= 1 (or null), got 0"),
         ("trainer.precision=64-weird", "trainer.precision: unknown Lightning precision '64-weird'; choose one of: "
                                        "transformer-engine, transformer-engine-float16, 16-true, 16-mixed, bf16-true, "
                                        "bf16-mixed, 32-true, 64-true, 64, 32, 16, bf16"),
@@ -127,6 +130,19 @@ def test_invalid_override_is_one_clear_line(override, expected):
     with pytest.raises(ConfigError) as e:
         compose("train", ["data=react_simulate", override])
     assert str(e.value) == expected
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["trainer=fsdp", "trainer.compile_layers=true"],
+     "trainer.compile_layers=true is not supported with trainer.strategy=fsdp yet; set trainer.compile_layers=false"),
+    (["trainer=gpu_card", "trainer.kernels=transformers"], "trainer.compile_layers=true needs trainer.kernels=cardforge"),
+])
+def test_compile_layers_conflicts_are_one_clear_line(overrides, expected):
+    with pytest.raises(ConfigError) as e:
+        compose("train", overrides)
+    assert str(e.value) == expected
+    cfg = compose("train", ["trainer=gpu_card", "trainer.activation_memory_budget=0.1"])  # the documented preset
+    assert cfg.trainer.compile_layers and cfg.trainer.tf32 and cfg.trainer.activation_memory_budget == 0.1
 
 
 @pytest.mark.parametrize("override", [

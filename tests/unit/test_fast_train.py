@@ -105,6 +105,91 @@ def test_training_step_matches_transformers_peft():
         torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
+def test_compiled_layers_match_eager_and_compile_once_per_layer_kind():
+    """Regional compilation (`trainer.compile_layers`): the compiled decoder layers give the eager kernels' loss and
+    LoRA gradients, with gradient checkpointing and with compile's memory budget instead of checkpointing; 4 layers
+    of 2 kinds compile 2 graphs (a recompile per layer would be 4 and, past dynamo's limit, silently eager)."""
+    import torch._dynamo.utils as dynamo_utils
+
+    model = _small_lora_model()
+    batch = bench.make_batch(SMALL["vocab_size"], 100, "cpu")
+    results = {}
+    for spec in ("cardforge", "cardforge+layers", "cardforge+layers@0.3"):
+        v = bench.parse_variant(spec)
+        v.autocast = False
+        bench.configure(model, v)
+        dynamo_utils.counters.clear()
+        torch.manual_seed(7)  # dropout: the compiled and eager masks differ, so compare with dropout off
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = 0.0
+        loss = bench.loss_fn(model, batch, v)
+        loss.backward()
+        results[spec] = (loss.detach(), {n: p.grad.clone() for n, p in bench.lora_params(model).items()})
+        model.zero_grad(set_to_none=True)
+        if v.layers:
+            assert dynamo_utils.counters["stats"]["unique_graphs"] == 2, dict(dynamo_utils.counters["stats"])
+            layers = model.get_base_model().model.layers
+            assert all(layer._compiled_call_impl is not None for layer in layers)
+            assert all(layer.gradient_checkpointing == (v.memory_budget is None) for layer in layers)
+    fast.disable(model)
+    assert all(layer._compiled_call_impl is None for layer in model.get_base_model().model.layers)
+    l0, g0 = results["cardforge"]
+    for spec in ("cardforge+layers", "cardforge+layers@0.3"):
+        l1, g1 = results[spec]
+        torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+        for n in g0:
+            torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=f"{spec}: {n}")
+
+
+@pytest.mark.slow
+def test_compiled_dropout_is_replayed_by_the_recompute():
+    """With compiled layers and LoRA dropout on, gradient checkpointing's recompute draws the same masks as the
+    forward: the gradients equal those of a run that keeps every activation."""
+    model = _small_lora_model()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.3
+    batch = bench.make_batch(SMALL["vocab_size"], 100, "cpu")
+    grads = {}
+    for spec in ("cardforge+layers", "cardforge+layers:4"):
+        v = bench.parse_variant(spec)
+        v.autocast = False
+        bench.configure(model, v)
+        torch.manual_seed(3)
+        loss = bench.loss_fn(model, batch, v)
+        loss.backward()
+        grads[spec] = {n: p.grad.clone() for n, p in bench.lora_params(model).items()}
+        model.zero_grad(set_to_none=True)
+    fast.disable(model)
+    a, b = grads.values()
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("cardforge", dict(layers=False, tf32=False, no_recompute_layers=0, memory_budget=None)),
+    ("cardforge-compile", dict(compile=True, layers=False)),
+    ("cardforge+layers+tf32:8", dict(layers=True, tf32=True, no_recompute_layers=8)),
+    ("cardforge+layers+tf32@0.1", dict(layers=True, tf32=True, memory_budget=0.1)),
+])
+def test_bench_variant_specs(spec, want):
+    v = bench.parse_variant(spec)
+    assert v.name == spec and v.kernels == "cardforge"
+    for k, value in want.items():
+        assert getattr(v, k) == value, k
+
+
+@pytest.mark.parametrize("spec, error", [("cardforge+fast", "unknown option 'fast'"),
+                                         ("nope", "unknown variant 'nope'"),
+                                         ("cardforge@0.1", "needs \\+layers"),
+                                         ("plain+layers", "cardforge's step only")])
+def test_bench_variant_spec_errors(spec, error):
+    with pytest.raises(ValueError, match=error):
+        bench.parse_variant(spec)
+
+
 def test_generation_with_cache_keeps_transformers_path():
     model = bench.build_model(bench.text_config(SMALL), "cpu", torch.float32, seed=0).eval()
     ids = torch.tensor([[5, 6, 7, 8, 9]])

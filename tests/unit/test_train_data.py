@@ -17,6 +17,13 @@ def test_collate_right_pads_and_masks_padding_out_of_the_loss():
     assert batch["loss_mask"].tolist() == [[0, 1, 1], [1, 1, 0]]
 
 
+def test_collate_pads_to_a_multiple_for_compiled_layers():
+    batch = collate([Sample([5, 6, 7], [0, 1, 1]), Sample([8, 9], [1, 1])], pad_id=0, multiple=4)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [8, 9, 0, 0]]
+    assert batch["loss_mask"].tolist() == [[0, 1, 1, 0], [1, 1, 0, 0]]
+    assert collate([Sample([1] * 8, [1] * 8)], pad_id=0, multiple=4)["input_ids"].shape == (1, 8)
+
+
 def test_sample_lengths_must_agree():
     with pytest.raises(ValueError, match="differ in length"):
         Sample([1, 2], [1])

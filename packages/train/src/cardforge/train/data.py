@@ -45,9 +45,11 @@ class SampleDataset(Dataset):
         return self.samples[i]
 
 
-def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sample. `labels_mask[t]` says whether token t is a training target."""
+def collate(samples: Sequence[Sample], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sample, rounded up to `multiple` (compiled layers: one compile per padded length).
+    `labels_mask[t]` says whether token t is a training target."""
     width = max(len(s.input_ids) for s in samples)
+    width = -(-width // multiple) * multiple
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(samples), width), dtype=torch.long)
     mask = torch.zeros((len(samples), width), dtype=torch.long)
@@ -103,16 +105,17 @@ class TrainDataModule(pl.LightningDataModule):
     """Train (and optional validation) loaders over in-memory samples; its state is the resume point."""
 
     def __init__(self, train: Sequence[Sample], pad_id: int, batch_size: int = 1, seed: int = 0,
-                 val: Sequence[Sample] = (), num_workers: int = 0):
+                 val: Sequence[Sample] = (), num_workers: int = 0, pad_multiple: int = 1):
         super().__init__()
         self.train_set, self.val_set = SampleDataset(train), SampleDataset(val)
         self.pad_id, self.batch_size, self.seed, self.num_workers = pad_id, batch_size, seed, num_workers
+        self.pad_multiple = pad_multiple
         self._resume: dict[str, int] | None = None
 
     def _loader(self, dataset: SampleDataset, sampler: Sampler) -> DataLoader:
         return DataLoader(
             dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            collate_fn=functools.partial(collate, pad_id=self.pad_id),
+            collate_fn=functools.partial(collate, pad_id=self.pad_id, multiple=self.pad_multiple),
             # its own generator: DataLoader.__iter__ would otherwise draw from the global RNG, so a resumed run's
             # dropout stream would differ from the uninterrupted run's
             generator=torch.Generator().manual_seed(self.seed),

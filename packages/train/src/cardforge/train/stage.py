@@ -116,6 +116,25 @@ def build_strategy(tcfg: DictConfig, model) -> Any:
                         else None, use_orig_params=True, state_dict_type="full", sharding_strategy="FULL_SHARD")
 
 
+def configure_compile(tc, max_seq_len: int, pad_multiple: int) -> None:
+    """torch.compile settings for `trainer.compile_layers`: room for one compiled graph per layer kind, padded
+    length and mask/no-mask (beyond dynamo's default of 8 it would silently fall back to eager), and the
+    partitioner's activation memory budget."""
+    import torch._dynamo
+    import torch._functorch.config
+
+    lengths = -(-max_seq_len // pad_multiple)
+    limit = max(8, 4 * lengths + 8)
+    cfg = torch._dynamo.config
+    if hasattr(cfg, "recompile_limit"):
+        cfg.recompile_limit = max(cfg.recompile_limit, limit)
+    else:  # torch < 2.6
+        cfg.cache_size_limit = max(cfg.cache_size_limit, limit)
+    cfg.accumulated_recompile_limit = max(getattr(cfg, "accumulated_recompile_limit", 0), 2 * limit)
+    torch._functorch.config.activation_memory_budget = (
+        1.0 if tc.activation_memory_budget is None else float(tc.activation_memory_budget))
+
+
 def load_base(path: Path, precision: str, gradient_checkpointing: bool, fsdp: bool):
     import torch
     from transformers import AutoModelForCausalLM
@@ -165,6 +184,7 @@ def save_adapter(peft_model, state: dict, out: Path, adapter_name: str = "defaul
 def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None = None) -> TrainResult:
     """Fit, save the adapter, plot the loss. `run_id`: the MLflow run Lightning's logger writes into."""
     import lightning.pytorch as pl
+    import torch
     from hydra.utils import instantiate
     from transformers import AutoTokenizer
 
@@ -184,18 +204,26 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
     fsdp = str(tc.strategy) == "fsdp"
     base = load_base(path, str(tc.precision), tc.gradient_checkpointing, fsdp)
     model, matched = apply_lora(base, cfg.lora)
+    pad_multiple = tc.pad_to_multiple_of or (512 if tc.compile_layers else 1)
     if tc.kernels == "cardforge":
         from cardforge.train import fast
 
-        n_gdn = fast.enable(model, compile=tc.compile_gdn)
-        log.info("trainer.kernels=cardforge: GDN kernel on %d layers, fused LoRA forward, chunked cross-entropy", n_gdn)
-    if tc.gradient_checkpointing and tc.no_recompute_layers and not fsdp:
+        if tc.compile_layers:
+            configure_compile(tc, cfg.data.max_seq_len, pad_multiple)
+        n_gdn = fast.enable(model, compile=tc.compile_gdn, layers=tc.compile_layers)
+        log.info("trainer.kernels=cardforge: GDN kernel on %d layers, fused LoRA forward, chunked cross-entropy%s",
+                 n_gdn, f"; decoder layers compiled, batches padded to a multiple of {pad_multiple}"
+                 if tc.compile_layers else "")
+    if tc.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    keep = len(base.model.layers) if tc.activation_memory_budget is not None else tc.no_recompute_layers
+    if tc.gradient_checkpointing and keep and not fsdp:
         layers = base.model.layers
         for i, layer in enumerate(layers):
-            layer.gradient_checkpointing = i < len(layers) - tc.no_recompute_layers
+            layer.gradient_checkpointing = i < len(layers) - keep
     strategy = build_strategy(tc, base)
 
-    datamodule = TrainDataModule(samples, pad_id, tc.batch_size, tc.seed)
+    datamodule = TrainDataModule(samples, pad_id, tc.batch_size, tc.seed, pad_multiple=pad_multiple)
     trainer = pl.Trainer(
         accelerator=tc.accelerator, devices=_devices(tc.devices), num_nodes=tc.num_nodes, strategy=strategy,
         precision=tc.precision, max_epochs=tc.max_epochs if tc.max_steps < 1 else -1, max_steps=tc.max_steps,
