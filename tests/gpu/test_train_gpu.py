@@ -139,6 +139,10 @@ def test_gpu_card_uses_bitsandbytes_paged_adamw_8bit_and_updates_lora(gpu_train)
     # bf16 base, fp32 LoRA weights, gradient checkpointing on, everything on the GPU
     base = gpu_train.base
     assert base.is_gradient_checkpointing
+    # gpu_card: cardforge's step with every decoder layer compiled (issue #10) and TF32 for the GDN core
+    assert gpu_train.cfg.trainer.compile_layers and gpu_train.cfg.trainer.tf32
+    assert all(layer._compiled_call_impl is not None for layer in base.model.layers)
+    assert torch.backends.cuda.matmul.allow_tf32
     assert base.get_input_embeddings().weight.dtype == torch.bfloat16
     trainable = [p for p, _ in gpu_train.before]
     assert len(trainable) == 2 * sum(r.lora_targets.values())  # lora_A + lora_B per matched module

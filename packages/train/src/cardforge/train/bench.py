@@ -1,6 +1,7 @@
 """LoRA training-step benchmark on the Qwen3.6-27B text architecture: plain transformers + PEFT vs cardforge.
 
     python -m cardforge.train.bench                      # 27B architecture, random bf16 weights, seq 4096 and 8192
+    python -m cardforge.train.bench --seq 4096 --variants plain cardforge+layers+tf32 "cardforge+layers+tf32@0.1"
     python -m cardforge.train.bench --arch tiny --seq 256 --steps 2   # anywhere (CPU too): the code path only
 
 Both variants run in one process on the SAME model and LoRA weights (restored before each variant), the same
@@ -8,7 +9,9 @@ batch and the same optimizer (bitsandbytes paged AdamW 8-bit on CUDA), so their 
 - `plain`: what a user writes: bf16 model, `get_peft_model`, `gradient_checkpointing_enable()`,
   `model(input_ids, labels=input_ids).loss` (full-sequence logits), transformers' Gated DeltaNet path.
 - `cardforge`: the train stage's step: bf16 autocast (Lightning bf16-mixed), cardforge's GDN kernel and chunked
-  linear cross-entropy (`cardforge.train.fast`), optionally some layers not recomputed.
+  linear cross-entropy (`cardforge.train.fast`); options (`+layers`: decoder layers compiled, `+tf32`, `:K`,
+  `@B`: see --help) select what `trainer.compile_layers`, `trainer.tf32`, `trainer.no_recompute_layers` and
+  `trainer.activation_memory_budget` select in the stage. Default: plain vs `cardforge+layers+tf32@0.1`.
 Reported per variant and sequence length: step time (median), tokens/s, MFU (model FLOPs 4N + attention,
 no recompute, against the dense bf16 peak), peak memory (allocated and reserved), first loss. Results go to
 stdout as a table and to --out as JSON; `--profile` prints the top kernels of one step per variant.
@@ -315,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", choices=sorted(ARCHS), default="qwen36_27b")
     p.add_argument("--layers", type=int, default=None, help="override the number of decoder layers (quick checks)")
     p.add_argument("--seq", type=int, nargs="+", default=[4096, 8192])
-    p.add_argument("--variants", nargs="+", default=["plain", "cardforge"], help=SPEC_HELP)
+    p.add_argument("--variants", nargs="+", default=["plain", "cardforge+layers+tf32@0.1"], help=SPEC_HELP)
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
