@@ -96,6 +96,10 @@ def test_nvfp4_export_lists_conv1d_as_excluded(tmp_path):
     exclude = json.loads((tmp_path / "nv" / "hf_quant_config.json").read_text())["quantization"]["exclude_modules"]
     assert "model.layers.0.linear_attn.conv1d" in exclude and "model.embed_tokens" in exclude
     assert "model.layers.0.mlp.up_proj" not in exclude
+    # config.json: the flat form (quant_algo at the top), where vLLM / SGLang read the BF16 modules from `ignore`
+    flat = json.loads((tmp_path / "nv" / "config.json").read_text())["quantization_config"]
+    assert flat["quant_method"] == "modelopt" and flat["quant_algo"] == "W4A16_NVFP4"
+    assert flat["ignore"] == exclude == flat["exclude_modules"]
 
 
 def test_e2m1_codes_and_low_nibble_holds_the_even_element():

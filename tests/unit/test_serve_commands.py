@@ -151,6 +151,10 @@ def test_engine_commands_point_at_the_distilled_model_never_the_base(tmp_path):
         cmds = inference_commands(cfg)
         assert f" {want} " in cmds["vllm"] and f" {want} " in cmds["sglang"]
         assert str(cfg.model.path) not in cmds["vllm"] + cmds["sglang"]  # Qwen/Qwen3.6-27B: the base
+        # and clients see the distilled model's name, never the base's
+        name = {"card.hf_repo=me/Qwen3.6-27B-Distill": "Qwen3.6-27B-Distill", "release.name=Named": "Named"}.get(
+            overrides[-1] if overrides else "", "Qwen3.6-27B-DSV4Pro-Thinking-Distill")
+        assert f"--served-model-name {name} " in cmds["vllm"] and f"--served-model-name {name} " in cmds["sglang"]
     explicit = compose("serve", base + ["serve.model_path=/ckpt/mine"])
     assert model_ref(explicit, "vllm") == "/ckpt/mine"
 

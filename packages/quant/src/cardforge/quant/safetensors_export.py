@@ -109,7 +109,11 @@ def export_nvfp4(src: Path, out: Path, tier: str, calib_texts: list[str] | None 
         qcfg = nvfp4.hf_quant_config(tier, sorted(exclude), producer_version)
         atomic_write_json(tmp / "hf_quant_config.json", qcfg)
         config = read_config(src)
-        config["quantization_config"] = {"quant_method": "modelopt", **qcfg["quantization"]}
+        # config.json carries the flat form, whose readers (vLLM's and SGLang's modelopt configs) take the BF16
+        # modules from `ignore`; hf_quant_config.json keeps ModelOpt's nested form with `exclude_modules`.
+        # Without `ignore` vLLM would look for NVFP4 scales of the lm_head, the GDN a/b projections and conv1d.
+        config["quantization_config"] = {"quant_method": "modelopt", **qcfg["quantization"],
+                                         "ignore": list(qcfg["quantization"]["exclude_modules"])}
         atomic_write_json(tmp / "config.json", config)
         copy_side_files(src, tmp)
     return {"quantized_modules": n_quant, "excluded_modules": len(exclude)}

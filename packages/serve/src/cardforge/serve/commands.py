@@ -36,8 +36,17 @@ def _serve_for(cfg: DictConfig, backend: str) -> Any:
             if key in group:
                 serve[key] = group[key]
     serve["backend"] = backend
-    serve["served_model_name"] = serve.get("served_model_name") or cfg.model.name
+    serve["served_model_name"] = serve.get("served_model_name") or release_model_name(cfg)
     return serve
+
+
+def release_model_name(cfg: DictConfig) -> str:
+    """The name clients see for the published model: the release repo's name (card.hf_repo / release.name /
+    card.title), not the base's: the distilled model must not answer as Qwen3.6-27B."""
+    repo = published_repo(cfg)
+    name = repo.rsplit("/", 1)[-1] if repo else (OmegaConf.select(cfg, "release.name")
+                                                 or OmegaConf.select(cfg, "card.title"))
+    return str(name or cfg.model.name)
 
 
 def published_repo(cfg: DictConfig) -> str | None:
