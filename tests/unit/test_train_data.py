@@ -43,6 +43,34 @@ def test_padding_does_not_change_real_token_logits(tiny_model_dir):
     torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-4)
 
 
+def test_masked_loss_of_a_right_padded_batch_is_the_rows_alone(tiny_model_dir, monkeypatch):
+    """masked_lm_loss drops the attention mask of a right-padded batch (pads come after every real token), and
+    the loss is still exactly the rows' own: the token-weighted mean of each row's loss computed alone."""
+    from transformers import AutoModelForCausalLM
+
+    from cardforge.train.module import masked_lm_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    rows = [Sample([11, 12, 13, 14, 15], [0, 1, 1, 1, 1]), Sample(list(range(100, 160)), [0] * 10 + [1] * 50)]
+    seen = []
+    decoder = model.get_decoder()
+    real_forward = decoder.forward
+    monkeypatch.setattr(decoder, "forward", lambda *a, **k: seen.append(k.get("attention_mask")) or
+                        real_forward(*a, **k))
+    with torch.no_grad():
+        padded, n = masked_lm_loss(model, collate(rows, pad_id=248044, multiple=64), chunked_ce=True)
+        alone = [masked_lm_loss(model, collate([r], pad_id=248044)) for r in rows]
+    assert seen[0] is None  # the mask was dropped: causal kernels only
+    assert n == sum(k for _, k in alone) == 4 + 50
+    want = sum(loss * k for loss, k in alone) / n
+    torch.testing.assert_close(padded, want, rtol=1e-4, atol=1e-4)
+    left = collate(rows, pad_id=248044)
+    left["attention_mask"] = left["attention_mask"].flip(1)  # not right padding: the mask is kept
+    with torch.no_grad():
+        masked_lm_loss(model, left)
+    assert seen[-1] is not None
+
+
 def test_sampler_is_seeded_shards_by_rank_and_resumes_mid_epoch():
     s = ResumableSampler(10, seed=3, batch_size=2)
     s.set_epoch(0)

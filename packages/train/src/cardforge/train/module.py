@@ -22,8 +22,14 @@ def masked_lm_loss(backbone: torch.nn.Module, batch: dict[str, torch.Tensor],
                    chunked_ce: bool = False) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over tokens whose loss_mask is 1 (predicted from the previous position).
 
-    `chunked_ce`: cardforge's linear cross-entropy (logits of 1024 tokens at a time, never all of them)."""
-    hidden = backbone.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+    `chunked_ce`: cardforge's linear cross-entropy (logits of 1024 tokens at a time, never all of them).
+    A right-padded batch (every row: ones, then zeros) runs without its attention mask: in a causal model the pads
+    come after every real token and cannot reach them, and no mask keeps attention on the fused causal kernels
+    (a padded [T, T] mask would cost T^2 memory and the flash path)."""
+    mask = batch["attention_mask"]
+    if mask.shape[1] > 1 and bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        mask = None
+    hidden = backbone.get_decoder()(input_ids=batch["input_ids"], attention_mask=mask,
                                     use_cache=False).last_hidden_state
     target = batch["loss_mask"][:, 1:].bool()
     h = hidden[:, :-1][target]
