@@ -70,6 +70,12 @@ def test_state_scan_op_gradients_and_registration(n):
     torch.testing.assert_close(s, torch.stack(want, 1))
     assert torch.autograd.gradcheck(state_scan, (m, c))
     torch.library.opcheck(state_scan, (m.detach().float().requires_grad_(), c.detach().float().requires_grad_()))
+    mf, cf = m.detach().float().requires_grad_(), c.detach().float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # inside the bf16 step: the recurrence stays fp32
+        sf = state_scan(mf, cf)
+        sf.sum().backward()
+    assert sf.dtype == mf.grad.dtype == cf.grad.dtype == torch.float32
+    torch.testing.assert_close(sf, s.detach().float())
 
 
 @pytest.mark.parametrize("chunk", [7, 1024])

@@ -94,8 +94,9 @@ def state_scan(m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     mt, ct = m.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous()  # [n, BH, ...]: contiguous steps
     out = torch.empty_like(ct)
     out[0].zero_()
-    for i in range(n - 1):
-        torch.baddbmm(ct[i], mt[i], out[i], out=out[i + 1])
+    with torch.autocast(m.device.type, enabled=False):  # runs inside the bf16 step: the recurrence stays fp32
+        for i in range(n - 1):
+            torch.baddbmm(ct[i], mt[i], out[i], out=out[i + 1])
     return out.transpose(0, 1).contiguous()
 
 
@@ -112,12 +113,13 @@ def state_scan_backward(m: torch.Tensor, states: torch.Tensor, grad: torch.Tenso
     mt, gt = m.transpose(0, 1).contiguous(), grad.transpose(0, 1).contiguous()
     g = torch.empty_like(gt)  # g[i] = dL/dS_i in total
     g[n - 1] = gt[n - 1]
-    for i in range(n - 2, 0, -1):
-        torch.baddbmm(gt[i], mt[i].transpose(-1, -2), g[i + 1], out=g[i])
     dc = torch.zeros_like(gt)
-    dc[: n - 1] = g[1:]
     dm = torch.zeros_like(mt)
-    dm[: n - 1] = g[1:] @ states.transpose(0, 1)[: n - 1].transpose(-1, -2)
+    with torch.autocast(m.device.type, enabled=False):
+        for i in range(n - 2, 0, -1):
+            torch.baddbmm(gt[i], mt[i].transpose(-1, -2), g[i + 1], out=g[i])
+        dc[: n - 1] = g[1:]
+        dm[: n - 1] = g[1:] @ states.transpose(0, 1)[: n - 1].transpose(-1, -2)
     return dm.transpose(0, 1).contiguous(), dc.transpose(0, 1).contiguous()
 
 
