@@ -97,7 +97,7 @@ class Variant:
     no_recompute_layers: int = 0  # the last N decoder layers keep their activations
     compile: bool = False  # the GDN core through torch.compile
     layers: bool = False  # every decoder layer through torch.compile (regional compilation)
-    tf32: bool = False  # fp32 matmuls (the GDN core's) on TF32 tensor cores
+    tf32: bool = False  # fp32 matmuls on TF32 tensor cores (under autocast: the few it keeps in fp32)
     memory_budget: float | None = None  # no checkpointing: compile's partitioner keeps this fraction of activations
 
 

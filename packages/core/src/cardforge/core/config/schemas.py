@@ -237,7 +237,7 @@ class TrainerConfig:
     # the GDN core fused; compiles once per layer kind and padded length, ~45 s each for the 27B on an H200)
     compile_layers: bool = False
     pad_to_multiple_of: Optional[int] = None  # right-pad batches to a multiple of this; None: 512 with compile_layers
-    tf32: bool = False  # fp32 matmuls (under bf16-mixed: the GDN core's) on TF32 tensor cores (CUDA)
+    tf32: bool = False  # CUDA fp32 matmuls on TF32 (under bf16-mixed only the few autocast keeps in fp32)
     # compile_layers: no gradient checkpointing; compile's partitioner keeps this fraction of each layer's
     # activations and recomputes the rest (0.1 at seq 4096 on the 27B: 71 GiB, 2617 tok/s vs 2354 with full
     # recompute; memory grows with the sequence length). None: gradient checkpointing as configured

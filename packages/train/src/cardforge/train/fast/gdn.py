@@ -9,12 +9,13 @@ into an affine map per chunk:
     S_{i+1} = M_i S_i + C_i      M_i = exp(g_last_i) I - Kd_i^T W_i     C_i = Kd_i^T U_i
 
 (U, W: the UT transform's new values and decayed keys; Kd: keys decayed to the chunk's end), so the scan is one
-batched `baddbmm` per chunk (`state_scan`, a custom op with its own reverse-scan backward), and the outputs of
-all chunks are two batched matmuls once the states are known:
+batched `baddbmm` per chunk, and the outputs of all chunks are two batched matmuls once the states are known:
 
     O_i = (Qd_i - A_i W_i) S_i + A_i U_i      (A_i: the causal intra-chunk attention with decays)
 
-Same maths as the reference (tests compare outputs and gradients), fp32 inside like fla and transformers.
+Same maths as the reference (tests compare outputs and gradients). Inputs are upcast to fp32 like transformers'
+reference; under bf16 autocast (the train stage on GPU) the matmuls still run on bf16 operands with fp32
+accumulation, as fla's kernels do, and the gating/decay elementwise math stays fp32.
 """
 
 from __future__ import annotations
@@ -45,14 +46,14 @@ def chunk_gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.
         q, k = _l2norm(q), _l2norm(k)
     q = q * Dk ** -0.5
 
-    C = chunk_size
-    pad = (-T) % C
+    pad = (-T) % chunk_size
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
         beta, g = F.pad(beta, (0, pad)), F.pad(g, (0, pad))
-    n = (T + pad) // C
-    q, k, v = (x.unflatten(2, (n, C)) for x in (q, k, v))
-    beta, g = beta.unflatten(2, (n, C)), g.unflatten(2, (n, C))
+    n = (T + pad) // chunk_size
+    C = chunk_size
+    q, k, v = (x.reshape(B, Hv, n, C, -1) for x in (q, k, v))
+    beta, g = beta.reshape(B, Hv, n, C), g.reshape(B, Hv, n, C)
 
     gc = g.cumsum(-1)  # log decay from the chunk's start to each position
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
@@ -74,70 +75,16 @@ def chunk_gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.
     m = torch.diag_embed(g_last.exp().expand(B, Hv, n, Dk)) - kd_t @ w  # [B, H, n, Dk, Dk]
     c = kd_t @ u  # [B, H, n, Dk, Dv]
     m, c = m.reshape(B * Hv, n, Dk, Dk), c.reshape(B * Hv, n, Dk, Dv)
-    s = state_scan(m, c).reshape(B, Hv, n, Dk, Dv)  # the state each chunk starts from
+    # unbind, not c[:, i]: the backward of n selects would zero-fill and add n full-size gradients
+    ms, cs = m.unbind(1), c.unbind(1)
+    states = [torch.zeros(B * Hv, Dk, Dv, dtype=c.dtype, device=c.device)]
+    for i in range(n - 1):  # the only sequential part: one batched matmul-add per chunk
+        states.append(torch.baddbmm(cs[i], ms[i], states[-1]))
+    s = torch.stack(states, dim=1).reshape(B, Hv, n, Dk, Dv)  # the state each chunk starts from
 
     o = (qd - attn @ w) @ s + attn @ u  # [B, H, n, C, Dv]
     o = o.reshape(B, Hv, n * C, Dv)[:, :, :T]
     return o.transpose(1, 2).to(out_dtype)
-
-
-@torch.library.custom_op("cardforge::gdn_state_scan", mutates_args=())
-def state_scan(m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """The state each chunk starts from: S_0 = 0, S_{i+1} = M_i S_i + C_i. m [BH, n, Dk, Dk], c [BH, n, Dk, Dv] ->
-    [BH, n, Dk, Dv] (M_{n-1}, C_{n-1} lead past the sequence: unused).
-
-    The only sequential part: one batched matmul-add per chunk. A custom op, opaque to torch.compile: a compiled
-    layer would otherwise unroll the loop (512 steps at 32k tokens, in the forward and the backward graph), so its
-    compile time would grow with the sequence length; as an op with its own backward the compiled graph is the
-    same size at any length, and autograd records one node instead of one per chunk."""
-    n = m.shape[1]
-    mt, ct = m.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous()  # [n, BH, ...]: contiguous steps
-    out = torch.empty_like(ct)
-    out[0].zero_()
-    with torch.autocast(m.device.type, enabled=False):  # runs inside the bf16 step: the recurrence stays fp32
-        for i in range(n - 1):
-            torch.baddbmm(ct[i], mt[i], out[i], out=out[i + 1])
-    return out.transpose(0, 1).contiguous()
-
-
-@state_scan.register_fake
-def _(m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(c)
-
-
-@torch.library.custom_op("cardforge::gdn_state_scan_backward", mutates_args=())
-def state_scan_backward(m: torch.Tensor, states: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reverse scan: G_i = dS_i + M_i^T G_{i+1} (G for the states after chunk i), then dM_i = G_{i+1} S_i^T and
-    dC_i = G_{i+1} for i < n-1, all chunks in one batched matmul."""
-    n = m.shape[1]
-    mt, gt = m.transpose(0, 1).contiguous(), grad.transpose(0, 1).contiguous()
-    g = torch.empty_like(gt)  # g[i] = dL/dS_i in total
-    g[n - 1] = gt[n - 1]
-    dc = torch.zeros_like(gt)
-    dm = torch.zeros_like(mt)
-    with torch.autocast(m.device.type, enabled=False):
-        for i in range(n - 2, 0, -1):
-            torch.baddbmm(gt[i], mt[i].transpose(-1, -2), g[i + 1], out=g[i])
-        dc[: n - 1] = g[1:]
-        dm[: n - 1] = g[1:] @ states.transpose(0, 1)[: n - 1].transpose(-1, -2)
-    return dm.transpose(0, 1).contiguous(), dc.transpose(0, 1).contiguous()
-
-
-@state_scan_backward.register_fake
-def _(m: torch.Tensor, states: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.empty_like(m), torch.empty_like(states)
-
-
-def _scan_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(inputs[0], output)
-
-
-def _scan_grad(ctx, grad: torch.Tensor):
-    m, states = ctx.saved_tensors
-    return state_scan_backward(m, states, grad.contiguous())
-
-
-state_scan.register_autograd(_scan_grad, setup_context=_scan_setup)
 
 
 def reference(query, key, value, g, beta, chunk_size: int = 64) -> torch.Tensor:

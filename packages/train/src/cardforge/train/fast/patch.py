@@ -72,9 +72,9 @@ def compile_layers(model: torch.nn.Module) -> int:
     residual adds and the GDN core fused by Inductor). Layers of one kind share their compiled code (params are
     graph inputs), so a model compiles twice (GDN layer, attention layer) whatever its depth, once per sequence
     length (static shapes: the train stage pads batches to a multiple of `trainer.pad_to_multiple_of` to bound
-    the number of lengths; the GDN state scan is an opaque op, so a compile costs the same at any length).
-    Gradient checkpointing stays outside: the recompute reruns the compiled forward. Returns the number of
-    layers."""
+    the number of lengths; the GDN scan is unrolled in the graph, one step per 64 tokens, so compiles take
+    longer for longer sequences). Gradient checkpointing stays outside: the recompute reruns the compiled
+    forward. Returns the number of layers."""
     layers = _decoder_layers(model)
     for layer in layers:
         if getattr(layer, "_compiled_call_impl", None) is None:
