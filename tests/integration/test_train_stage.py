@@ -65,3 +65,27 @@ def test_cli_missing_data_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"cardforge train: error: {tmp_path}/data/trajectories.jsonl does not exist: run the data stage first "
         "(make data EXP=tiny, or python -m cardforge.data)"]
+
+
+@pytest.mark.slow
+def test_compiled_layers_with_a_memory_budget_train_the_same_first_step(tiny_train_outputs, mlflow_uri,
+                                                                        mlflow_experiment, monkeypatch):
+    """`trainer.compile_layers` + `trainer.activation_memory_budget` on CPU: the stage compiles the decoder layers,
+    pads batches to the multiple, and its first step (before any update, so dropout cannot matter) has the pinned
+    eager loss; training then goes down."""
+    import torch._functorch.config as functorch_config
+
+    from cardforge.train import stage
+    from cardforge.train.fast import patch
+
+    compiled = []
+    real = patch.compile_layers
+    monkeypatch.setattr(patch, "compile_layers", lambda model: compiled.append(real(model)) or compiled[-1])
+    monkeypatch.setattr(functorch_config, "activation_memory_budget", functorch_config.activation_memory_budget)
+    result = stage.run(_cfg(tiny_train_outputs, mlflow_experiment, "trainer.max_steps=2", "trainer.compile_layers=true",
+                            "trainer.activation_memory_budget=0.5", "trainer.pad_to_multiple_of=64"))
+    assert compiled == [4]  # the tiny model's 4 decoder layers
+    assert functorch_config.activation_memory_budget == 0.5
+    assert result.steps == 2
+    assert abs(result.losses[0] - FIRST_LOSSES[0]) < 1e-4, result.losses
+    assert result.losses[1] < result.losses[0]
