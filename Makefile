@@ -15,7 +15,7 @@ PACKAGES := -e packages/core[models] -e packages/train[data] -e packages/quant[m
 STAMP := $(VENV)/.cardforge-installed
 EMBEDDED := tiny-qwen35-mtp smollm2-135m-instruct
 
-.PHONY: help setup system toolchains models llama-cpp test test-full test-gpu bench-train reproduce plan data train merge mtp quant serve eval card release \
+.PHONY: help setup system toolchains models llama-cpp test test-full test-gpu bench-train bench-scaling reproduce plan data train merge mtp quant serve eval card release \
         mlflow-ui lock clean
 
 help: ## list every target
@@ -55,6 +55,9 @@ test-full: setup ## run every CPU test, slow ones included
 
 bench-train: setup ## GPU: LoRA step throughput, 27B architecture (random weights), plain transformers+PEFT vs cardforge (ARGS="--seq 4096")
 	$(VPY) -m cardforge.train.bench $(ARGS)
+
+bench-scaling: setup ## GPUs: the train stage on 1 and 2 devices (FSDP), tokens/s and scaling efficiency (ARGS="--devices 1 2")
+	$(VPY) -m cardforge.train.scaling $(ARGS)
 
 test-gpu: setup ## run the gpu-marked tests (needs CUDA)
 	$(VPY) -m pytest -m gpu $(PYTEST_ARGS)
