@@ -40,9 +40,10 @@ def test_pipeline_stops_clearly_at_a_missing_stage(mlflow_uri, mlflow_experiment
 
 def test_until_names_a_stage(tmp_path):
     proc = _run(["until=nope"], "sqlite:///" + str(tmp_path / "m.db"), tmp_path, "t-until")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == ("cardforge pipeline: error: until=nope: no such stage; choose one "
-                                                    "of: models, data, train, merge, mtp, quant, eval, card")
+    assert proc.returncode == 2  # refused at composition, before any MLflow run or stage
+    assert proc.stderr.strip().splitlines() == ["cardforge pipeline: config error: until: unknown stage 'nope'; "
+                                                "choose one of: models, data, train, merge, mtp, quant, eval, card"]
+    assert not (tmp_path / "m.db").exists()
 
 
 def test_plan_rows_follow_the_stages_the_chain_runs():

@@ -105,6 +105,8 @@ def test_card_preset_has_the_seed_card_settings():
         # values other packages own, checked at composition (test_config_allowed.py keeps the lists in step)
         ("force=[trian]", "force: unknown stage 'trian'; choose one of: models, data, train, merge, mtp, quant, "
                           "eval, card, all"),
+        ("until=trian", "until: unknown stage 'trian'; choose one of: models, data, train, merge, mtp, quant, "
+                        "eval, card"),
         ("force=[eval,Train]", "force: unknown stage 'Train'; choose one of: models, data, train, merge, mtp, quant, "
                                "eval, card, all"),
         ("eval.suites=[mmlu,nope]", "eval.suites: unknown suite 'nope'; choose one of: gpqa_diamond, mmlu, humaneval, "

@@ -591,6 +591,8 @@ class CardforgeConfig:
     def __post_init__(self) -> None:
         for name in self.force:
             check_choice("force", name, (*PIPELINE_STAGES, "all"), "stage")
+        if self.until is not None:
+            check_choice("until", self.until, PIPELINE_STAGES, "stage")
 
 
 def register_configs() -> None:
