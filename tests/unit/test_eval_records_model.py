@@ -59,3 +59,35 @@ def test_endpoint_id_is_the_url_when_the_server_has_no_props(tmp_path):
     with FakeServer() as srv:  # no /props: the endpoint's URL is all the stage can know
         assert model_id(Target("distill", endpoint=srv.base_url), tmp_path / "ids.json") == \
             f"endpoint:{srv.base_url}"
+
+
+def test_endpoint_id_names_what_a_vllm_or_sglang_server_serves(tmp_path):
+    """Behind an OpenAI-compatible server without llama-server's /props (vLLM, SGLang), the identity carries each
+    /v1/models entry's id and root (the checkpoint): another checkpoint behind the same URL is a new model."""
+    import http.server
+    import json
+    import threading
+
+    served = {"data": [{"id": "Distill", "object": "model", "root": "/ckpt/distill-v1"}]}
+
+    class Models(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            body = json.dumps(served).encode() if self.path == "/v1/models" else b"{}"
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        first = model_id(Target("distill", endpoint=url))
+        assert first == f"endpoint:{url}|models:Distill@/ckpt/distill-v1"
+        served["data"][0]["root"] = "/ckpt/distill-v2"  # redeployed: same name, same URL, other checkpoint
+        assert model_id(Target("distill", endpoint=url)) != first
+    finally:
+        srv.shutdown()

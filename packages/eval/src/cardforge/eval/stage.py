@@ -160,17 +160,34 @@ def gguf_id(path: Path, cache: Path | None = None) -> str:
 
 def model_id(t: Target, cache: Path | None = None) -> str:
     """The identity of what `t` serves, part of every record's resume key: a GGUF's sha256 (gguf_id), or for
-    an endpoint the GGUF llama-server reports in /props when that file is on this machine, else the URL
-    (the eval stage cannot see a model rebuilt behind a remote endpoint: change the URL or the records dir)."""
+    an endpoint the GGUF llama-server reports in /props when that file is on this machine; else the URL plus
+    what the server says it serves (llama-server's /props model_path, or each /v1/models entry's id and root:
+    vLLM and SGLang name the checkpoint there), so another model behind the same URL is asked again. Only a
+    model rebuilt in place behind a remote endpoint under the same names stays invisible: change the URL or
+    the records dir then."""
     if t.gguf is not None:
         return gguf_id(t.gguf, cache)
     import urllib.request
 
-    with contextlib.suppress(Exception):
-        with urllib.request.urlopen(str(t.endpoint).rstrip("/") + "/props", timeout=10) as resp:
-            path = json.loads(resp.read()).get("model_path")
-        if path and Path(path).is_file():
-            return gguf_id(Path(path), cache)
+    base = str(t.endpoint).rstrip("/")
+
+    def get(route: str) -> Any:
+        with contextlib.suppress(Exception):
+            with urllib.request.urlopen(base + route, timeout=10) as resp:
+                return json.loads(resp.read())
+        return None
+
+    props = get("/props")
+    path = props.get("model_path") if isinstance(props, dict) else None
+    if path and Path(path).is_file():
+        return gguf_id(Path(path), cache)
+    if path:
+        return f"endpoint:{t.endpoint}|model_path:{path}"
+    models = get("/v1/models")
+    data = models.get("data") if isinstance(models, dict) else None
+    served = sorted(f"{m.get('id')}@{m.get('root') or ''}" for m in data or [] if isinstance(m, dict))
+    if served:
+        return f"endpoint:{t.endpoint}|models:{','.join(served)}"
     return f"endpoint:{t.endpoint}"
 
 
