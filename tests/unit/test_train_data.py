@@ -24,6 +24,20 @@ def test_collate_pads_to_a_multiple_for_compiled_layers():
     assert collate([Sample([1] * 8, [1] * 8)], pad_id=0, multiple=4)["input_ids"].shape == (1, 8)
 
 
+def test_geometric_length_buckets_bound_padding_and_compiles():
+    from cardforge.train.data import padded_length
+
+    assert [padded_length(n, 0) for n in (1, 100, 512, 513, 4096, 4097, 8192, 8193, 20000, 32768)] == \
+        [512, 512, 512, 1024, 4096, 5120, 8192, 10240, 20480, 32768]
+    lengths = {padded_length(n, 0) for n in range(1, 32769)}
+    assert len(lengths) == 20  # compiled layers: at most 20 compiles per layer kind up to 32k tokens
+    # under 512 pad tokens up to 4k, then under a quarter of the length (an eighth on average)
+    assert all(padded_length(n, 0) - n < 512 if n <= 4096 else padded_length(n, 0) < n * 1.25
+               for n in range(1, 32769))
+    above = range(4097, 32769)
+    assert sum(padded_length(n, 0) / n for n in above) / len(above) < 1.13
+
+
 def test_sample_lengths_must_agree():
     with pytest.raises(ValueError, match="differ in length"):
         Sample([1, 2], [1])

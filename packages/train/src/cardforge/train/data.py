@@ -45,11 +45,19 @@ class SampleDataset(Dataset):
         return self.samples[i]
 
 
+def padded_length(n: int, multiple: int) -> int:
+    """`n` rounded up to `multiple`; multiple 0 = geometric buckets: to a multiple of 512 up to 4096 tokens, then
+    of an eighth of the next power of two (1024 up to 8k, 2048 up to 16k, 4096 up to 32k): under 512 pad tokens
+    up to 4k, under 25% above (~12% on average), and 20 distinct lengths up to 32k (compiled layers compile once per length)."""
+    if multiple == 0:
+        multiple = max(512, (1 << max(n - 1, 1).bit_length()) // 8)
+    return -(-n // multiple) * multiple
+
+
 def collate(samples: Sequence[Sample], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sample, rounded up to `multiple` (compiled layers: one compile per padded length).
-    `labels_mask[t]` says whether token t is a training target."""
-    width = max(len(s.input_ids) for s in samples)
-    width = -(-width // multiple) * multiple
+    """Right-pad to the longest sample, rounded up by `padded_length(width, multiple)` (compiled layers: one compile
+    per padded length). `labels_mask[t]` says whether token t is a training target."""
+    width = padded_length(max(len(s.input_ids) for s in samples), multiple)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(samples), width), dtype=torch.long)
     mask = torch.zeros((len(samples), width), dtype=torch.long)

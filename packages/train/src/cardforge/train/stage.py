@@ -123,7 +123,9 @@ def configure_compile(tc, max_seq_len: int, pad_multiple: int) -> None:
     import torch._dynamo
     import torch._functorch.config
 
-    lengths = -(-max_seq_len // pad_multiple)
+    from cardforge.train.data import padded_length
+
+    lengths = len({padded_length(n, pad_multiple) for n in range(1, max_seq_len + 1)})
     limit = max(8, 4 * lengths + 8)
     cfg = torch._dynamo.config
     if hasattr(cfg, "recompile_limit"):
@@ -204,7 +206,8 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
     fsdp = str(tc.strategy) == "fsdp"
     base = load_base(path, str(tc.precision), tc.gradient_checkpointing, fsdp)
     model, matched = apply_lora(base, cfg.lora)
-    pad_multiple = tc.pad_to_multiple_of or (512 if tc.compile_layers else 1)
+    # compiled layers compile once per padded length: geometric buckets (padded_length(n, 0)) unless set
+    pad_multiple = tc.pad_to_multiple_of or (0 if tc.compile_layers else 1)
     if tc.kernels == "cardforge":
         from cardforge.train import fast
 
@@ -212,7 +215,8 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
             configure_compile(tc, cfg.data.max_seq_len, pad_multiple)
         n_gdn = fast.enable(model, compile=tc.compile_gdn, layers=tc.compile_layers)
         log.info("trainer.kernels=cardforge: GDN kernel on %d layers, fused LoRA forward, chunked cross-entropy%s",
-                 n_gdn, f"; decoder layers compiled, batches padded to a multiple of {pad_multiple}"
+                 n_gdn, "; decoder layers compiled, batches padded to " + (
+                     f"a multiple of {pad_multiple}" if pad_multiple else "geometric length buckets")
                  if tc.compile_layers else "")
     if tc.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -236,7 +236,9 @@ class TrainerConfig:
     # kernels=cardforge: every decoder layer through torch.compile (norms, casts, SwiGLU, dropout, residual adds and
     # the GDN core fused; compiles once per layer kind and padded length, ~45 s each for the 27B on an H200)
     compile_layers: bool = False
-    pad_to_multiple_of: Optional[int] = None  # right-pad batches to a multiple of this; None: 512 with compile_layers
+    # right-pad batches to a multiple of this; None: with compile_layers, geometric buckets (multiples of 512 up to
+    # 4k, then of 1/8 of the next power of two: < 512 pads to 4k, < 25% above, 20 lengths up to 32k), else none
+    pad_to_multiple_of: Optional[int] = None
     tf32: bool = False  # CUDA fp32 matmuls on TF32 (under bf16-mixed only the few autocast keeps in fp32)
     # compile_layers: no gradient checkpointing; compile's partitioner keeps this fraction of each layer's
     # activations and recomputes the rest (0.1 at seq 4096 on the 27B: 71 GiB, 2617 tok/s vs 2354 with full

@@ -71,7 +71,7 @@ def compile_layers(model: torch.nn.Module) -> int:
     """Regional compilation: every decoder layer's call through `torch.compile` (norms, casts, SwiGLU, LoRA dropout,
     residual adds and the GDN core fused by Inductor). Layers of one kind share their compiled code (params are
     graph inputs), so a model compiles twice (GDN layer, attention layer) whatever its depth, once per sequence
-    length (static shapes: the train stage pads batches to a multiple of `trainer.pad_to_multiple_of` to bound
+    length (static shapes: the train stage pads batches into length buckets (`data.padded_length`) to bound
     the number of lengths; the GDN scan is unrolled in the graph, one step per 64 tokens, so compiles take
     longer for longer sequences). Gradient checkpointing stays outside: the recompute reruns the compiled
     forward. Returns the number of layers."""
