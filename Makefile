@@ -20,7 +20,7 @@ EMBEDDED := tiny-qwen35-mtp smollm2-135m-instruct
 
 help: ## list every target
 	@awk 'BEGIN{FS=":.*## "; printf "usage: make TARGET [EXP=preset] [ARGS=\"hydra overrides\"]\n\n"} \
-	  /^[a-zA-Z_-]+:.*## /{printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	  /^[a-zA-Z_-]+:.*## /{printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VPY):
 	$(PY) -m venv $(VENV)
