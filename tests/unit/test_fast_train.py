@@ -31,14 +31,40 @@ def _run_gdn(fn, inputs):
     return out.detach(), [x.grad for x in (q, k, v, a, b)]
 
 
+@pytest.mark.parametrize("scan_op", [False, True])
 @pytest.mark.parametrize("T,chunk", [(150, 64), (64, 64), (37, 16), (1, 64)])
-def test_gdn_matches_token_recurrence(T, chunk):
+def test_gdn_matches_token_recurrence(T, chunk, scan_op):
     inputs = _gdn_inputs(T=T)
     ref_out, ref_grads = _run_gdn(reference, inputs)
-    out, grads = _run_gdn(lambda *x: chunk_gated_delta_rule(*x, chunk_size=chunk), inputs)
+    out, grads = _run_gdn(lambda *x: chunk_gated_delta_rule(*x, chunk_size=chunk, scan_op=scan_op), inputs)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     for name, g, r in zip("qkvab", grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5, msg=f"grad of {name}")
+
+
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_state_scan_op_gradients_and_registration(n):
+    """The GDN state scan as a custom op (bench option +scanop): forward = the recurrence, backward = its exact
+    gradient (gradcheck, float64); its fake (shape) and autograd registrations pass torch.library.opcheck (what
+    torch.compile relies on to keep it opaque); inside bf16 autocast it stays fp32."""
+    from cardforge.train.fast.gdn import state_scan
+
+    g = torch.Generator().manual_seed(n)
+    m = (0.3 * torch.randn(3, n, 4, 4, generator=g, dtype=torch.float64)).requires_grad_()
+    c = torch.randn(3, n, 4, 5, generator=g, dtype=torch.float64).requires_grad_()
+    s = state_scan(m, c)
+    want = [torch.zeros(3, 4, 5, dtype=torch.float64)]
+    for i in range(n - 1):
+        want.append(m[:, i] @ want[-1] + c[:, i])
+    torch.testing.assert_close(s, torch.stack(want, 1))
+    assert torch.autograd.gradcheck(state_scan, (m, c))
+    mf, cf = m.detach().float().requires_grad_(), c.detach().float().requires_grad_()
+    torch.library.opcheck(state_scan, (mf, cf))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sf = state_scan(mf, cf)
+        sf.sum().backward()
+    assert sf.dtype == mf.grad.dtype == cf.grad.dtype == torch.float32
+    torch.testing.assert_close(sf, s.detach().float())
 
 
 def test_gdn_matches_transformers_chunked():
@@ -144,6 +170,32 @@ def test_compiled_layers_match_eager_and_compile_once_per_layer_kind():
 
 
 @pytest.mark.slow
+def test_compiled_layers_with_the_scan_op_match_eager():
+    """+scanop: the compiled layers with the GDN state scan as an opaque custom op (no unrolled loop in the graph)
+    give the eager kernels' loss and LoRA gradients, at two lengths."""
+    model = _small_lora_model()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for seq in (100, 192):
+        batch = bench.make_batch(SMALL["vocab_size"], seq, "cpu")
+        results = {}
+        for spec in ("cardforge", "cardforge+layers+scanop"):
+            v = bench.parse_variant(spec)
+            v.autocast = False
+            bench.configure(model, v)
+            loss = bench.loss_fn(model, batch, v)
+            loss.backward()
+            results[spec] = (loss.detach(), {n: p.grad.clone() for n, p in bench.lora_params(model).items()})
+            model.zero_grad(set_to_none=True)
+        (l0, g0), (l1, g1) = results.values()
+        torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+        for n in g0:
+            torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=f"seq {seq}: {n}")
+    fast.disable(model)
+
+
+@pytest.mark.slow
 def test_compiled_dropout_is_replayed_by_the_recompute():
     """With compiled layers and LoRA dropout on, gradient checkpointing's recompute draws the same masks as the
     forward: the gradients equal those of a run that keeps every activation."""
@@ -173,6 +225,7 @@ def test_compiled_dropout_is_replayed_by_the_recompute():
     ("cardforge-compile", dict(compile=True, layers=False)),
     ("cardforge+layers+tf32:8", dict(layers=True, tf32=True, no_recompute_layers=8)),
     ("cardforge+layers+tf32@0.1", dict(layers=True, tf32=True, memory_budget=0.1)),
+    ("cardforge+layers+scanop@0.1", dict(layers=True, scan_op=True, memory_budget=0.1)),
 ])
 def test_bench_variant_specs(spec, want):
     v = bench.parse_variant(spec)

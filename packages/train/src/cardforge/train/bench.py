@@ -99,6 +99,7 @@ class Variant:
     layers: bool = False  # every decoder layer through torch.compile (regional compilation)
     tf32: bool = False  # fp32 matmuls on TF32 tensor cores (under autocast: the few it keeps in fp32)
     memory_budget: float | None = None  # no checkpointing: compile's partitioner keeps this fraction of activations
+    scan_op: bool = False  # the GDN state scan as a custom op (compiled graphs stay the same size at any length)
 
 
 VARIANTS = {
@@ -106,13 +107,13 @@ VARIANTS = {
     "cardforge": Variant("cardforge", "cardforge", "chunked", autocast=True),
     "cardforge-ce-only": Variant("cardforge-ce-only", "transformers", "chunked", autocast=True),
 }
-OPTIONS = ("compile", "layers", "tf32")
+OPTIONS = ("compile", "layers", "tf32", "scanop")
 ALIASES = {"cardforge-compile": "cardforge+compile"}
 SPEC_HELP = ("BASE[+OPTION...][:K][@B] with BASE from " + ", ".join(VARIANTS) + "; OPTION from " + ", ".join(OPTIONS)
              + " (compile: the GDN core through torch.compile; layers: every decoder layer compiled; tf32: fp32 "
-               "matmuls on TF32); :K = the last K layers not recomputed; @B = no gradient checkpointing, compile's "
-               "partitioner keeps the fraction B of each layer's activations (needs +layers); "
-               "cardforge-compile = cardforge+compile")
+               "matmuls on TF32; scanop: the GDN state scan as a custom op); :K = the last K layers not "
+               "recomputed; @B = no gradient checkpointing, compile's partitioner keeps the fraction B of each "
+               "layer's activations (needs +layers); cardforge-compile = cardforge+compile")
 
 
 def parse_variant(spec: str) -> Variant:
@@ -131,7 +132,8 @@ def parse_variant(spec: str) -> Variant:
     if budget and "layers" not in opts:
         raise ValueError(f"{spec!r}: @B (memory budget) needs +layers")
     return Variant(spec, base.kernels, base.loss, base.autocast, int(k) if k else 0, compile="compile" in opts,
-                   layers="layers" in opts, tf32="tf32" in opts, memory_budget=float(budget) if budget else None)
+                   layers="layers" in opts, tf32="tf32" in opts, memory_budget=float(budget) if budget else None,
+                   scan_op="scanop" in opts)
 
 
 def set_recompute(model, no_recompute_layers: int) -> None:
@@ -149,7 +151,7 @@ def configure(model, v: Variant) -> None:
     torch._functorch.config.activation_memory_budget = 1.0 if v.memory_budget is None else v.memory_budget
     torch.backends.cuda.matmul.allow_tf32 = v.tf32
     if v.kernels == "cardforge":
-        fast.enable(model, compile=v.compile, layers=v.layers)
+        fast.enable(model, compile=v.compile, layers=v.layers, scan_op=v.scan_op)
     else:
         fast.disable(model)
     n = len(model.get_base_model().model.layers)

@@ -29,7 +29,8 @@ def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def chunk_gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, g: torch.Tensor,
-                           beta: torch.Tensor, chunk_size: int = 64, use_qk_l2norm: bool = True) -> torch.Tensor:
+                           beta: torch.Tensor, chunk_size: int = 64, use_qk_l2norm: bool = True,
+                           scan_op: bool = False) -> torch.Tensor:
     """query/key [B, T, Hk, Dk], value [B, T, Hv, Dv], g (log decay, <= 0) and beta [B, T, Hv] -> out [B, T, Hv, Dv].
 
     No initial state and no final state: training on whole sequences (generation keeps transformers' path).
@@ -75,16 +76,80 @@ def chunk_gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.
     m = torch.diag_embed(g_last.exp().expand(B, Hv, n, Dk)) - kd_t @ w  # [B, H, n, Dk, Dk]
     c = kd_t @ u  # [B, H, n, Dk, Dv]
     m, c = m.reshape(B * Hv, n, Dk, Dk), c.reshape(B * Hv, n, Dk, Dv)
-    # unbind, not c[:, i]: the backward of n selects would zero-fill and add n full-size gradients
-    ms, cs = m.unbind(1), c.unbind(1)
-    states = [torch.zeros(B * Hv, Dk, Dv, dtype=c.dtype, device=c.device)]
-    for i in range(n - 1):  # the only sequential part: one batched matmul-add per chunk
-        states.append(torch.baddbmm(cs[i], ms[i], states[-1]))
-    s = torch.stack(states, dim=1).reshape(B, Hv, n, Dk, Dv)  # the state each chunk starts from
+    if scan_op:  # one dtype, at least fp32: under autocast `kd_t @ u` comes out bf16 while m is fp32
+        dt = torch.promote_types(torch.promote_types(m.dtype, c.dtype), torch.float32)
+        s = state_scan(m.to(dt), c.to(dt)).reshape(B, Hv, n, Dk, Dv)
+    else:
+        # unbind, not c[:, i]: the backward of n selects would zero-fill and add n full-size gradients
+        ms, cs = m.unbind(1), c.unbind(1)
+        states = [torch.zeros(B * Hv, Dk, Dv, dtype=c.dtype, device=c.device)]
+        for i in range(n - 1):  # the only sequential part: one batched matmul-add per chunk
+            states.append(torch.baddbmm(cs[i], ms[i], states[-1]))
+        s = torch.stack(states, dim=1).reshape(B, Hv, n, Dk, Dv)  # the state each chunk starts from
 
     o = (qd - attn @ w) @ s + attn @ u  # [B, H, n, C, Dv]
     o = o.reshape(B, Hv, n * C, Dv)[:, :, :T]
     return o.transpose(1, 2).to(out_dtype)
+
+
+@torch.library.custom_op("cardforge::gdn_state_scan", mutates_args=())
+def state_scan(m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The state each chunk starts from: S_0 = 0, S_{i+1} = M_i S_i + C_i. m [BH, n, Dk, Dk], c [BH, n, Dk, Dv] ->
+    [BH, n, Dk, Dv] (M_{n-1}, C_{n-1} lead past the sequence: unused).
+
+    `chunk_gated_delta_rule(scan_op=True)` (bench option `+scanop`; not measured on a GPU yet, so not the
+    default): a custom op, opaque to torch.compile. The default scan is a Python loop that a compiled layer
+    unrolls (512 steps at 32k tokens, forward and backward graph), so compile time grows with the length; as an
+    op with its own backward the compiled graph is the same size at any length, autograd records one node
+    instead of one per chunk, and the recurrence runs in fp32 even inside bf16 autocast."""
+    n = m.shape[1]
+    mt, ct = m.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous()  # [n, BH, ...]: contiguous steps
+    out = torch.empty_like(ct)
+    out[0].zero_()
+    with torch.autocast(m.device.type, enabled=False):  # runs inside the bf16 step: the recurrence stays fp32
+        for i in range(n - 1):
+            torch.baddbmm(ct[i], mt[i], out[i], out=out[i + 1])
+    return out.transpose(0, 1).contiguous()
+
+
+@state_scan.register_fake
+def _(m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(c)
+
+
+@torch.library.custom_op("cardforge::gdn_state_scan_backward", mutates_args=())
+def state_scan_backward(m: torch.Tensor, states: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reverse scan: G_i = dS_i + M_i^T G_{i+1} (G for the states after chunk i), then dM_i = G_{i+1} S_i^T and
+    dC_i = G_{i+1} for i < n-1, all chunks in one batched matmul."""
+    n = m.shape[1]
+    mt, gt = m.transpose(0, 1).contiguous(), grad.transpose(0, 1).contiguous()
+    g = torch.empty_like(gt)  # g[i] = dL/dS_i in total
+    g[n - 1] = gt[n - 1]
+    dc = torch.zeros_like(gt)
+    dm = torch.zeros_like(mt)
+    with torch.autocast(m.device.type, enabled=False):
+        for i in range(n - 2, 0, -1):
+            torch.baddbmm(gt[i], mt[i].transpose(-1, -2), g[i + 1], out=g[i])
+        dc[: n - 1] = g[1:]
+        dm[: n - 1] = g[1:] @ states.transpose(0, 1)[: n - 1].transpose(-1, -2)
+    return dm.transpose(0, 1).contiguous(), dc.transpose(0, 1).contiguous()
+
+
+@state_scan_backward.register_fake
+def _(m: torch.Tensor, states: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(m), torch.empty_like(states)
+
+
+def _scan_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0], output)
+
+
+def _scan_grad(ctx, grad: torch.Tensor):
+    m, states = ctx.saved_tensors
+    return state_scan_backward(m, states, grad.contiguous())
+
+
+state_scan.register_autograd(_scan_grad, setup_context=_scan_setup)
 
 
 def reference(query, key, value, g, beta, chunk_size: int = 64) -> torch.Tensor:

@@ -48,7 +48,7 @@ def _forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mas
     value = value.reshape(bsz, seq_len, -1, self.head_v_dim)
     beta = b.sigmoid()
     g = -self.A_log.float().exp() * torch.nn.functional.softplus(a.float() + self.dt_bias)
-    out = self._cf_chunk_fn(query, key, value, g, beta)
+    out = self._cf_chunk_fn(query, key, value, g, beta, scan_op=getattr(self, "_cf_scan_op", False))
     out = self.norm(out.reshape(-1, self.head_v_dim), z.reshape(-1, self.head_v_dim))
     return self.out_proj(out.reshape(bsz, seq_len, -1))
 
@@ -87,11 +87,12 @@ def uncompile_layers(model: torch.nn.Module) -> None:
         layer._compiled_call_impl = None
 
 
-def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False, layers: bool = False) -> int:
+def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False, layers: bool = False,
+           scan_op: bool = False) -> int:
     """Patch every Gated DeltaNet module of `model` (PEFT-wrapped or not) and, with `lora`, PEFT's LoRA Linear
     layers; `compile`: the GDN core through torch.compile (fuses its fp32 elementwise work); `layers`: every
-    decoder layer through torch.compile (`compile_layers`; includes the GDN core). Returns the number of GDN
-    modules patched."""
+    decoder layer through torch.compile (`compile_layers`; includes the GDN core); `scan_op`: the GDN state scan
+    as the `cardforge::gdn_state_scan` op (`gdn.state_scan`). Returns the number of GDN modules patched."""
     mods = _gdn_modules(model)
     for m in mods:
         missing = [n for n in _NEEDED if not hasattr(m, n)]
@@ -100,6 +101,7 @@ def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False, lay
                                "supported by cardforge's GDN kernel; set trainer.kernels=transformers")
         _swap_forward(m, "_cf_transformers_forward", _forward)
         m._cf_chunk_fn = _compiled_chunk_fn() if compile and not layers else chunk_gated_delta_rule
+        m._cf_scan_op = scan_op
     if lora:
         enable_lora(model)
     if layers:
