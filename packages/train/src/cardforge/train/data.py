@@ -48,7 +48,8 @@ class SampleDataset(Dataset):
 def padded_length(n: int, multiple: int) -> int:
     """`n` rounded up to `multiple`; multiple 0 = geometric buckets: to a multiple of 512 up to 4096 tokens, then
     of an eighth of the next power of two (1024 up to 8k, 2048 up to 16k, 4096 up to 32k): under 512 pad tokens
-    up to 4k, under 25% above (~12% on average), and 20 distinct lengths up to 32k (compiled layers compile once per length)."""
+    up to 4k, under 25% above (~12% on average), and 20 distinct lengths up to 32k (compiled layers compile
+    once per length)."""
     if multiple == 0:
         multiple = max(512, (1 << max(n - 1, 1).bit_length()) // 8)
     return -(-n // multiple) * multiple

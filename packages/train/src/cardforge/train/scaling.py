@@ -124,9 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = build_checkpoint(a.arch, a.layers or None, (a.workdir / f"model-{a.arch}-{a.layers}").resolve())
     print(f"checkpoint {model_dir} ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     vocab = bench.ARCHS[a.arch]["vocab_size"]
-    env = dict(os.environ)
-    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(a.workdir / 'mlflow.db').resolve()}")
-    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
+    # the stage runs (children) and this process (reading their metrics) share one store
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(a.workdir / 'mlflow.db').resolve()}")
     rows: list[dict[str, Any]] = []
     base = None
     for n in a.devices:
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = stage_command(model_dir, outputs, n, a)
         row: dict[str, Any] = {"devices": n, "strategy": a.strategy, "command": " ".join(cmd), "status": "ok"}
         print(f"$ {row['command']}", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, env=env)
+        proc = subprocess.run(cmd)
         if proc.returncode != 0:
             row["status"] = f"failed (exit {proc.returncode})"
         else:
