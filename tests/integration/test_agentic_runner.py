@@ -21,7 +21,7 @@ from cardforge.eval import stats
 from cardforge.eval.agentic import BY_ID
 from cardforge.eval.agentic.runner import AgenticOptions, run_tasks
 from cardforge.eval.client import Sampling
-from cardforge.eval.fake_server import FakeServer
+from support.fake_server import FakeServer
 from cardforge.eval.harness import HarnessOptions
 from cardforge.eval.records import read_records
 

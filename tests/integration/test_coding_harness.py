@@ -15,7 +15,7 @@ from cardforge.core.config.compose import compose
 from cardforge.eval import harness, stats
 from cardforge.eval.benchmarks import coding, humaneval
 from cardforge.eval.client import Sampling
-from cardforge.eval.fake_server import FakeServer
+from support.fake_server import FakeServer
 from cardforge.eval.harness import HarnessOptions, Question, run_questions
 from cardforge.eval.records import read_records
 from cardforge.eval.stage import run

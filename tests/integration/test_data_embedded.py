@@ -45,7 +45,7 @@ def test_tiny_default_accepts_something_within_5_minutes(tmp_path, mlflow_uri, m
 
 def test_nothing_accepted_stops_with_a_clear_error(tmp_path, mlflow_uri, mlflow_experiment):
     from cardforge.core.errors import UserError
-    from cardforge.eval.fake_server import FakeServer
+    from support.fake_server import FakeServer
 
     tasks = tmp_path / "t.jsonl"
     tasks.write_text('{"id": "x", "prompt": "ANSWER=A pick", "verifier": {"type": "word", "word": "Z"}}\n')

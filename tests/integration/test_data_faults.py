@@ -15,7 +15,8 @@ from pathlib import Path
 from cardforge.core.chat import read_jsonl
 from cardforge.core.config.compose import compose
 from cardforge.data.stage import run
-from cardforge.eval.fake_server import FakeServer
+from support import fake_server
+from support.fake_server import FakeServer
 
 FAULTS = {"ok": "", "retry": "FAULT=http500_once", "http500": "FAULT=http500", "timeout": "FAULT=slow:3",
           "length": "FAULT=length", "drop": "FAULT=drop", "badjson": "FAULT=badjson"}
@@ -71,7 +72,7 @@ def test_kill_9_mid_run_then_rerun_has_no_duplicate(tmp_path, mlflow_uri, mlflow
     tasks = write_tasks(tmp_path / "tasks.jsonl", names)
     out = tmp_path / "out"
     accepted = out / "data" / "trajectories.jsonl"
-    server = subprocess.Popen([sys.executable, "-m", "cardforge.eval.fake_server", "--port", "0", "--delay", "0.4"],
+    server = subprocess.Popen([sys.executable, str(Path(fake_server.__file__)), "--port", "0", "--delay", "0.4"],
                               stdout=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().split()[-1]
@@ -141,7 +142,7 @@ def test_simulated_tool_results_come_from_the_simulator_endpoint(tmp_path, mlflo
                                                                  tiny_model_dir):
     """data=react_simulate with data.simulator_url: the teacher's tool call is answered by the second endpoint
     (role-playing the runtime), nothing is executed, and the result lands in the trajectory as the tool turn."""
-    from cardforge.eval.fake_server import conversation_script
+    from support.fake_server import conversation_script
 
     call = ("<tool_call>\n<function=python>\n<parameter=code>\nprint(6 * 7)\n</parameter>\n</function>\n"
             "</tool_call>")

@@ -14,7 +14,7 @@ import urllib.request
 
 from cardforge.core.config.compose import compose
 from cardforge.eval.benchmarks import gpqa, mmlu
-from cardforge.eval.fake_server import FakeServer
+from support.fake_server import FakeServer
 from cardforge.eval.records import read_records
 
 

@@ -9,7 +9,7 @@ import urllib.request
 import mlflow
 
 from cardforge.core.config.compose import compose
-from cardforge.eval.fake_server import FakeServer
+from support.fake_server import FakeServer
 from cardforge.eval.records import read_records
 from cardforge.eval.stage import run
 

@@ -15,7 +15,7 @@ from cardforge.data.teacher import call_xml
 from cardforge.eval import stats
 from cardforge.eval.benchmarks import bfcl
 from cardforge.eval.client import Completion, Sampling
-from cardforge.eval.fake_server import FakeServer
+from support.fake_server import FakeServer
 from cardforge.eval.harness import HarnessOptions
 from cardforge.eval.records import read_records
 from cardforge.eval.stage import _suite_metrics, table

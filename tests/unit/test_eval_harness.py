@@ -10,7 +10,7 @@ import pytest
 
 from cardforge.eval.benchmarks.letters import parse_letter
 from cardforge.eval.client import Sampling
-from cardforge.eval.fake_server import FakeServer
+from support.fake_server import FakeServer
 from cardforge.eval.harness import HarnessOptions, Question, run_questions
 from cardforge.eval.records import append_record, read_records
 

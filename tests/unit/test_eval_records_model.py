@@ -7,7 +7,7 @@ import os
 import time
 
 from cardforge.eval import stage
-from cardforge.eval.fake_server import FakeServer
+from support.fake_server import FakeServer
 from cardforge.eval.records import append_record, current_by_id, finished_ids
 from cardforge.eval.stage import Target, gguf_id, model_id
 

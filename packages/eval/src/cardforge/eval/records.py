@@ -1,7 +1,7 @@
 """Per-question result records: a JSONL file that survives kill -9, and resume from it.
 
-Each record is ONE write() of a whole line on an O_APPEND descriptor under an flock, then fsync, so a
-crash leaves at most a torn last line; readers skip it and the next append cuts it off.
+Written by THE appender, `cardforge.core.chat.jsonl.append_record` (one write() of a whole line under an
+flock, then fsync; a torn last line is skipped by readers and cut off by the next append).
 
 A record belongs to the current run's *key*: prompt hash, sampling hash and `model_id` (the identity of the
 model being served: the GGUF's sha256, see eval/stage.py model_id()). Among the records of one question
@@ -14,41 +14,15 @@ reuses them. Records written before model ids existed have none and never match 
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
-from pathlib import Path
 from typing import Any
 
+# ONE appender for the repo (core.chat.jsonl): whole lines under flock + fsync, a torn tail cut off
+from cardforge.core.chat.jsonl import append_record, read_records
+
+__all__ = ["FINISHED", "append_record", "read_records", "latest_by_id", "current_by_id", "finished_ids"]
+
 FINISHED = ("stop", "length")
-
-
-def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":  # a writer died mid-line: drop that partial line
-            data = os.pread(fd, size, 0)
-            os.ftruncate(fd, data.rfind(b"\n") + 1)
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All whole records in file order (a torn last line is skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
 def latest_by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -1,8 +1,11 @@
-"""Trajectory JSONL files that survive kill -9: whole lines or nothing.
+"""JSONL files that survive kill -9: whole lines or nothing. THE appender of the repo: trajectories (data
+stage), eval records, MTP sequences and the teacher spend ledger all go through `append_record`.
 
-* `append_jsonl` writes one record as ONE write() of the whole line (newline included) on an O_APPEND
-  descriptor under an exclusive flock, then fsyncs. A crash can leave at most a torn LAST line (no
-  trailing newline); the next append cuts it off first, so a resumed run never glues a record onto it.
+* `append_record` writes one JSON object as ONE write() of the whole line (newline included) on an
+  O_APPEND descriptor under an exclusive flock, then fsyncs. A crash can leave at most a torn LAST line
+  (no trailing newline); the next append cuts it off first, so a resumed run never glues a record onto it.
+  `read_records` gives every whole record of such a file (a torn last line skipped).
+* `append_jsonl` is `append_record` for a `Trajectory` (validated first).
 * `read_jsonl` / `load_jsonl` skip a torn last line and report it (the `TornLine` / a `TornLineWarning`);
   a bad line anywhere else is corruption and raises `TrajectoryError` naming the line.
 * `write_jsonl` replaces a whole file atomically (temp file + rename).
@@ -38,10 +41,13 @@ class TornLine:
                 "writer was interrupted); readers ignore it, the next append_jsonl cuts it off")
 
 
-def _line(record: Trajectory | dict) -> bytes:
-    d = record.to_dict() if isinstance(record, Trajectory) else Trajectory.from_dict(record).to_dict()
+def _dump(d: dict) -> bytes:
     # ensure_ascii=False keeps the file readable; json never emits a raw newline inside a string
     return (json.dumps(d, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _line(record: Trajectory | dict) -> bytes:
+    return _dump(record.to_dict() if isinstance(record, Trajectory) else Trajectory.from_dict(record).to_dict())
 
 
 def _cut_torn_tail(fd: int, path: Path) -> TornLine | None:
@@ -64,9 +70,7 @@ def _cut_torn_tail(fd: int, path: Path) -> TornLine | None:
     return TornLine(path, keep, size - keep)
 
 
-def append_jsonl(path: str | os.PathLike, record: Trajectory | dict) -> TornLine | None:
-    """Append one validated record as one whole line, durably. Returns the torn tail it removed, if any."""
-    data = _line(record)  # validate and serialise before touching the file
+def _append_line(path: str | os.PathLike, data: bytes) -> TornLine | None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -79,6 +83,31 @@ def append_jsonl(path: str | os.PathLike, record: Trajectory | dict) -> TornLine
         os.fsync(fd)
     finally:
         os.close(fd)  # also releases the lock
+    return torn
+
+
+def append_record(path: str | os.PathLike, record: dict) -> TornLine | None:
+    """Append one JSON object as one whole line, durably (any dict; `append_jsonl` for trajectories).
+    Returns the torn tail it removed, if any (a writer that died mid-line before)."""
+    if not isinstance(record, dict):
+        raise TypeError(f"append_record needs a dict, got {type(record).__name__}")
+    return _append_line(path, _dump(record))  # serialise before touching the file
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Every whole record of a JSONL file in file order (a torn last line is skipped; [] if no file)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+def append_jsonl(path: str | os.PathLike, record: Trajectory | dict) -> TornLine | None:
+    """Append one validated trajectory as one whole line, durably. Returns the torn tail it removed, if any."""
+    torn = _append_line(path, _line(record))  # validate and serialise before touching the file
     if torn is not None:
         warnings.warn(str(torn), TornLineWarning, stacklevel=2)
     return torn

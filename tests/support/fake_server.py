@@ -1,6 +1,6 @@
 """A fault-injecting OpenAI-compatible chat server on 127.0.0.1, for testing the harness (real HTTP).
 
-Run as: python -m cardforge.eval.fake_server --port 0   (prints "listening on http://127.0.0.1:PORT")
+Run as: python tests/support/fake_server.py --port 0   (prints "listening on http://127.0.0.1:PORT")
 
 Behaviour is chosen per request by tags in the last user message, so one run can mix faults:
   QID=name          the request counter key (default: a hash of the message)

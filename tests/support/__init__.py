@@ -1,0 +1,1 @@
+"""Test doubles shared by the test tiers (documented fakes, never shipped in a package)."""
