@@ -56,6 +56,14 @@ def tiny_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_vl_model_dir() -> Path:
+    """tiny-qwen36-vl-mtp in the cache: the real Qwen3.6 checkpoint layout (text + vision tower + MTP), ~15 s."""
+    from cardforge.core.models import prepare
+
+    return prepare("tiny-qwen36-vl-mtp")
+
+
+@pytest.fixture(scope="session")
 def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model converted to BF16 GGUF by the pinned release's converter, fresh each session (~15 s)."""
     # No skip when llama.cpp is missing: `make test` builds it, so its absence is a setup bug to see.
