@@ -97,3 +97,117 @@ def test_safe_params_flatten_lists_of_dicts():
     params = tracking.safe_params(compose("quant"))
     assert params["quant.gguf_tiers.0.tier"] == "Q4_K_M"
     assert params["quant.gguf_tiers.3.imatrix"] == "False"
+
+
+# --- issue 25: runs tell the truth after kill -9; params identify the run; names say what it computes ---
+
+_KILLED_STAGE = r"""
+import subprocess, sys, time
+from pathlib import Path
+from cardforge.core import tracking
+from cardforge.core.config.compose import compose
+exp, outputs = sys.argv[1], sys.argv[2]
+cfg = compose("train", [f"logger.experiment_name={exp}", f"paths.outputs={outputs}", "lora.r=16",
+                        "trainer.max_steps=80"])
+with tracking.stage_run(cfg, "train") as run:
+    child = subprocess.Popen(["sleep", "300"])  # stands in for llama-quantize: inherits the run's environment
+    Path(outputs, "quant").mkdir(parents=True, exist_ok=True)
+    Path(outputs, "quant", ".model-Q4_K_M.gguf.tmp").write_bytes(b"x" * 1000)
+    Path(outputs, "quant", ".adapter.abc.tmp").mkdir()
+    print(run.info.run_id, child.pid, flush=True)
+    time.sleep(300)
+"""
+
+
+def test_kill_9_run_is_marked_killed_its_children_and_temp_files_cleaned_and_rerun_linked(
+        mlflow_uri, mlflow_experiment, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    outputs = tmp_path / "artifacts"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_STAGE, mlflow_experiment, str(outputs)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri})
+    try:
+        run_id, child = proc.stdout.readline().split()
+        child = int(child)
+    finally:
+        proc.kill()  # kill -9: nothing in the stage gets to end its run
+        proc.wait()
+    client = MlflowClient(mlflow_uri)
+    old = client.get_run(run_id)
+    assert old.info.status == "RUNNING"
+    assert old.info.run_name == "train r=16 steps=80"
+    assert old.data.tags["cardforge.pid"] == str(proc.pid)
+    assert tracking.process_start(child), "the orphaned child should still run before the next invocation"
+    assert list(tracking.stale_temp_files(outputs))
+
+    cfg = compose("train", [f"logger.experiment_name={mlflow_experiment}", f"paths.outputs={outputs}", "lora.r=16",
+                            "trainer.max_steps=80"])
+    with tracking.stage_run(cfg, "train") as new:
+        pass
+    old = client.get_run(run_id)
+    assert old.info.status == "KILLED"
+    assert old.info.run_name == "train r=16 steps=80 [killed]"
+    assert old.data.tags["cardforge.resumed_by"] == new.info.run_id
+    new = client.get_run(new.info.run_id)
+    assert new.data.tags["resumed_from"] == run_id
+    assert new.info.run_name == "train r=16 steps=80 [resumed]"
+    # the orphan is stopped (a zombie until init reaps it counts as gone: no start time once reaped, state Z before)
+    state = tracking._read(f"/proc/{child}/stat").rpartition(")")[2].split()[:1]
+    assert state in ([], ["Z"]), f"child {child} still running: {state}"
+    assert tracking.stale_temp_files(outputs) == []
+    # a third run of the same config is a fresh one: the killed run was resumed once already
+    with tracking.stage_run(cfg, "train") as third:
+        pass
+    assert "resumed_from" not in client.get_run(third.info.run_id).data.tags
+
+
+def test_owner_alive_tells_a_reused_pid_and_another_host_apart():
+    import os
+
+    me = tracking.owner_tags()
+    assert tracking.owner_alive(me) is True
+    assert tracking.owner_alive({**me, "cardforge.proc_start": "1"}) is False  # same pid, another process
+    assert tracking.owner_alive({**me, "cardforge.boot_id": "another-boot"}) is False
+    assert tracking.owner_alive({**me, "cardforge.host": "elsewhere"}) is None  # cannot tell: left alone
+    assert tracking.owner_alive({**me, "cardforge.pid": str(2**22 + os.getpid())}) is False
+
+
+def test_temp_files_of_a_live_run_sharing_the_outputs_are_kept(mlflow_uri, mlflow_experiment, tmp_path):
+    outputs = tmp_path / "out"
+    cfg = compose("train", [f"logger.experiment_name={mlflow_experiment}", f"paths.outputs={outputs}"])
+    tmp = outputs / "train" / ".last.ckpt.10.tmp"
+    tmp.parent.mkdir(parents=True)
+    tmp.write_bytes(b"in flight")
+    with tracking.stage_run(cfg, "train"):  # a live run (this process) owns the outputs
+        with tracking.stage_run(cfg, "merge"):
+            pass
+        assert tmp.exists()
+
+
+@pytest.mark.parametrize("stage,overrides,name", [
+    ("train", ["lora.r=16", "trainer.max_steps=80"], "train r=16 steps=80"),
+    ("train", ["trainer.max_steps=-1", "trainer.max_epochs=2"], "train r=64 epochs=2"),
+    ("data", ["data.num_samples=8"], "data n=8 teacher=smollm2-135m-instruct"),
+    ("quant", ["format=gguf"], "quant gguf"),
+    ("quant", [], "quant all formats"),
+])
+def test_run_names_say_what_the_run_computes(stage, overrides, name):
+    cfg = compose("train" if stage == "data" else stage, overrides)
+    assert tracking.default_run_name(cfg, stage) == name
+
+
+def test_params_are_the_stage_sections_and_the_experiment(cfg, mlflow_uri):
+    cfg = compose("train", [f"logger.experiment_name={cfg.logger.experiment_name}"])
+    with tracking.stage_run(cfg, "train") as run:
+        pass
+    params = MlflowClient(mlflow_uri).get_run(run.info.run_id).data.params
+    sections = {k.split(".")[0] for k in params}
+    assert sections == {"experiment", "stage", "model", "teacher", "data", "lora", "trainer"}
+    assert not any(k.startswith("card.") for k in params)
+    assert len(params) < 100, len(params)
+    assert params["experiment"] == "tiny" and params["lora.r"] == "64"
+    assert len(tracking.safe_params(compose("card"), "card")) < len(tracking.safe_params(compose("card")))
+    assert not any(k.startswith("card.attribution") for k in tracking.safe_params(compose("card"), "card"))

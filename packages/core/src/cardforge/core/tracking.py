@@ -3,8 +3,16 @@
 Stages call `stage_run(cfg, "train")`; it nests under, in order: an active MLflow run in this process
 (the pipeline), $CARDFORGE_PARENT_RUN_ID (a pipeline that started the stage as a subprocess), the
 sweep's parent run (Hydra multirun, created by `MlflowSweepCallback`), else it is a top-level run.
-Each run gets the resolved config as `config.yaml`, flattened params (long values truncated, never a
-crash), and tags for the git commit, the config hash, the experiment and the llama.cpp release.
+Each run gets the resolved config as `config.yaml`, the params that identify it (the stage's own config
+sections + the experiment: `STAGE_PARAMS`; long values truncated, never a crash), a name that says what it
+computes (`train r=16 steps=80`), and tags for the git commit, the config hash, the experiment, the llama.cpp
+release and the process that owns it (pid, host, boot id, process start time).
+
+kill -9 leaves no one to end a run, so every `stage_run` first reaps its experiment (`reap_dead_runs`): a
+RUNNING run of this host whose process is gone is marked KILLED (renamed "... [killed]"), the processes it
+left behind (found by the `CARDFORGE_RUN_ID` every child inherits: an orphaned llama-quantize, a server)
+are stopped, and its `.*.tmp` files under the outputs are removed unless a live run shares that folder.
+The next run of the same stage and config is tagged `resumed_from` (named "... [resumed]").
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -28,6 +39,23 @@ PARENT_ENV = "CARDFORGE_PARENT_RUN_ID"
 SWEEP_RUN_FILE = "mlflow_sweep_run_id"
 # keys that say where/how a run was made, not what it computes: left out of the config hash
 HASH_EXCLUDE = ("paths", "logger", "run_name", "force", "stage", "until", "plan")
+RUN_ENV = "CARDFORGE_RUN_ID"  # the innermost open stage run; children inherit it, so a reaper can find them
+# the config sections logged as params per stage (plus `experiment` and `stage`): what identifies the run and what
+# the card reads back; the whole resolved config is the run's config.yaml artifact
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "models": ("model",),
+    "data": ("model", "teacher", "data"),
+    "train": ("model", "teacher", "data", "lora", "trainer"),
+    "merge": ("model",),
+    "mtp": ("model", "mtp"),
+    "quant": ("model", "quant", "format"),
+    "serve": ("model", "serve"),
+    "eval": ("model", "eval", "serve"),
+    "card": ("model", "teacher", "data", "eval", "card"),
+    "release": ("model", "release"),
+    "pipeline": ("model", "force", "until"),
+}
+PARAM_EXCLUDE = ("card.attribution",)  # long lists of links that flood compare tables
 _last_stage_run: dict[str, str] = {}
 
 
@@ -100,14 +128,20 @@ def _param_limits() -> tuple[int, int]:
         return 250, 500
 
 
-def safe_params(cfg: DictConfig | Mapping) -> dict[str, str]:
-    """Flattened params that MLflow accepts: over-long values are truncated with a pointer to config.yaml."""
+def safe_params(cfg: DictConfig | Mapping, stage: str | None = None) -> dict[str, str]:
+    """Flattened params that MLflow accepts: over-long values are truncated with a pointer to config.yaml.
+    With `stage`: only its `STAGE_PARAMS` sections (an unknown stage logs every section)."""
     data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if isinstance(cfg, DictConfig) else cfg
     data = {k: v for k, v in data.items() if k != "hydra"}
+    if stage in STAGE_PARAMS:
+        keep = ("experiment", "stage", *STAGE_PARAMS[stage])
+        data = {k: v for k, v in data.items() if k in keep}
     max_key, max_val = _param_limits()
     marker = "...[truncated; see config.yaml]"
     params = {}
     for key, val in flatten(data).items():
+        if key.startswith(PARAM_EXCLUDE):
+            continue
         if len(val) > max_val:
             val = val[: max_val - len(marker)] + marker
         params[key[:max_key]] = val
@@ -164,15 +198,212 @@ def _sweep_parent_id() -> str | None:
     return f.read_text().strip() if f.is_file() else None
 
 
-def log_config(cfg: DictConfig) -> None:
+def log_config(cfg: DictConfig, stage: str | None = None) -> None:
     import mlflow
 
     container = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True, enum_to_str=True).items() if k != "hydra"}
     mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(container)), "config.yaml")
-    params = safe_params(cfg)
+    params = safe_params(cfg, stage)
     items = list(params.items())
     for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
         mlflow.log_params(dict(items[i : i + 100]))
+
+
+# --- run names ---
+
+
+def _steps(n: Any, epochs: Any) -> str:
+    return f"steps={n}" if isinstance(n, int) and n > 0 else f"epochs={epochs}"
+
+
+def default_run_name(cfg: DictConfig, stage: str) -> str:
+    """What the run computes, in a few words (`train r=16 steps=80`): runs of one stage are told apart."""
+    sel = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
+    val = lambda x: getattr(x, "value", x)  # noqa: E731
+    try:
+        if stage == "train":
+            return f"train r={sel('lora.r')} {_steps(sel('trainer.max_steps'), sel('trainer.max_epochs'))}"
+        if stage == "data":
+            return f"data n={sel('data.num_samples')} teacher={sel('teacher.model')}"
+        if stage == "mtp":
+            return f"mtp steps={sel('mtp.steps')} prompts={sel('mtp.num_prompts')}"
+        if stage == "quant":
+            return f"quant {val(sel('format')) or 'all formats'}"
+        if stage == "eval":
+            return "eval " + ",".join(map(str, sel("eval.suites") or [])) + (
+                f" limit={sel('eval.limit')}" if sel("eval.limit") is not None else "")
+        if stage == "serve":
+            return f"serve {val(sel('serve.backend'))}"
+        if stage == "pipeline":
+            return f"pipeline:{sel('experiment')}"
+        if stage in ("merge", "models"):
+            return f"{stage} {sel('model.name')}"
+    except Exception:  # a partial config (tests): the stage's name still says something
+        pass
+    return stage
+
+
+# --- the process that owns a run, and the reaper for runs whose process died (kill -9, OOM killer, reboot) ---
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): a reused pid differs."""
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return ""
+    fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and parentheses
+    return fields[19] if len(fields) > 19 else ""
+
+
+def boot_id() -> str:
+    return _read("/proc/sys/kernel/random/boot_id").strip()
+
+
+def owner_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {"cardforge.pid": str(pid), "cardforge.host": socket.gethostname(), "cardforge.boot_id": boot_id(),
+            "cardforge.proc_start": process_start(pid)}
+
+
+def owner_alive(tags: Mapping[str, str]) -> bool | None:
+    """Whether the process that opened a run still runs: None when it ran on another host (cannot tell)."""
+    if tags.get("cardforge.host") != socket.gethostname() or "cardforge.pid" not in tags:
+        return None
+    if tags.get("cardforge.boot_id") and tags["cardforge.boot_id"] != boot_id():
+        return False  # the machine rebooted since
+    try:
+        pid = int(tags["cardforge.pid"])
+    except ValueError:
+        return None
+    start = process_start(pid)
+    if not start:
+        return False
+    return not tags.get("cardforge.proc_start") or start == tags["cardforge.proc_start"]
+
+
+def _ancestors() -> set[int]:
+    out, pid = set(), os.getpid()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        stat = _read(f"/proc/{pid}/stat")
+        try:
+            pid = int(stat.rpartition(")")[2].split()[1])
+        except (IndexError, ValueError):
+            break
+    return out
+
+
+def leftover_processes(run_ids: set[str]) -> list[int]:
+    """Pids of live processes started inside one of these runs (their environment names it in RUN_ENV)."""
+    if not run_ids:
+        return []
+    mine, found = _ancestors(), []
+    marks = {f"{RUN_ENV}={r}".encode() for r in run_ids}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = set(f.read().split(b"\0"))
+        except OSError:  # gone, or another user's
+            continue
+        if env & marks:
+            found.append(int(entry.name))
+    return found
+
+
+def stop_processes(pids: list[int], grace_s: float = 3.0) -> list[int]:
+    """SIGTERM, then SIGKILL what is still there after `grace_s`. Returns the pids signalled."""
+    sent = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+            sent.append(pid)
+    deadline = time.monotonic() + grace_s
+    while sent and time.monotonic() < deadline and any(process_start(p) for p in sent):
+        time.sleep(0.1)
+    for pid in sent:
+        if process_start(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    return sent
+
+
+def stale_temp_files(root: str | os.PathLike) -> list[Path]:
+    """The `.NAME.tmp` files and folders our atomic writers leave when killed mid-write (not descended into)."""
+    out: list[Path] = []
+    root = Path(root)
+    if not root.is_dir():
+        return out
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*filenames, *dirnames]:
+            if name.startswith(".") and name.endswith(".tmp"):
+                out.append(Path(dirpath) / name)
+        dirnames[:] = [d for d in dirnames if not (d.startswith(".") and d.endswith(".tmp"))]
+    return out
+
+
+def reap_dead_runs(exp_id: str, uri: str, outputs: str | None = None) -> list[str]:
+    """Mark this host's RUNNING runs whose process died KILLED; stop the processes they left behind; remove the
+    temp files under their outputs (`outputs` too) when no live run shares that folder. Returns the reaped ids."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    try:
+        running = client.search_runs([exp_id], "attributes.status = 'RUNNING'", max_results=1000)
+    except Exception:  # a store that cannot search: reaping is a courtesy, never a failure
+        return []
+    dead = [r for r in running if owner_alive(r.data.tags) is False]
+    live_outputs = {r.data.tags.get("cardforge.outputs") for r in running if owner_alive(r.data.tags) is not False}
+    if not dead:
+        return []
+    ids = {r.info.run_id for r in dead}
+    if pids := leftover_processes(ids):
+        stop_processes(pids)
+        import logging
+
+        logging.getLogger("cardforge.tracking").warning(
+            "stopped %d process(es) left by killed run(s) %s: %s", len(pids), ", ".join(sorted(i[:8] for i in ids)),
+            ", ".join(map(str, pids)))
+    for r in dead:
+        name = r.info.run_name or r.data.tags.get("mlflow.runName", "")
+        with contextlib.suppress(Exception):
+            if not name.endswith("[killed]"):
+                client.set_tag(r.info.run_id, "mlflow.runName", f"{name} [killed]")
+            client.set_tag(r.info.run_id, "cardforge.killed", f"process {r.data.tags.get('cardforge.pid')} gone; "
+                                                               f"found by pid {os.getpid()}")
+            client.set_terminated(r.info.run_id, "KILLED")
+    roots = {r.data.tags.get("cardforge.outputs") for r in dead} | ({outputs} if outputs else set())
+    for root in sorted(x for x in roots if x and x not in live_outputs):
+        for tmp in stale_temp_files(root):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+    return sorted(ids)
+
+
+def killed_predecessor(exp_id: str, uri: str, stage: str, cfg_hash: str) -> Any:
+    """The latest KILLED run of this stage and config that no later run resumed yet, or None."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    flt = (f"attributes.status = 'KILLED' and tags.`cardforge.stage` = '{stage}' and "
+           f"tags.`cardforge.config_hash` = '{cfg_hash}'")
+    try:
+        runs = client.search_runs([exp_id], flt, order_by=["attributes.start_time DESC"], max_results=20)
+    except Exception:
+        return None
+    return next((r for r in runs if "cardforge.resumed_by" not in r.data.tags), None)
 
 
 class Killed(BaseException):
@@ -241,10 +472,18 @@ def stage_run(cfg: DictConfig, stage: str, run_name: str | None = None, parent_r
     uri = tracking_uri(cfg)
     exp_name = OmegaConf.select(cfg, "logger.experiment_name", default="cardforge")
     exp_id = get_or_create_experiment(exp_name, uri)
+    outputs = OmegaConf.select(cfg, "paths.outputs", default=None)
+    outputs = str(Path(outputs).resolve()) if outputs else None
+    reap_dead_runs(exp_id, uri, outputs)
     active = mlflow.active_run()
     parent = active.info.run_id if active else (parent_run_id or os.environ.get(PARENT_ENV) or _sweep_parent_id())
-    name = run_name or OmegaConf.select(cfg, "run_name") or stage
-    kwargs: dict[str, Any] = {"experiment_id": exp_id, "run_name": name, "tags": run_tags(cfg, stage)}
+    name = run_name or OmegaConf.select(cfg, "run_name") or default_run_name(cfg, stage)
+    tags = {**run_tags(cfg, stage), **owner_tags(), **({"cardforge.outputs": outputs} if outputs else {})}
+    prev = killed_predecessor(exp_id, uri, stage, tags["cardforge.config_hash"])
+    if prev is not None:  # a rerun after a kill: linked, and named so the two are told apart
+        tags["resumed_from"] = prev.info.run_id
+        name = f"{name} [resumed]"
+    kwargs: dict[str, Any] = {"experiment_id": exp_id, "run_name": name, "tags": tags}
     if active:
         kwargs["nested"] = True
     elif parent:
@@ -252,14 +491,24 @@ def stage_run(cfg: DictConfig, stage: str, run_name: str | None = None, parent_r
     with terminate_raises():
         run = mlflow.start_run(**kwargs)
         _last_stage_run[stage] = run.info.run_id
+        if prev is not None:
+            with contextlib.suppress(Exception):
+                mlflow.MlflowClient(uri).set_tag(prev.info.run_id, "cardforge.resumed_by", run.info.run_id)
+        outer_env = os.environ.get(RUN_ENV)
+        os.environ[RUN_ENV] = run.info.run_id  # every child process inherits it (see reap_dead_runs)
         try:
-            log_config(cfg)
+            log_config(cfg, stage)
             yield run
         except BaseException as e:
             end_run(run.info.run_id, exit_status(e))
             raise
         else:
             end_run(run.info.run_id, "FINISHED")
+        finally:
+            if outer_env is None:
+                os.environ.pop(RUN_ENV, None)
+            else:
+                os.environ[RUN_ENV] = outer_env
 
 
 @contextlib.contextmanager
@@ -299,6 +548,7 @@ class MlflowSweepCallback(Callback):
                 "cardforge.sweep.overrides": " ".join(overrides)[:5000],
                 "cardforge.experiment": str(OmegaConf.select(config, "experiment", default="unknown")),
                 **git_info(),
+                **owner_tags(),
             },
         )
         with open(sweep_dir / ".mlflow.lock", "w") as lock:
