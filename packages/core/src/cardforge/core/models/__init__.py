@@ -24,6 +24,7 @@ from cardforge.core.paths import cache_dir
 # lazy: name -> builder module (SPEC, PACKAGES, SOURCES, build(out_dir, spec)); torch loads only when used
 EMBEDDED = {
     "tiny-qwen35-mtp": "cardforge.core.models.tiny_qwen35",
+    "tiny-qwen36-vl-mtp": "cardforge.core.models.tiny_qwen36_vl",
     "smollm2-135m-instruct": "cardforge.core.models.smollm2",
 }
 MANIFEST = "cardforge_manifest.json"

@@ -144,11 +144,11 @@ def tokenizer_json() -> str:
     return build_tokenizer_json().to_str(pretty=False)
 
 
-def write_tokenizer(out_dir: Path) -> None:
+def write_tokenizer(out_dir: Path, template: str | None = None) -> None:
     """tokenizer.json, tokenizer_config.json and chat_template.jinja (also inlined in the config, so tools
-    that read only tokenizer_config.json see the same template)."""
+    that read only tokenizer_config.json see the same template). `template`: default our chat_template.jinja."""
     atomic_write_text(out_dir / "tokenizer.json", tokenizer_json())
-    template = load_chat_template()
+    template = load_chat_template() if template is None else template
     added = {
         str(i): {
             "content": t,
