@@ -65,6 +65,7 @@ class Backend(str, Enum):
 class TeacherKind(str, Enum):
     embedded = "embedded"  # llama-server started by us on an embedded model
     endpoint = "endpoint"  # any OpenAI-compatible URL
+    scripted = "scripted"  # the scripted expert (cardforge.data.scripted_teacher), a test double started by us
 
 
 class GgufTier(str, Enum):
@@ -83,12 +84,12 @@ class GgufTier(str, Enum):
 # cardforge.pipeline.run.STAGES, in chain order; `force=[...]` also takes `all`
 PIPELINE_STAGES = ("models", "data", "train", "merge", "mtp", "quant", "eval", "card")
 # cardforge.eval.benchmarks.REGISTRY
-EVAL_SUITES = ("gpqa_diamond", "mmlu", "humaneval", "coding", "bfcl", "agentic")
+EVAL_SUITES = ("gpqa_diamond", "mmlu", "humaneval", "coding", "bfcl", "agentic", "proof")
 # Lightning's Trainer(precision=...) strings (lightning.fabric.connector._PRECISION_INPUT_STR + aliases)
 LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed",
                         "bf16-true", "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")
-# task sources (cardforge.data.tasks.load_source): builtin | humaneval | bfcl:NAME | jsonl:PATH
-SOURCE_SYNTAX = "builtin, humaneval, bfcl:NAME (a BFCL set or question file) or jsonl:PATH"
+# task sources (cardforge.data.tasks.load_source): builtin | humaneval | bfcl:NAME | proof:SPLIT:N | jsonl:PATH
+SOURCE_SYNTAX = "builtin, humaneval, bfcl:NAME (a BFCL set or question file), proof:SPLIT:N or jsonl:PATH"
 
 
 def check_choice(key: str, value: Any, allowed: Any, what: str = "value") -> None:
@@ -101,7 +102,7 @@ def check_choice(key: str, value: Any, allowed: Any, what: str = "value") -> Non
 def check_sources(key: str, sources: Any) -> None:
     for spec in sources:
         kind, colon, arg = str(spec).partition(":")
-        ok = (kind in ("builtin", "humaneval") and not colon) or (kind in ("bfcl", "jsonl") and arg.strip())
+        ok = (kind in ("builtin", "humaneval") and not colon) or (kind in ("bfcl", "jsonl", "proof") and arg.strip())
         if not ok:
             raise ValueError(f"{key}: unknown source {str(spec)!r}; use {SOURCE_SYNTAX}")
 
@@ -175,6 +176,12 @@ class DataConfig:
     judge_url: Optional[str] = None  # an OpenAI-compatible LLM judge for tasks no rule can verify (data.judge=true)
     judge_model: Optional[str] = None
     min_accepted: int = 1  # fewer accepted samples stops the stage (never train on nothing)
+    # how the train stage renders a trajectory: template = the student's chat template on the structured
+    # messages; react_wire = the exact text the ReAct loop exchanges with a model (tools in the system prompt,
+    # calls as Qwen3 XML text, results as <tool_response> user turns), rendered by the student's template:
+    # what the eval actor sends, for templates without tool support (SmolLM2)
+    train_format: str = "template"
+    mask_tool_results: bool = True  # false: tool results are trained on too (the card's method question)
 
     def __post_init__(self) -> None:
         if self.judge and self.tool_results != ToolResults.execute:
@@ -186,6 +193,7 @@ class DataConfig:
         if not self.sources:
             raise ValueError("data.sources is empty: name at least one task source (e.g. data.sources=[builtin])")
         check_sources("data.sources", self.sources)
+        check_choice("data.train_format", self.train_format, ("template", "react_wire"))
 
 
 @dataclass
@@ -407,6 +415,11 @@ class EvalConfig:
     agentic_limit: Optional[int] = None  # the first N tasks; null: all
     agentic_max_steps: Optional[int] = None  # model turns per task, overriding each task's own budget
     agentic_tool_timeout_s: float = 10.0  # per sandboxed tool call
+    proof_tasks: int = 100  # the proof suite: held-out tasks (new values + the second surface form)
+    proof_probe: bool = True  # the proof suite: also ask each task's first step without stop strings
+    # extra GGUF tiers evaluated side by side (quant_results keys' prefixes, e.g. [BF16, Q4_K_M]); empty: only
+    # eval.quant_tier. Each tier's records go under <outputs>/eval/tiers/<TIER>/, metrics as tier.<TIER>.*
+    tiers: list[str] = field(default_factory=list)
     judge_url: Optional[str] = None  # an OpenAI-compatible LLM judge beside the agentic checkers (judge_accuracy)
     judge_model: Optional[str] = None
     # coding suites (humaneval, coding): answers compiled and run in the sandbox against hidden tests
