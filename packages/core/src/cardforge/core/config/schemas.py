@@ -169,7 +169,8 @@ class DataConfig:
     sources: list[str] = field(default_factory=lambda: ["builtin"])
     samples_per_task: int = 1  # k teacher samples per task (rejection sampling keeps the judged-good ones)
     retries: int = 3  # per teacher request, with exponential backoff; then the sample is recorded as an error
-    retry_errors: bool = False  # a re-run asks again for samples rejected as teacher_error
+    retry_errors: bool = True  # a re-run asks again for samples rejected as teacher_error / simulator_error ...
+    max_retries: int = 3  # ... on at most this many later runs each; then the rejection stays
     tool_timeout_s: float = 10.0  # wall clock per sandboxed tool call
     simulator_url: Optional[str] = None  # tool_results=simulate: who role-plays the runtime (null: the teacher)
     simulator_model: Optional[str] = None
@@ -190,6 +191,12 @@ class DataConfig:
             raise ValueError(f"data.samples_per_task must be >= 1, got {self.samples_per_task}")
         if self.max_steps < 1:
             raise ValueError(f"data.max_steps must be >= 1, got {self.max_steps}")
+        if self.max_seq_len < 1:
+            raise ValueError(f"data.max_seq_len must be >= 1 (tokens per training sample), got {self.max_seq_len}")
+        if self.num_samples < 0:
+            raise ValueError(f"data.num_samples must be >= 0 (0: every task), got {self.num_samples}")
+        if self.max_retries < 0:
+            raise ValueError(f"data.max_retries must be >= 0, got {self.max_retries}")
         if not self.sources:
             raise ValueError("data.sources is empty: name at least one task source (e.g. data.sources=[builtin])")
         check_sources("data.sources", self.sources)
@@ -236,6 +243,9 @@ class TrainerConfig:
     devices: Any = "auto"  # "auto", a count, or a list of device indices
     num_nodes: int = 1
     ckpt_every_n_steps: int = 10  # atomic last.ckpt for exact resume after a kill
+    # the JSONL the stage trains on (trajectories or pre-tokenized rows); null: <outputs>/data/trajectories.jsonl
+    data_file: Optional[str] = None
+    skip_bad_lines: bool = True  # a line that is not a valid sample is skipped and counted (file:line); false: refused
     # cardforge: our Gated DeltaNet kernel, LoRA forward and chunked cross-entropy (cardforge.train.fast; same
     # loss and gradients, tested); transformers: transformers' + PEFT's own forward
     kernels: str = "cardforge"
