@@ -8,9 +8,13 @@ Behaviour is chosen per request by tags in the last user message, so one run can
   FAULT=slow:S      sleep S seconds before the first byte        FAULT=http500      always HTTP 500
   FAULT=http500_once  HTTP 500 on the first request, then fine   FAULT=drop         close mid-answer
   FAULT=badjson     an invalid JSON chunk mid-stream             FAULT=length       think only, then length
+  FAULT=http429_once:RA / http503_once:RA   that status with `Retry-After: RA` on the first request, then fine
+  FAULT=trickle:N:S  the thought in N chunks, S seconds apart (a slow but healthy stream)
+  FAULT=stall:S      one chunk, then S seconds of silence mid-stream, then the rest
 `--delay S` slows every answer (kill -9 tests); `--think-tags` sends <think>..</think> in `content`
 instead of `reasoning_content`. GET /counts returns {key: requests seen}; GET /stats returns the most requests
-ever in flight at once, the last Authorization header and the requested model names. Every stream ends like
+ever in flight at once, the last Authorization header and the requested model names; `times[key]` (in
+process) holds when each request of a key arrived (time.monotonic()). Every stream ends like
 llama-server's: a last chunk with usage and `timings` before `data: [DONE]`.
 
 Scripted mode (multi-turn tests: the agentic runner, BFCL): `FakeServer(script=fn)` answers with
@@ -29,7 +33,8 @@ import hashlib
 import json
 import re
 import threading
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from typing import Callable
 
 from aiohttp import web
@@ -52,6 +57,7 @@ class FakeServer:
                  script: Callable[[list[dict]], str | None] | None = None):
         self.delay_s, self.think_tags, self.script = delay_s, think_tags, script
         self.counts: Counter[str] = Counter()
+        self.times: defaultdict[str, list[float]] = defaultdict(list)
         self.in_flight = self.peak_in_flight = 0
         self.authorization: str | None = None
         self.models: Counter[str] = Counter()
@@ -96,10 +102,15 @@ class FakeServer:
         digest = hashlib.sha256(text.encode()).hexdigest()
         key = tags.get("QID", digest[:12])
         self.counts[key] += 1
+        self.times[key].append(time.monotonic())
         fault = tags.get("FAULT", "")
         letter = tags.get("ANSWER", "ABCD"[int(digest, 16) % 4])
         if fault == "http500" or (fault == "http500_once" and self.counts[key] == 1):
             return web.json_response({"error": {"message": "injected failure"}}, status=500)
+        if fault.startswith(("http429_once:", "http503_once:")) and self.counts[key] == 1:
+            status, wait = int(fault[4:7]), fault.split(":", 1)[1]
+            return web.json_response({"error": {"message": "injected overload"}}, status=status,
+                                     headers={"Retry-After": wait})
         if fault.startswith("slow:"):
             await asyncio.sleep(float(fault.split(":", 1)[1]))
         if self.delay_s:
@@ -107,6 +118,14 @@ class FakeServer:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         thought, answer = "Let me think about the choices.", f"The best choice is {letter}.\nAnswer: {letter}"
+        if fault.startswith("trickle:"):
+            n, gap = fault.split(":")[1:3]
+            for i in range(int(n)):
+                await resp.write(_chunk({"reasoning_content": f"step {i}. "}))
+                await asyncio.sleep(float(gap))
+        if fault.startswith("stall:"):
+            await resp.write(_chunk({"reasoning_content": "Hmm."}))
+            await asyncio.sleep(float(fault.split(":", 1)[1]))
         if self.think_tags:
             await resp.write(_chunk({"content": f"<think>\n{thought}\n</think>\n\n"}))
         else:

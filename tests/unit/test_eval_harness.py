@@ -49,7 +49,7 @@ def test_every_fault_is_recorded_and_the_run_completes(tmp_path, think_tags):
     assert by["q1"]["finish_reason"] == "error" and "timeout" in by["q1"]["error"]
     assert by["q2"]["finish_reason"] == "error" and "HTTP 500" in by["q2"]["error"]
     assert by["q3"]["finish_reason"] == "stop" and by["q3"]["correct"] and by["q3"]["attempts"] == 2
-    assert by["q4"]["finish_reason"] == "error" and "Payload" in by["q4"]["error"]
+    assert by["q4"]["finish_reason"] == "error" and "closed mid-answer" in by["q4"]["error"]
     assert by["q5"]["finish_reason"] == "error" and "invalid JSON" in by["q5"]["error"]
     # truncated in the thought: a length finish with no answer is a parse failure, never a guessed letter
     assert (by["q6"]["finish_reason"], by["q6"]["parsed"], by["q6"]["answer"]) == ("length", None, "")

@@ -26,7 +26,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+import httpx2
 
 from cardforge.core.io import atomic_write_bytes
 from cardforge.eval.client import Sampling, complete, new_session
@@ -62,11 +62,11 @@ def parse_prometheus(text: str) -> dict[str, float]:
 async def spec_counters(session, base_url: str) -> dict[str, float] | None:
     """llama-server's cumulative speculative-decoding counters, or None (no /metrics or no such counters)."""
     try:
-        async with session.get(base_url.rstrip("/") + "/metrics", timeout=aiohttp.ClientTimeout(total=30)) as r:
-            if r.status != 200:
-                return None
-            got = parse_prometheus(await r.text())
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+        r = await session.http.get(base_url.rstrip("/") + "/metrics", timeout=30)
+        if r.status_code != 200:
+            return None
+        got = parse_prometheus(r.text)
+    except (httpx2.HTTPError, asyncio.TimeoutError):
         return None
     return {k: got[name] for k, name in SPEC_COUNTERS.items()} if all(n in got for n in SPEC_COUNTERS.values()) \
         else None
