@@ -134,6 +134,33 @@ class ModelConfig:
 
 
 @dataclass
+class PriceConfig:
+    """teacher.price: what the teacher's API charges per million tokens (null: unknown, no money is counted)."""
+    input_per_m: Optional[float] = None  # prompt tokens
+    output_per_m: Optional[float] = None  # completion tokens (reasoning included: billed as output)
+    currency: str = "USD"
+
+    def __post_init__(self) -> None:
+        for k in ("input_per_m", "output_per_m"):
+            if getattr(self, k) is not None and getattr(self, k) < 0:
+                raise ValueError(f"teacher.price.{k} must be >= 0 (or null), got {getattr(self, k)}")
+
+
+@dataclass
+class BudgetConfig:
+    """data.budget: the data stage stops starting samples once the teacher spent this much (null: no limit);
+    a re-run with a larger budget resumes where it stopped."""
+    tokens: Optional[int] = None  # prompt + completion tokens of every teacher request, all runs together
+    cost: Optional[float] = None  # in teacher.price.currency (needs teacher.price)
+
+    def __post_init__(self) -> None:
+        if self.tokens is not None and self.tokens < 0:
+            raise ValueError(f"data.budget.tokens must be >= 0 (or null), got {self.tokens}")
+        if self.cost is not None and self.cost < 0:
+            raise ValueError(f"data.budget.cost must be >= 0 (or null), got {self.cost}")
+
+
+@dataclass
 class TeacherConfig:
     kind: TeacherKind = TeacherKind.embedded
     model: str = MISSING  # served model name, or the embedded model's name
@@ -147,6 +174,8 @@ class TeacherConfig:
     timeout_s: float = 600.0
     ctx_size: int = 4096  # kind=embedded: llama-server context per slot
     threads: int = 0  # kind=embedded: llama-server -t (0: llama.cpp decides)
+    idle_timeout_s: float = 300.0  # no byte for this long: the request is retried (timeout_s caps the whole)
+    price: PriceConfig = field(default_factory=PriceConfig)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -177,6 +206,7 @@ class DataConfig:
     judge_url: Optional[str] = None  # an OpenAI-compatible LLM judge for tasks no rule can verify (data.judge=true)
     judge_model: Optional[str] = None
     min_accepted: int = 1  # fewer accepted samples stops the stage (never train on nothing)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)  # teacher spend limit (tokens or money)
     # how the train stage renders a trajectory: template = the student's chat template on the structured
     # messages; react_wire = the exact text the ReAct loop exchanges with a model (tools in the system prompt,
     # calls as Qwen3 XML text, results as <tool_response> user turns), rendered by the student's template:
