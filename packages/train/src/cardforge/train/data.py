@@ -155,9 +155,13 @@ class TrainDataModule(pl.LightningDataModule):
 # --- the data stage's output -> samples ---
 
 
-def load_samples(path: str | Path, tokenizer, max_len: int | None = None) -> list[Sample]:
+def load_samples(path: str | Path, tokenizer, max_len: int | None = None, *, train_format: str = "template",
+                 mask_tool_results: bool = True) -> list[Sample]:
     """Samples from a JSONL file: pre-tokenized rows ({"input_ids", "loss_mask"}) are used as they are;
-    trajectories (the data stage's accepted set) go through `cardforge.core.chat.encode`."""
+    trajectories (the data stage's accepted set) go through `cardforge.core.chat.encode`.
+    `train_format="react_wire"` (data.train_format): each trajectory is first turned into the ReAct wire
+    (cardforge.data.wire: what the eval actor sends), then rendered by the student's template.
+    `mask_tool_results=False` (data.mask_tool_results): the tool-result turns are trained on too."""
     path = Path(path)
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if rows and all("input_ids" in r and "loss_mask" in r for r in rows):
@@ -171,9 +175,38 @@ def load_samples(path: str | Path, tokenizer, max_len: int | None = None) -> lis
                                "installed; install packages/core or pass pre-tokenized rows") from None
         samples = []
         for traj in chat.load_jsonl(path):
-            enc = chat.encode(traj, tokenizer, max_len=max_len)
-            samples.append(Sample(list(enc.input_ids), list(enc.loss_mask)))
+            conv: Any = traj
+            if train_format == "react_wire":
+                from cardforge.data.wire import react_wire
+
+                conv = react_wire(traj)
+            enc = chat.encode(conv, tokenizer, max_len=max_len)
+            mask = list(enc.loss_mask)
+            if not mask_tool_results:
+                mask = unmask_tool_results(enc, conv, tokenizer, traj.tools if train_format == "template" else None)
+            samples.append(Sample(list(enc.input_ids), mask))
     kept = [s for s in samples if sum(s.loss_mask[1:]) > 0]  # position 0 is never a target
     if not kept:
         raise RuntimeError(f"{path}: no sample has a trained token (loss_mask is all 0); check the data stage output")
     return kept
+
+
+def unmask_tool_results(enc, conversation, tokenizer, tools: list[dict] | None) -> list[int]:
+    """enc.loss_mask with 1 on every token of a tool-result turn as the template renders it (from the end of
+    the conversation before it to the end of the turn): the card's 'train on tool results too' choice."""
+    from cardforge.core.chat.mask import as_template_messages
+    from cardforge.data.wire import is_tool_result
+
+    msgs = as_template_messages(conversation)
+
+    def render(upto: int) -> str:
+        return tokenizer.apply_chat_template(msgs[:upto], tools=tools or None, tokenize=False,
+                                             add_generation_prompt=False)
+
+    spans = [(len(render(i)), len(render(i + 1))) for i, m in enumerate(msgs) if is_tool_result(m)]
+    spans = [(a, min(b, len(enc.text))) for a, b in spans if a < len(enc.text)]  # a truncated sample ends earlier
+    mask = list(enc.loss_mask)
+    for t, (a, b) in enumerate(enc.offsets):
+        if any(a < hi and b > lo for lo, hi in spans):
+            mask[t] = 1
+    return mask

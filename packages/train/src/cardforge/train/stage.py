@@ -202,7 +202,9 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
     path = model_path(cfg)
     tokenizer = AutoTokenizer.from_pretrained(path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    samples = load_samples(samples_path, tokenizer, cfg.data.max_seq_len)
+    samples = load_samples(samples_path, tokenizer, cfg.data.max_seq_len,
+                           train_format=str(OmegaConf.select(cfg, "data.train_format", default="template")),
+                           mask_tool_results=bool(OmegaConf.select(cfg, "data.mask_tool_results", default=True)))
     fsdp = str(tc.strategy) == "fsdp"
     base = load_base(path, str(tc.precision), tc.gradient_checkpointing, fsdp)
     model, matched = apply_lora(base, cfg.lora)

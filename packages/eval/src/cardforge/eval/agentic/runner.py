@@ -73,7 +73,7 @@ class _Actor(Teacher):
 
 def data_task(t: AgenticTask) -> Task:
     return Task(t.id, "agentic", t.prompt, {"type": "none"}, tools=tool_schemas([*t.tools, FINISH]),
-                files=dict(t.files), system=SYSTEM)
+                files=dict(t.files), system=t.system or SYSTEM)
 
 
 def task_hash(t: AgenticTask, max_steps: int) -> str:
@@ -104,7 +104,7 @@ async def run_task(t: AgenticTask, actor: _Actor, session, opts: HarnessOptions,
     check: str | None = "not checked: a request failed"
     judge_ok, judge_why = None, None
     if finish != "error":
-        check = await asyncio.to_thread(run_check, t, ws.files)
+        check = await asyncio.to_thread(run_check, t, ws.files, answer)
         if aopts.judge is not None:
             judge_ok, judge_why = await llm_judge.judge(aopts.judge, session, task, traj.messages, answer)
     correct = finish != "error" and check is None

@@ -34,12 +34,18 @@ class AgenticTask:
     files: dict[str, str] = field(default_factory=dict)  # seeded into the workspace
     tools: tuple[str, ...] = DEFAULT_TOOLS  # `finish` is always offered as well
     max_steps: int = 10  # model turns; eval.agentic_max_steps overrides every task's
+    system: str | None = None  # the system prompt; None: the runner's SYSTEM
+    # tasks whose result is a value (the proof suite): raises Fail unless the final answer is right
+    answer_check: Callable[[str | None], None] | None = None
 
 
-def run_check(task: AgenticTask, files: dict[str, bytes]) -> str | None:
-    """None when the checker accepts `files`, else why not (a checker crash is a failure, never a pass)."""
+def run_check(task: AgenticTask, files: dict[str, bytes], answer: str | None = None) -> str | None:
+    """None when the checker accepts `files` (and `task.answer_check` the final answer), else why not (a
+    checker crash is a failure, never a pass)."""
     try:
         task.check(files)
+        if task.answer_check is not None:
+            task.answer_check(answer)
     except Fail as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 - e.g. undecodable output the checker did not foresee

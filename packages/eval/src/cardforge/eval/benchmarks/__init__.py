@@ -18,6 +18,7 @@ REGISTRY = {
     "coding": "cardforge.eval.benchmarks.coding",
     "bfcl": "cardforge.eval.benchmarks.bfcl",
     "agentic": "cardforge.eval.benchmarks.agentic",
+    "proof": "cardforge.eval.benchmarks.proof",
 }
 
 
