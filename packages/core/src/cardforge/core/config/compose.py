@@ -48,11 +48,85 @@ def compose(config_name: str = "pipeline", overrides: Iterable[str] = (), valida
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Cross-field checks: building the dataclasses runs each schema's __post_init__."""
+    """Keys the schema does not have (`+lora.rr=16`), cross-field checks (building the dataclasses runs each
+    schema's __post_init__), and the torch-internal knobs the config would set (`check_torch_knobs`)."""
+    check_schema_keys(cfg)
     try:
         OmegaConf.to_object(cfg)
     except Exception as e:  # noqa: BLE001
         raise ConfigError(explain(e, "", [])) from e
+    check_torch_knobs(cfg)
+
+
+def check_schema_keys(cfg: DictConfig, prefix: str = "") -> None:
+    """Hydra's `+key=value` adds keys even to a typed node; every key must be one of its dataclass's fields."""
+    from omegaconf import DictConfig as _Dict
+
+    typ = OmegaConf.get_type(cfg)
+    if not is_dataclass(typ):
+        return  # a free-form dict (`extra`, hydra's own nodes)
+    names = {f.name for f in fields(typ)}
+    for key in cfg.keys():
+        if key == "hydra" and not prefix:
+            continue
+        full = f"{prefix}{key}"
+        if key not in names:
+            parent = prefix.rstrip(".")
+            raise ConfigError(f"{full}: no such key; keys in '{parent or '<root>'}': {', '.join(sorted(names))}")
+        node = cfg._get_node(key)
+        if isinstance(node, _Dict) and not node._is_missing() and not node._is_none():
+            check_schema_keys(node, f"{full}.")
+
+
+# torch internals the train stage sets: (the key that makes it set one, a predicate on the config, module, names
+# (any one of them will do)). Checked against the installed torch at composition, not mid-run.
+TORCH_KNOBS: list[tuple[str, Any, str, tuple[str, ...]]] = [
+    ("trainer.activation_memory_budget", lambda c: c.trainer.compile_layers and
+     c.trainer.activation_memory_budget is not None, "torch._functorch.config", ("activation_memory_budget",)),
+    ("trainer.compile_layers", lambda c: c.trainer.compile_layers, "torch._dynamo.config",
+     ("recompile_limit", "cache_size_limit")),
+    ("trainer.compile_layers", lambda c: c.trainer.compile_layers, "torch._dynamo.config",
+     ("accumulated_recompile_limit",)),
+]
+
+
+def _has_knob(module: Any, name: str) -> bool:
+    cfg = getattr(module, "_config", None)
+    if isinstance(cfg, dict):
+        return name in cfg
+    try:
+        getattr(module, name)
+    except AttributeError:
+        return False
+    return True
+
+
+def check_torch_knobs(cfg: DictConfig) -> None:
+    """One line naming the installed torch when a knob the config would set does not exist there."""
+    import importlib
+
+    wanted = []
+    for key, when, module, names in TORCH_KNOBS:
+        try:
+            on = bool(when(cfg))
+        except Exception:  # noqa: BLE001 - a config without the section (partial trees in tests)
+            on = False
+        if on:
+            wanted.append((key, module, names))
+    if not wanted:
+        return
+    import torch
+
+    for key, module, names in wanted:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            mod = None
+        if mod is None or not any(_has_knob(mod, n) for n in names):
+            value = OmegaConf.select(cfg, key)
+            raise ConfigError(
+                f"{key}={value}: the installed torch {torch.__version__} has no {module}.{' / '.join(names)}; "
+                f"set {key}={'null' if key.endswith('budget') else 'false'} or install a torch that has it")
 
 
 def _causes(e: BaseException) -> list[BaseException]:
