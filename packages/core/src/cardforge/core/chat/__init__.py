@@ -1,7 +1,7 @@
 """The chat contract shared by data, train, serve and eval: trajectory records (schema, JSONL), the one
 parser of assistant output (think + qwen3_xml tool calls) and the render + loss mask for training.
 
-    from cardforge.core.chat import Trajectory, load_jsonl, append_jsonl, parse_assistant, encode
+    from cardforge.core.chat import Trajectory, load_jsonl, append_jsonl, parse_assistant, encode, encode_all
 """
 
 from cardforge.core.chat.jsonl import (
@@ -13,8 +13,18 @@ from cardforge.core.chat.jsonl import (
     read_jsonl,
     write_jsonl,
 )
-from cardforge.core.chat.mask import Encoded, EncodeError, TemplateNotPrefixStable, TurnSpan, encode
-from cardforge.core.chat.parse import ParsedAssistant, parse_assistant
+from cardforge.core.chat.mask import (
+    REASONS,
+    Encoded,
+    EncodeError,
+    Encoding,
+    TemplateNotPrefixStable,
+    TurnSpan,
+    check_messages,
+    encode,
+    encode_all,
+)
+from cardforge.core.chat.parse import ParsedAssistant, allowed_types, parse_assistant, parse_conversation, typed_value
 from cardforge.core.chat.schema import (
     SCHEMA_VERSION,
     Message,
@@ -26,9 +36,11 @@ from cardforge.core.chat.schema import (
 )
 
 __all__ = [
+    "REASONS",
     "SCHEMA_VERSION",
     "EncodeError",
     "Encoded",
+    "Encoding",
     "Message",
     "ParsedAssistant",
     "TemplateNotPrefixStable",
@@ -40,13 +52,18 @@ __all__ = [
     "TrajectoryError",
     "TurnSpan",
     "Verdict",
+    "allowed_types",
     "append_jsonl",
+    "check_messages",
     "completed_task_ids",
     "encode",
+    "encode_all",
     "load_jsonl",
     "load_tokenizer",
     "parse_assistant",
+    "parse_conversation",
     "read_jsonl",
+    "typed_value",
     "write_jsonl",
 ]
 

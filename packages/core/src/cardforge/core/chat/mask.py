@@ -1,51 +1,101 @@
-"""Render a conversation with the model's own chat template and mark the tokens the loss trains on.
+"""Render a conversation with the model's own chat template and mark the tokens the loss trains on, so that
+every trained assistant turn sits in exactly the context a server gives the model, token for token.
 
 The mask is 1 exactly on what the model itself produces in an assistant turn at inference time: the text
-after the generation prompt up to and including the end-of-turn token (`<|im_end|>`). So it is 0 on
-system, user and tool-result turns, on the `<|im_start|>assistant\\n` header, on the newline the template
-puts after `<|im_end|>`, and, with our Qwen3-style template, on the `<think>\\n` that the generation prompt
-already holds (the model never generates it; it generates "REASONING\\n</think>\\n\\nCONTENT<tool_call>...").
+after the generation prompt up to and including the end-of-turn token (`<|im_end|>`). It is 0 on system,
+user and tool-result turns, on the `<|im_start|>assistant\\n` header and on the `<think>\\n` that the
+generation prompt already holds.
 
-How the spans are found (template-agnostic, no string search for role markers):
-  for each assistant message i:  G = render(messages[:i], add_generation_prompt=True)
-                                 U = render(messages[:i+1])
-  the span is U[len(G) : end of the last end-of-turn token in U]. The full render must start with U and U
-  with G (the template is prefix-stable); otherwise `TemplateNotPrefixStable` names the message index.
-  Templates that drop earlier turns' reasoning (the official Qwen3 ones) fail here on purpose: training
-  on a context the model never sees at inference would be wrong.
+Serving builds the context of assistant message i as `render(messages[:i], add_generation_prompt=True)`
+and tokenizes that text WHOLE. So, for each assistant message i:
+    P_i = tokens of render(messages[:i], add_generation_prompt=True)      (whole text, as serving does)
+    S_i = tokens of the turn the model writes: render(messages[:i+1])[len(prompt):] up to its <|im_end|>
+and a training sequence is P_i + S_i. Consecutive turns share one sequence when the sequence so far is a
+token prefix of the next turn's P_j; otherwise a new sequence starts at P_j. That happens when
+* the template renders earlier turns differently once a later user query exists: the Qwen3.5 template
+  drops the reasoning of assistant turns before the last user query, so each user query starts a
+  sequence;
+* whole-text BPE merges across the turn boundary: an empty reasoning is generated as "\\n" after the
+  prompt's "<think>\\n" but re-tokenizes as one "\\n\\n" token in the next prompt.
+So training context == serving context for every trained span, by construction (`tests/unit/
+test_chat_contract.py` checks it against `apply_chat_template(..., tokenize=True)` on generated data).
 
-Tokens: each span and each text between spans is tokenized on its own and the ids are concatenated, so
-no token straddles a boundary and the prompt part tokenizes exactly as the serving prompt does (whole-text
-BPE would merge the generation prompt's "\\n" with a reasoning that starts with "\\n").
+Exact or refused: before anything is trained, each span's text is parsed back with `parse_assistant` (THE
+parser) and must give the message again (reasoning and content as the template trims them, calls and
+typed arguments); input that the format cannot carry unambiguously is refused with `EncodeError.reason`
+(a short code the loaders count): see REASONS. Text is NFC-normalized first (the tokenizer would do it
+anyway; decode(ids) == text holds only for NFC text, and offsets index that text).
 
-Truncation (`max_len`): a sample is never cut inside an assistant turn. It ends right after the
-end-of-turn token of the last assistant turn that fits, later messages are dropped and `truncated` is
-set; if not even the first assistant turn fits, `EncodeError` is raised (the caller skips and records it).
+Truncation (`max_len`): a sequence never ends inside an assistant turn; a turn whose P_i + S_i is longer
+than max_len is dropped (`Encoding.dropped_spans`), and if none fits, `EncodeError(reason="too_long")`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cardforge.core.chat.parse import (
+    CALL_CLOSE,
+    CALL_OPEN,
+    FN_CLOSE,
+    FN_PREFIX,
+    PARAM_CLOSE,
+    PARAM_PREFIX,
+    RESPONSE_CLOSE,
+    RESPONSE_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    nfc,
+    parse_assistant,
+    same_value,
+    valid_name,
+)
 from cardforge.core.chat.schema import Message, Trajectory
+
+REASONS = {
+    "template_error": "the chat template raised on this conversation",
+    "not_prefix_stable": "a rendered assistant turn does not start with the generation prompt",
+    "no_end_of_turn": "an assistant turn renders without the end-of-turn token",
+    "no_assistant_turn": "nothing to train: no assistant message",
+    "too_long": "no assistant turn fits max_len with its context",
+    "special_token_in_text": "a message holds a special token's text (<|im_end|>, <|im_start|>, ...)",
+    "think_tag_in_reasoning": "reasoning holds <think> or </think> (the reasoning block would end early)",
+    "tool_markup_in_content": "assistant content holds <tool_call>, </tool_call> or <function= (parsed as a call)",
+    "markup_in_argument": "an argument value holds </parameter>, <parameter=, </function>, <function= or "
+                          "</tool_call> (engines' parsers would split it into other arguments)",
+    "bad_name": "a function or parameter name the XML format cannot carry (<>{}\"'= or whitespace)",
+    "tool_response_tag_in_tool_result": "a tool result holds <tool_response> or </tool_response>",
+    "user_looks_like_tool_response": "a user message starts with <tool_response> (the template takes it for "
+                                     "a tool result)",
+    "argument_type": "an argument comes back with another type (its schema allows a string, or none is given)",
+    "round_trip": "parsing the rendered turn does not give the message back",
+    "decode_mismatch": "decode(tokens) differs from the rendered text",
+}
+ARGUMENT_MARKUP = (PARAM_CLOSE, PARAM_PREFIX, FN_CLOSE, FN_PREFIX, CALL_CLOSE)
+CONTENT_MARKUP = (CALL_OPEN, CALL_CLOSE, FN_PREFIX)
 
 
 class EncodeError(ValueError):
-    """The conversation cannot be rendered/encoded as asked; the message says why and what to change."""
+    """The conversation cannot be rendered/encoded as asked; `reason` is a REASONS code, the message says why
+    and what to change."""
+
+    def __init__(self, message: str, reason: str = "template_error"):
+        self.reason = reason
+        super().__init__(message)
 
 
 class TemplateNotPrefixStable(EncodeError):
     def __init__(self, index: int, detail: str):
         self.index = index
-        super().__init__(f"chat template is not prefix-stable at message {index}: {detail}; the loss mask "
-                         "needs a template that renders earlier turns the same way whatever follows them")
+        super().__init__(f"chat template is not prefix-stable at message {index}: {detail}", "not_prefix_stable")
 
 
 @dataclass
 class TurnSpan:
-    message_index: int  # index of the assistant message in the (untruncated) message list
+    message_index: int  # index of the assistant message in the message list
     token_start: int
     token_end: int  # exclusive; the end-of-turn token is the last one inside
     char_start: int
@@ -54,13 +104,15 @@ class TurnSpan:
 
 @dataclass
 class Encoded:
+    """One training sequence: the serving context of its first span, then spans and the context between."""
+
     input_ids: list[int]
     loss_mask: list[int]
     text: str  # the rendered text these ids decode to
     offsets: list[tuple[int, int]]  # per token: its character range in `text` (for display)
     spans: list[TurnSpan] = field(default_factory=list)
-    truncated: bool = False
-    n_messages: int = 0  # messages kept (after truncation)
+    truncated: bool = False  # some assistant turn of the conversation did not fit max_len
+    n_messages: int = 0  # messages up to and including this sequence's last span
 
     @property
     def labels(self) -> list[int]:
@@ -71,10 +123,99 @@ class Encoded:
         return len(self.input_ids)
 
 
+@dataclass
+class Encoding:
+    """All training sequences of one conversation."""
+
+    sequences: list[Encoded]
+    n_spans: int  # assistant messages
+    dropped_spans: int = 0  # assistant turns left out: longer than max_len with their context
+
+    @property
+    def truncated(self) -> bool:
+        return self.dropped_spans > 0
+
+
 def as_template_messages(conversation: Trajectory | Sequence[Message | dict]) -> list[dict]:
     if isinstance(conversation, Trajectory):
         return conversation.openai_messages()
     return [m.to_openai() if isinstance(m, Message) else dict(m) for m in conversation]
+
+
+def encode_all(
+    conversation: Trajectory | Sequence[Message | dict],
+    tokenizer: Any,
+    tools: list[dict] | None = None,
+    max_len: int | None = None,
+    *,
+    end_of_turn: str | None = None,
+    **template_kwargs: Any,
+) -> Encoding:
+    """Token ids + loss mask for one conversation (tools default to the trajectory's own), as one or more
+    training sequences (see the module docstring)."""
+    messages = nfc(as_template_messages(conversation))
+    if tools is None and isinstance(conversation, Trajectory):
+        tools = conversation.tools
+    tools = nfc(tools) if tools else None
+    eot = end_of_turn or tokenizer.eos_token
+    if not eot:
+        raise EncodeError("the tokenizer has no eos_token; pass end_of_turn='<|im_end|>' (the end-of-turn token)")
+    tok = _tokenizer_cache(tokenizer)
+    check_messages(messages, tok.special)
+
+    def render(msgs: list[dict], generation_prompt: bool) -> str:
+        try:
+            return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False,
+                                                 add_generation_prompt=generation_prompt, **template_kwargs)
+        except Exception as e:  # jinja raise_exception and friends: say which prefix failed
+            raise EncodeError(f"chat template failed on messages[:{len(msgs)}]: {e}") from e
+
+    assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if not assistant:
+        raise EncodeError("no assistant message: nothing to train", "no_assistant_turn")
+    sequences: list[Encoded] = []
+    cur: Encoded | None = None
+    dropped = 0
+    for i in assistant:
+        prompt, upto = render(messages[:i], True), render(messages[:i + 1], False)
+        if not upto.startswith(prompt):
+            raise TemplateNotPrefixStable(i, f"the rendered assistant turn does not start with the generation "
+                                             f"prompt (first difference at char {_diff_at(upto, prompt)}; "
+                                             "enable_thinking=False with non-empty reasoning does this)")
+        end = upto.find(eot, len(prompt))
+        if end < 0:
+            raise EncodeError(f"assistant message {i} renders without the end-of-turn token {eot!r}; "
+                              "pass end_of_turn=... for this template", "no_end_of_turn")
+        turn = upto[len(prompt):end + len(eot)]
+        _check_round_trip(i, messages[i], turn, tools, think_open=prompt.endswith(THINK_OPEN + "\n"))
+        p_ids, p_offs = tok(prompt)
+        s_ids, s_offs = tok(turn)
+        if max_len is not None and len(p_ids) + len(s_ids) > max_len:
+            dropped += 1
+            continue
+        n = len(cur.input_ids) if cur is not None else 0
+        if cur is not None and n <= len(p_ids) and p_ids[:n] == cur.input_ids:
+            assert prompt.startswith(cur.text), "token prefix with a text mismatch"
+            cur.input_ids += p_ids[n:]
+            cur.loss_mask += [0] * (len(p_ids) - n)
+            cur.offsets += p_offs[n:]
+            cur.text = prompt
+        else:
+            cur = Encoded(list(p_ids), [0] * len(p_ids), prompt, list(p_offs))
+            sequences.append(cur)
+        first, base = len(cur.input_ids), len(cur.text)
+        cur.input_ids += s_ids
+        cur.loss_mask += [1] * len(s_ids)
+        cur.offsets += [(base + a, base + b) for a, b in s_offs]
+        cur.text += turn
+        cur.spans.append(TurnSpan(i, first, len(cur.input_ids), base, len(cur.text)))
+        cur.n_messages = i + 1
+    if not sequences:
+        raise EncodeError(f"max_len {max_len} is shorter than every assistant turn with its context; nothing "
+                          "trainable fits: raise max_len or drop this sample", "too_long")
+    for s in sequences:
+        s.truncated = dropped > 0
+    return Encoding(sequences, len(assistant), dropped)
 
 
 def encode(
@@ -86,77 +227,161 @@ def encode(
     end_of_turn: str | None = None,
     **template_kwargs: Any,
 ) -> Encoded:
-    """Token ids + loss mask for one conversation (tools default to the trajectory's own)."""
-    messages = as_template_messages(conversation)
-    if tools is None and isinstance(conversation, Trajectory):
-        tools = conversation.tools
-    eot = end_of_turn or tokenizer.eos_token
-    if not eot:
-        raise EncodeError("the tokenizer has no eos_token; pass end_of_turn='<|im_end|>' (the end-of-turn token)")
+    """The one training sequence of a conversation that needs only one (single-turn, or a template and data
+    that keep every earlier turn as it was served); `encode_all` for any conversation."""
+    enc = encode_all(conversation, tokenizer, tools, max_len, end_of_turn=end_of_turn, **template_kwargs)
+    if len(enc.sequences) != 1:
+        raise EncodeError(f"this conversation trains as {len(enc.sequences)} sequences (its serving contexts are "
+                          "not prefixes of one another); use encode_all", "not_prefix_stable")
+    return enc.sequences[0]
 
-    def render(msgs: list[dict], generation_prompt: bool) -> str:
-        try:
-            return tokenizer.apply_chat_template(msgs, tools=tools or None, tokenize=False,
-                                                 add_generation_prompt=generation_prompt, **template_kwargs)
-        except Exception as e:  # jinja raise_exception and friends: say which prefix failed
-            raise EncodeError(f"chat template failed on messages[:{len(msgs)}]: {e}") from e
 
-    full = render(messages, False)
-    spans: list[tuple[int, int, int]] = []  # (char_start, char_end, message index)
+# --- what the format cannot carry: refused up front with a reason code ---
+
+
+def check_messages(messages: list[dict], special: Sequence[str] = ("<|im_start|>", "<|im_end|>")) -> None:
+    """Raise EncodeError(reason) for a message the Qwen3 XML chat format cannot carry unambiguously."""
     for i, m in enumerate(messages):
-        if m.get("role") != "assistant":
-            continue
-        prompt, upto = render(messages[:i], True), render(messages[:i + 1], False)
-        if not full.startswith(upto):
-            raise TemplateNotPrefixStable(i, f"rendering messages[:{i + 1}] differs from the start of the full "
-                                             f"render (first difference at char {_diff_at(full, upto)})")
-        if not upto.startswith(prompt):
-            raise TemplateNotPrefixStable(i, f"the generation prompt after messages[:{i}] is not how the rendered "
-                                             f"assistant turn starts (first difference at char "
-                                             f"{_diff_at(upto, prompt)}; enable_thinking=False with non-empty "
-                                             "reasoning does this)")
-        end = upto.rfind(eot, len(prompt))
-        if end < 0:
-            raise EncodeError(f"assistant message {i} renders without the end-of-turn token {eot!r}; "
-                              "pass end_of_turn=... for this template")
-        if spans and len(prompt) < spans[-1][1]:
-            raise TemplateNotPrefixStable(i, "its turn overlaps the previous assistant turn")
-        spans.append((len(prompt), end + len(eot), i))
-
-    ids: list[int] = []
-    mask: list[int] = []
-    offsets: list[tuple[int, int]] = []
-    turns: list[TurnSpan] = []
-    pos = 0
-    for start, end, index in spans + [(len(full), len(full), -1)]:
-        _extend(tokenizer, full, pos, start, 0, ids, mask, offsets)
-        if index >= 0:
-            first = len(ids)
-            _extend(tokenizer, full, start, end, 1, ids, mask, offsets)
-            turns.append(TurnSpan(index, first, len(ids), start, end))
-        pos = end
-    enc = Encoded(ids, mask, full, offsets, turns, False, len(messages))
-    return _truncate(enc, max_len) if max_len is not None and len(ids) > max_len else enc
-
-
-def _extend(tokenizer, text: str, start: int, end: int, flag: int, ids: list, mask: list, offsets: list) -> None:
-    if end <= start:
-        return
-    piece = tokenizer(text[start:end], add_special_tokens=False, return_offsets_mapping=True)
-    ids.extend(piece["input_ids"])
-    mask.extend([flag] * len(piece["input_ids"]))
-    offsets.extend((start + a, start + b) for a, b in piece["offset_mapping"])
+        role = m.get("role")
+        content = m.get("content") if isinstance(m.get("content"), str) else ""
+        reasoning = m.get("reasoning_content") if isinstance(m.get("reasoning_content"), str) else ""
+        for where, text in (("content", content), ("reasoning", reasoning)):
+            _no_special(i, where, text, special)
+        if role == "assistant":
+            if THINK_OPEN in reasoning or THINK_CLOSE in reasoning:
+                raise EncodeError(f"message {i}: reasoning holds {THINK_OPEN} or {THINK_CLOSE}",
+                                  "think_tag_in_reasoning")
+            if any(t in content for t in CONTENT_MARKUP):
+                raise EncodeError(f"message {i}: assistant content holds tool-call markup "
+                                  f"({', '.join(t for t in CONTENT_MARKUP if t in content)})", "tool_markup_in_content")
+            for call in m.get("tool_calls") or []:
+                fn = call.get("function", call)
+                name, args = fn.get("name", ""), fn.get("arguments") or {}
+                if not isinstance(name, str) or not valid_name(name):
+                    raise EncodeError(f"message {i}: function name {name!r} cannot be written as <function=NAME>",
+                                      "bad_name")
+                if not isinstance(args, dict):
+                    raise EncodeError(f"message {i}: {name}: arguments must be a mapping", "template_error")
+                for arg, value in args.items():
+                    if not valid_name(arg):
+                        raise EncodeError(f"message {i}: {name}: parameter name {arg!r} cannot be written as "
+                                          "<parameter=NAME>", "bad_name")
+                    for text in _strings(value):
+                        _no_special(i, f"{name}.{arg}", text, special)
+                        hit = [t for t in ARGUMENT_MARKUP if t in text]
+                        if hit:
+                            raise EncodeError(f"message {i}: {name}.{arg} holds {', '.join(hit)}", "markup_in_argument")
+        elif role == "tool":
+            if RESPONSE_OPEN in content or RESPONSE_CLOSE in content:
+                raise EncodeError(f"message {i}: the tool result holds {RESPONSE_OPEN} or {RESPONSE_CLOSE}",
+                                  "tool_response_tag_in_tool_result")
+        elif role == "user" and content.strip().startswith(RESPONSE_OPEN):
+            raise EncodeError(f"message {i}: a user message that starts with {RESPONSE_OPEN}",
+                              "user_looks_like_tool_response")
 
 
-def _truncate(enc: Encoded, max_len: int) -> Encoded:
-    fitting = [t for t in enc.spans if t.token_end <= max_len]
-    if not fitting:
-        first = enc.spans[0].token_end if enc.spans else len(enc)
-        raise EncodeError(f"max_len {max_len} is shorter than the first assistant turn (it ends at token {first});"
-                          " nothing trainable fits: raise max_len or drop this sample")
-    cut, last = fitting[-1].token_end, fitting[-1]
-    return Encoded(enc.input_ids[:cut], enc.loss_mask[:cut], enc.text[:last.char_end], enc.offsets[:cut],
-                   fitting, True, last.message_index + 1)
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def _no_special(i: int, where: str, text: str, special: Sequence[str]) -> None:
+    hit = [t for t in special if t in text]
+    if hit:
+        raise EncodeError(f"message {i}: {where} holds the special token text {hit[0]}", "special_token_in_text")
+
+
+def _check_round_trip(i: int, message: dict, turn: str, tools: list[dict] | None, think_open: bool) -> None:
+    parsed = parse_assistant(turn, tools, think_open=think_open)
+    if parsed.errors:
+        raise EncodeError(f"message {i}: its rendered turn does not parse: {parsed.errors[0]}", "round_trip")
+    want_reasoning = (message.get("reasoning_content") or "").strip()
+    want_content = (message.get("content") or "").strip() if isinstance(message.get("content"), str) else ""
+    if (parsed.reasoning, parsed.content) != (want_reasoning if think_open else "", want_content):
+        raise EncodeError(f"message {i}: the rendered turn parses to other reasoning/content", "round_trip")
+    calls = [c.get("function", c) for c in message.get("tool_calls") or []]
+    if [c.name for c in parsed.tool_calls] != [c.get("name") for c in calls]:
+        raise EncodeError(f"message {i}: the rendered turn parses to other calls", "round_trip")
+    for got, want in zip(parsed.tool_calls, calls):
+        args = want.get("arguments") or {}
+        if list(got.arguments) != list(args):
+            raise EncodeError(f"message {i}: {got.name}: the rendered call parses to other arguments "
+                              f"({sorted(got.arguments)} != {sorted(args)})", "round_trip")
+        for k, v in args.items():
+            if not same_value(got.arguments[k], v):
+                raise EncodeError(f"message {i}: {got.name}.{k}: {v!r} comes back as {got.arguments[k]!r} "
+                                  "(declare its type in the tool schema, or pass it as a string)", "argument_type")
+
+
+# --- tokenization exactly as serving does it, with a cache of the pieces between added tokens ---
+
+
+class _SegmentTokenizer:
+    """tokenizer(text, add_special_tokens=False) of a whole text, computed from cached pieces: HF tokenizers
+    cut the text at added tokens first and tokenize each piece on its own, so a prompt that grows turn by
+    turn is re-tokenized in linear time. Falls back to the whole text where an added token strips or
+    normalizes (then the cut is not exact)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        self.ids = {t.content: i for i, t in added.items()}
+        self.special = sorted((t.content for t in added.values() if t.special), key=len, reverse=True)
+        self.exact = bool(added) and all(not (t.lstrip or t.rstrip or t.single_word or t.normalized)
+                                         for t in added.values())
+        self.split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.ids, key=len, reverse=True)) + ")") \
+            if self.ids else None
+        self.cache: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
+
+    def piece(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        hit = self.cache.get(text)
+        if hit is None:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offs = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+            if self.tokenizer.decode(ids) != text:
+                raise EncodeError(f"decode(tokenize(text)) != text for {text[:60]!r}", "decode_mismatch")
+            hit = self.cache[text] = (ids, offs)
+            if len(self.cache) > 50_000:
+                self.cache.clear()
+        return hit
+
+    def __call__(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        if not self.exact or self.split is None:
+            return self.piece(text)
+        ids: list[int] = []
+        offs: list[tuple[int, int]] = []
+        pos = 0
+        for part in self.split.split(text):
+            if not part:
+                continue
+            if part in self.ids:
+                ids.append(self.ids[part])
+                offs.append((pos, pos + len(part)))
+            else:
+                p_ids, p_offs = self.piece(part)
+                ids += p_ids
+                offs += [(pos + a, pos + b) for a, b in p_offs]
+            pos += len(part)
+        return ids, offs
+
+
+_CACHES: dict[int, _SegmentTokenizer] = {}
+
+
+def _tokenizer_cache(tokenizer: Any) -> _SegmentTokenizer:
+    seg = _CACHES.get(id(tokenizer))
+    if seg is None or seg.tokenizer is not tokenizer:
+        if len(_CACHES) > 8:
+            _CACHES.clear()
+        seg = _CACHES[id(tokenizer)] = _SegmentTokenizer(tokenizer)
+    return seg
 
 
 def _diff_at(a: str, b: str) -> int:

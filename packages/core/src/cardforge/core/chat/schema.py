@@ -69,8 +69,8 @@ class Message:
         """The dict `tokenizer.apply_chat_template` takes; keys a role does not use are left out."""
         out: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.role == "assistant":
-            if self.reasoning_content:
-                out["reasoning_content"] = self.reasoning_content
+            # always a string, even empty: the Qwen3.5 template otherwise splits a content that holds </think>
+            out["reasoning_content"] = self.reasoning_content
             if self.tool_calls:
                 out["tool_calls"] = [c.to_openai() for c in self.tool_calls]
         if self.role == "tool":
