@@ -3,16 +3,22 @@
 Run as: python -m cardforge.train.merge [hydra overrides]      (make merge EXP=tiny)
 
 Reads  the base (`cfg.model`) and <outputs>/train/adapter/ (run `make train` first)
-Writes <outputs>/merge/model/: model.safetensors (BF16) + config + tokenizer + chat template, and, when the
-       base has one, the untouched `mtp.*` head in model-mtp.safetensors (transformers drops `mtp.*` at load,
-       so the head never passes through the model: it is copied tensor by tensor from the base).
-       mtp_manifest.base.json / mtp_manifest.merged.json (name, shape, dtype, sha256 per tensor) beside it.
-The stage fails if the base has an MTP head and the merged checkpoint's head is missing or differs.
+Writes <outputs>/merge/model/: the base's layout exactly (same files, tensor names, shards, dtypes, index,
+       config, tokenizer, chat template, processor configs): the adapted Linear weights are W + s*B@A, every
+       other tensor keeps its bytes: a vision-language base's tower (model.visual.*) and the `mtp.*` head
+       (which transformers would drop) never pass through a model. The merge is tensor by tensor
+       (merge_adapter), not PEFT's merge_and_unload + save_pretrained, which writes the text view's layout.
+       mtp_manifest.base.json / mtp_manifest.merged.json (name, shape, dtype, sha256 per tensor) and
+       merge_layout.json (adapted / unchanged counts, sha256 of the unchanged tensors per part) beside it.
+The stage fails if the base has an MTP head and the merged checkpoint's head is missing or differs, or if any
+tensor without an adapter changed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -22,13 +28,9 @@ from omegaconf import DictConfig
 
 from cardforge.core import tracking
 from cardforge.core.io import atomic_dir, atomic_write_json
-from cardforge.core.models import mtp
+from cardforge.core.models import MANIFEST, mtp
 
 log = logging.getLogger("cardforge.merge")
-# everything a serving stack needs besides the weights; copied byte for byte (re-saving a tokenizer can
-# rewrite its class or normalizer, see REFERENCE.md "Trap")
-SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-              "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json")
 
 
 class MtpHeadLost(RuntimeError):
@@ -45,26 +47,145 @@ class MergeResult:
     wall_s: float
 
 
-def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
-    """Fold the adapter into the base weights (computed in fp32, stored as `dtype`) and write an HF directory."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+class MergeError(RuntimeError):
+    """The adapter cannot be folded into this base as written (an unsupported PEFT feature, an unknown module)."""
 
-    base_dir, out_dir = Path(base_dir), Path(out_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)  # W + BA in fp32, rounded once
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    model = model.to(getattr(torch, dtype))
+
+def _shard_map(model_dir: Path) -> dict[str, str]:
+    """tensor name -> shard file, from the index or (no index) from every *.safetensors."""
+    from safetensors import safe_open
+
+    index = model_dir / mtp.INDEX
+    if index.is_file():
+        return json.loads(index.read_text())["weight_map"]
+    out = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as s:
+            out.update({n: f.name for n in s.keys()})  # noqa: SIM118
+    return out
+
+
+def checkpoint_key(module: str, base_keys: set[str]) -> str:
+    """The base checkpoint's weight name for a module as the trained (text) model names it: the same name, or,
+    in a vision-language checkpoint, `model.layers.*` under `model.language_model.*` (transformers loads the
+    text view with that prefix removed, so the adapter never sees it)."""
+    for name in (f"{module}.weight",
+                 f"model.language_model.{module.removeprefix('model.')}.weight" if module.startswith("model.") else None):
+        if name and name in base_keys:
+            return name
+    raise MergeError(f"adapter module {module} has no weight in the base checkpoint (neither {module}.weight nor "
+                     "its model.language_model.* name): the adapter was trained on another model")
+
+
+def lora_deltas(adapter_dir: Path) -> tuple[dict[str, tuple], float]:
+    """{module: (A, B)} of a PEFT LoRA adapter and its scale; refuses what a plain W + s*B@A merge cannot fold."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    bad = [k for k, ok in (("peft_type", cfg.get("peft_type") == "LORA"), ("use_dora", not cfg.get("use_dora")),
+                           ("modules_to_save", not cfg.get("modules_to_save")), ("bias", cfg.get("bias", "none") == "none"),
+                           ("rank_pattern", not cfg.get("rank_pattern")), ("alpha_pattern", not cfg.get("alpha_pattern")),
+                           ("fan_in_fan_out", not cfg.get("fan_in_fan_out"))) if not ok]
+    if bad:
+        raise MergeError(f"{adapter_dir}/adapter_config.json: {', '.join(bad)} not supported by the merge "
+                         "(a plain LoRA with lora.bias=none, no DoRA, no modules_to_save)")
+    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    scale = alpha / (r ** 0.5 if cfg.get("use_rslora") else r)
+    pairs: dict[str, dict] = {}
+    for key, t in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
+        m = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", key)
+        if not m:
+            raise MergeError(f"{adapter_dir}: unexpected adapter tensor {key} (only lora_A / lora_B weights merge)")
+        pairs.setdefault(m.group(1), {})[m.group(2)] = t
+    missing = [mod for mod, p in pairs.items() if set(p) != {"A", "B"}]
+    if missing:
+        raise MergeError(f"{adapter_dir}: lora_A/lora_B pair incomplete for {missing[:3]}")
+    return {mod: (p["A"], p["B"]) for mod, p in sorted(pairs.items())}, scale
+
+
+def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, report: dict | None = None) -> Path:
+    """Fold the adapter into the base, tensor by tensor: W' = W + scale * B @ A in fp32, stored in W's dtype.
+
+    The output has the base's layout exactly: the same files, shard by shard, the same tensor names, dtypes,
+    index and config (a vision-language base stays one: model.language_model.* / model.visual.* / lm_head /
+    mtp.*). A shard with no adapted tensor (the MTP shard; the tower's, on a sharded 27B) is copied byte for
+    byte, every other tensor keeps its bytes, and every non-weight file of the base (config, tokenizer, chat
+    template, processor configs, generation config) is copied unchanged. One shard at a time in memory.
+    `report`, if given, receives check_layout()'s result.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
+    deltas, scale = lora_deltas(adapter_dir)
+    shard_of = _shard_map(base_dir)
+    targets = {checkpoint_key(mod, set(shard_of)): ab for mod, ab in deltas.items()}
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        for name in SIDE_FILES:  # the base's own bytes, also over transformers' re-serialised generation_config
-            if (base_dir / name).is_file():
-                shutil.copyfile(base_dir / name, tmp / name)
-        head = mtp.read_mtp_tensors(base_dir)
-        if head:
-            mtp.write_mtp_tensors(tmp, head)
+        for f in sorted(p for p in base_dir.iterdir() if p.is_file()):
+            if f.name == MANIFEST or f.suffix == ".safetensors":
+                continue
+            shutil.copyfile(f, tmp / f.name)  # config, index, tokenizer, template, processor configs
+        for shard in sorted(set(shard_of.values())):
+            touched = [n for n, s in shard_of.items() if s == shard and n in targets]
+            if not touched:
+                shutil.copyfile(base_dir / shard, tmp / shard)
+                continue
+            with safe_open(str(base_dir / shard), "pt") as s:
+                meta, tensors = s.metadata(), {}
+                for name in s.keys():  # noqa: SIM118
+                    t = s.get_tensor(name)
+                    if name in targets:
+                        a, b = targets[name]
+                        if t.shape != (b.shape[0], a.shape[1]):
+                            raise MergeError(f"{name}: base {tuple(t.shape)} vs adapter B@A "
+                                             f"{(b.shape[0], a.shape[1])}: the adapter was trained on another model")
+                        t = (t.float() + scale * (b.float() @ a.float())).to(t.dtype)
+                    tensors[name] = t.contiguous()
+            save_file(tensors, str(tmp / shard), metadata=meta)
         check_mtp(base_dir, tmp)
+        checked = check_layout(base_dir, tmp, set(targets))
+        if report is not None:
+            report.update(checked)
     return out_dir
+
+
+def check_layout(base_dir: str | Path, merged_dir: str | Path, adapted: set[str]) -> dict:
+    """Same tensor names, shards, shapes and dtypes as the base; every tensor outside `adapted` byte-identical.
+    Returns {"adapted": n, "unchanged": n, "sha256_unchanged": {part: sha256 over that part's tensors}}."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from cardforge.core.models import layout
+
+    base_dir, merged_dir = Path(base_dir), Path(merged_dir)
+    base_map, merged_map = _shard_map(base_dir), _shard_map(merged_dir)
+    if base_map != merged_map:
+        raise MergeError(f"{merged_dir}: tensor names or shards differ from the base's "
+                         f"({sorted(set(base_map) ^ set(merged_map))[:3]})")
+    digests: dict[str, hashlib._Hash] = {}
+    unchanged = 0
+    for shard in sorted(set(base_map.values())):
+        with safe_open(str(base_dir / shard), "pt") as b, safe_open(str(merged_dir / shard), "pt") as m:
+            for name in sorted(b.keys()):
+                tb, tm = b.get_tensor(name), m.get_tensor(name)
+                if tb.dtype != tm.dtype or tb.shape != tm.shape:
+                    raise MergeError(f"{name}: {tb.dtype}{tuple(tb.shape)} in the base, {tm.dtype}{tuple(tm.shape)} merged")
+                if name in adapted:
+                    continue
+                raw_b, raw_m = _raw(tb), _raw(tm)
+                if raw_b != raw_m:
+                    raise MergeError(f"{name} changed in the merge but has no adapter")
+                unchanged += 1
+                digests.setdefault(layout.part(name), hashlib.sha256()).update(name.encode() + raw_m)
+    return {"adapted": len(adapted), "unchanged": unchanged,
+            "sha256_unchanged": {k: v.hexdigest() for k, v in sorted(digests.items())}}
+
+
+def _raw(t) -> bytes:
+    import torch
+
+    return t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
 def check_mtp(base_dir: str | Path, merged_dir: str | Path) -> tuple[dict, dict]:
@@ -102,7 +223,9 @@ def run(cfg: DictConfig) -> MergeResult:
         if cfg.model.has_mtp and not base_manifest["tensors"]:
             raise MtpHeadLost(f"model.has_mtp=true but {base} has no mtp.* tensors (set model.has_mtp=false "
                               "for a base without an MTP head)")
-        merge_adapter(base, adapter, out, dtype="bfloat16")
+        layout_report: dict = {}
+        merge_adapter(base, adapter, out, report=layout_report)
+        atomic_write_json(out_root / "merge_layout.json", layout_report)
         base_manifest, merged_manifest = check_mtp(base, out)
         atomic_write_json(out_root / "mtp_manifest.base.json", base_manifest)
         atomic_write_json(out_root / "mtp_manifest.merged.json", merged_manifest)
@@ -114,7 +237,9 @@ def run(cfg: DictConfig) -> MergeResult:
         mlflow.log_metrics({"merge/wall_s": result.wall_s, "merge/mtp_tensors": result.mtp_tensors})
         mlflow.set_tags({"merge.mtp_manifest_match": str(result.mtp_manifest_match).lower(),
                          "merge.mtp_shard_sha256": merged_manifest["shard_sha256"] or ""})
-        for name in ("mtp_manifest.base.json", "mtp_manifest.merged.json", "merge_result.json"):
+        mlflow.log_metrics({"merge/adapted_tensors": layout_report["adapted"],
+                            "merge/unchanged_tensors": layout_report["unchanged"]})
+        for name in ("mtp_manifest.base.json", "mtp_manifest.merged.json", "merge_result.json", "merge_layout.json"):
             mlflow.log_artifact(str(out_root / name))
         log.info("merged %s + %s -> %s (%d MTP tensors kept) in %.1f s", base, adapter, out, result.mtp_tensors,
                  result.wall_s)
