@@ -1,4 +1,5 @@
-"""Atomic writes: a stage's outputs appear whole or not at all, so an interrupted stage loses nothing."""
+"""Atomic writes (a stage's outputs appear whole or not at all, so an interrupted stage loses nothing), preflight
+checks of an output folder and a model path, and the one tolerant JSONL reader for data files."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -72,3 +74,117 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# --- preflight: fail in one line before long work, not at the first checkpoint ---
+
+
+def dir_bytes(path: str | os.PathLike) -> int:
+    """Bytes of the regular files under `path` (a file: its size; missing: 0)."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    total = 0
+    for dirpath, _, files in os.walk(p):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
+def preflight_output(path: str | os.PathLike, need_bytes: int = 0, *, stage: str = "",
+                     key: str = "paths.outputs") -> Path:
+    """`path` can be created and written, and its filesystem has `need_bytes` free: else a `UserError` naming
+    the folder, what is short and the key to change."""
+    from cardforge.core.errors import UserError
+
+    path = Path(path)
+    who = f"the {stage} stage" if stage else "this stage"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".preflight.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to {path} ({e.strerror or e}): {who} writes its outputs there; make it "
+                        f"writable or set {key}=A_WRITABLE_DIR") from None
+    free = shutil.disk_usage(path).free
+    if need_bytes and free < need_bytes:
+        raise UserError(f"{path} has {_gib(free)} free but {who} needs about {_gib(need_bytes)}: free some space "
+                        f"or set {key}=A_DIR_WITH_ROOM")
+    return path
+
+
+def check_model_path(path: str, key: str = "model.path") -> Path | str:
+    """A local checkpoint folder, or a hub id ("owner/name") left to the loader: a path that names a folder which
+    does not exist (absolute, relative, ~) is a `UserError`, not the hub's "Repo id must be in the form"."""
+    from cardforge.core.errors import UserError
+
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UserError(f"{key}={path}: the folder has no config.json, so it is not a Hugging Face checkpoint; "
+                            f"point {key} at the folder holding config.json and *.safetensors")
+        return p
+    text = str(path)
+    hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and all(text.split("/"))
+    if hub_id and not p.exists():
+        return text
+    what = "is a file, not a folder" if p.exists() else "does not exist"
+    raise UserError(f"{key}={path}: {what}; set {key} to a local checkpoint folder (config.json + *.safetensors) "
+                    "or use an embedded model (experiment=tiny)")
+
+
+# --- the one tolerant JSONL reader for data files ---
+
+
+@dataclass
+class JsonlRows:
+    rows: list[tuple[int, dict]]  # (1-based line number, the parsed object)
+    bad: list[str]  # "FILE:LINE: why" for each line skipped
+
+    def summary(self, path: str | os.PathLike) -> str:
+        return (f"{path}: skipped {len(self.bad)} bad line(s), kept {len(self.rows)}; first: {self.bad[0]}"
+                if self.bad else "")
+
+
+def read_jsonl_rows(path: str | os.PathLike, *, strict: bool = False, key: str = "trainer.skip_bad_lines"
+                    ) -> JsonlRows:
+    """Every line of a JSONL data file as a JSON object, with its line number. A torn last line (no trailing
+    newline: a writer was killed) is always skipped; any other bad line (not JSON, not an object) is skipped
+    and counted as "FILE:LINE: why", or, with `strict`, a `UserError` naming FILE:LINE and `key`."""
+    from cardforge.core.errors import UserError
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a JSONL file") from None
+    lines = raw.split(b"\n")
+    torn = lines.pop() if lines else b""  # after the last newline: empty for a whole file
+    out = JsonlRows([], [])
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            why = None if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            obj, why = None, f"not valid JSON ({getattr(e, 'msg', e)})"
+        if why is None:
+            out.rows.append((n, obj))
+            continue
+        where = f"{path}:{n}: {why}"
+        if strict:
+            raise UserError(f"{where}; fix or delete the line, or set {key}=true to skip bad lines")
+        out.bad.append(where)
+    if torn.strip():
+        out.bad.append(f"{path}:{len(lines) + 1}: torn last line ({len(torn)} bytes, no newline: a writer was "
+                       "interrupted)")
+    return out

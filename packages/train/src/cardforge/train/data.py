@@ -155,18 +155,47 @@ class TrainDataModule(pl.LightningDataModule):
 # --- the data stage's output -> samples ---
 
 
-def load_samples(path: str | Path, tokenizer, max_len: int | None = None, *, train_format: str = "template",
+def _bad(bad: list[str], where: str, why: str, strict: bool) -> None:
+    from cardforge.core.errors import UserError
+
+    if strict:
+        raise UserError(f"{where}: {why}; fix or delete the line, or set trainer.skip_bad_lines=true to skip it")
+    bad.append(f"{where}: {why}")
+
+
+def _trajectories(path: Path, rows: list[tuple[int, dict]], bad: list[str], strict: bool) -> Iterator[Any]:
+    """The rows as validated trajectories; a row that is not one is skipped and counted (or refused: strict)."""
+    from cardforge.core.chat import Trajectory, TrajectoryError
+
+    for n, row in rows:
+        try:
+            yield Trajectory.from_dict(row, f"{path}:{n}")
+        except (TrajectoryError, ValueError, TypeError, KeyError) as e:
+            _bad(bad, f"{path}:{n}", " ".join(str(e).split())[:200], strict)
+
+
+def load_samples(path: str | Path, tokenizer, max_len: int | None = None, skip_bad_lines: bool = True, *, train_format: str = "template",
                  mask_tool_results: bool = True) -> list[Sample]:
     """Samples from a JSONL file: pre-tokenized rows ({"input_ids", "loss_mask"}) are used as they are;
     trajectories (the data stage's accepted set) go through `cardforge.core.chat.encode`.
     `train_format="react_wire"` (data.train_format): each trajectory is first turned into the ReAct wire
     (cardforge.data.wire: what the eval actor sends), then rendered by the student's template.
     `mask_tool_results=False` (data.mask_tool_results): the tool-result turns are trained on too."""
+    from cardforge.core.io import read_jsonl_rows
+
+    # the one tolerant reader: a torn last line or a bad line is skipped and counted with FILE:LINE (or refused:
+    # trainer.skip_bad_lines=false)
     path = Path(path)
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if rows and all("input_ids" in r and "loss_mask" in r for r in rows):
-        samples = [Sample(r["input_ids"][:max_len] if max_len else r["input_ids"],
-                          r["loss_mask"][:max_len] if max_len else r["loss_mask"]) for r in rows]
+    read = read_jsonl_rows(path, strict=not skip_bad_lines)
+    rows, bad = read.rows, list(read.bad)
+    if rows and all("input_ids" in r and "loss_mask" in r for _, r in rows):
+        samples = []
+        for n, r in rows:
+            try:
+                samples.append(Sample(r["input_ids"][:max_len] if max_len else r["input_ids"],
+                                      r["loss_mask"][:max_len] if max_len else r["loss_mask"]))
+            except (ValueError, TypeError) as e:
+                _bad(bad, f"{path}:{n}", str(e), not skip_bad_lines)
     else:
         try:
             from cardforge.core import chat
@@ -174,7 +203,7 @@ def load_samples(path: str | Path, tokenizer, max_len: int | None = None, *, tra
             raise RuntimeError(f"{path} holds trajectories but cardforge.core.chat (the chat encoder) is not "
                                "installed; install packages/core or pass pre-tokenized rows") from None
         samples = []
-        for traj in chat.load_jsonl(path):
+        for traj in _trajectories(path, rows, bad, not skip_bad_lines):
             conv: Any = traj
             if train_format == "react_wire":
                 from cardforge.data.wire import react_wire
@@ -185,9 +214,18 @@ def load_samples(path: str | Path, tokenizer, max_len: int | None = None, *, tra
             if not mask_tool_results:
                 mask = unmask_tool_results(enc, conv, tokenizer, traj.tools if train_format == "template" else None)
             samples.append(Sample(list(enc.input_ids), mask))
+    if bad:
+        import logging
+
+        logging.getLogger("cardforge.train").warning(
+            "%s: skipped %d bad line(s) of %d, e.g. %s (trainer.skip_bad_lines=false refuses them)", path, len(bad),
+            len(bad) + len(samples), bad[0])
     kept = [s for s in samples if sum(s.loss_mask[1:]) > 0]  # position 0 is never a target
     if not kept:
-        raise RuntimeError(f"{path}: no sample has a trained token (loss_mask is all 0); check the data stage output")
+        from cardforge.core.errors import UserError
+
+        raise UserError(f"{path}: no sample has a trained token ({len(samples)} samples, {len(bad)} bad lines skipped"
+                        "); check the data stage's output or point trainer.data_file at another file")
     return kept
 
 
