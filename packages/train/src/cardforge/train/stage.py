@@ -52,7 +52,18 @@ class TrainResult:
 
 
 def data_path(cfg: DictConfig) -> Path:
+    """trainer.data_file, else the data stage's accepted set."""
+    if f := OmegaConf.select(cfg, "trainer.data_file", default=None):
+        return Path(str(f)).expanduser()
     return Path(cfg.paths.outputs) / "data" / "trajectories.jsonl"
+
+
+def disk_need(cfg: DictConfig, model_dir: Path | str) -> int:
+    """Bytes the stage writes: a checkpoint (LoRA weights + optimizer state) and its temp copy, the adapter, the
+    plot; bounded by a tenth of the base checkpoint (LoRA trains ~1% of the weights), at least 64 MiB."""
+    from cardforge.core.io import dir_bytes
+
+    return max(64 << 20, dir_bytes(model_dir) // 10)
 
 
 def _multirun_overrides() -> str | None:
@@ -89,7 +100,9 @@ def model_path(cfg: DictConfig) -> Path:
         from cardforge.core.models import prepare
 
         return prepare(cfg.model.name)
-    return Path(cfg.model.path)
+    from cardforge.core.io import check_model_path
+
+    return Path(check_model_path(str(cfg.model.path)))
 
 
 def _value(x: Any) -> Any:
@@ -203,6 +216,7 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
     tokenizer = AutoTokenizer.from_pretrained(path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     samples = load_samples(samples_path, tokenizer, cfg.data.max_seq_len,
+                           bool(OmegaConf.select(cfg, "trainer.skip_bad_lines", default=True)),
                            train_format=str(OmegaConf.select(cfg, "data.train_format", default="template")),
                            mask_tool_results=bool(OmegaConf.select(cfg, "data.mask_tool_results", default=True)))
     fsdp = str(tc.strategy) == "fsdp"
@@ -292,9 +306,17 @@ def run(cfg: DictConfig) -> TrainResult:
 
     src = data_path(cfg)
     if not src.is_file():
+        if OmegaConf.select(cfg, "trainer.data_file", default=None):
+            raise MissingInputError(f"trainer.data_file={src}: no such file; point it at a JSONL of trajectories or "
+                                    "pre-tokenized rows")
         raise MissingInputError(f"{src} does not exist: run the data stage first "
-                                f"(make data EXP={cfg.experiment}, or python -m cardforge.data)")
+                                f"(make data EXP={cfg.experiment}, or python -m cardforge.data), or set "
+                                "trainer.data_file=FILE.jsonl")
     out_dir = train_dir(cfg)
+    if _launched_rank() == 0:  # before the model loads: a read-only or full disk is one line, not a lost run
+        from cardforge.core.io import preflight_output
+
+        preflight_output(out_dir, disk_need(cfg, model_path(cfg)), stage="train")
     if _launched_rank() != 0:  # a DDP/FSDP worker Lightning (or SLURM) started: rank 0 owns the MLflow run
         return train(cfg, src, out_dir, run_id=None)
     sweep_job = _multirun_overrides()  # names the sweep's runs by what differs, for side-by-side comparison
