@@ -188,3 +188,57 @@ def read_jsonl_rows(path: str | os.PathLike, *, strict: bool = False, key: str =
         out.bad.append(f"{path}:{len(lines) + 1}: torn last line ({len(torn)} bytes, no newline: a writer was "
                        "interrupted)")
     return out
+
+
+def check_port_free(host: str, port: int, key: str = "serve.port") -> None:
+    """A fixed port something else listens on is one line suggesting `KEY=0` (pick a free port)."""
+    import socket
+
+    from cardforge.core.errors import UserError
+
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, int(port)))
+        except OSError as e:
+            raise UserError(f"{host}:{port} is already in use ({e.strerror or e}); stop what listens there or set "
+                            f"{key}=0 to pick a free port") from None
+
+
+def check_gguf(path: str | os.PathLike, key: str = "serve.model_path") -> Path:
+    """A GGUF whose header parses and whose tensor data is all in the file: else one line saying what is wrong
+    (not GGUF at all, a torn header, truncated data: a killed writer) and how to get a good one."""
+    from cardforge.core.errors import UserError
+
+    path = Path(path)
+    fix = f"rebuild it (make quant ARGS=\"force=[quant]\") or set {key} to another .gguf"
+    if not path.is_file():
+        raise UserError(f"{key}={path}: no such GGUF file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise UserError(f"{path} is not a GGUF file (starts with {magic!r}, not b'GGUF'); {fix}")
+    from cardforge.core.llama_cpp import gguf_header
+
+    try:
+        header = gguf_header(path)
+    except Exception as e:  # noqa: BLE001 - struct.error, a bad type id (KeyError), a bad length (ValueError)
+        raise UserError(f"{path}: corrupt GGUF header ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+                        f"{fix}") from None
+    end = 0
+    try:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        for info in header["index"].values():
+            block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType(info["type"])]
+            n = 1
+            for d in info["shape"]:
+                n *= int(d)
+            end = max(end, info["offset"] + n // block * nbytes)
+    except (ImportError, KeyError, ValueError):  # a type this gguf package does not know: offsets only
+        end = max((i["offset"] for i in header["index"].values()), default=0)
+    if end > size:
+        raise UserError(f"{path} is truncated: {size} bytes, its tensors need {end} (a writer was killed?); {fix}")
+    return path

@@ -49,6 +49,10 @@ def llama_server(model: str | Path, serve: Any, *, log_path: str | Path | None =
     fixed_port = int(option(serve, "port", 0) or 0)
     log = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="llama-server-")) / "server.log"
     timeout = float(timeout_s if timeout_s is not None else option(serve, "startup_timeout_s", 120))
+    from cardforge.core.io import check_gguf, check_port_free
+
+    check_gguf(model)  # a corrupt or truncated file is one line, not llama-server's log tail
+    check_port_free(host, fixed_port)  # serve.port taken: one line suggesting serve.port=0
     srv = None
     for attempt in range(1 if fixed_port else port_retries):
         port = fixed_port or free_port(host)
