@@ -73,14 +73,23 @@ def test_smollm2_answers_sensibly(tmp_path):
 
 
 def test_a_server_that_dies_reports_its_log_tail(tmp_path):
-    bad = tmp_path / "broken.gguf"
-    bad.write_bytes(b"this is not a gguf file" * 10)
     t0 = time.monotonic()
     with pytest.raises(ServerStartError, match=r"exited with status \d+ during startup") as err:
-        with llama_server(bad, SERVE, log_path=tmp_path / "server.log"):
+        with llama_server(gguf_path(), SERVE, log_path=tmp_path / "server.log", extra_args=["--no-such-flag"]):
             pass
     assert time.monotonic() - t0 < 30
-    assert "broken.gguf" in str(err.value) and "server.log" in str(err.value)
+    assert "no-such-flag" in str(err.value) and "server.log" in str(err.value)
+
+
+def test_a_corrupt_gguf_is_one_line_before_the_server_starts(tmp_path):
+    from cardforge.core.errors import UserError
+
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"this is not a gguf file" * 10)
+    with pytest.raises(UserError, match=r"broken.gguf is not a GGUF file .*make quant") as err:
+        with llama_server(bad, SERVE, log_path=tmp_path / "server.log"):
+            pass
+    assert "\n" not in str(err.value) and not (tmp_path / "server.log").exists()
 
 
 def test_a_server_that_is_too_slow_times_out_and_is_stopped(tmp_path):
