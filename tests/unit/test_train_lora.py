@@ -16,8 +16,9 @@ def _meta_model(name: str):
 
     from cardforge.core.models import prepare
 
+    config = AutoConfig.from_pretrained(prepare(name))  # outside the meta context: prepare may build the model
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(prepare(name)))
+        return AutoModelForCausalLM.from_config(config)
 
 
 def test_qwen35_config_targets_match_attention_mlp_and_gdn():
@@ -86,3 +87,37 @@ def test_save_adapter_writes_what_peft_writes(tiny_model_dir, tmp_path):
     for cfg in (ours, theirs):  # PEFT keeps target_modules as a set: its JSON order follows the string hash seed
         cfg["target_modules"] = sorted(cfg["target_modules"])
     assert ours == theirs
+
+
+def test_vl_model_targets_resolve_on_the_language_model_only(tiny_vl_model_dir):
+    """The full vision-language model (tower loaded): the card's targets match the language model's real names,
+    the tower's own Linear names match nothing, and PEFT puts no adapter inside model.visual.*."""
+    from transformers import Qwen3_5ForConditionalGeneration
+
+    cfg = compose("train", ["experiment=tiny"])
+    model = Qwen3_5ForConditionalGeneration.from_pretrained(tiny_vl_model_dir, dtype=torch.float32)
+    matched = resolve_targets(model, list(cfg.lora.target_modules))
+    assert matched["q_proj"] == ["model.language_model.layers.3.self_attn.q_proj"]
+    assert matched["in_proj_qkv"] == [f"model.language_model.layers.{i}.linear_attn.in_proj_qkv" for i in range(3)]
+    assert sum(len(v) for v in matched.values()) == 31
+    with pytest.raises(LoraTargetError, match="qkv, linear_fc1 match no linear module"):
+        resolve_targets(model, ["q_proj", "qkv", "linear_fc1"])
+    peft_model, _ = apply_lora(model, OmegaConf.create({**OmegaConf.to_container(cfg.lora), "r": 2,
+                                                        "target_modules": ["q_proj", "out_proj"]}))
+    assert peft_model.peft_config["default"].exclude_modules == r"(.*\.)?visual(\..*)?"
+    lora = [n for n, _ in peft_model.named_modules() if n.endswith("lora_A")]
+    assert lora and not [n for n in lora if ".visual." in n]
+    assert any(".language_model.layers.0.linear_attn.out_proj" in n for n in lora)
+
+
+def test_card_targets_on_the_real_27b_layout():
+    """experiment=qwen36_27b_card's targets on Qwen3.6-27B's real module names (meta device, no weights)."""
+    from cardforge.core.models import layout
+
+    cfg = compose("train", ["experiment=qwen36_27b_card"])
+    model = layout.meta_model(layout.qwen36_27b_config())
+    matched = resolve_targets(model, list(cfg.lora.target_modules))
+    assert {t: len(v) for t, v in matched.items()} == {
+        "q_proj": 16, "k_proj": 16, "v_proj": 16, "o_proj": 16, "gate_proj": 64, "up_proj": 64, "down_proj": 64,
+        "in_proj_qkv": 48, "in_proj_z": 48, "in_proj_b": 48, "in_proj_a": 48, "out_proj": 48}
+    assert all(n.startswith("model.language_model.layers.") for v in matched.values() for n in v)
