@@ -13,6 +13,10 @@ Resumable: samples are appended one whole line at a time (cardforge.core.chat.ap
 skips every sample id already in either file, so a kill -9 loses at most the samples in flight and never
 duplicates one. A changed teacher/task config starts over (the old files are kept as *.stale-<key>).
 Fewer than data.min_accepted accepted samples stops the stage with an error (never train on nothing).
+Budget: every teacher answer is priced (teacher.price) into <outputs>/data/spend.jsonl; once data.budget
+(tokens or cost, all runs together) is reached no new sample starts (those in flight finish), the stage
+ends cleanly with what it has, and a re-run with a larger budget resumes. Spend: MLflow data.spend.*
+metrics and the manifest's `spend` field.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from cardforge.core.io import atomic_write_json, atomic_write_text
 # keys that change how many samples are made or kept, not what one sample is: a re-run with other values
 # resumes instead of starting over
 RESUME_NEUTRAL = ("num_samples", "samples_per_task", "retries", "retry_errors", "min_accepted", "eval_fraction",
-                  "max_seq_len", "judge", "train_format", "mask_tool_results")
+                  "max_seq_len", "judge", "train_format", "mask_tool_results", "budget")
 TRANSIENT = ("teacher_error", "simulator_error")  # what data.retry_errors=true asks again for
 
 
@@ -57,7 +61,8 @@ def resume_key(cfg: DictConfig) -> str:
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True, enum_to_str=True)
     for k in RESUME_NEUTRAL:
         data.pop(k, None)
-    for k in ("concurrency", "timeout_s", "base_url", "api_key_env", "ctx_size", "threads"):  # transport
+    for k in ("concurrency", "timeout_s", "idle_timeout_s", "base_url", "api_key_env", "ctx_size", "threads",
+              "price"):  # transport and accounting
         teacher.pop(k, None)
     return tracking.config_hash({"data": data, "teacher": teacher})
 
@@ -82,17 +87,27 @@ def _log(msg: str) -> None:
     print(f"[cardforge.data] {msg}", file=sys.stderr, flush=True)
 
 
-async def _generate(todo, teacher, opts, accepted: Path, rejected: Path, simulator) -> None:
+async def _generate(todo, teacher, opts, accepted: Path, rejected: Path, simulator, budget=None) -> dict:
+    """Run the samples; returns {"stopped_by_budget": why or None, "not_started": n} (budget: (tokens, cost))."""
     from cardforge.data.react import run_sample
     from cardforge.eval.client import new_session
 
     sem = asyncio.Semaphore(teacher.concurrency)
     counts = {"accepted": 0, "rejected": 0}
+    stop: dict = {"stopped_by_budget": None, "not_started": 0}
     async with new_session(teacher.concurrency) as session:
         sim_session = new_session(simulator.concurrency) if simulator else None
 
         async def one(task, k):
             async with sem:
+                why = teacher.spend.reached(*budget) if budget and teacher.spend else None
+                if why:  # not started, not recorded: a re-run with a larger budget asks it
+                    if not stop["stopped_by_budget"]:
+                        _log(f"budget reached ({why}): no new samples start; raise data.budget and re-run to "
+                             "resume")
+                    stop["stopped_by_budget"] = why
+                    stop["not_started"] += 1
+                    return
                 traj = await run_sample(task, k, teacher, session, opts, simulator, sim_session)
             ok = traj.verdict.status == "accepted"
             append_jsonl(accepted if ok else rejected, traj)  # the loop is the only writer: whole lines
@@ -105,6 +120,7 @@ async def _generate(todo, teacher, opts, accepted: Path, rejected: Path, simulat
         finally:
             if sim_session:
                 await sim_session.close()
+    return stop
 
 
 def _student_tokenizer(cfg: DictConfig):
@@ -120,7 +136,7 @@ def run(cfg: DictConfig) -> DataResult:
     from cardforge.data.react import Options, sample_id
     from cardforge.data.tasks import load_tasks
     from cardforge.data import llm_judge
-    from cardforge.data.teacher import Teacher, open_teacher
+    from cardforge.data.teacher import Spend, Teacher, open_teacher
 
     t0 = time.monotonic()
     d, out = cfg.data, out_dir(cfg)
@@ -134,7 +150,16 @@ def run(cfg: DictConfig) -> DataResult:
         mode = mode.split(".")[-1]  # an enum prints as ToolResults.execute
         _log(f"{len(tasks)} tasks x {d.samples_per_task} samples: {len(todo)} to ask, {len(done)} already done "
              f"(tool_results={mode}, judge={bool(d.judge)})")
-        if todo:
+        spend = Spend.load(out / "spend.jsonl")  # what earlier runs spent counts against the budget
+        budget = (OmegaConf.select(cfg, "data.budget.tokens"), OmegaConf.select(cfg, "data.budget.cost"))
+        if budget[1] is not None and OmegaConf.select(cfg, "teacher.price.input_per_m") is None:
+            raise UserError("data.budget.cost needs teacher.price (per million tokens): set "
+                            "teacher.price.input_per_m= and teacher.price.output_per_m=, or use data.budget.tokens")
+        stop = {"stopped_by_budget": spend.reached(*budget), "not_started": 0}
+        if stop["stopped_by_budget"] and todo:
+            _log(f"budget reached ({stop['stopped_by_budget']}): nothing asked; raise data.budget to resume")
+            stop["not_started"] = len(todo)
+        elif todo:
             opts = Options(mode, int(d.max_steps), bool(d.judge), float(d.tool_timeout_s))
             if d.judge and d.judge_url:
                 opts.llm_judge = Teacher(str(d.judge_url).rstrip("/").removesuffix("/v1"), d.judge_model,
@@ -144,13 +169,13 @@ def run(cfg: DictConfig) -> DataResult:
                 from cardforge.core.sandbox import check_available
 
                 check_available()  # fail before the teacher starts, with the fix in the message
-            with open_teacher(cfg, out) as teacher:
+            with open_teacher(cfg, out, spend) as teacher:
                 simulator = None
                 if mode == "simulate" and d.simulator_url:
                     simulator = Teacher(str(d.simulator_url).rstrip("/").removesuffix("/v1"),
                                         d.simulator_model, teacher.sampling, teacher.timeout_s, teacher.retries,
                                         teacher.concurrency, label=str(d.simulator_model or "simulator"))
-                asyncio.run(_generate(todo, teacher, opts, accepted, rejected, simulator))
+                stop = asyncio.run(_generate(todo, teacher, opts, accepted, rejected, simulator, budget))
         if not accepted.exists():  # nothing accepted yet: still the path the next stage reads
             atomic_write_text(accepted, "")
         acc = read_jsonl(accepted)[0]
@@ -163,6 +188,10 @@ def run(cfg: DictConfig) -> DataResult:
                 "sources": list(d.sources), "samples_per_task": int(d.samples_per_task),
                 "resume_key": resume_key(cfg), "wall_s": round(time.monotonic() - t0, 1)}
         manifest = build_manifest(accepted, acc, rej, tokens=tokens, info=info)
+        manifest["spend"] = {**spend.as_dict(), "currency": str(OmegaConf.select(cfg, "teacher.price.currency")
+                                                                 or "USD"),
+                             "priced": OmegaConf.select(cfg, "teacher.price.input_per_m") is not None,
+                             "budget": {"tokens": budget[0], "cost": budget[1]}, **stop}
         atomic_write_json(out / "manifest.json", manifest)
         atomic_write_text(out / "table.md", table(manifest))
         _log(table(manifest))
@@ -172,13 +201,17 @@ def run(cfg: DictConfig) -> DataResult:
         metrics.update({f"data.tokens.{k}": float(v) for k, v in (tokens or {}).items()
                         if isinstance(v, (int, float))})
         metrics["data.wall_s"] = info["wall_s"]
+        metrics.update({f"data.spend.{k}": float(v) for k, v in spend.as_dict().items()})
+        metrics["data.spend.stopped_by_budget"] = float(bool(stop["stopped_by_budget"]))
         mlflow.log_metrics(metrics)
         mlflow.set_tag("data.sha256", str(manifest["sha256"]))
-        for p in (accepted, rejected, out / "manifest.json", out / "table.md"):
+        for p in (accepted, rejected, out / "manifest.json", out / "table.md", out / "spend.jsonl"):
             if p.exists():
                 mlflow.log_artifact(str(p), "data")
         if c["accepted"] < int(d.min_accepted):
             raise UserError(f"only {c['accepted']} of {c['samples']} samples were accepted (data.min_accepted="
                             f"{d.min_accepted}); rejections by reason: {manifest['rejections']} — see {rejected}; "
-                            "try more data.samples_per_task, easier data.sources or a stronger teacher=")
+                            "try more data.samples_per_task, easier data.sources or a stronger teacher="
+                            + (f"; the budget stopped the stage ({stop['stopped_by_budget']}): raise data.budget"
+                               if stop["stopped_by_budget"] else ""))
         return DataResult(str(accepted), str(rejected), manifest, run_.info.run_id, info["wall_s"])
