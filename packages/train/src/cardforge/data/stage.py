@@ -61,6 +61,7 @@ def resume_key(cfg: DictConfig) -> str:
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True, enum_to_str=True)
     for k in RESUME_NEUTRAL:
         data.pop(k, None)
+    data.pop("max_retries", None)  # how often a failed request is asked again, not what a sample is
     for k in ("concurrency", "timeout_s", "idle_timeout_s", "base_url", "api_key_env", "ctx_size", "threads",
               "price"):  # transport and accounting
         teacher.pop(k, None)
@@ -70,17 +71,52 @@ def resume_key(cfg: DictConfig) -> str:
 def _prepare_files(cfg: DictConfig, out: Path) -> tuple[Path, Path]:
     accepted, rejected, state = out / "trajectories.jsonl", out / "rejections.jsonl", out / "state.json"
     key = resume_key(cfg)
-    old = json.loads(state.read_text()).get("resume_key") if state.exists() else None
+    prev = json.loads(state.read_text()) if state.exists() else {}
+    old = prev.get("resume_key")
     if old and old != key:
         for p in (accepted, rejected):
             if p.exists():
                 p.rename(p.with_name(f"{p.name}.stale-{old}"))
         _log(f"teacher/data config changed ({old} -> {key}): starting over, old files kept as *.stale-{old}")
-    atomic_write_json(state, {"resume_key": key})
+    # sample id -> how many later runs asked again for it after a teacher/simulator error (capped)
+    asked = dict(prev.get("asked_again", {})) if old == key else {}
+    cap = int(OmegaConf.select(cfg, "data.max_retries", default=3))
     if cfg.data.retry_errors and rejected.exists():
-        keep = [t for t in read_jsonl(rejected)[0] if t.extra.get("reason") not in TRANSIENT]
-        write_jsonl(rejected, keep)
+        keep, again = [], []
+        for t in read_jsonl(rejected)[0]:
+            if t.extra.get("reason") in TRANSIENT and asked.get(t.task_id, 0) < cap:
+                asked[t.task_id] = asked.get(t.task_id, 0) + 1
+                again.append(t.task_id)
+            else:
+                keep.append(t)
+        if again:
+            write_jsonl(rejected, keep)
+            _log(f"asking again for {len(again)} sample(s) that failed last time because the teacher/simulator did "
+                 f"not answer (data.retry_errors=true; each at most data.max_retries={cap} times)")
+    atomic_write_json(state, {"resume_key": key, "asked_again": asked})
     return accepted, rejected
+
+
+def outage_note(cfg: DictConfig, rej: list, out: Path) -> str:
+    """What happened to samples the teacher/simulator did not answer and what to do: one line, or ''."""
+    failed = [t for t in rej if t.extra.get("reason") in TRANSIENT]
+    if not failed:
+        return ""
+    state = out / "state.json"
+    asked = json.loads(state.read_text()).get("asked_again", {}) if state.exists() else {}
+    cap = int(OmegaConf.select(cfg, "data.max_retries", default=3))
+    spent = sum(asked.get(t.task_id, 0) >= cap for t in failed)
+    first = " ".join(str(failed[0].verdict.reason).split())[:120]
+    if cfg.data.retry_errors and spent < len(failed):
+        then = (f"the next run asks again for {len(failed) - spent} of them (data.max_retries={cap} runs each"
+                + (f"; {spent} have used all their tries" if spent else "") + ")")
+    elif cfg.data.retry_errors:
+        then = f"all have been asked again data.max_retries={cap} times; raise data.max_retries to ask again"
+    else:
+        then = "data.retry_errors=false keeps them rejected; set data.retry_errors=true to ask again"
+    return (f"{len(failed)} sample(s) failed because the teacher/simulator did not answer (e.g. {first}); {then}. "
+            f"Check that the teacher answers (teacher.base_url, the API key in ${cfg.teacher.api_key_env}) or raise "
+            "teacher.timeout_s / data.retries, then rerun the data stage")
 
 
 def _log(msg: str) -> None:
@@ -208,6 +244,13 @@ def run(cfg: DictConfig) -> DataResult:
         for p in (accepted, rejected, out / "manifest.json", out / "table.md", out / "spend.jsonl"):
             if p.exists():
                 mlflow.log_artifact(str(p), "data")
+        if note := outage_note(cfg, rej, out):
+            _log(note)
+            mlflow.set_tag("data.outage", note[:5000])
+        if c["accepted"] < int(d.min_accepted) and note and 2 * len(
+                [t for t in rej if t.extra.get("reason") in TRANSIENT]) >= max(1, c["samples"] - c["accepted"]):
+            raise UserError(f"only {c['accepted']} of {c['samples']} samples were accepted (data.min_accepted="
+                            f"{d.min_accepted}): {note}")
         if c["accepted"] < int(d.min_accepted):
             raise UserError(f"only {c['accepted']} of {c['samples']} samples were accepted (data.min_accepted="
                             f"{d.min_accepted}); rejections by reason: {manifest['rejections']} — see {rejected}; "

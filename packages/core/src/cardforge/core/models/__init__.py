@@ -26,6 +26,7 @@ EMBEDDED = {
     "tiny-qwen35-mtp": "cardforge.core.models.tiny_qwen35",
     "tiny-qwen36-vl-mtp": "cardforge.core.models.tiny_qwen36_vl",
     "smollm2-135m-instruct": "cardforge.core.models.smollm2",
+    "smollm2-135m-instruct-tools": "cardforge.core.models.smollm2_tools",
 }
 MANIFEST = "cardforge_manifest.json"
 
