@@ -1,5 +1,6 @@
-"""encode(): the loss mask on the real Qwen3.6 tokenizer + our Qwen3-style template (tiny-qwen35-mtp) and
-on SmolLM2's template; the round trip render -> tokens -> decode -> parse_assistant (THE parser)."""
+"""encode()/encode_all(): the loss mask on the real Qwen3.6 tokenizer + our Qwen3-style template
+(tiny-qwen35-mtp) and on SmolLM2's template; the round trip render -> tokens -> decode -> parse_assistant (THE
+parser). The base's own Qwen3.5 template and hypothesis-generated trajectories: test_chat_contract.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from cardforge.core.chat import (
     EncodeError,
     Message,
+    encode_all,
     TemplateNotPrefixStable,
     ToolCall,
     Trajectory,
@@ -30,7 +32,7 @@ def qwen(tiny_model_dir):
 
 def hand_example() -> list[Message]:
     return [Message("user", "hi"),
-            Message("assistant", "", "go", [ToolCall("f", {"x": 1})]),
+            Message("assistant", "", "go", [ToolCall("f", {"x": "1"})]),  # no tool schema: "1" stays a string
             Message("tool", "ok", name="f"),
             Message("assistant", "Done.", "fine")]
 
@@ -56,8 +58,7 @@ def test_hand_checked_example(qwen):
         # <|im_start|>assistant\n<think>\n | fine\n</think>\n\nDone.<|im_end|> | \n
         (IM_START, 0), (74455, 0), (NL, 0), (THINK, 0), (NL, 0),
         (59965, 1), (NL, 1), (END_THINK, 1), (NLNL, 1), (16936, 1), (13, 1), (IM_END, 1),
-        (NL, 0),
-    ]
+    ]  # a sequence ends with its last trained <|im_end|>
     assert list(zip(enc.input_ids, enc.loss_mask)) == expected
     assert [(s.message_index, s.token_start, s.token_end) for s in enc.spans] == [(1, 11, 39), (3, 55, 62)]
     assert qwen.decode(enc.input_ids[11:39]) == (
@@ -115,61 +116,77 @@ def trajectory(rng: random.Random, task_id: str) -> Trajectory:
     return Trajectory(task_id, msgs, tools=TOOLS)
 
 
+def _serving_ids(tok, messages, tools):
+    ids = tok.apply_chat_template(messages, tools=tools or None, tokenize=True, add_generation_prompt=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_round_trip_render_tokens_decode_parse(qwen, seed):
     traj = Trajectory.from_dict(json.loads(json.dumps(trajectory(random.Random(seed), f"s{seed}").to_dict())))
-    enc = encode(traj, qwen)
-    assert qwen.decode(enc.input_ids) == enc.text == qwen.apply_chat_template(
-        traj.openai_messages(), tools=TOOLS, tokenize=False)
+    enc = encode_all(traj, qwen)
     assistant = [(i, m) for i, m in enumerate(traj.messages) if m.role == "assistant"]
-    assert [s.message_index for s in enc.spans] == [i for i, _ in assistant]
-    for span, (_, original) in zip(enc.spans, assistant):
-        trained = qwen.decode(enc.input_ids[span.token_start:span.token_end])
-        assert trained.endswith("<|im_end|>")
-        parsed = parse_assistant(trained, TOOLS, think_open=True)  # the text a server would return
-        assert parsed.errors == []
-        want = Message("assistant", original.content, original.reasoning_content,
-                       [ToolCall(c.name, c.arguments) for c in original.tool_calls])  # ids are not rendered
-        assert parsed.to_message() == want
-    # exactly the spans are trained; everything else (system, user, tool results, headers) is not
-    inside = {i for s in enc.spans for i in range(s.token_start, s.token_end)}
-    assert [i for i, m in enumerate(enc.loss_mask) if m] == sorted(inside)
-    assert all(enc.input_ids[s.token_end - 1] == IM_END for s in enc.spans)
+    spans = [s for seq in enc.sequences for s in seq.spans]
+    assert [s.message_index for s in spans] == [i for i, _ in assistant] and enc.dropped_spans == 0
+    for seq in enc.sequences:
+        assert qwen.decode(seq.input_ids) == seq.text
+        for span in seq.spans:
+            original = traj.messages[span.message_index]
+            # the context is the serving prompt, token for token
+            assert seq.input_ids[:span.token_start] == _serving_ids(qwen, traj.openai_messages()[:span.message_index],
+                                                                    TOOLS)
+            trained = qwen.decode(seq.input_ids[span.token_start:span.token_end])
+            assert trained.endswith("<|im_end|>")
+            parsed = parse_assistant(trained, TOOLS, think_open=True)  # the text a server would return
+            assert parsed.errors == []
+            want = Message("assistant", original.content, original.reasoning_content,
+                           [ToolCall(c.name, c.arguments) for c in original.tool_calls])  # ids are not rendered
+            assert parsed.to_message() == want
+        # exactly the spans are trained; everything else (system, user, tool results, headers) is not
+        inside = {i for s in seq.spans for i in range(s.token_start, s.token_end)}
+        assert [i for i, m in enumerate(seq.loss_mask) if m] == sorted(inside)
+        assert all(seq.input_ids[s.token_end - 1] == IM_END for s in seq.spans)
 
 
 def test_tool_results_are_never_trained(qwen):
     traj = trajectory(random.Random(99), "t")
-    enc = encode(traj, qwen)
-    for i, m in enumerate(traj.messages):
-        if m.role == "tool":
-            start = enc.text.index(m.content, enc.text.index("<tool_response>"))
-            toks = [k for k, (a, b) in enumerate(enc.offsets) if a >= start and b <= start + len(m.content)]
-            assert toks and all(enc.loss_mask[k] == 0 for k in toks)
+    for enc in encode_all(traj, qwen).sequences:
+        for i, m in enumerate(traj.messages[:enc.n_messages]):
+            if m.role == "tool" and m.content:
+                start = enc.text.index(m.content, enc.text.index("<tool_response>"))
+                toks = [k for k, (a, b) in enumerate(enc.offsets) if a >= start and b <= start + len(m.content)]
+                assert toks and all(enc.loss_mask[k] == 0 for k in toks)
 
 
-def test_truncation_ends_after_a_whole_assistant_turn(qwen):
+def test_truncation_drops_whole_turns_and_counts_them(qwen):
     msgs = hand_example()
     full = encode(msgs, qwen)
-    assert len(full) == 63
-    # 62 fits both turns up to their <|im_end|>; only the template's trailing newline goes
-    assert encode(msgs, qwen, max_len=62).input_ids == full.input_ids[:62]
-    cut = encode(msgs, qwen, max_len=61)  # the second turn does not fit: cut after the first one
-    assert cut.truncated and cut.n_messages == 2 and len(cut) == 39
-    assert cut.input_ids == full.input_ids[:39] and cut.input_ids[-1] == IM_END and cut.loss_mask[-1] == 1
-    assert cut.text.endswith("</tool_call><|im_end|>")
-    assert encode(msgs, qwen, max_len=len(full)).truncated is False
-    with pytest.raises(EncodeError, match="max_len 20 is shorter than the first assistant turn"):
-        encode(msgs, qwen, max_len=20)
+    n = len(full)
+    assert encode(msgs, qwen, max_len=n).input_ids == full.input_ids
+    cut = encode_all(msgs, qwen, max_len=n - 1)  # the second turn does not fit with its context
+    assert cut.dropped_spans == 1 and cut.truncated and len(cut.sequences) == 1
+    seq = cut.sequences[0]
+    assert seq.truncated and seq.n_messages == 2 and seq.input_ids == full.input_ids[:full.spans[0].token_end]
+    assert seq.input_ids[-1] == IM_END and seq.loss_mask[-1] == 1 and seq.text.endswith("</tool_call><|im_end|>")
+    with pytest.raises(EncodeError, match="max_len 20 is shorter than every assistant turn") as e:
+        encode_all(msgs, qwen, max_len=20)
+    assert e.value.reason == "too_long"
 
 
-def test_template_that_drops_old_reasoning_is_rejected_naming_the_message(qwen):
-    # the official Qwen3 style: reasoning is shown only for the LAST assistant turn
-    drops = ("{%- for m in messages -%}<|im_start|>{{ m.role }}\n{%- if m.role == 'assistant' and loop.last and "
-             "m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}{{ m.content }}<|im_end|>\n"
-             "{%- endfor -%}{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif -%}")
-    with pytest.raises(TemplateNotPrefixStable, match="not prefix-stable at message 1") as e:
-        encode(hand_example(), qwen, chat_template=drops)
-    assert e.value.index == 1
+def test_template_that_drops_old_reasoning_trains_each_turn_in_its_serving_context(qwen):
+    # the base's own (Qwen3.5) template shows reasoning only after the last user query, so turn 1 is rendered
+    # without it once turn 3 exists: turn 3 gets its own sequence whose context is what the server sends
+    from cardforge.core.chat.template import qwen35_template
+
+    drops = qwen35_template()
+    msgs = [Message("user", "hi"), Message("assistant", "A", "r1"), Message("user", "more"), Message("assistant", "B", "r2")]
+    with pytest.raises(EncodeError, match="trains as 2 sequences"):
+        encode(msgs, qwen, chat_template=drops)
+    enc = encode_all(msgs, qwen, chat_template=drops)
+    assert [[s.message_index for s in seq.spans] for seq in enc.sequences] == [[1], [3]]
+    assert "r1" in enc.sequences[0].text and "r1" not in enc.sequences[1].text
+    assert enc.sequences[1].text.endswith("<|im_start|>assistant\nA<|im_end|>\n<|im_start|>user\nmore<|im_end|>\n"
+                                          "<|im_start|>assistant\n<think>\nr2\n</think>\n\nB<|im_end|>")
 
 
 def test_thinking_off_generation_prompt_conflicts_with_reasoning(qwen):
