@@ -15,8 +15,8 @@ Rules (why: a guess here would silently train on, or score, something the model 
   reasoning and an error says the output ended inside it; otherwise the text is plain content.
 * Tool calls start at the first <tool_call>. Inside a call the structure is walked, not searched: a
   parameter's value ends at the first </parameter> that is STRUCTURAL, i.e. followed (after whitespace) by
-  </function> or by <parameter=NAME> where NAME is a parameter of the tool's schema (any NAME without a
-  schema) not given yet. So a value may contain </parameter>, </function>, </tool_call>, <think> ... as text;
+  </function> (or </tool_call>) or by <parameter=NAME> where NAME is a parameter of the tool's schema (any NAME
+  without a schema); a NAME given twice is an error. So a value may contain </parameter>, </function>, </tool_call>, <think> ... as text;
   what it cannot hide is "</parameter>" + "<parameter=KNOWN>": that reads as two arguments, which is why
   `encode` refuses training samples whose values contain tool-call markup (see docs/data.md).
 * A VALUE is the text between <parameter=ARG> and its </parameter> less ONE newline each side (the template
@@ -200,7 +200,7 @@ def _parse_call(text: str, pos: int, schemas: dict[str, dict | None]) -> tuple[T
         if params is not None and arg not in params:
             raise _CallError(f"function {name!r}: parameter {arg!r} is not in its schema (known: "
                              f"{', '.join(sorted(params)) or 'none'})", _resume_after_close(text, pos))
-        close = _structural_param_close(text, gt + 1, params, set(raw) | {arg})
+        close = _structural_param_close(text, gt + 1, params)
         if close < 0:
             raise _CallError(f"function {name!r}: parameter {arg!r} has no </parameter>",
                              _resume_after_close(text, pos))
@@ -215,20 +215,20 @@ def _parse_call(text: str, pos: int, schemas: dict[str, dict | None]) -> tuple[T
     return ToolCall(name, args), pos
 
 
-def _structural_param_close(text: str, pos: int, params: dict | None, seen: set[str]) -> int:
+def _structural_param_close(text: str, pos: int, params: dict | None) -> int:
     """Index of the </parameter> that ends the value starting at `pos`, or -1."""
     while True:
         close = text.find(PARAM_CLOSE, pos)
         if close < 0:
             return -1
         after = _skip_ws(text, close + len(PARAM_CLOSE))
-        if text.startswith(FN_CLOSE, after):
-            return close
+        if text.startswith(FN_CLOSE, after) or text.startswith(CALL_CLOSE, after):
+            return close  # (</tool_call> without </function>: reported as such by the caller)
         if text.startswith(PARAM_PREFIX, after):
             gt = text.find(">", after)
             nxt = text[after + len(PARAM_PREFIX):gt] if gt >= 0 else ""
-            if valid_name(nxt) and nxt not in seen and (params is None or nxt in params):
-                return close
+            if valid_name(nxt) and (params is None or nxt in params):
+                return close  # a name given already is reported by the caller ("given twice"), never absorbed
         pos = close + len(PARAM_CLOSE)
 
 
