@@ -1,5 +1,6 @@
 """Data stage against a fault-injecting teacher (real HTTP): faults are recorded with their reason and the
-run goes on; a re-run asks nothing again; kill -9 mid-run then re-run -> no duplicate, no torn line."""
+run goes on; a re-run asks again only for outages (teacher/simulator errors, data.max_retries runs at most);
+kill -9 mid-run then re-run -> no duplicate, no torn line."""
 
 from __future__ import annotations
 
@@ -40,10 +41,12 @@ def counts(url: str) -> dict:
         return json.load(r)
 
 
-def test_faults_are_recorded_and_rerun_asks_nothing(tmp_path, mlflow_uri, mlflow_experiment, tiny_model_dir):
+def test_faults_are_recorded_and_rerun_asks_again_only_for_outages_up_to_the_cap(
+        tmp_path, mlflow_uri, mlflow_experiment, tiny_model_dir, capfd):
     tasks = write_tasks(tmp_path / "tasks.jsonl", FAULTS)
     with FakeServer() as srv:
-        cfg = compose("data", overrides(srv.base_url, tasks, tmp_path / "out", mlflow_experiment))
+        cfg = compose("data", overrides(srv.base_url, tasks, tmp_path / "out", mlflow_experiment,
+                                        "data.max_retries=1"))
         res = run(cfg)
         rej = {t.task_id: t.extra["reason"] for t in read_jsonl(res.rejections)[0]}
         assert rej == {"http500#0": "teacher_error", "timeout#0": "teacher_error", "length#0": "length",
@@ -56,15 +59,30 @@ def test_faults_are_recorded_and_rerun_asks_nothing(tmp_path, mlflow_uri, mlflow
         assert m["tokens"]["trained_tokens"] > 0 and 0 < m["tokens"]["trained_fraction"] < 1
         before = counts(srv.base_url)
         assert before["retry"] == 2 and before["http500"] == 2  # retries: 1 + data.retries
-        again = run(cfg)
-        assert counts(srv.base_url) == before  # nothing re-requested
-        assert again.manifest["sha256"] == m["sha256"]
-        # data.retry_errors=true asks again only for the transient failures
-        run(compose("data", overrides(srv.base_url, tasks, tmp_path / "out", mlflow_experiment,
-                                      "data.retry_errors=true")))
+        # what happened and what to do, in one line
+        err = capfd.readouterr().err
+        note = next(line for line in err.splitlines() if "did not answer" in line)
+        assert "4 sample(s) failed because the teacher/simulator did not answer" in note
+        assert "the next run asks again for 4 of them (data.max_retries=1" in note and "teacher.base_url" in note
+        # the next run asks again for the outages (by default), never for a real rejection (length) or a success
+        run(cfg)
         after = counts(srv.base_url)
-        assert after["http500"] == 4 and after["ok"] == before["ok"] and after["length"] == before["length"]
+        assert after["http500"] == 4 and after["drop"] == 2 * before["drop"]
+        assert after["ok"] == before["ok"] and after["length"] == before["length"] and after["retry"] == before["retry"]
+        assert "all have been asked again data.max_retries=1 times" in capfd.readouterr().err
+        # the cap is reached: a third run asks nothing
+        again = run(cfg)
+        assert counts(srv.base_url) == after
+        assert again.manifest["sha256"] == m["sha256"]
         assert len(read_jsonl(res.rejections)[0]) == 5
+        # data.retry_errors=false never asks again, and says how to
+        run(compose("data", overrides(srv.base_url, tasks, tmp_path / "out2", mlflow_experiment,
+                                      "data.retry_errors=false")))
+        first = counts(srv.base_url)
+        run(compose("data", overrides(srv.base_url, tasks, tmp_path / "out2", mlflow_experiment,
+                                      "data.retry_errors=false")))
+        assert counts(srv.base_url) == first
+        assert "set data.retry_errors=true to ask again" in capfd.readouterr().err
 
 
 def test_kill_9_mid_run_then_rerun_has_no_duplicate(tmp_path, mlflow_uri, mlflow_experiment, tiny_model_dir):
