@@ -28,6 +28,54 @@ def _gguf_gb(tier: str, params_b: float) -> float:
     return GGUF_BPW.get(tier, 8) * params_b / 8
 
 
+TEACHER_PROMPT_TOKENS = 1000  # system + tools prompt + task, for the ceiling before any run measured it
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
+
+
+def teacher_estimate(cfg: DictConfig) -> dict:
+    """Teacher tokens and cost for the preset's data stage: measured (mean tokens per sample from an earlier
+    run's ledger, <outputs>/data/spend.jsonl) when there is one, else the ceiling (every sample runs
+    data.max_steps steps of teacher.max_tokens, the context growing by each answer)."""
+    d, t = cfg.data, cfg.teacher
+    n = (int(d.num_samples) or 0) * int(d.samples_per_task)  # num_samples 0: every task (unknown here)
+    price = t.get("price") or {}
+    pin, pout = price.get("input_per_m"), price.get("output_per_m")
+    out = Path(cfg.paths.outputs) / "data"
+    ledger = out / "spend.jsonl"
+    done = _lines(out / "trajectories.jsonl") + _lines(out / "rejections.jsonl")
+    if ledger.is_file() and done:
+        from cardforge.core.chat.jsonl import read_records
+
+        recs = read_records(ledger)
+        p_in = sum(int(r.get("prompt_tokens") or 0) for r in recs) / done
+        p_out = sum(int(r.get("completion_tokens") or 0) for r in recs) / done
+        how = f"measured: {len(recs)} requests over {done} samples in {ledger}"
+    else:
+        steps, mt = int(d.max_steps), int(t.max_tokens)
+        p_in = sum(TEACHER_PROMPT_TOKENS + k * mt for k in range(steps))
+        p_out = steps * mt
+        how = f"ceiling: {d.max_steps} steps x {t.max_tokens} tokens per sample"
+    est = {"samples": n, "prompt_tokens": round(n * p_in), "completion_tokens": round(n * p_out), "how": how,
+           "cost": None, "currency": str(price.get("currency") or "USD")}
+    if pin is not None and pout is not None:
+        est["cost"] = (est["prompt_tokens"] * float(pin) + est["completion_tokens"] * float(pout)) / 1e6
+    return est
+
+
+def _teacher_line(cfg: DictConfig) -> str:
+    e = teacher_estimate(cfg)
+    if not e["samples"]:
+        return "teacher tokens: unknown until the tasks are loaded (data.num_samples=0: every task)"
+    cost = f"{e['cost']:,.2f} {e['currency']}" if e["cost"] is not None else "unknown (set teacher.price)"
+    budget = cfg.data.get("budget") or {}
+    limits = [f"{k}={v}" for k, v in budget.items() if v is not None]
+    return (f"teacher tokens ~{e['prompt_tokens'] / 1e6:,.1f}M in + {e['completion_tokens'] / 1e6:,.1f}M out, "
+            f"cost ~{cost} ({e['how']}); data.budget: {', '.join(limits) or 'none'}")
+
+
 def plan(cfg: DictConfig) -> list[tuple[str, str, str]]:
     """(stage, command, needs) rows, one per stage this invocation chains (the mtp row only with mtp.enabled)."""
     p = cfg.model.params_b
@@ -51,7 +99,8 @@ def plan(cfg: DictConfig) -> list[tuple[str, str, str]]:
     rows = [
         ("models", f"python -m cardforge.pipeline experiment={exp} until=models", models),
         ("data", f"python -m cardforge.data experiment={exp}",
-         f"teacher {teacher} ({cfg.data.num_samples} samples, tool results {cfg.data.tool_results.value}); sandbox"),
+         f"teacher {teacher} ({cfg.data.num_samples} samples, tool results {cfg.data.tool_results.value}); sandbox; "
+         + _teacher_line(cfg)),
         ("train", f"python -m cardforge.train experiment={exp}", train),
         ("merge", f"python -m cardforge.train.merge experiment={exp}", f"CPU RAM ~{_gb(bf16)}; disk {_gb(bf16)}"),
     ]
