@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -163,7 +163,8 @@ def _bad(bad: list[str], where: str, why: str, strict: bool) -> None:
     bad.append(f"{where}: {why}")
 
 
-def _trajectories(path: Path, rows: list[tuple[int, dict]], bad: list[str], strict: bool) -> Iterator[Any]:
+def _trajectories(path: Path, rows: list[tuple[int, dict]], bad: list[str], strict: bool,
+                  stats: LoadStats | None = None) -> Iterator[Any]:
     """The rows as validated trajectories; a row that is not one is skipped and counted (or refused: strict)."""
     from cardforge.core.chat import Trajectory, TrajectoryError
 
@@ -172,77 +173,147 @@ def _trajectories(path: Path, rows: list[tuple[int, dict]], bad: list[str], stri
             yield Trajectory.from_dict(row, f"{path}:{n}")
         except (TrajectoryError, ValueError, TypeError, KeyError) as e:
             _bad(bad, f"{path}:{n}", " ".join(str(e).split())[:200], strict)
+            if stats is not None:
+                stats.skip("bad_record", f"{path}:{n}", str(e))
 
 
-def load_samples(path: str | Path, tokenizer, max_len: int | None = None, skip_bad_lines: bool = True, *, train_format: str = "template",
-                 mask_tool_results: bool = True) -> list[Sample]:
+@dataclass
+class LoadStats:
+    """What load_samples kept and left out, per reason: logged as MLflow metrics (`metrics()`) and written into
+    the train stage's summary (train_result.json "data"). Reasons: `bad_line` (not JSON / not a trajectory),
+    a `cardforge.core.chat.REASONS` code (the chat contract refused the sample), `no_trained_token`."""
+
+    rows: int = 0  # records read (good lines)
+    trajectories: int = 0  # trajectories that gave at least one sample
+    samples: int = 0  # training sequences (a trajectory may train as several: see core.chat.mask)
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> records skipped
+    truncated: int = 0  # records with at least one assistant turn (or pre-tokenized tail) left out for max_len
+    dropped_turns: int = 0  # assistant turns left out for max_len
+    examples: list[str] = field(default_factory=list)  # the first few skips, FILE:LINE: reason: detail
+
+    def skip(self, reason: str, where: str, detail: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if len(self.examples) < 10:
+            self.examples.append(f"{where}: {reason}: {' '.join(detail.split())[:200]}")
+
+    def metrics(self) -> dict[str, float]:
+        out = {"data/records": self.rows, "data/trajectories": self.trajectories, "data/samples": self.samples,
+               "data/skipped": sum(self.skipped.values()), "data/truncated": self.truncated,
+               "data/dropped_turns": self.dropped_turns}
+        out.update({f"data/skipped_{reason}": n for reason, n in sorted(self.skipped.items())})
+        return {k: float(v) for k, v in out.items()}
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{r} {n}" for r, n in sorted(self.skipped.items())) or "none"
+        return (f"{self.samples} samples from {self.trajectories or self.samples} of {self.rows} records; skipped: "
+                f"{skipped}; truncated records: {self.truncated} ({self.dropped_turns} turns left out)")
+
+
+def load_samples(path: str | Path, tokenizer, max_len: int | None = None, skip_bad_lines: bool = True, *,
+                 train_format: str = "template", mask_tool_results: bool = True,
+                 stats: LoadStats | None = None) -> list[Sample]:
     """Samples from a JSONL file: pre-tokenized rows ({"input_ids", "loss_mask"}) are used as they are;
-    trajectories (the data stage's accepted set) go through `cardforge.core.chat.encode`.
+    trajectories (the data stage's accepted set) go through `cardforge.core.chat.encode_all` (one or more
+    sequences each, every trained turn in its serving context).
     `train_format="react_wire"` (data.train_format): each trajectory is first turned into the ReAct wire
     (cardforge.data.wire: what the eval actor sends), then rendered by the student's template.
-    `mask_tool_results=False` (data.mask_tool_results): the tool-result turns are trained on too."""
+    `mask_tool_results=False` (data.mask_tool_results): the tool-result turns are trained on too.
+    One bad record never aborts the load: it is skipped and counted per reason in `stats` (a bad LINE is
+    refused instead with skip_bad_lines=False); truncations are counted too."""
     from cardforge.core.io import read_jsonl_rows
 
+    stats = stats if stats is not None else LoadStats()
     # the one tolerant reader: a torn last line or a bad line is skipped and counted with FILE:LINE (or refused:
     # trainer.skip_bad_lines=false)
     path = Path(path)
     read = read_jsonl_rows(path, strict=not skip_bad_lines)
     rows, bad = read.rows, list(read.bad)
+    for b in bad:
+        stats.skip("bad_line", str(b).split(": ", 1)[0], str(b).split(": ", 1)[-1])
+    stats.rows = len(rows)
+    samples = []
     if rows and all("input_ids" in r and "loss_mask" in r for _, r in rows):
-        samples = []
         for n, r in rows:
             try:
-                samples.append(Sample(r["input_ids"][:max_len] if max_len else r["input_ids"],
-                                      r["loss_mask"][:max_len] if max_len else r["loss_mask"]))
+                sample = Sample(r["input_ids"][:max_len] if max_len else r["input_ids"],
+                                r["loss_mask"][:max_len] if max_len else r["loss_mask"])
             except (ValueError, TypeError) as e:
                 _bad(bad, f"{path}:{n}", str(e), not skip_bad_lines)
+                stats.skip("bad_line", f"{path}:{n}", str(e))
+                continue
+            stats.truncated += bool(max_len and len(r["input_ids"]) > max_len)
+            samples.append(sample)
     else:
         try:
             from cardforge.core import chat
         except ImportError:
             raise RuntimeError(f"{path} holds trajectories but cardforge.core.chat (the chat encoder) is not "
                                "installed; install packages/core or pass pre-tokenized rows") from None
-        samples = []
-        for traj in _trajectories(path, rows, bad, not skip_bad_lines):
+        for traj in _trajectories(path, rows, bad, not skip_bad_lines, stats):
             conv: Any = traj
-            if train_format == "react_wire":
-                from cardforge.data.wire import react_wire
+            try:
+                if train_format == "react_wire":
+                    from cardforge.data.wire import react_wire
 
-                conv = react_wire(traj)
-            enc = chat.encode(conv, tokenizer, max_len=max_len)
-            mask = list(enc.loss_mask)
-            if not mask_tool_results:
-                mask = unmask_tool_results(enc, conv, tokenizer, traj.tools if train_format == "template" else None)
-            samples.append(Sample(list(enc.input_ids), mask))
+                    conv = react_wire(traj)
+                enc = chat.encode_all(conv, tokenizer, max_len=max_len)
+            except chat.EncodeError as e:
+                stats.skip(e.reason, traj.task_id, str(e))
+                continue
+            stats.trajectories += 1
+            stats.truncated += enc.truncated
+            stats.dropped_turns += enc.dropped_spans
+            for seq in enc.sequences:
+                mask = list(seq.loss_mask)
+                if not mask_tool_results:
+                    mask = unmask_tool_results(seq, conv, tokenizer, traj.tools if train_format == "template" else None)
+                samples.append(Sample(list(seq.input_ids), mask))
     if bad:
         import logging
 
         logging.getLogger("cardforge.train").warning(
             "%s: skipped %d bad line(s) of %d, e.g. %s (trainer.skip_bad_lines=false refuses them)", path, len(bad),
-            len(bad) + len(samples), bad[0])
+            len(bad) + len(rows), bad[0])
     kept = [s for s in samples if sum(s.loss_mask[1:]) > 0]  # position 0 is never a target
+    if len(kept) < len(samples):
+        stats.skipped["no_trained_token"] = stats.skipped.get("no_trained_token", 0) + len(samples) - len(kept)
+    stats.samples = len(kept)
     if not kept:
         from cardforge.core.errors import UserError
 
-        raise UserError(f"{path}: no sample has a trained token ({len(samples)} samples, {len(bad)} bad lines skipped"
-                        "); check the data stage's output or point trainer.data_file at another file")
+        raise UserError(f"{path}: no sample has a trained token ({stats.summary()}"
+                        + (f"; e.g. {stats.examples[0]}" if stats.examples else "")
+                        + "); check the data stage's output or point trainer.data_file at another file")
     return kept
 
 
 def unmask_tool_results(enc, conversation, tokenizer, tools: list[dict] | None) -> list[int]:
     """enc.loss_mask with 1 on every token of a tool-result turn as the template renders it (from the end of
-    the conversation before it to the end of the turn): the card's 'train on tool results too' choice."""
+    the conversation before it to the end of the turn): the card's 'train on tool results too' choice. `enc` is
+    one sequence of encode_all: only turns its text renders as the conversation prefix does are unmasked (a
+    sequence whose context renders earlier turns differently, e.g. the Qwen3.5 template after a later user
+    query, left them in the sequence of their own query)."""
     from cardforge.core.chat.mask import as_template_messages
+    from cardforge.core.chat.parse import nfc
     from cardforge.data.wire import is_tool_result
 
-    msgs = as_template_messages(conversation)
+    msgs = nfc(as_template_messages(conversation))
+    tools = nfc(tools) if tools else None
 
     def render(upto: int) -> str:
         return tokenizer.apply_chat_template(msgs[:upto], tools=tools or None, tokenize=False,
                                              add_generation_prompt=False)
 
-    spans = [(len(render(i)), len(render(i + 1))) for i, m in enumerate(msgs) if is_tool_result(m)]
-    spans = [(a, min(b, len(enc.text))) for a, b in spans if a < len(enc.text)]  # a truncated sample ends earlier
+    def common(a: str, b: str) -> int:
+        n = min(len(a), len(b))
+        return next((k for k in range(n) if a[k] != b[k]), n)
+
+    spans = []
+    for i, m in enumerate(msgs[:enc.n_messages]):
+        if is_tool_result(m):
+            before = render(i)
+            if enc.text.startswith(before):
+                spans.append((len(before), common(enc.text, render(i + 1))))
     mask = list(enc.loss_mask)
     for t, (a, b) in enumerate(enc.offsets):
         if any(a < hi and b > lo for lo, hi in spans):

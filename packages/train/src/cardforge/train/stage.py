@@ -49,6 +49,8 @@ class TrainResult:
     trained_token_fraction: float = 0.0
     wall_s: float = 0.0
     peak_cuda_mem_gib: float = 0.0  # torch.cuda.max_memory_allocated over the fit (0 off CUDA)
+    data: dict = field(default_factory=dict)  # load_samples' LoadStats: samples, skipped per reason, truncations
+    chat_template: dict = field(default_factory=dict)  # which template rendered the samples, and its sha256
 
 
 def data_path(cfg: DictConfig) -> Path:
@@ -205,7 +207,8 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
 
     from cardforge.core.io import atomic_dir, atomic_write_json
     from cardforge.train.callbacks import AtomicLastCheckpoint, LossHistory, plot_loss, progress_bar
-    from cardforge.train.data import TrainDataModule, load_samples
+    from cardforge.core.chat.template import template_identity
+    from cardforge.train.data import LoadStats, TrainDataModule, load_samples
     from cardforge.train.lora import apply_lora
     from cardforge.train.module import DistillModule
 
@@ -215,10 +218,13 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
     path = model_path(cfg)
     tokenizer = AutoTokenizer.from_pretrained(path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    load_stats = LoadStats()
     samples = load_samples(samples_path, tokenizer, cfg.data.max_seq_len,
                            bool(OmegaConf.select(cfg, "trainer.skip_bad_lines", default=True)),
                            train_format=str(OmegaConf.select(cfg, "data.train_format", default="template")),
-                           mask_tool_results=bool(OmegaConf.select(cfg, "data.mask_tool_results", default=True)))
+                           mask_tool_results=bool(OmegaConf.select(cfg, "data.mask_tool_results", default=True)),
+                           stats=load_stats)
+    log.info("training data: %s", load_stats.summary())
     fsdp = str(tc.strategy) == "fsdp"
     base = load_base(path, str(tc.precision), tc.gradient_checkpointing, fsdp)
     model, matched = apply_lora(base, cfg.lora)
@@ -286,6 +292,7 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
         optimizer=module.optimizer_name, resumed_from_step=resumed_from,
         tokens_per_s=module.tokens_total / max(module.train_seconds, 1e-9),
         trained_token_fraction=module.target_total / max(module.tokens_total, 1),
+        data=asdict(load_stats), chat_template=template_identity(getattr(tokenizer, "chat_template", None)),
     )
     if on_cuda:
         result.peak_cuda_mem_gib = torch.cuda.max_memory_allocated(trainer.strategy.root_device) / 2**30
@@ -328,6 +335,11 @@ def run(cfg: DictConfig) -> TrainResult:
                             "train/final_loss": result.losses[-1] if result.losses else float("nan")})
         if result.peak_cuda_mem_gib:
             mlflow.log_metric("train/peak_cuda_mem_gib", result.peak_cuda_mem_gib)
+        if result.data:  # samples kept, skipped per reason, truncations (load_samples)
+            from cardforge.train.data import LoadStats
+
+            mlflow.log_metrics(LoadStats(**result.data).metrics())
+        mlflow.set_tags({f"train.{k}": v for k, v in result.chat_template.items()})
         mlflow.log_artifact(str(out_dir / "loss_curve.png"))
         mlflow.log_artifact(str(out_dir / "train_result.json"))
         mlflow.log_artifacts(result.adapter_dir, "adapter")

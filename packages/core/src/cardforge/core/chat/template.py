@@ -135,3 +135,19 @@ def copy_chat_template(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -
     if checkpoint_template(dst) != source:
         raise RuntimeError(f"chat template not carried over unchanged from {src} to {dst}")
     return template_sha256(source)
+
+
+def template_identity(source: str | None) -> dict[str, str]:
+    """What a chat template is, for MLflow tags / manifests: {"chat_template": "qwen3.5" (the pinned base
+    template) | "cardforge" (ours, core/models/chat_template.jinja) | "other" | "none",
+    "chat_template_sha256": hex}."""
+    if not source:
+        return {"chat_template": "none", "chat_template_sha256": ""}
+    digest = template_sha256(source)
+    if digest == QWEN35_TEMPLATE_SHA256:
+        kind = "qwen3.5"
+    else:
+        from cardforge.core.models.qwen36_tokenizer import load_chat_template
+
+        kind = "cardforge" if source == load_chat_template() else "other"
+    return {"chat_template": kind, "chat_template_sha256": digest}
