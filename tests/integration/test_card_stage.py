@@ -65,7 +65,7 @@ def test_card_nests_under_the_pipeline_and_logs_card_and_plots(built):
         assert (built.out / "card" / png).stat().st_size > 1000
         assert f"]({png})" in built.text
     assert "## 🇬🇧 English" in built.text and "## 🇨🇳 中文" in built.text
-    assert "Not measured" not in built.text and "未测量" not in built.text
+    assert "**Not measured in this run**" not in built.text and "**本次运行未测量**" not in built.text
 
 
 def test_card_shows_the_grafted_vs_retrained_mtp_head(built):

@@ -158,22 +158,34 @@ def stage_runs(cfg: DictConfig, parent, client=None) -> dict[str, StageRun]:
     return dict(sorted(out.items(), key=lambda kv: STAGES.index(kv[0])))
 
 
-def fetch_artifacts(cfg: DictConfig, runs: dict[str, StageRun], dst: Path) -> None:
-    """Download the artifacts the card reads into dst/<run id>/ (missing ones are simply absent)."""
+def fetch_artifacts(cfg: DictConfig, runs: dict[str, StageRun], dst: Path, client=None) -> None:
+    """Download the artifacts the card reads into dst/<run id>/. One the run did not log (e.g. no MTP bench) is
+    absent; one it logged that cannot be downloaded stops the card (never silently dropped)."""
     from mlflow.artifacts import download_artifacts
 
     uri = tracking.tracking_uri(cfg)
+    client = client or _client(cfg)
     for stage, run in runs.items():
         for path in ARTIFACTS.get(stage, []):
+            folder = path.rpartition("/")[0] or None
+            try:
+                logged = {a.path for a in client.list_artifacts(run.run_id, folder)}
+            except Exception as e:  # noqa: BLE001 - the artifact store itself is unreachable
+                raise UserError(f"cannot list the artifacts of the {stage} run {run.run_id[:8]} ({e}); the card "
+                                "reads them, so it is not compiled without them") from None
+            if path not in logged:
+                continue
             target = dst / run.run_id
             target.mkdir(parents=True, exist_ok=True)
             try:
                 local = download_artifacts(run_id=run.run_id, artifact_path=path, dst_path=str(target),
                                            tracking_uri=uri)
-            except Exception:  # noqa: BLE001 - a stage that did not log it (e.g. no MTP bench): not shown
-                continue
-            if Path(local).is_file():
-                run.files[path] = Path(local)
+            except Exception as e:  # noqa: BLE001
+                raise UserError(f"the {stage} run {run.run_id[:8]} logged {path} but it could not be downloaded "
+                                f"({type(e).__name__}: {e}); fix the artifact store and compile the card again") from None
+            if not Path(local).is_file():
+                raise UserError(f"the {stage} run {run.run_id[:8]} logged {path} but the download is not a file")
+            run.files[path] = Path(local)
 
 
 def collect(cfg: DictConfig, work_dir: Path) -> Collected:
@@ -181,7 +193,7 @@ def collect(cfg: DictConfig, work_dir: Path) -> Collected:
     parent = find_parent(cfg, client)
     runs = stage_runs(cfg, parent, client)
     shutil.rmtree(work_dir, ignore_errors=True)
-    fetch_artifacts(cfg, runs, work_dir)
+    fetch_artifacts(cfg, runs, work_dir, client)
     return Collected(StageRun.from_run(parent), runs)
 
 

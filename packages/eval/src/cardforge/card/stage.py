@@ -18,26 +18,60 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from cardforge.card import collect, plots, render
+from cardforge.card import audit, collect, plots, render
 from cardforge.core import tracking
+from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json, atomic_write_text
 
 
 def _commands(cfg: DictConfig, c: collect.Collected) -> dict[str, str]:
-    """The serve config's launch commands, the llama.cpp one pointing at the GGUF eval measured."""
+    """The serve config's launch commands, the llama.cpp one pointing at the GGUF eval measured (the eval run's
+    `eval.distill` tag); without an eval run, the quant stage's file at eval.quant_tier."""
     try:
         from cardforge.serve.commands import inference_commands
     except ImportError:  # cardforge-serve not installed: the card says so instead of guessing a command
         return {"note": "pip install -e packages/serve for the launch commands"}
     gguf = None
-    q = c.get("quant")
-    if q is not None:
+    q, ev = c.get("quant"), c.get("eval")
+    served = ev.tags.get("eval.distill", "") if ev is not None else ""
+    if served.endswith(".gguf"):
+        gguf = Path(served).name
+    elif q is not None:
         files = render.artifact_json(q, "quant/quant_results.json").get("files", {})
         tier = str(cfg.eval.quant_tier)
         keys = sorted((k for k in files if k.startswith(tier) and str(files[k].get("path", "")).endswith(".gguf")),
                       key=lambda k: ("imatrix" not in k, k))  # the eval stage's choice: imatrix first
         gguf = Path(files[keys[0]]["path"]).name if keys else None
-    return inference_commands(cfg, gguf)
+    cmds = inference_commands(cfg, gguf)
+    # a local release folder outside the checkout would print this machine's path into a hub card
+    local, shown = _release_dir(cfg)
+    return {k: v.replace(local, shown) for k, v in cmds.items()} if local else cmds
+
+
+def _release_dir(cfg: DictConfig) -> tuple[str | None, str]:
+    """(the release folder's absolute path, how the card shows it: relative to the checkout, else release/main)."""
+    try:
+        from cardforge.serve.commands import released_model_dir
+    except ImportError:
+        return None, ""
+    path = released_model_dir(cfg).absolute()
+    root = Path(str(cfg.paths.root)).absolute()
+    return str(path), ("./" + path.relative_to(root).as_posix() if path.is_relative_to(root)
+                       else (Path("release") / path.name).as_posix())
+
+
+def _release_note(cfg: DictConfig, languages: list[str]) -> dict[str, str]:
+    """Said under the vLLM / SGLang commands when they point at the local release folder (no published repo is
+    configured): that folder is what `make release` assembles, so the reader knows to run it first."""
+    try:
+        from cardforge.serve.commands import published_repo
+    except ImportError:
+        return {}
+    if published_repo(cfg) or cfg.serve.get("model_path"):
+        return {}
+    shown = _release_dir(cfg)[1]
+    return {lang: render.TEXT[lang]["release_note"].format(path=shown, experiment=cfg.experiment)
+            for lang in languages}
 
 
 def run(cfg: DictConfig) -> dict:
@@ -55,11 +89,18 @@ def run(cfg: DictConfig) -> dict:
             attribution=OmegaConf.to_container(cfg.card.attribution, resolve=True),
             languages=list(cfg.card.languages), commands=_commands(cfg, c), plots=figures,
             license=str(cfg.card.license))
-        text = render.render(c, ctx)
+        ctx.release_note = _release_note(cfg, ctx.languages)
+        text, values = render.render_with_values(c, ctx)
+        # the card checks itself against MLflow before anything is written: a number no run recorded fails it
+        try:
+            checked = audit.audit(text, values, mlflow.MlflowClient(tracking.tracking_uri(cfg)))
+        except audit.AuditError as e:
+            raise UserError(f"the card failed its audit against MLflow (a bug in the card compiler): {e}") from None
         readme = atomic_write_text(card_dir / "README.md", text)
         sources = {"parent": c.parent.run_id, "card_run": card_run.run_id,
                    "stages": {s: {"run_id": r.run_id, "reused": r.reused} for s, r in c.stages.items()},
-                   "not_measured": [s for s in collect.STAGES if s not in c.stages]}
+                   "not_measured": [s for s in collect.STAGES if s not in c.stages],
+                   "audited_numbers": checked, "values": values}
         atomic_write_json(card_dir / "card.json", sources)
         shutil.rmtree(card_dir / ".mlflow", ignore_errors=True)  # downloaded copies, not part of the card
         mlflow.log_artifact(str(readme), "card")
@@ -69,6 +110,7 @@ def run(cfg: DictConfig) -> dict:
         mlflow.set_tags({"card.parent_run_id": c.parent.run_id,
                          "card.not_measured": ",".join(sources["not_measured"])})
         mlflow.log_metric("card.stages_measured", float(len(c.stages)))
+        mlflow.log_metric("card.audited_numbers", float(checked))
     print(f"cardforge card: {readme} (pipeline run {c.parent.run_id[:8]}, card run {card_run.run_id[:8]}; "
           f"not measured: {', '.join(sources['not_measured']) or 'none'})", file=sys.stderr)
-    return {"card": str(readme), "run_id": card_run.run_id, **sources}
+    return {"card": str(readme), "run_id": card_run.run_id, **{k: v for k, v in sources.items() if k != "values"}}

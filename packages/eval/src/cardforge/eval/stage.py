@@ -2,8 +2,10 @@
 
 1. What to evaluate: `eval.endpoint` (a running OpenAI-compatible server) or `eval.distill_model` (a GGUF;
    default: the quant stage's eval.quant_tier GGUF), and with eval.compare_base the base model the same
-   way (`eval.base_endpoint` / `eval.base_model`, default: the quant stage's base model at the same tier and
-   imatrix, else model.path as a BF16 GGUF). A GGUF is served by
+   way (`eval.base_endpoint` / `eval.base_model`, default: the quant stage's base model at the distilled file's
+   format (tier + imatrix, read from the GGUF header), else that GGUF built here from the base checkpoint with
+   the quant stage's code and imatrix; where it cannot be built, a one-line error naming the keys; never a
+   silent BF16 base). Each model's format is tagged (`eval.<label>.format`). A GGUF is served by
    llama-server (cardforge.serve) with MTP off and eval.concurrency slots, as the card's accuracy runs were.
 2. Each suite in eval.suites (benchmarks/) through the streaming harness: records in
    <outputs>/eval/<label>/<suite>.jsonl (resumable), then statistics (stats.py) per model and paired
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,75 @@ class Target:
     label: str  # distill | base
     gguf: Path | None = None
     endpoint: str | None = None
+
+    @property
+    def format(self) -> str:
+        """What the card compares at: "<tier>[-imatrix]" read from the GGUF header, or "endpoint"."""
+        return gguf_format(self.gguf) if self.gguf else "endpoint"
+
+
+def gguf_format(path: Path) -> str:
+    """A GGUF's format from its own header: llama.cpp's general.file_type (Q4_K_M, Q8_0, BF16, ...) and
+    "-imatrix" when llama-quantize recorded an importance matrix."""
+    from cardforge.core.llama_cpp import gguf_header
+
+    kv = gguf_header(path, max_array=0)["kv"]
+    ft = kv.get("general.file_type")
+    try:
+        from gguf import LlamaFileType
+
+        name = LlamaFileType(int(ft)).name.removeprefix("MOSTLY_") if ft is not None else "unknown"
+    except (ImportError, ValueError):
+        name = f"file_type {ft}"
+    return name + ("-imatrix" if any(k.startswith("quantize.imatrix") for k in kv) else "")
+
+
+def _base_at(cfg: DictConfig, fmt: str, out_dir: Path) -> Path:
+    """The base model's GGUF at `fmt` (the distilled file's format): the quant stage's base file when it has
+    one, else built here from the base checkpoint with the quant stage's converter and llama-quantize (and its
+    imatrix when `fmt` has one). Quantizing is cheap next to an eval; where it cannot be done, one line says
+    which keys fix it."""
+    tier, imat = fmt.removesuffix("-imatrix"), fmt.endswith("-imatrix")
+    res = Path(cfg.paths.outputs) / "quant" / "quant_results.json"
+    listed = json.loads(res.read_text()).get("files", {}) if res.is_file() else {}
+    path = Path(str((listed.get(f"base:{fmt}") or {}).get("path", "")))
+    if path.suffix == ".gguf" and path.is_file() and gguf_format(path) == fmt:
+        return path
+    fix = (f"set quant.base_tiers=[{{tier: {tier}, imatrix: {str(imat).lower()}}}] and rerun quant, or "
+           "eval.base_model=PATH.gguf / eval.base_endpoint=URL, or eval.compare_base=false")
+    try:
+        from cardforge.quant import gguf as qgguf
+        from cardforge.quant.stage import base_gguf_cache, base_model_dir
+    except ImportError:
+        raise UserError(f"eval.compare_base: the base must be served as {fmt} like the distilled model, and "
+                        f"building it needs cardforge-quant (pip install -e packages/quant); or {fix}") from None
+    if tier not in qgguf.KNOWN_TIERS and tier != "BF16":
+        raise UserError(f"eval.compare_base: the distilled model is {fmt}, a format cardforge cannot build for "
+                        f"the base; {fix}")
+    imatrix = Path(cfg.paths.outputs) / "quant" / "imatrix.gguf"
+    if imat and not imatrix.is_file():
+        raise UserError(f"eval.compare_base: the distilled model is {fmt} but the quant stage's imatrix "
+                        f"({imatrix}) is missing, so the base cannot be quantized the same way; {fix}")
+    src = base_model_dir(cfg)  # one line when the base checkpoint is not on disk
+    name = f"{cfg.model.name}-base"
+    gdir = out_dir / "base-gguf"
+    gdir.mkdir(parents=True, exist_ok=True)
+    out = gdir / f"{name}-{fmt}.gguf"
+    if out.is_file():
+        return out
+    bf16 = base_gguf_cache(cfg, src) or gdir / f"{name}-BF16.gguf"
+    if not bf16.is_file():
+        _say(f"base: converting {src} to BF16 GGUF (the base is served as {fmt}, like the distilled model)")
+        tmp = bf16.with_name(f".{bf16.name}.tmp")
+        qgguf.convert(src, tmp)
+        tmp.replace(bf16)
+    if tier == "BF16":
+        return bf16
+    _say(f"base: quantizing to {fmt}")
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return qgguf.quantize(bf16, out, qgguf.Tier(tier, imat), imatrix if imat else None, threads,
+                          out_dir / "logs" / f"quantize-base-{fmt}.log")
 
 
 @dataclass
@@ -92,13 +164,12 @@ def targets(cfg: DictConfig) -> list[Target]:
             if not Path(ev.base_model).is_file():
                 raise UserError(f"eval.base_model={ev.base_model}: no such GGUF file")
             out.append(Target("base", gguf=Path(ev.base_model)))
-        elif not ev.distill_model and (base := _quant_gguf(cfg, "base:")) is not None:
-            out.append(Target("base", gguf=base))  # same tier, same imatrix as the distilled file
+        elif out[0].gguf is not None:
+            # the base at the distilled file's own format (same tier, same imatrix), found or built
+            out.append(Target("base", gguf=_base_at(cfg, out[0].format, Path(cfg.paths.outputs) / "eval")))
         else:
-            from cardforge.serve.stage import resolve_gguf
-
-            base_cfg = OmegaConf.merge(cfg, {"serve": {"model_path": None}})
-            out.append(Target("base", gguf=resolve_gguf(base_cfg)))
+            raise UserError("eval.compare_base with eval.endpoint: the base must be served the same way; set "
+                            "eval.base_endpoint=URL (or eval.base_model=PATH.gguf), or eval.compare_base=false")
     return out
 
 
@@ -313,10 +384,13 @@ def _run_suites(cfg: DictConfig, out_dir: Path, tlist: list[Target], root: str, 
             per["delta"] = stats.paired(records["distill"][s], records["base"][s], seed=int(ev.seed))
             mlflow.log_metrics({f"{prefix}delta.{s}.{k}": float(v) for k, v in per["delta"].items()})
         per["note"] = _note(cfg, s, len(questions[s]))
+        if per["note"]:  # the suite's own words, for the card (it never writes its own)
+            mlflow.set_tag(f"eval.{s}.note", per["note"])
         per["truncation"] = truncation_note({label: records[label][s] for label in records}, int(ev.max_tokens))
         if per["truncation"]:
             if per["note"]:  # the smoke-set note says what else the numbers cannot show
                 per["note"] = f"{per['note']}. {per['truncation']}"
+                mlflow.set_tag(f"eval.{s}.note", per["note"])
             mlflow.set_tag(f"eval.{prefix}{s}.truncation", per["truncation"])
             _say(f"{s}: {per['truncation']}")
         summary["suites"][s] = per
@@ -402,6 +476,8 @@ def run(cfg: DictConfig) -> EvalResult:
     models = bench_models(cfg, tlist) if (cfg.eval.mtp_n_max and cfg.model.has_mtp) else {}
     with tracking.stage_run(cfg, "eval"):
         mlflow.set_tags({f"eval.{t.label}": str(t.endpoint or t.gguf) for t in tlist})
+        # what the card's "served the same way" sentence rests on: each model's format, speculation off
+        mlflow.set_tags({**{f"eval.{t.label}.format": t.format for t in tlist}, "eval.accuracy_speculation": "off"})
         summary, records = _run_suites(cfg, out_dir, tlist, str(cfg.paths.root))
         if cfg.eval.tiers:  # the same suites at other GGUF tiers, distill vs base at each (eval.tiers)
             summary["tiers"] = _run_tiers(cfg, out_dir)

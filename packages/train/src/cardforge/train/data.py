@@ -172,7 +172,8 @@ def _trajectories(path: Path, rows: list[tuple[int, dict]], bad: list[str], stri
         try:
             yield Trajectory.from_dict(row, f"{path}:{n}")
         except (TrajectoryError, ValueError, TypeError, KeyError) as e:
-            _bad(bad, f"{path}:{n}", " ".join(str(e).split())[:200], strict)
+            why = " ".join(str(e).split()).removeprefix(f"{path}:{n}: ")  # the error names the line itself
+            _bad(bad, f"{path}:{n}", why[:200], strict)
             if stats is not None:
                 stats.skip("bad_record", f"{path}:{n}", str(e))
 
