@@ -1,4 +1,4 @@
-"""The sandbox's hostile-call suite (cardforge.core.sandbox.hostile) through the coding runner of every
+"""The sandbox's hostile-call suite (tests/support/hostile.py) through the coding runner of every
 language: each case's program is compiled and run by `run_program` (run_solution's script and per-language
 limits, compile step included) and must be contained: blocked, killed or stopped within bounds, nothing left
 on the host (HostWatch: no uid-65534 process, no file outside, no connection to a host listener).
@@ -20,14 +20,15 @@ import subprocess
 import pytest
 
 from cardforge.core.config.schemas import CODING_LANGUAGES
-from cardforge.core.sandbox import SANDBOX_UID
-from cardforge.core.sandbox.hostile import CASES, NEW_LANGUAGES, HostWatch, run_case, uid_processes
 from cardforge.eval.coding.runner import hostile_runner
+from support.hostile import CASES, NEW_LANGUAGES, HostWatch, missing_need, namespace_processes, run_case
 
 # per language, the cases of the default tier: the process limit, the network, the host's secrets
 SMOKE = {"fork_bomb", "network_outside", "read_secrets"}
 def _param(language, case):
     marks = [] if case.name in SMOKE else [pytest.mark.slow]
+    if missing_need(case):
+        marks.append(pytest.mark.skip(reason=missing_need(case)))
     return pytest.param(language, case, id=f"{language}-{case.name}", marks=marks)
 
 
@@ -44,7 +45,7 @@ def test_hostile_case_is_contained_by_the_coding_runner(language, case, monkeypa
     assert result.compiled, f"{language} {case.name} did not compile:\n{result.compile_output[-3000:]}"
     assert problems == [], f"{language} {case.name} ({case.what}) was not contained:\n" + "\n".join(problems)
     assert os.getpid() == pid and subprocess.run(["/bin/true"], check=False).returncode == 0
-    assert uid_processes(SANDBOX_UID) == []
+    assert not namespace_processes({result.pid_ns} if result.pid_ns else set())
 
 
 def test_every_case_has_a_program_or_a_reason_in_every_new_language():
@@ -64,8 +65,8 @@ def test_new_programs_survive_placeholder_filling():
             for language in NEW_LANGUAGES:
                 src = case.programs.get(language, "")
                 assert "{{" not in src and "}}" not in src, (case.name, language)
-                filled = watch.fill(src)
-                for placeholder in ("{token}", "{port}", "{outside}", "{cwd}"):
+                filled = watch.fill(src, case.params)
+                for placeholder in ("{token}", "{port}", "{outside}", "{outside_dir}", "{cwd}", *case.params):
                     assert placeholder not in filled, (case.name, language, placeholder)
     finally:
-        watch.listener.close()
+        watch.problems()

@@ -107,7 +107,8 @@ def test_hostile_answers_are_contained():
 @pytest.mark.parametrize("language", ["python", "bash"])
 def test_hostile_suite_is_contained_under_the_coding_limits(language):
     """The sandbox's hostile cases, run with the coding runs' limits (512 processes per uid, not 32)."""
-    from cardforge.core.sandbox import hostile, run_sandboxed
+    import support.hostile as hostile
+    from cardforge.core.sandbox import run_sandboxed
 
     name = {"python": "main.py", "bash": "main.sh"}[language]
 

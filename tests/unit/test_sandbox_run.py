@@ -70,8 +70,11 @@ def test_planted_symlink_is_not_followed_on_read_back():
 
 
 def test_seed_paths_must_stay_inside():
-    with pytest.raises(ValueError, match="outside the workspace"):
-        run_sandboxed(["true"], files={"../evil": "x"})
+    # a bad input is a result, never an exception: nothing runs, the reason names the fix, good files come back
+    r = run_sandboxed(["true"], files={"../evil": "x", "ok.txt": "y"})
+    assert (r.exit_code, r.killed_by, r.stdout) == (None, "invalid_input", "")
+    assert "outside the workspace" in r.stderr and "use a relative path" in r.stderr
+    assert r.files == {"ok.txt": b"y"}
 
 
 def test_missing_bwrap_says_how_to_fix(monkeypatch):

@@ -4,15 +4,20 @@
     r = run_sandboxed(["python3", "main.py"], files={"main.py": source}, timeout_s=10)
     r.exit_code, r.stdout, r.timed_out, r.files["out.txt"]
 
-`hostile` holds the hostile-call suite (fork bomb, network, escapes, hogs) every language runner reuses.
+Modules: `run` (the call), `seccomp` (the filter, via libseccomp), `cgroup` (per-call memory, pids, kill),
+`workspace` (tmpfs workspace, link-free read-back, removal). docs/sandbox.md: what it promises, what not.
+The hostile-call suite lives with the tests (tests/support/hostile.py, tests/fixtures/hostile/).
 """
 
 from cardforge.core.sandbox.run import (
     SANDBOX_UID,
+    SandboxBreach,
     SandboxResult,
     SandboxUnavailable,
     check_available,
+    limits_in_force,
     run_sandboxed,
 )
 
-__all__ = ["SANDBOX_UID", "SandboxResult", "SandboxUnavailable", "check_available", "run_sandboxed"]
+__all__ = ["SANDBOX_UID", "SandboxBreach", "SandboxResult", "SandboxUnavailable", "check_available",
+           "limits_in_force", "run_sandboxed"]

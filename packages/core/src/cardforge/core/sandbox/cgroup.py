@@ -1,0 +1,255 @@
+"""One cgroup per sandboxed call: the whole call's memory and process count, and a kill that reaches
+every process of the call, whatever it did to its parents.
+
+What a machine offers decides what applies (`Layout.probe`, once per process):
+* cgroup v2 (a `cgroup2` mount: the whole /sys/fs/cgroup, or /sys/fs/cgroup/unified beside v1): a leaf we
+  create gives `cgroup.kill` (kernel 5.14+) and `cgroup.events` (populated 0/1), even with no controller;
+  with the memory / pids controllers delegated to it also `memory.max` (+ `memory.swap.max` 0) and
+  `pids.max`.
+* cgroup v1 `memory` / `pids` hierarchies (hybrid or legacy hosts): `memory.limit_in_bytes` (+ memsw) and
+  `pids.max` in a child of this process's own cgroup there.
+* neither writable (a user on a laptop without delegation): no cgroup; run.py falls back to killing the
+  pid namespace's init and the per-process limits (docs/sandbox.md: the budget that applies then).
+
+Memory charged to a call's cgroup: anonymous memory of all its processes, memfds and tmpfs files they
+write (its /tmp, /dev/shm and the workspace), page cache it faults in. The host joins the cgroup before
+anything of the call runs (run.py starts the command through `sh -c 'echo $$ > cgroup.procs; exec ...'`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "cardforge-sandbox"
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    """(mount point, fstype, super options) of the cgroup mounts this process sees."""
+    out = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) >= 5 and len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2"):
+            point = fields[4].replace("\\040", " ")
+            out.append((point, rfields[0], set(rfields[2].split(","))))
+    return out
+
+
+def _own_paths() -> dict[str, str]:
+    """hierarchy key ("" for v2, else a v1 controller name) -> this process's cgroup path in it."""
+    paths = {}
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                paths[c] = path
+    except (OSError, ValueError):
+        pass
+    return paths
+
+
+def _write(path: Path, value: str) -> bool:
+    try:
+        path.write_text(value)
+        return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this process can create per-call cgroups, and which limits those will carry."""
+    v2_parent: Path | None = None  # a v2 directory we may create leaves in (cgroup.kill, events)
+    v2_controllers: frozenset[str] = frozenset()  # of memory, pids: enabled for leaves of v2_parent
+    v1_parents: dict[str, Path] = field(default_factory=dict)  # "memory"/"pids" -> a v1 directory
+
+    @property
+    def memory(self) -> str | None:
+        if "memory" in self.v2_controllers:
+            return "cgroup v2 memory.max"
+        return "cgroup v1 memory.limit_in_bytes" if "memory" in self.v1_parents else None
+
+    @property
+    def pids(self) -> str | None:
+        if "pids" in self.v2_controllers:
+            return "cgroup v2 pids.max"
+        return "cgroup v1 pids.max" if "pids" in self.v1_parents else None
+
+    @property
+    def kill(self) -> str | None:
+        return "cgroup v2 cgroup.kill" if self.v2_parent else ("cgroup v1 procs" if self.v1_parents else None)
+
+    def describe(self) -> str:
+        if not (self.v2_parent or self.v1_parents):
+            return "no cgroup (not writable here): pid-namespace kill, per-process limits only"
+        return "; ".join(x for x in (self.kill, self.memory, self.pids) if x)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1)
+    def probe() -> Layout:
+        if os.environ.get("CARDFORGE_SANDBOX_NO_CGROUP"):  # tests of the fallback path
+            return Layout()
+        mounts, own = _mounts(), _own_paths()
+        v2_parent, v2_ctrls = None, frozenset()
+        for point, fstype, _ in mounts:
+            if fstype != "cgroup2" or v2_parent:
+                continue
+            for base in dict.fromkeys([own.get("", "/"), "/"]):  # under our own cgroup first, then the root
+                parent = Path(point + base.rstrip("/")) / PREFIX
+                try:
+                    if not (parent / "cgroup.procs").exists():
+                        try:
+                            parent.mkdir(exist_ok=True)
+                        except OSError:
+                            continue
+                    if not (parent / "cgroup.kill").exists():  # kernel < 5.14: no cgroup.kill
+                        continue
+                    avail = set((parent / "cgroup.controllers").read_text().split()) & {"memory", "pids"}
+                    if avail - set((parent.parent / "cgroup.subtree_control").read_text().split()):
+                        _write(parent.parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in avail))
+                        avail = set((parent / "cgroup.controllers").read_text().split()) & {"memory", "pids"}
+                    for c in avail:  # parent holds no process, so delegating to its leaves is allowed
+                        _write(parent / "cgroup.subtree_control", f"+{c}")
+                    enabled = set((parent / "cgroup.subtree_control").read_text().split()) & {"memory", "pids"}
+                except OSError:
+                    continue
+                if v2_parent is None or enabled > v2_ctrls:
+                    v2_parent, v2_ctrls = parent, frozenset(enabled)
+                if {"memory", "pids"} <= enabled:
+                    break
+        v1 = {}
+        for ctrl in ("memory", "pids"):
+            if ctrl in v2_ctrls:
+                continue
+            for point, fstype, opts in mounts:
+                if fstype == "cgroup" and ctrl in opts and ctrl in own:
+                    parent = Path(point + own[ctrl].rstrip("/"))
+                    probe = parent / f"{PREFIX}-probe-{os.getpid()}"
+                    try:
+                        probe.mkdir()
+                        ok = (probe / ("memory.limit_in_bytes" if ctrl == "memory" else "pids.max")).exists()
+                        probe.rmdir()
+                    except OSError:
+                        ok = False
+                    if ok:
+                        v1[ctrl] = parent
+                    break
+        return Layout(v2_parent, v2_ctrls, v1)
+
+
+class CallCgroup:
+    """The cgroups of one call: made, limited, joined by the command's first process, killed, removed."""
+
+    def __init__(self, layout: Layout, mem_bytes: int, max_procs: int):
+        self.layout, self.dirs = layout, []
+        name = f"call-{os.getpid()}-{uuid.uuid4().hex[:10]}"
+        self.v2 = None
+        try:
+            if layout.v2_parent:
+                self.v2 = layout.v2_parent / name
+                self.v2.mkdir()
+                self.dirs.append(self.v2)
+                if "memory" in layout.v2_controllers:
+                    (self.v2 / "memory.max").write_text(str(mem_bytes))
+                    _write(self.v2 / "memory.swap.max", "0")
+                    _write(self.v2 / "memory.oom.group", "1")  # an OOM kill ends the whole call
+                if "pids" in layout.v2_controllers:
+                    (self.v2 / "pids.max").write_text(str(max_procs))
+            self.v1 = {}
+            for ctrl, parent in layout.v1_parents.items():
+                d = parent / f"{PREFIX}-{name}"
+                d.mkdir()
+                self.dirs.append(d)
+                self.v1[ctrl] = d
+                if ctrl == "memory":
+                    (d / "memory.limit_in_bytes").write_text(str(mem_bytes))
+                    _write(d / "memory.memsw.limit_in_bytes", str(mem_bytes))  # no swap either
+                else:
+                    (d / "pids.max").write_text(str(max_procs))
+        except OSError:
+            self.remove()
+            raise
+
+    def procs_files(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def pids(self) -> set[int]:
+        found = set()
+        for d in self.dirs:
+            try:
+                found |= {int(x) for x in (d / "cgroup.procs").read_text().split()}
+            except OSError:
+                pass
+        return found
+
+    def empty(self) -> bool:
+        if self.v2 is not None:
+            try:
+                if "populated 1" in (self.v2 / "cgroup.events").read_text():
+                    return False
+            except OSError:
+                pass
+        return not self.pids()
+
+    def kill(self) -> None:
+        if self.v2 is not None:
+            _write(self.v2 / "cgroup.kill", "1")
+        for pid in self.pids():  # v1 only, or a leftover: one by one (the pid namespace kill does the rest)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def wait_empty(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.empty():
+                return True
+            if time.monotonic() > deadline:
+                return False
+            self.kill()
+            time.sleep(0.005)
+
+    def oom_killed(self) -> bool:
+        """True when the kernel killed a process of this call for exceeding its memory limit."""
+        for d in self.dirs:
+            for fname, key in (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")):
+                try:
+                    for line in (d / fname).read_text().splitlines():
+                        k, _, v = line.partition(" ")
+                        if k == key and int(v) > 0:
+                            return True
+                except (OSError, ValueError):
+                    pass
+        return False
+
+    def peak_bytes(self) -> int | None:
+        for d in self.dirs:
+            for fname in ("memory.peak", "memory.max_usage_in_bytes"):
+                try:
+                    return int((d / fname).read_text())
+                except (OSError, ValueError):
+                    pass
+        return None
+
+    def remove(self) -> None:
+        for d in reversed(self.dirs):
+            for _ in range(50):  # rmdir fails with EBUSY until the last task is fully gone
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+        self.dirs = []
