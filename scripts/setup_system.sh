@@ -2,9 +2,10 @@
 # Debian packages the code sandbox (cardforge.core.sandbox) needs, installed only when missing.
 #   usage: scripts/setup_system.sh            (as root; a no-op in ~0.1 s when all are present)
 # bubblewrap: the namespace sandbox (bwrap). util-linux: setpriv (drop to uid 65534) and prlimit (limits).
+# libseccomp2: compiles the sandbox's seccomp filter (loaded through ctypes; bwrap --seccomp applies it).
 # python3: the interpreter the sandbox runs, from /usr; the host venv/pyenv python is never bound inside.
 set -euo pipefail
-PKGS=(bubblewrap util-linux python3)
+PKGS=(bubblewrap util-linux libseccomp2 python3)
 missing=()
 for p in "${PKGS[@]}"; do
   # dpkg-query is exact about "installed" (a removed-but-configured package still has an entry)
