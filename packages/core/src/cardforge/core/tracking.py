@@ -180,6 +180,8 @@ def run_tags(cfg: DictConfig, stage: str) -> dict[str, str]:
     }
     tags.update(git_info())
     tags.update(llama_cpp_tags())
+    if (code := os.environ.get("CARDFORGE_CODE_VERSION")) and stage != "pipeline":
+        tags["cardforge.code_version"] = code  # set by the pipeline around each stage (pipeline.fingerprints)
     return tags
 
 
