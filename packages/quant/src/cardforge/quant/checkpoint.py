@@ -15,9 +15,10 @@ from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json
 
 INDEX = "model.safetensors.index.json"
-# files that travel with the weights unchanged (tokenizer, chat template, generation defaults)
-SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
-              "special_tokens_map.json", "vocab.json", "merges.txt")
+# Every file of the source travels with the weights unchanged (tokenizer, chat template, generation defaults,
+# the image/video processor configs of a VL checkpoint, ...) except the weights and what the writer rewrites
+# (config.json, the index) and our own run records.
+NOT_SIDE_FILES = ("config.json", INDEX, "hf_quant_config.json", "cardforge_manifest.json")
 
 
 class CheckpointError(UserError):
@@ -87,10 +88,15 @@ class ShardWriter:
                                                   "weight_map": dict(sorted(self.weight_map.items()))})
 
 
+def side_files(src: Path) -> list[Path]:
+    """The non-weight files of a checkpoint dir that a derived checkpoint carries byte for byte."""
+    return sorted(p for p in Path(src).iterdir() if p.is_file() and p.suffix != ".safetensors"
+                  and p.name not in NOT_SIDE_FILES and not p.name.startswith(("mtp_manifest", ".")))
+
+
 def copy_side_files(src: Path, dst: Path) -> None:
-    for name in SIDE_FILES:
-        if (Path(src) / name).is_file():
-            shutil.copy2(Path(src) / name, Path(dst) / name)
+    for f in side_files(src):
+        shutil.copy2(f, Path(dst) / f.name)
 
 
 def dir_size(path: Path) -> int:

@@ -33,10 +33,11 @@ def dequantize_block(q: torch.Tensor, scale_inv: torch.Tensor, block: int = 128)
     return q.float() * s
 
 
-# Never quantized: embeddings, lm_head, norms, conv1d, GDN scalars, and the MTP head (kept bit-exact so
-# its lineage can be checked by sha256). GDN input projections whose output width is not a multiple of
+# Never quantized: embeddings, lm_head, norms, conv1d, GDN scalars, the vision tower of a VL checkpoint
+# (model.visual.*: the card keeps vision in high precision) and the MTP head (kept bit-exact so its lineage
+# can be checked by sha256). GDN input projections whose output width is not a multiple of
 # the block (in_proj_a/b: one row per value head) are listed per model by `ignored_modules`.
-ALWAYS_SKIP = re.compile(r"(embed_tokens|lm_head|norm|conv1d|A_log|dt_bias|^mtp\.)")
+ALWAYS_SKIP = re.compile(r"(embed_tokens|lm_head|norm|conv1d|A_log|dt_bias|^mtp\.|^model\.visual\.)")
 
 
 def is_candidate(name: str, tensor: torch.Tensor) -> bool:
@@ -45,7 +46,8 @@ def is_candidate(name: str, tensor: torch.Tensor) -> bool:
 
 def ignored_modules(names_shapes: dict[str, tuple[int, ...]], block: int = 128) -> list[str]:
     """Every module with a `.weight` that stays BF16, by the name vLLM / SGLang / transformers match it:
-    embeddings, lm_head, norms (RMSNorm, GDN's gated norm, q/k norms), conv1d, the MTP head, and Linear
+    embeddings, lm_head, norms (RMSNorm, GDN's gated norm, q/k norms), conv1d, the MTP head, every module of
+    the vision tower (model.visual.*, its Conv3d patch embedding included), and Linear
     layers with a width off the block grid. GDN's A_log / dt_bias are parameters of the linear_attn module
     itself, not modules: listing `...linear_attn` would un-quantize all of its projections, so they are not."""
     out = []
