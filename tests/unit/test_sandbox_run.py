@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 from cardforge.core.sandbox import SandboxResult, SandboxUnavailable, run_sandboxed
@@ -91,3 +92,119 @@ def test_missing_bwrap_says_how_to_fix(monkeypatch):
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop happens when running as root")
 def test_runs_as_nobody_when_root():
     assert run_sandboxed(["id", "-u"]).stdout == "65534\n"
+
+
+# ---- issue #17: every bad input is an observation; the workspace never outlives the call ----
+
+@pytest.mark.parametrize("cmd, files, env, fragment", [
+    (["sh", "-c", "echo a\0b"], None, None, "NUL byte"),
+    (["sh", "-c", "echo " + "x" * 200_000], None, None, "write it to a file in the workspace"),
+    (["true"], {"a\0b.txt": "x"}, None, "NUL byte"),
+    (["true"], {"bad-\udcff.txt": "x"}, None, "not valid UTF-8"),
+    (["true"], {"/etc/passwd": "x"}, None, "outside the workspace"),
+    (["true"], {"a/../../b": "x"}, None, "outside the workspace"),
+    (["true"], {"x" * 300: "x"}, None, "too long"),
+    (["true"], None, {"A\0": "1"}, "NUL byte"),
+    (["true"], None, {"A=B": "1"}, "'=' in the name"),
+    ([], None, None, "non-empty list"),
+])
+def test_bad_inputs_come_back_as_a_result_not_an_exception(cmd, files, env, fragment):
+    r = run_sandboxed(cmd, files=files, env=env)
+    assert (r.exit_code, r.killed_by, r.stdout) == (None, "invalid_input", ""), r
+    assert r.stderr.startswith("sandbox: refused, nothing ran:") and fragment in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1
+
+
+def test_a_file_and_a_directory_of_the_same_name_is_a_result():
+    r = run_sandboxed(["true"], files={"a": "x", "a/b": "y"})
+    assert r.killed_by == "invalid_input" and "cannot be laid out" in r.stderr
+
+
+def test_huge_stdin_a_program_never_reads_does_not_block_or_overrun():
+    t0 = time.monotonic()
+    r = run_sandboxed(["true"], stdin=b"x" * (64 << 20), timeout_s=5)
+    assert (r.exit_code, r.timed_out) == (0, False) and time.monotonic() - t0 < 4
+    # one that reads slowly and never finishes: the deadline still holds while stdin is unwritten
+    t0 = time.monotonic()
+    r = run_sandboxed(["sh", "-c", "head -c 10 >/dev/null; sleep 30"], stdin=b"y" * (64 << 20), timeout_s=1)
+    assert r.timed_out and time.monotonic() - t0 < 4
+    # and stdin that is read arrives whole
+    r = run_sandboxed(["wc", "-c"], stdin=b"z" * (3 << 20))
+    assert r.stdout.strip() == str(3 << 20)
+
+
+def test_terminal_escapes_in_output_are_shown_not_obeyed():
+    r = run_sandboxed(["printf", "a\\033[2Jb\\033]0;t\\007c\\r\\nd\\re\\000f\\302\\233g\\n"])
+    assert r.stdout == "a\\x1b[2Jb\\x1b]0;t\\x07c\nd\\x0de\\x00f\\x9bg\n"
+
+
+def _record_workdirs(monkeypatch) -> list[str]:
+    made = []
+    real = sandbox_run.tempfile.mkdtemp
+
+    def mkdtemp(*a, **k):
+        made.append(real(*a, **k))
+        return made[-1]
+    monkeypatch.setattr(sandbox_run.tempfile, "mkdtemp", mkdtemp)
+    return made
+
+
+DEEP_TREE = ("import os\nfd = os.open('.', os.O_RDONLY)\nfor _ in range(1200):\n    os.mkdir('d', dir_fd=fd)\n"
+             "    n = os.open('d', os.O_RDONLY, dir_fd=fd)\n    os.close(fd)\n    fd = n\n"
+             "os.mkdir('locked'); open('locked/f', 'w').write('x'); os.chmod('locked', 0)\n"
+             "open(b'bad-\\xff', 'w').write('x'); os.symlink('/etc', 'etc'); os.mkfifo('fifo')\n"
+             "open('ok.txt', 'w').write('ok')\n")
+
+
+@pytest.mark.parametrize("tmpfs", [True, False], ids=["tmpfs-workspace", "plain-directory"])
+def test_deep_trees_and_odd_entries_come_back_bounded_and_leave_nothing(monkeypatch, tmpfs):
+    made = _record_workdirs(monkeypatch)
+    if not tmpfs:  # the non-root fallback: a plain directory, removed by the iterative remove_tree
+        monkeypatch.setattr(sandbox_run.workspace, "mount_tmpfs", lambda *a: False)
+    r = run_sandboxed(["python3", "-c", DEEP_TREE], timeout_s=20)
+    assert r.exit_code == 0, r.stderr
+    assert r.files["ok.txt"] == b"ok" and r.files["locked/f"] == b"x"
+    assert not any(k.startswith(("etc", "fifo", "bad-")) for k in r.files) and max(k.count("/") for k in r.files) <= 64
+    assert any("deeper than 64" in n for n in r.notes) and any("not UTF-8" in n for n in r.notes)
+    assert made and not os.path.exists(made[0])
+
+
+def test_execute_turns_bad_tool_calls_into_observations():
+    from cardforge.core.chat import ToolCall
+    from cardforge.data.tools import Workspace, execute
+
+    ws = Workspace({"keep.txt": b"kept"})
+    for call in (ToolCall("shell", {"command": "echo a\0b"}), ToolCall("shell", {"command": "echo " + "x" * 200_000}),
+                 ToolCall("python", {"code": "print('\\x1b[2Jhi')"}),
+                 ToolCall("python", {"code": DEEP_TREE + "print('made')"})):
+        obs = execute(call, ws)
+        assert isinstance(obs, str) and "\x1b" not in obs and "[exit code" in obs, obs
+        assert ws.files.get("keep.txt") == b"kept"
+    assert "made" in obs and "[exit code 0]" in obs
+
+
+def test_coding_runner_survives_a_program_that_leaves_a_deep_tree():
+    from cardforge.eval.coding.runner import run_program
+
+    r = run_program("python", DEEP_TREE + "print('made', flush=True)\n", timeout_s=20)
+    assert r.compiled and r.exit_code == 0 and "made" in r.stdout, r
+
+
+def test_each_call_is_its_own_cgroup_with_the_whole_call_memory_limit():
+    from cardforge.core.sandbox.cgroup import Layout
+
+    if Layout.probe().memory is None:
+        pytest.skip("no writable memory cgroup here (docs/sandbox.md: the per-process budget applies)")
+    # three processes of 120 MB each: every one under mem_mb, together over total_mem_mb
+    src = ("import os, time\nfor i in range(3):\n    if os.fork() == 0:\n        b = bytearray(120 << 20)\n"
+           "        b[::4096] = b'x' * len(b[::4096])\n        print('held', flush=True)\n        time.sleep(5)\n"
+           "        os._exit(0)\ntime.sleep(2)\n")
+    r = run_sandboxed(["python3", "-c", src], mem_mb=256, total_mem_mb=300, tmp_mb=8, timeout_s=10)
+    assert r.killed_by == "memory_limit" and r.stdout.count("held") <= 2, r
+    r = run_sandboxed(["python3", "-c", src], mem_mb=256, total_mem_mb=600, tmp_mb=8, timeout_s=10)
+    assert r.killed_by is None and r.stdout.count("held") == 3, r
+
+
+def test_limits_in_force_names_the_mechanisms():
+    text = sandbox_run.limits_in_force()
+    assert "seccomp" in text and "read-back" in text and "workspace" in text
