@@ -1,0 +1,242 @@
+"""Issue 25 item 3: the commonest failures end in ONE line that names the fix, never a traceback.
+
+Each case runs the real code path: the stage CLI in a subprocess where the failure is met at the command line
+(exit 2, one stderr line), the helper itself where a case needs a rigged disk or a listening socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cardforge.core import io
+from cardforge.core.config.compose import ConfigError, compose
+from cardforge.core.errors import UserError
+
+
+def _cli(module: str, *overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    return subprocess.run([sys.executable, "-m", module, *overrides, f"hydra.run.dir={tmp_path / 'hydra'}"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    # MLflow's own INFO lines when it creates a fresh store's tables are not ours
+    lines = [ln for ln in proc.stderr.strip().splitlines() if "Warning" not in ln and not ln.startswith(" ")
+             and " INFO mlflow." not in ln]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
+# --- composition: additions and values checked against the schema ---
+
+
+@pytest.mark.parametrize("override, line", [
+    ("+lora.rr=16", "lora.rr: no such key; keys in 'lora': _target_, bias, lora_alpha, lora_dropout, r, "
+                    "target_modules, task_type"),
+    ("data.max_seq_len=-5", "data.max_seq_len must be >= 1 (tokens per training sample), got -5"),
+    ("+trainer.max_step=5", "trainer.max_step: no such key; keys in 'trainer': "),
+])
+def test_schema_checks_at_composition(override, line):
+    with pytest.raises(ConfigError) as err:
+        compose("train", [override])
+    assert str(err.value).startswith(line) and "\n" not in str(err.value)
+
+
+def test_free_form_extra_still_takes_additions():
+    assert compose("train", ["+extra.note=x"]).extra.note == "x"
+
+
+def test_cli_addition_unknown_to_the_schema_exits_2_with_one_line(tmp_path):
+    line = _one_line(_cli("cardforge.train", "+lora.rr=16", tmp_path=tmp_path))
+    assert line.startswith("cardforge train: config error: lora.rr: no such key; keys in 'lora': ")
+
+
+def test_a_torch_knob_missing_from_the_installed_torch_is_one_line_naming_its_version(monkeypatch):
+    import torch
+
+    from cardforge.core.config import compose as compose_mod
+
+    on = ["trainer.compile_layers=true", "trainer.activation_memory_budget=0.1"]
+    compose("train", on)  # the pinned torch has every knob we set
+    monkeypatch.setattr(compose_mod, "TORCH_KNOBS", [
+        ("trainer.activation_memory_budget", lambda c: c.trainer.activation_memory_budget is not None,
+         "torch._functorch.config", ("activation_memory_budget_renamed",))])
+    with pytest.raises(ConfigError) as err:
+        compose("train", on)
+    assert str(err.value) == (
+        f"trainer.activation_memory_budget=0.1: the installed torch {torch.__version__} has no "
+        "torch._functorch.config.activation_memory_budget_renamed; set trainer.activation_memory_budget=null or "
+        "install a torch that has it")
+    compose("train")  # knobs that are off are not looked up
+
+
+# --- the train stage: data file key, the tolerant reader, a missing model path, the output disk ---
+
+
+def _rows(path: Path, n: int = 4) -> list[str]:
+    return [json.dumps({"input_ids": [1, 2, 3, 4 + i], "loss_mask": [0, 0, 1, 1]}) for i in range(n)]
+
+
+def test_bad_lines_are_skipped_and_counted_with_file_and_line(tmp_path, caplog):
+    from cardforge.train.data import load_samples
+
+    f = tmp_path / "train.jsonl"
+    rows = _rows(f)
+    f.write_text("\n".join([rows[0], "garbage {", rows[1], "[1, 2]", rows[2]]) + "\n" + rows[3][:10])  # + torn
+    with caplog.at_level("WARNING", "cardforge.train"):
+        samples = load_samples(f, tokenizer=None)
+    assert len(samples) == 3
+    msg = caplog.records[-1].getMessage()
+    assert f"skipped 3 bad line(s) of 6, e.g. {f}:2: not valid JSON" in msg
+    read = io.read_jsonl_rows(f)
+    assert [n for n, _ in read.rows] == [1, 3, 5]
+    assert read.bad == [f"{f}:2: not valid JSON (Expecting value)", f"{f}:4: a JSON list, not an object",
+                        f"{f}:6: torn last line (10 bytes, no newline: a writer was interrupted)"]
+
+
+def test_bad_trajectory_line_is_named_and_refused_by_the_key(tmp_path):
+    from cardforge.train.data import load_samples
+
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"task_id": "a", "messages": "not a list"}\n')
+    with pytest.raises(UserError) as err:
+        load_samples(f, tokenizer=None, skip_bad_lines=False)
+    assert str(err.value).startswith(f"{f}:1: schema_version: missing; ") and "skip_bad_lines=true" in str(err.value)
+    with pytest.raises(UserError, match=r"t.jsonl: no sample has a trained token \(0 samples"):
+        load_samples(f, tokenizer=None)
+
+
+def test_cli_train_bad_line_refused_names_file_and_line(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    rows = _rows(f)
+    f.write_text("\n".join([rows[0], rows[1], '{"input_ids": [1, 2', rows[2]]) + "\n")
+    line = _one_line(_cli("cardforge.train", f"trainer.data_file={f}", "trainer.skip_bad_lines=false",
+                          f"paths.outputs={tmp_path / 'out'}", tmp_path=tmp_path))
+    assert line.startswith(f"cardforge train: error: {f}:3: not valid JSON")
+    assert line.endswith("set trainer.skip_bad_lines=true to skip bad lines")
+
+
+def test_cli_train_data_file_missing_is_one_line(tmp_path):
+    line = _one_line(_cli("cardforge.train", f"trainer.data_file={tmp_path / 'nope.jsonl'}",
+                          f"paths.outputs={tmp_path / 'out'}", tmp_path=tmp_path))
+    assert line == (f"cardforge train: error: trainer.data_file={tmp_path / 'nope.jsonl'}: no such file; point it at "
+                    "a JSONL of trajectories or pre-tokenized rows")
+    # without the key the message names both ways to get a data file
+    line = _one_line(_cli("cardforge.train", f"paths.outputs={tmp_path / 'out'}", tmp_path=tmp_path))
+    assert "run the data stage first" in line and "trainer.data_file=FILE.jsonl" in line
+
+
+def test_cli_train_missing_model_path_is_one_line_not_the_hub_error(tmp_path):
+    f = tmp_path / "rows.jsonl"
+    f.write_text("\n".join(_rows(f)) + "\n")
+    line = _one_line(_cli("cardforge.train", "model.embedded=false", "model.path=/no/such/dir",
+                          f"trainer.data_file={f}", f"paths.outputs={tmp_path / 'out'}", tmp_path=tmp_path))
+    assert line == ("cardforge train: error: model.path=/no/such/dir: does not exist; set model.path to a local "
+                    "checkpoint folder (config.json + *.safetensors) or use an embedded model (experiment=tiny)")
+    assert "Repo id" not in line
+
+
+def test_model_path_checks(tmp_path):
+    assert io.check_model_path("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"  # a hub id goes to the loader
+    (tmp_path / "ckpt").mkdir()
+    with pytest.raises(UserError, match="has no config.json"):
+        io.check_model_path(str(tmp_path / "ckpt"))
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    assert io.check_model_path(str(tmp_path / "ckpt")) == tmp_path / "ckpt"
+    for bad in ("./rel/dir", "~/no-such-cardforge-dir", "a/b/c"):
+        with pytest.raises(UserError, match="does not exist"):
+            io.check_model_path(bad)
+
+
+def test_cli_train_unwritable_outputs_is_one_line_before_the_model_loads(tmp_path):
+    f = tmp_path / "rows.jsonl"
+    f.write_text("\n".join(_rows(f)) + "\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # outputs under a regular file: no user (root included) can create it
+    line = _one_line(_cli("cardforge.train", f"trainer.data_file={f}", f"paths.outputs={blocker}/out",
+                          tmp_path=tmp_path))
+    assert line.startswith(f"cardforge train: error: cannot write to {blocker}/out/train (")
+    assert line.endswith("make it writable or set paths.outputs=A_WRITABLE_DIR")
+
+
+def test_preflight_free_space_against_the_stage_need(tmp_path):
+    import shutil
+
+    free = shutil.disk_usage(tmp_path).free
+    assert io.preflight_output(tmp_path / "ok", need_bytes=1 << 20, stage="train") == tmp_path / "ok"
+    with pytest.raises(UserError) as err:
+        io.preflight_output(tmp_path / "full", need_bytes=free * 2, stage="quant")
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'full'} has ") and "the quant stage needs about" in msg
+    assert msg.endswith("free some space or set paths.outputs=A_DIR_WITH_ROOM")
+    assert not list((tmp_path / "ok").iterdir())  # the write probe leaves nothing behind
+
+
+def test_train_stage_checks_the_disk_before_loading_the_model(tmp_path, monkeypatch, mlflow_uri):
+    import shutil
+
+    from cardforge.train import stage
+
+    f = tmp_path / "rows.jsonl"
+    f.write_text("\n".join(_rows(f)) + "\n")
+    cfg = compose("train", [f"trainer.data_file={f}", f"paths.outputs={tmp_path / 'out'}"])
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
+    monkeypatch.setattr(stage, "train", lambda *a, **k: pytest.fail("trained on a full disk"))
+    with pytest.raises(UserError, match=r"has 1 MiB free but the train stage needs about \d+ MiB"):
+        stage.run(cfg)
+
+
+# --- serving: a busy port, a corrupt GGUF ---
+
+
+def _tiny_gguf(path: Path) -> Path:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), "llama")
+    w.add_tensor("t.weight", np.arange(64, dtype=np.float32).reshape(8, 8))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_corrupt_gguf_cases_are_one_line_each(tmp_path):
+    good = _tiny_gguf(tmp_path / "good.gguf")
+    assert io.check_gguf(good) == good
+    raw = good.read_bytes()
+    cases = {"not GGUF": (b"PK\x03\x04" + raw[4:], "is not a GGUF file (starts with b'PK\\x03\\x04'"),
+             "torn header": (raw[:40], ": corrupt GGUF header (error: "),
+             "truncated data": (raw[:-100], "is truncated: ")}
+    for name, (data, expect) in cases.items():
+        bad = tmp_path / f"{name.replace(' ', '_')}.gguf"
+        bad.write_bytes(data)
+        with pytest.raises(UserError) as err:
+            io.check_gguf(bad, "eval.distill_model")
+        msg = str(err.value)
+        assert expect in msg and "\n" not in msg, (name, msg)
+        assert msg.endswith('rebuild it (make quant ARGS="force=[quant]") or set eval.distill_model to another .gguf')
+
+
+def test_busy_port_is_one_line_suggesting_port_0(tmp_path):
+    from cardforge.serve.launchers.llama_cpp import llama_server
+
+    gguf = _tiny_gguf(tmp_path / "m.gguf")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(UserError) as err:
+            with llama_server(gguf, {"host": "127.0.0.1", "port": port}, log_path=tmp_path / "srv.log"):
+                pass
+    assert str(err.value) == (f"127.0.0.1:{port} is already in use (Address already in use); stop what listens "
+                              "there or set serve.port=0 to pick a free port")
+    assert not (tmp_path / "srv.log").exists()  # refused before anything started
