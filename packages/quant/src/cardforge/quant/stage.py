@@ -383,6 +383,28 @@ def _metric(step: str) -> str:
     return f"quant.time.{step.replace(':', '_')}_s"
 
 
+# bits per weight of each GGUF tier (llama.cpp's mixes on dense models), for the free-space preflight
+_TIER_BPW = {"BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_0": 5.5, "Q4_K_M": 4.85, "Q4_0": 4.5}
+
+
+def disk_need(cfg: DictConfig, src: Path, fmts) -> int:
+    """Bytes the stage will write beyond what its folder already holds (reruns replace files), from the source
+    checkpoint's size: the BF16 GGUF and each tier at its bits per weight, FP8 ~half, each NVFP4 tier ~30%."""
+    from cardforge.core.io import dir_bytes
+
+    size = dir_bytes(src)
+    ratio = 0.0
+    if "gguf" in fmts:
+        tiers = [str(getattr(t.tier, "value", t.tier)) for t in cfg.quant.gguf_tiers]
+        tiers += ["Q4_K_M"] if cfg.quant.compare_no_imatrix else []
+        tiers += [str(getattr(t.tier, "value", t.tier)) for t in (cfg.quant.base_tiers or [])]
+        ratio += 1.0 + sum(_TIER_BPW.get(t.split("-")[0], 8.0) / 16 for t in tiers)
+    ratio += 0.55 if "fp8" in fmts else 0.0
+    ratio += 0.3 * len(cfg.quant.nvfp4) if "nvfp4" in fmts else 0.0
+    existing = dir_bytes(Path(cfg.paths.outputs) / "quant")
+    return max(64 << 20, int(size * ratio) - existing)
+
+
 def run(cfg: DictConfig) -> dict:
     t_start, cpu_start = time.perf_counter(), _cpu_seconds()
     src = source_dir(cfg)
@@ -397,6 +419,9 @@ def run(cfg: DictConfig) -> dict:
     files = calibration_files(cfg)
     calibration.require(files)
     out = Path(cfg.paths.outputs) / "quant"
+    from cardforge.core.io import preflight_output
+
+    preflight_output(out, disk_need(cfg, src, fmts), stage="quant")  # read-only or full: one line, before hours
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "gguf").mkdir(parents=True, exist_ok=True)
 
@@ -447,7 +472,11 @@ def run(cfg: DictConfig) -> dict:
         t_setup = time.perf_counter() - t_start
         _log(f"{len(steps)} steps, {slots} at a time, {step_threads} thread(s) each")
         try:
-            outcome = run_steps(steps, slots, on_done=lambda name, s: _log(f"{name} in {s:.1f} s"))
+            from cardforge.core.progress import Progress
+
+            bar = Progress(len(steps), "quant", "steps", every_s=0)
+            bar.start(f"{slots} at a time")
+            outcome = run_steps(steps, slots, on_done=lambda name, s: bar.step(note=f"{name} in {s:.1f} s"))
         finally:
             if torch_threads:
                 import torch

@@ -63,6 +63,7 @@ REASONS = {
     "too_long": "no assistant turn fits max_len with its context",
     "special_token_in_text": "a message holds a special token's text (<|im_end|>, <|im_start|>, ...)",
     "think_tag_in_reasoning": "reasoning holds <think> or </think> (the reasoning block would end early)",
+    "content_starts_with_think": "assistant content starts with <think> (reads as a reasoning block)",
     "tool_markup_in_content": "assistant content holds <tool_call>, </tool_call> or <function= (parsed as a call)",
     "markup_in_argument": "an argument value holds </parameter>, <parameter=, </function>, <function= or "
                           "</tool_call> (engines' parsers would split it into other arguments)",
@@ -251,6 +252,9 @@ def check_messages(messages: list[dict], special: Sequence[str] = ("<|im_start|>
             if THINK_OPEN in reasoning or THINK_CLOSE in reasoning:
                 raise EncodeError(f"message {i}: reasoning holds {THINK_OPEN} or {THINK_CLOSE}",
                                   "think_tag_in_reasoning")
+            if content.strip().startswith(THINK_OPEN):
+                raise EncodeError(f"message {i}: assistant content starts with {THINK_OPEN} (where the template "
+                                  "opens a reasoning block)", "content_starts_with_think")
             if any(t in content for t in CONTENT_MARKUP):
                 raise EncodeError(f"message {i}: assistant content holds tool-call markup "
                                   f"({', '.join(t for t in CONTENT_MARKUP if t in content)})", "tool_markup_in_content")

@@ -80,10 +80,14 @@ def valid_name(name: str) -> bool:
     return bool(_NAME.fullmatch(name))
 
 
-def parse_assistant(text: str, tools: list[dict] | None = None, *, think_open: bool = False) -> ParsedAssistant:
-    """Split one assistant output into reasoning, content and tool calls; problems go to `.errors`."""
+def parse_assistant(text: str, tools: list[dict] | None = None, *, think_open: bool | None = False) -> ParsedAssistant:
+    """Split one assistant output into reasoning, content and tool calls; problems go to `.errors`.
+    think_open=None: the text has no reasoning block at all (an earlier turn the template rendered without it)."""
     out = ParsedAssistant()
     text = _strip_end_markers(text)
+    if think_open is None:  # a turn rendered without a reasoning block (parse_conversation): all of it is content
+        _content_and_calls(text, tools, out)
+        return out
     lead = text.lstrip()
     opened = lead.startswith(THINK_OPEN)
     if opened:
@@ -96,15 +100,19 @@ def parse_assistant(text: str, tools: list[dict] | None = None, *, think_open: b
         out.errors.append("missing </think>: the output ended inside the reasoning (truncated?)")
     else:
         rest = text
+    _content_and_calls(rest, tools, out)
+    return out
+
+
+def _content_and_calls(rest: str, tools: list[dict] | None, out: ParsedAssistant) -> None:
     first = rest.find(CALL_OPEN)
     if first < 0:
         out.content = rest.strip()
         if CALL_CLOSE in rest or FN_PREFIX in rest:
             out.errors.append("tool-call markup (</tool_call> or <function=...>) without an opening <tool_call>")
-        return out
+        return
     out.content = rest[:first].strip()
     _parse_calls(rest, first, _schemas(tools), out)
-    return out
 
 
 def _strip_end_markers(text: str) -> str:
@@ -369,8 +377,8 @@ def parse_conversation(text: str, tools: list[dict] | None = None) -> list[Messa
         elif role == "user":
             out.append(Message("user", body.strip()))
         elif role == "assistant":
-            think = body.startswith(THINK_OPEN)
-            p = parse_assistant(body, tools)
+            think = body.startswith(THINK_OPEN + "\n")  # the template opens a shown reasoning block so
+            p = parse_assistant(body, tools, think_open=False if think else None)
             if p.errors:
                 raise ValueError(f"assistant turn {len(out)}: {'; '.join(p.errors)}")
             out.append(Message("assistant", p.content, p.reasoning if think else "", p.tool_calls))
