@@ -301,3 +301,158 @@ def test_scaling_harness_runs_the_stage_on_1_and_2_ranks(tmp_path, monkeypatch):
     # each rank trained its own share: the 2-rank run's stage saw twice the samples
     rows = (tmp_path / "w" / "ddp-2" / "data" / "trajectories.jsonl").read_text().splitlines()
     assert len(rows) == 2 * 3 and all(len(json.loads(r)["input_ids"]) == 64 for r in rows)
+
+
+# --- packing (issue #20): several samples per row, exact sample boundaries ---
+
+# the 27B's shapes scaled down: head_dim 256 with 6 query heads per KV head, GDN key/value heads 128 wide with 3 value
+# heads per key head, partial rotary 0.25 (mrope 11/11/10), conv kernel 4, one attention layer per 4
+SMALL_27B = dict(bench.QWEN36_27B, vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                 num_attention_heads=6, num_key_value_heads=1, linear_num_key_heads=2, linear_num_value_heads=6)
+
+
+def _packed_samples(lengths, vocab, seed=0):
+    from cardforge.train.data import Sample
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(0, vocab, (n,), generator=g).tolist()
+        mask = (torch.rand(n, generator=g) < 0.7).long().tolist()  # some context tokens, as in trajectories
+        out.append(Sample(ids, mask))
+    return out
+
+
+def _per_token_losses(backbone, batch):
+    """Every target token's cross-entropy, in row order (what the packed/unpacked comparison needs)."""
+    from cardforge.train import packing
+
+    kwargs = packing.model_kwargs(batch) if packing.is_packed(batch) else {}
+    hidden = backbone.get_decoder()(input_ids=batch["input_ids"], use_cache=False, **kwargs).last_hidden_state
+    target = batch["loss_mask"][:, 1:].bool()
+    logits = backbone.get_output_embeddings()(hidden[:, :-1][target])
+    return F.cross_entropy(logits, batch["input_ids"][:, 1:][target], reduction="none")
+
+
+def _lora_model(arch, seed=0):
+    model = bench.build_model(bench.text_config(arch), "cpu", torch.float64, seed=seed)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = bench.add_lora(model, dropout=0.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for n, p in bench.lora_params(model).items():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.02)
+    return model
+
+
+@pytest.mark.slow  # ~2 min each on a busy 2-core machine (float64, 7 samples one by one + the packed rows)
+@pytest.mark.parametrize("arch", ["tiny", "small_27b"])
+def test_packed_rows_equal_samples_run_one_by_one(arch):
+    """Two packed rows (samples of 1 to 64 tokens, boundaries on and inside GDN chunks, padding tails) give, in
+    float64, the same per-token losses and the same gradient for every LoRA tensor as each sample run alone through
+    the unpacked path: attention, the Gated DeltaNet state and its conv1d all restart at every boundary."""
+    from cardforge.train import packing
+    from cardforge.train.data import collate
+    from cardforge.train.module import masked_lm_loss
+
+    cfg = bench.TINY if arch == "tiny" else SMALL_27B
+    model = _lora_model(cfg)
+    fast.enable(model)
+    backbone = model.get_base_model()
+    samples = _packed_samples([64, 37, 1, 15, 5, 63, 20], cfg["vocab_size"])
+    rows = [packing.PackedRow(tuple(samples[:4])), packing.PackedRow(tuple(samples[4:]))]
+    batch = packing.collate_packed(rows, pad_id=0, row_len=128)
+    assert batch["input_ids"].shape == (2, 128) and int(batch["attn_meta"][0]) == 9  # 7 samples + 2 padding tails
+
+    packed = _per_token_losses(backbone, batch)
+    alone = torch.cat([_per_token_losses(backbone, collate([s], pad_id=0)) for s in samples])
+    assert packed.shape == alone.shape and packed.numel() > 100
+    torch.testing.assert_close(packed, alone, rtol=1e-10, atol=1e-10)
+
+    loss, n = masked_lm_loss(backbone, batch, chunked_ce=True)
+    loss.backward()
+    g_packed = {k: p.grad.clone() for k, p in bench.lora_params(model).items()}
+    model.zero_grad(set_to_none=True)
+    total = 0.0
+    for s in samples:
+        b = collate([s], pad_id=0)
+        part, m = masked_lm_loss(backbone, b, chunked_ce=True)
+        if m:
+            (part * m / n).backward()
+            total += float(part.detach()) * m / n
+    assert n == packed.numel() and float(loss) == pytest.approx(total, rel=1e-12)
+    for k, p in bench.lora_params(model).items():
+        assert torch.count_nonzero(g_packed[k]) > 0, k
+        torch.testing.assert_close(g_packed[k], p.grad, rtol=1e-9, atol=1e-12, msg=k)
+
+    # the same row with its boundaries ignored (no resets: one long sequence) is NOT equal: the test can fail
+    leaky = dict(batch, position_ids=torch.arange(128).expand(2, 128).contiguous())
+    leaky["cu_seqlens"] = torch.tensor([0, 128, 256] + [256] * 254, dtype=torch.int32)
+    leaky["attn_meta"] = torch.tensor([2, 128])
+    assert not torch.allclose(_per_token_losses(backbone, leaky), alone, atol=1e-3)
+
+
+def test_gdn_resets_match_token_recurrence_per_sample():
+    """The GDN kernel's `reset`: boundaries at a chunk start, mid-chunk, two in one chunk and a 1-token sample give
+    the token recurrence of each sample alone (outputs and all input gradients, float64), with and without the scan
+    op."""
+    inputs = _gdn_inputs(B=2, T=100)
+    reset = torch.zeros(2, 100, dtype=torch.bool)
+    reset[0, [0, 32, 40, 41, 70]] = True
+    reset[1, [0, 5, 63, 64]] = True
+    for scan_op in (False, True):
+        out, grads = _run_gdn(lambda q, k, v, g, b: chunk_gated_delta_rule(q, k, v, g, b, chunk_size=32,
+                                                                          scan_op=scan_op, reset=reset), inputs)
+        pieces = [[], []]
+        ref_grads = [torch.zeros_like(x) for x in inputs]
+        q, k, v, a, b = inputs
+        for row in range(2):
+            starts = reset[row].nonzero().flatten().tolist() + [100]
+            for s, e in zip(starts, starts[1:]):
+                part = [x[row:row + 1, s:e].detach().clone().requires_grad_() for x in inputs]
+                o = reference(part[0], part[1], part[2], -F.softplus(part[3]), part[4].sigmoid())
+                w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)[row:row + 1, s:e]
+                (o * w).sum().backward()
+                pieces[row].append(o.detach())
+                for r, p in zip(ref_grads, part):
+                    r[row:row + 1, s:e] = p.grad
+        torch.testing.assert_close(out, torch.cat([torch.cat(p, 1) for p in pieces]), rtol=1e-5, atol=1e-5)
+        for name, g, r in zip("qkvab", grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5, msg=f"grad of {name}")
+
+
+def test_packed_conv_equals_conv_per_sample():
+    from cardforge.train.fast.patch import packed_conv
+
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3, bias=True).double()
+    x = torch.randn(1, 20, 6, dtype=torch.float64)
+    pos = torch.cat([torch.arange(n) for n in (7, 1, 2, 10)])[None]
+    out = packed_conv(conv, x, pos)
+    want, at = [], 0
+    for n in (7, 1, 2, 10):
+        want.append(conv(x[:, at:at + n].transpose(1, 2))[..., :n].transpose(1, 2))
+        at += n
+    torch.testing.assert_close(out, torch.cat(want, 1))
+    no_reset = conv(x.transpose(1, 2))[..., :20].transpose(1, 2)
+    torch.testing.assert_close(packed_conv(conv, x, torch.arange(20)[None]), no_reset)
+
+
+def test_pack_lengths_first_fit_decreasing():
+    from cardforge.train.packing import pack_lengths
+
+    rows = pack_lengths([10, 60, 30, 45, 50, 5], 100)
+    assert sorted(i for r in rows for i in r) == list(range(6))
+    assert all(sum([10, 60, 30, 45, 50, 5][i] for i in r) <= 100 for r in rows) and len(rows) == 2
+    with pytest.raises(ValueError, match="more than the packed row length 50: raise trainer.pack_length"):
+        pack_lengths([10, 51], 50)
+
+
+def test_packed_batch_without_cardforge_kernels_is_refused():
+    from cardforge.train import packing
+    from cardforge.train.module import masked_lm_loss
+
+    model = bench.build_model(bench.text_config(SMALL), "cpu", torch.float32)
+    batch = packing.collate_packed([packing.PackedRow(tuple(_packed_samples([5, 6], 1000)))], 0, 16)
+    with pytest.raises(RuntimeError, match="trainer.kernels=cardforge"):
+        masked_lm_loss(model, batch)

@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from cardforge.train import optim
+from cardforge.train import fast, optim, packing
 from cardforge.train.fast.loss import linear_cross_entropy
 
 
@@ -26,11 +26,17 @@ def masked_lm_loss(backbone: torch.nn.Module, batch: dict[str, torch.Tensor],
     A right-padded batch (every row: ones, then zeros) runs without its attention mask: in a causal model the pads
     come after every real token and cannot reach them, and no mask keeps attention on the fused causal kernels
     (a padded [T, T] mask would cost T^2 memory and the flash path)."""
-    mask = batch["attention_mask"]
-    if mask.shape[1] > 1 and bool((mask[:, 1:] <= mask[:, :-1]).all()):
-        mask = None
-    hidden = backbone.get_decoder()(input_ids=batch["input_ids"], attention_mask=mask,
-                                    use_cache=False).last_hidden_state
+    if packing.is_packed(batch):  # several samples per row (train/packing.py): boundaries as positions/offsets
+        if not fast.enabled(backbone):
+            raise RuntimeError("a packed batch needs cardforge's kernels (trainer.kernels=cardforge): transformers' "
+                               "own layers would let samples of one row see each other")
+        kwargs = packing.model_kwargs(batch)
+    else:
+        mask = batch["attention_mask"]
+        if mask.shape[1] > 1 and bool((mask[:, 1:] <= mask[:, :-1]).all()):
+            mask = None
+        kwargs = {"attention_mask": mask}
+    hidden = backbone.get_decoder()(input_ids=batch["input_ids"], use_cache=False, **kwargs).last_hidden_state
     target = batch["loss_mask"][:, 1:].bool()
     h = hidden[:, :-1][target]
     labels = batch["input_ids"][:, 1:][target]
@@ -68,6 +74,13 @@ class DistillModule(pl.LightningModule):
         # throughput counters (this process, this fit): tokens incl. context, trained tokens, seconds
         self.tokens_total, self.target_total, self.train_seconds = 0, 0, 0.0
         self.last_loss = torch.tensor(float("nan"))  # read by callbacks.LossHistory
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        meta = batch.pop("attn_meta", None) if isinstance(batch, dict) else None
+        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if meta is not None:  # packed batches: stays on the CPU (read by the varlen kernel without a device sync)
+            batch["attn_meta"] = meta
+        return batch
 
     # -- training --
 

@@ -30,10 +30,17 @@ def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def chunk_gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, g: torch.Tensor,
                            beta: torch.Tensor, chunk_size: int = 64, use_qk_l2norm: bool = True,
-                           scan_op: bool = False) -> torch.Tensor:
+                           scan_op: bool = False, reset: torch.Tensor | None = None) -> torch.Tensor:
     """query/key [B, T, Hk, Dk], value [B, T, Hv, Dv], g (log decay, <= 0) and beta [B, T, Hv] -> out [B, T, Hv, Dv].
 
     No initial state and no final state: training on whole sequences (generation keeps transformers' path).
+    `reset` [B, T] (bool, packed rows): True where a new sample starts; the recurrent state is zero there, as if
+    the sample ran alone. Inside a chunk the boundaries are masks (no chunk is realigned, so the shapes do not
+    depend on where samples start): pairs of tokens in different samples get no decay factor (the intra-chunk
+    attention and the UT transform become block-diagonal), a token after a boundary does not read the state the
+    chunk starts from, a token before one does not write into the state the chunk hands on, and a chunk with a
+    boundary does not decay its incoming state into the next one. Indicators multiply exact 0/1 factors, so the
+    result equals the samples run one by one (tests: float64, against the token recurrence per sample).
     """
     out_dtype = value.dtype
     B, T, Hk, Dk = key.shape
@@ -41,8 +48,9 @@ def chunk_gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.
     if Hv != Hk:  # grouped value heads: each q/k head serves Hv // Hk consecutive value heads
         query = query.repeat_interleave(Hv // Hk, dim=2)
         key = key.repeat_interleave(Hv // Hk, dim=2)
-    q, k, v = (x.transpose(1, 2).float() for x in (query, key, value))  # [B, H, T, D]
-    beta, g = beta.transpose(1, 2).float(), g.transpose(1, 2).float()  # [B, H, T]
+    up = torch.promote_types(value.dtype, torch.float32)  # fp32 (float64 inputs stay float64: exactness tests)
+    q, k, v = (x.transpose(1, 2).to(up) for x in (query, key, value))  # [B, H, T, D]
+    beta, g = beta.transpose(1, 2).to(up), g.transpose(1, 2).to(up)  # [B, H, T]
     if use_qk_l2norm:
         q, k = _l2norm(q), _l2norm(k)
     q = q * Dk ** -0.5
@@ -58,6 +66,18 @@ def chunk_gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.
 
     gc = g.cumsum(-1)  # log decay from the chunk's start to each position
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    g_last = gc[..., -1:]  # [B, H, n, 1]
+    read_init = write_end = keep = None
+    if reset is not None:
+        r = reset.to(torch.int32)
+        if pad:
+            r = F.pad(r, (0, pad))
+        rc = r.reshape(B, 1, n, C).cumsum(-1)  # boundaries in the chunk up to and including each token
+        same = rc.unsqueeze(-1) == rc.unsqueeze(-2)  # [B, 1, n, C, C]: the two tokens are in one sample
+        causal = causal & same
+        read_init = (rc == 0).to(gc.dtype)  # still in the sample the chunk started in
+        write_end = (rc == rc[..., -1:]).to(gc.dtype)  # in the sample the chunk ends in
+        keep = (rc[..., -1:] == 0).to(gc.dtype)  # no boundary in the chunk: the incoming state carries on
     decay = (gc.unsqueeze(-1) - gc.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # [B, H, n, C, C]
     k_beta = k * beta.unsqueeze(-1)
     # UT transform: T = (I + strictly_lower(diag(beta) K K^T * decay))^-1, solved once per chunk
@@ -65,15 +85,17 @@ def chunk_gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.
     eye = torch.eye(C, dtype=ut.dtype, device=ut.device)
     t_inv = torch.linalg.solve_triangular(ut.tril(-1) + eye, eye.expand_as(ut), upper=False, unitriangular=True)
     u = t_inv @ (v * beta.unsqueeze(-1))  # new values
-    w = t_inv @ (k_beta * gc.exp().unsqueeze(-1))  # keys decayed from the chunk start, read the old state
+    from_start = gc.exp() if read_init is None else gc.exp() * read_init
+    to_end = (g_last - gc).exp() if write_end is None else (g_last - gc).exp() * write_end
+    carry = g_last.exp() if keep is None else g_last.exp() * keep
+    w = t_inv @ (k_beta * from_start.unsqueeze(-1))  # keys decayed from the chunk start, read the old state
 
-    g_last = gc[..., -1:]  # [B, H, n, 1]
-    kd = k * (g_last - gc).exp().unsqueeze(-1)  # keys decayed to the chunk's end
-    qd = q * gc.exp().unsqueeze(-1)  # queries read the state decayed from the chunk start
+    kd = k * to_end.unsqueeze(-1)  # keys decayed to the chunk's end
+    qd = q * from_start.unsqueeze(-1)  # queries read the state decayed from the chunk start
     attn = (q @ k.transpose(-1, -2)) * decay  # causal intra-chunk attention, diagonal included
 
     kd_t = kd.transpose(-1, -2)  # [B, H, n, Dk, C]
-    m = torch.diag_embed(g_last.exp().expand(B, Hv, n, Dk)) - kd_t @ w  # [B, H, n, Dk, Dk]
+    m = torch.diag_embed(carry.expand(B, Hv, n, Dk)) - kd_t @ w  # [B, H, n, Dk, Dk]
     c = kd_t @ u  # [B, H, n, Dk, Dv]
     m, c = m.reshape(B * Hv, n, Dk, Dk), c.reshape(B * Hv, n, Dk, Dv)
     if scan_op:  # one dtype, at least fp32: under autocast `kd_t @ u` comes out bf16 while m is fp32
@@ -152,8 +174,9 @@ def _scan_grad(ctx, grad: torch.Tensor):
 state_scan.register_autograd(_scan_grad, setup_context=_scan_setup)
 
 
-def reference(query, key, value, g, beta, chunk_size: int = 64) -> torch.Tensor:
-    """The token-by-token recurrence (exact, slow): the ground truth tests compare both chunked forms with."""
+def reference(query, key, value, g, beta, chunk_size: int = 64, reset: torch.Tensor | None = None) -> torch.Tensor:
+    """The token-by-token recurrence (exact, slow): the ground truth tests compare both chunked forms with.
+    `reset` [B, T]: the state is zeroed before each token where it is True (a packed sample's first token)."""
     B, T, Hk, Dk = key.shape
     Hv, Dv = value.shape[-2:]
     if Hv != Hk:
@@ -164,6 +187,8 @@ def reference(query, key, value, g, beta, chunk_size: int = 64) -> torch.Tensor:
     s = torch.zeros(B, Hv, Dk, Dv, dtype=torch.float32, device=v.device)
     out = []
     for t in range(T):
+        if reset is not None:
+            s = s * (~reset[:, t].bool()).to(s.dtype)[:, None, None, None]
         s = s * g[:, t].exp()[..., None, None]
         kt, vt = k[:, t], v[:, t]  # [B, H, D]
         pred = torch.einsum("bhk,bhkv->bhv", kt, s)

@@ -21,12 +21,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n = hidden.shape[0]
         valid_all = labels != IGNORE
         count = valid_all.sum().clamp_min(1)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
         for s in range(0, n, chunk):
             h, lab, valid = hidden[s:s + chunk], labels[s:s + chunk], valid_all[s:s + chunk]
-            logits = (h @ w.t()).float()
+            logits = (h @ w.t()).to(total.dtype)
             lse = torch.logsumexp(logits, dim=-1)
             safe = lab.clamp_min(0)
             target = logits.gather(1, safe[:, None]).squeeze(1)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import types
 
 import torch
+import torch.nn.functional as F
 
+from cardforge.train.fast import attention
 from cardforge.train.fast.gdn import chunk_gated_delta_rule
 
 _NEEDED = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "conv1d", "norm", "out_proj", "A_log", "dt_bias",
@@ -29,7 +31,26 @@ def _gdn_modules(model: torch.nn.Module):
     return [m for m in model.modules() if type(m).__name__.endswith("GatedDeltaNet")]
 
 
-def _forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
+def packed_conv(conv: torch.nn.Conv1d, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The depthwise causal conv1d of a packed row, reset at every sample start: x [B, T, C], pos [B, T] (position
+    within the sample) -> [B, T, C]. out[t] = sum_d w[K-1-d] x[t-d] over the taps d <= pos[t] only (a sample's
+    first tokens see zeros before them, as when it runs alone); accumulated in fp32 (what the conv kernel does),
+    one fused kernel inside a compiled layer."""
+    K = conv.weight.shape[-1]
+    acc = torch.promote_types(x.dtype, torch.float32)
+    w = conv.weight[:, 0, :].to(acc)  # [C, K]
+    xf = x.to(acc)
+    out = xf * w[:, K - 1]
+    for d in range(1, K):
+        shifted = F.pad(xf[:, :-d], (0, 0, d, 0))  # x[t-d], zero before the row
+        out = out + shifted * (pos >= d).unsqueeze(-1).to(out.dtype) * w[:, K - 1 - d]
+    if conv.bias is not None:
+        out = out + conv.bias.to(acc)
+    return out.to(x.dtype if not torch.is_autocast_enabled(x.device.type)
+                  else torch.get_autocast_dtype(x.device.type))
+
+
+def _forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, cf_pos=None, **kwargs):
     if cache_params is not None:  # generation: transformers' cached path
         return self._cf_transformers_forward(hidden_states, cache_params=cache_params,
                                              attention_mask=attention_mask, **kwargs)
@@ -41,14 +62,18 @@ def _forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mas
     z = self.in_proj_z(hidden_states)
     b = self.in_proj_b(hidden_states)
     a = self.in_proj_a(hidden_states)
-    mixed = torch.nn.functional.silu(self.conv1d(mixed.transpose(1, 2))[..., :seq_len]).transpose(1, 2)
+    if cf_pos is None:
+        mixed = F.silu(self.conv1d(mixed.transpose(1, 2))[..., :seq_len]).transpose(1, 2)
+    else:  # packed row: the conv and the recurrent state restart at every sample
+        mixed = F.silu(packed_conv(self.conv1d, mixed, cf_pos))
     query, key, value = torch.split(mixed, [self.key_dim, self.key_dim, self.value_dim], dim=-1)
     query = query.reshape(bsz, seq_len, -1, self.head_k_dim)
     key = key.reshape(bsz, seq_len, -1, self.head_k_dim)
     value = value.reshape(bsz, seq_len, -1, self.head_v_dim)
     beta = b.sigmoid()
     g = -self.A_log.float().exp() * torch.nn.functional.softplus(a.float() + self.dt_bias)
-    out = self._cf_chunk_fn(query, key, value, g, beta, scan_op=getattr(self, "_cf_scan_op", False))
+    out = self._cf_chunk_fn(query, key, value, g, beta, scan_op=getattr(self, "_cf_scan_op", False),
+                            reset=None if cf_pos is None else cf_pos == 0)
     out = self.norm(out.reshape(-1, self.head_v_dim), z.reshape(-1, self.head_v_dim))
     return self.out_proj(out.reshape(bsz, seq_len, -1))
 
@@ -104,6 +129,7 @@ def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False, lay
         m._cf_scan_op = scan_op
     if lora:
         enable_lora(model)
+    _set_attention(model, attention.ATTENTION)
     if layers:
         compile_layers(model)
     else:
@@ -111,7 +137,33 @@ def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False, lay
     return len(mods)
 
 
+def _configs(model: torch.nn.Module):
+    seen = {}
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation"):
+            seen[id(cfg)] = cfg
+    return list(seen.values())
+
+
+def _set_attention(model: torch.nn.Module, name: str | None) -> None:
+    """Packed rows need `attention.attention` (SDPA unchanged for unpacked batches); `disable` restores the
+    implementation the model had."""
+    if name is not None:
+        attention.register()
+    for cfg in _configs(model):
+        if name is None:
+            if hasattr(cfg, "_cf_attn_before"):
+                cfg._attn_implementation = cfg._cf_attn_before
+                del cfg._cf_attn_before
+        else:
+            if not hasattr(cfg, "_cf_attn_before"):
+                cfg._cf_attn_before = cfg._attn_implementation
+            cfg._attn_implementation = name
+
+
 def disable(model: torch.nn.Module) -> None:
+    _set_attention(model, None)
     uncompile_layers(model)
     for m in _gdn_modules(model):
         _restore_forward(m, "_cf_transformers_forward")
