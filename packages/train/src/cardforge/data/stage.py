@@ -128,8 +128,11 @@ async def _generate(todo, teacher, opts, accepted: Path, rejected: Path, simulat
     from cardforge.data.react import run_sample
     from cardforge.eval.client import new_session
 
+    from cardforge.core.progress import Progress
+
     sem = asyncio.Semaphore(teacher.concurrency)
     counts = {"accepted": 0, "rejected": 0}
+    bar = Progress(len(todo), "cardforge.data", "samples", every_s=0)
     stop: dict = {"stopped_by_budget": None, "not_started": 0}
     async with new_session(teacher.concurrency) as session:
         sim_session = new_session(simulator.concurrency) if simulator else None
@@ -148,8 +151,7 @@ async def _generate(todo, teacher, opts, accepted: Path, rejected: Path, simulat
             ok = traj.verdict.status == "accepted"
             append_jsonl(accepted if ok else rejected, traj)  # the loop is the only writer: whole lines
             counts["accepted" if ok else "rejected"] += 1
-            _log(f"{sum(counts.values())}/{len(todo)} {traj.task_id}: "
-                 f"{'accepted' if ok else 'rejected (' + traj.verdict.reason[:80] + ')'}")
+            bar.step(note=f"{traj.task_id} {'accepted' if ok else 'rejected (' + traj.verdict.reason[:80] + ')'}")
 
         try:
             await asyncio.gather(*(one(t, k) for t, k in todo))
