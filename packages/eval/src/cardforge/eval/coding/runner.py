@@ -203,7 +203,7 @@ def run_program(language: str, source: str, *, timeout_s: float | None = None,
 
 
 def hostile_runner(language: str):
-    """A `cardforge.core.sandbox.hostile` Runner that compiles and runs each case's program with the coding
+    """A hostile-suite Runner (tests/support/hostile.py) that compiles and runs each case's program with the coding
     limits of `language` (run_program). A case's `timeout_s` becomes the run step's timeout (run_solution
     takes one too); its other limits (e.g. mem_mb, written for the plain sandbox) are not applied: the coding
     run's own per-language limits (TOOLCHAINS run_mem_mb, MAX_PROCS, ...) are what is under test."""
