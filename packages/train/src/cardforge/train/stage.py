@@ -256,7 +256,7 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
         accumulate_grad_batches=tc.grad_accum, log_every_n_steps=tc.log_every_n_steps,
         logger=instantiate(cfg.logger, run_id=run_id, tracking_uri=tracking.tracking_uri(cfg)) if run_id else False,
         # LossHistory first: the checkpoint taken in the same on_train_batch_end must include this step's loss
-        callbacks=[progress_bar(), history := LossHistory(), ckpt := AtomicLastCheckpoint(
+        callbacks=[progress_bar(tracking.default_run_name(cfg, "train")), history := LossHistory(), ckpt := AtomicLastCheckpoint(
             out_dir / "checkpoints" / tracking.config_hash(cfg, TRAIN_SECTIONS), tc.ckpt_every_n_steps)],
         enable_checkpointing=False,  # our AtomicLastCheckpoint replaces ModelCheckpoint
         use_distributed_sampler=False,  # ResumableSampler shards by rank itself
