@@ -7,6 +7,8 @@ import shutil
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cardforge.core.sandbox import SandboxResult, SandboxUnavailable, run_sandboxed
 from cardforge.core.sandbox import run as sandbox_run
 
@@ -208,3 +210,27 @@ def test_each_call_is_its_own_cgroup_with_the_whole_call_memory_limit():
 def test_limits_in_force_names_the_mechanisms():
     text = sandbox_run.limits_in_force()
     assert "seccomp" in text and "read-back" in text and "workspace" in text
+
+
+# open-ended inputs: whatever the names, arguments and output, a result comes back and nothing raw escapes
+_names = st.lists(st.text(st.characters(blacklist_categories=("Cs",)) | st.sampled_from(["\0", "/", "\udcff", "\x1b"]),
+                          max_size=12) | st.sampled_from(["..", ".", ""]), min_size=1, max_size=4).map("/".join)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(files=st.dictionaries(_names, st.binary(max_size=64), max_size=4), arg=_names)
+def test_any_names_and_arguments_give_a_result(files, arg):
+    r = run_sandboxed(["printf", "%s", arg], files=files, timeout_s=10)
+    assert isinstance(r, SandboxResult)
+    if r.killed_by == "invalid_input":
+        assert r.stderr.startswith("sandbox: refused") and set(r.files) <= set(files)
+    else:
+        assert r.exit_code == 0 and set(r.files) == set(files), r
+        assert all(r.files[k] == v for k, v in files.items())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=300))
+def test_no_raw_control_character_reaches_the_output(data):
+    r = run_sandboxed(["cat"], stdin=data)
+    assert not [c for c in r.stdout if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
