@@ -1,9 +1,13 @@
 """Chain the stages under one MLflow parent run; skip what is already done; stop clearly where a stage is missing.
 
 A stage is skipped when its record (`<outputs>/.pipeline/<stage>.json`) holds the same key: the hash of the
-config sections it reads plus the fingerprints of the stages before it. So changing `lora.r` reruns
-train and everything after it, not data. `force=[train]` (or `force=[all]`, `make reproduce FORCE=1`)
-reruns anyway. A failing stage leaves no record and marks its run and the parent FAILED (KILLED on Ctrl-C or
+config sections it reads, the fingerprints of the stages before it and the version of the code that runs it
+(fingerprints.code_version: its packages' source files + the llama.cpp release), AND the output files the
+record lists still hold the content it recorded (fingerprints.changed_outputs). So changing `lora.r` reruns
+train and everything after it, not data; a fix in cardforge.quant reruns quant and what follows; an adapter
+rewritten by a standalone `python -m cardforge.train` reruns train, with one line saying which file changed.
+`force=[train]` (or `force=[all]`, `make reproduce FORCE=1`) reruns anyway. Each stage's run is tagged
+`cardforge.code_version` (at start) and `cardforge.outputs_sha256` (its outputs' content, at the end). A failing stage leaves no record and marks its run and the parent FAILED (KILLED on Ctrl-C or
 SIGTERM); the next invocation resumes there. `plan=true` prints the plan (plan.py) and runs nothing.
 
 Each stage's peak resident memory (this process and its children, memory.py) goes to the parent run as
@@ -19,6 +23,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,8 +38,10 @@ from cardforge.core import tracking
 from cardforge.core.cli import StageNotImplemented
 from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json
-from cardforge.pipeline import plan
+from cardforge.pipeline import fingerprints, plan
 from cardforge.pipeline.memory import PeakRss
+
+CODE_ENV = "CARDFORGE_CODE_VERSION"  # read by tracking.run_tags: the stage's run is tagged with it
 
 
 @dataclass(frozen=True)
@@ -45,17 +52,24 @@ class StageSpec:
     sections: tuple[str, ...]  # config sections whose values decide what the stage computes
     always: bool = False  # never skipped: the card cites this invocation's runs
     enabled_by: str | None = None  # a boolean config key; false -> the stage is left out of this chain
+    packages: tuple[str, ...] = ("cardforge.core",)  # the code that runs it: part of its cache key
 
 
+TRAIN_CODE = ("cardforge.core", "cardforge.train")
 STAGES: list[StageSpec] = [
     StageSpec("models", "cardforge.core.models.stage:run", 2, ("model", "teacher")),
-    StageSpec("data", "cardforge.data.stage:run", 3, ("model", "teacher", "data")),
-    StageSpec("train", "cardforge.train.stage:run", 4, ("model", "data", "lora", "trainer")),
-    StageSpec("merge", "cardforge.train.merge.stage:run", 4, ("model",)),
-    StageSpec("mtp", "cardforge.train.mtp.stage:run", 11, ("model", "mtp"), enabled_by="mtp.enabled"),
-    StageSpec("quant", "cardforge.quant.stage:run", 5, ("model", "quant")),
-    StageSpec("eval", "cardforge.eval.stage:run", 7, ("model", "serve", "eval")),
-    StageSpec("card", "cardforge.card.stage:run", 9, ("card",), always=True),
+    StageSpec("data", "cardforge.data.stage:run", 3, ("model", "teacher", "data"),
+              packages=("cardforge.core", "cardforge.data")),
+    StageSpec("train", "cardforge.train.stage:run", 4, ("model", "data", "lora", "trainer"), packages=TRAIN_CODE),
+    StageSpec("merge", "cardforge.train.merge.stage:run", 4, ("model",), packages=TRAIN_CODE),
+    StageSpec("mtp", "cardforge.train.mtp.stage:run", 11, ("model", "mtp"), enabled_by="mtp.enabled",
+              packages=(*TRAIN_CODE, "cardforge.serve", "cardforge.quant")),
+    StageSpec("quant", "cardforge.quant.stage:run", 5, ("model", "quant"),
+              packages=("cardforge.core", "cardforge.quant", "cardforge.serve")),
+    StageSpec("eval", "cardforge.eval.stage:run", 7, ("model", "serve", "eval"),
+              packages=("cardforge.core", "cardforge.eval", "cardforge.serve", "cardforge.quant")),
+    StageSpec("card", "cardforge.card.stage:run", 9, ("card",), always=True,
+              packages=("cardforge.core", "cardforge.card", "cardforge.serve")),
 ]
 
 
@@ -99,9 +113,21 @@ def fingerprint(result: Any) -> str:
     return hashlib.sha256(json.dumps(jsonable(result), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def stage_key(cfg: DictConfig, spec: StageSpec, upstream: list[str]) -> str:
-    blob = json.dumps({"config": tracking.config_hash(cfg, spec.sections), "upstream": upstream})
+def stage_key(cfg: DictConfig, spec: StageSpec, upstream: list[str], code: str | None = None) -> str:
+    code = code or fingerprints.code_version(spec.packages)
+    blob = json.dumps({"config": tracking.config_hash(cfg, spec.sections), "upstream": upstream, "code": code})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _tag_run(stage: str, run_id: str | None, tags: dict[str, str]) -> None:
+    if run_id is None:
+        return
+    try:
+        client = mlflow.MlflowClient()
+        for key, val in tags.items():
+            client.set_tag(run_id, key, val)
+    except Exception as e:  # noqa: BLE001 - bookkeeping must not fail a finished stage
+        print(f"[pipeline] {stage}: could not tag run {run_id[:8]}: {e}", file=sys.stderr)
 
 
 def record_path(cfg: DictConfig, stage: str) -> Path:
@@ -162,18 +188,30 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
                 result.stopped_at = spec.name
                 result.reason = f"stage '{spec.name}' is not implemented yet (issue #{spec.issue})"
                 break
-            key = stage_key(cfg, spec, upstream)
+            code = fingerprints.code_version(spec.packages)
+            key = stage_key(cfg, spec, upstream, code)
             rec = load_record(cfg, spec.name)
+            outputs = Path(cfg.paths.outputs)
             if rec and rec.get("key") == key and not spec.always and not ({spec.name, "all"} & force):
-                print(f"[pipeline] {spec.name}: unchanged (run {rec['run_id'][:8]}), skipped", file=sys.stderr)
-                result.skipped.append(spec.name)
-                result.results[spec.name] = rec.get("result")
-                upstream.append(rec["fingerprint"])
-                continue
+                drift = fingerprints.changed_outputs(rec.get("outputs") or {}, outputs)
+                if not drift:
+                    print(f"[pipeline] {spec.name}: unchanged (run {rec['run_id'][:8]}), skipped", file=sys.stderr)
+                    result.skipped.append(spec.name)
+                    result.results[spec.name] = rec.get("result")
+                    upstream.append(rec["fingerprint"])
+                    continue
+                more = f" and {len(drift) - 1} more" if len(drift) > 1 else ""
+                print(f"[pipeline] {spec.name}: outputs no longer what run {rec['run_id'][:8]} recorded "
+                      f"({drift[0]}{more}; written by another run?), rerunning", file=sys.stderr)
+            elif rec and rec.get("key") != key and rec.get("code") not in (None, code) and not spec.always:
+                print(f"[pipeline] {spec.name}: code changed since run {rec['run_id'][:8]} "
+                      f"({rec['code']} -> {code}), rerunning", file=sys.stderr)
             print(f"[pipeline] {spec.name} ...", file=sys.stderr)
             started = time.time()
             before = tracking.last_stage_run_id(spec.name)
             mem = PeakRss()
+            prev_code = os.environ.get(CODE_ENV)
+            os.environ[CODE_ENV] = code
             try:
                 with mem:
                     out = fn(cfg)
@@ -189,6 +227,11 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
                 tags(**{"cardforge.failed_at": spec.name,
                         "cardforge.failure": f"{type(e).__name__}: {e}"[:4000]})
                 raise
+            finally:
+                if prev_code is None:
+                    os.environ.pop(CODE_ENV, None)
+                else:
+                    os.environ[CODE_ENV] = prev_code
             seconds = round(time.time() - started, 1)
             child_id = tracking.last_stage_run_id(spec.name)
             child_id = child_id if child_id != before else None
@@ -199,9 +242,13 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
             print(f"[pipeline] {spec.name}: done in {seconds:.0f} s, peak RSS {peak.gib:.2f} GiB",
                   file=sys.stderr)
             fp = fingerprint(out)
+            files = fingerprints.hash_outputs(jsonable(out), outputs)
+            _tag_run(spec.name, child_id, {"cardforge.code_version": code,
+                                           "cardforge.outputs_sha256": fingerprints.outputs_digest(files)})
             atomic_write_json(record_path(cfg, spec.name), {
                 "key": key, "fingerprint": fp, "result": jsonable(out), "seconds": seconds,
                 "peak_rss_gib": round(peak.gib, 4), "run_id": child_id or parent.info.run_id,
+                "code": code, "outputs": files,
             })
             result.results[spec.name] = out
             result.done.append(spec.name)

@@ -1,0 +1,134 @@
+"""The pipeline's stage cache knows the code and the outputs (issue 22 item 5, issue 25 item 1), against a real
+MLflow store: a stand-in stage whose code lives in a real package on sys.path (edited between invocations),
+writing real files under paths.outputs that a "standalone run" then rewrites or deletes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from cardforge.core import tracking
+from cardforge.core.config.compose import compose
+from cardforge.pipeline import fingerprints
+from cardforge.pipeline import run as pipeline_run
+from cardforge.pipeline.run import StageSpec
+
+
+@pytest.fixture()
+def standin_pkg(tmp_path, monkeypatch):
+    """A package `cf_standin_stage` on sys.path: its `run` writes outputs/made/{a.txt, sub/b.bin}."""
+    root = tmp_path / "src"
+    pkg = root / "cf_standin_stage"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent('''
+        from pathlib import Path
+        from cardforge.core import tracking
+
+        VERSION = 1
+
+        def run(cfg):
+            with tracking.stage_run(cfg, "made") as r:
+                out = Path(cfg.paths.outputs) / "made"
+                (out / "sub").mkdir(parents=True, exist_ok=True)
+                (out / "a.txt").write_text(f"v{VERSION}")
+                (out / "sub" / "b.bin").write_bytes(bytes(range(256)))
+                return {"dir": str(out), "run_id": r.info.run_id}
+    '''))
+    monkeypatch.syspath_prepend(str(root))
+    fingerprints.clear_cache()
+    yield pkg
+    fingerprints.clear_cache()
+    sys.modules.pop("cf_standin_stage", None)
+
+
+def _chain(experiment: str, out: Path, *overrides: str):
+    spec = StageSpec("made", "cf_standin_stage:run", 0, ("data",), packages=("cardforge.core", "cf_standin_stage"))
+    cfg = compose("pipeline", [f"logger.experiment_name={experiment}", f"paths.outputs={out}", *overrides])
+    return pipeline_run.run(cfg, stages=[spec])
+
+
+def test_outputs_and_code_are_part_of_the_skip_check(standin_pkg, mlflow_uri, mlflow_experiment, tmp_path, capfd):
+    out = tmp_path / "out"
+    first = _chain(mlflow_experiment, out)
+    assert first.done == ["made"]
+    rec = json.loads((out / ".pipeline" / "made.json").read_text())
+    assert set(rec["outputs"]) == {"made/a.txt", "made/sub/b.bin"}  # the result named the folder: its files
+    assert len(rec["code"]) == 16
+    run = MlflowClient(mlflow_uri).get_run(first.results["made"]["run_id"])
+    assert run.data.tags["cardforge.code_version"] == rec["code"]  # tagged when the run opened
+    assert run.data.tags["cardforge.outputs_sha256"] == fingerprints.outputs_digest(rec["outputs"])
+    capfd.readouterr()
+
+    assert _chain(mlflow_experiment, out).skipped == ["made"]  # nothing changed
+    assert "made: unchanged" in capfd.readouterr().err
+
+    # a standalone run rewrites an output (same size, new content): rerun, one line naming the file
+    (out / "made" / "a.txt").write_text("v9")
+    again = _chain(mlflow_experiment, out)
+    err = capfd.readouterr().err
+    assert again.done == ["made"], err
+    (line,) = [ln for ln in err.splitlines() if "no longer what run" in ln]
+    assert "changed made/a.txt" in line and "rerunning" in line
+    assert (out / "made" / "a.txt").read_text() == "v1"  # the stage's own output again
+
+    # touched but identical (mtime moved, content equal): still skipped
+    p = out / "made" / "sub" / "b.bin"
+    p.write_bytes(p.read_bytes())
+    assert _chain(mlflow_experiment, out).skipped == ["made"]
+    capfd.readouterr()
+
+    # an output deleted: rerun
+    p.unlink()
+    assert _chain(mlflow_experiment, out).done == ["made"]
+    assert "missing made/sub/b.bin" in capfd.readouterr().err
+
+    # the stage's code changes (a fixed bug): rerun without force, and the record carries the new version
+    old = json.loads((out / ".pipeline" / "made.json").read_text())["code"]
+    (standin_pkg / "__init__.py").write_text((standin_pkg / "__init__.py").read_text().replace("VERSION = 1",
+                                                                                             "VERSION = 2"))
+    fingerprints.clear_cache()
+    sys.modules.pop("cf_standin_stage", None)
+    fixed = _chain(mlflow_experiment, out)
+    err = capfd.readouterr().err
+    assert fixed.done == ["made"] and f"code changed since run" in err and old in err
+    new = json.loads((out / ".pipeline" / "made.json").read_text())["code"]
+    assert new != old and (out / "made" / "a.txt").read_text() == "v2"
+
+
+def test_code_version_follows_the_files_not_git(tmp_path, monkeypatch):
+    """Same files, same version wherever they are imported from (a clone, an install); an edit changes it;
+    bytecode caches do not."""
+    for where in ("a", "b"):
+        pkg = tmp_path / where / "cf_same_code"
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("X = 1\n")
+        (pkg / "data.json").write_text("{}")
+    monkeypatch.syspath_prepend(str(tmp_path / "a"))
+    fingerprints.clear_cache()
+    va = fingerprints.code_version(("cf_same_code",))
+    (tmp_path / "a" / "cf_same_code" / "__pycache__").mkdir()
+    (tmp_path / "a" / "cf_same_code" / "__pycache__" / "x.pyc").write_bytes(b"junk")
+    fingerprints.clear_cache()
+    assert fingerprints.code_version(("cf_same_code",)) == va
+    monkeypatch.syspath_prepend(str(tmp_path / "b"))
+    sys.modules.pop("cf_same_code", None)
+    fingerprints.clear_cache()
+    assert fingerprints.package_dir("cf_same_code") == tmp_path / "b" / "cf_same_code"
+    assert fingerprints.code_version(("cf_same_code",)) == va
+    (tmp_path / "b" / "cf_same_code" / "data.json").write_text('{"k": 1}')
+    fingerprints.clear_cache()
+    assert fingerprints.code_version(("cf_same_code",)) != va
+    fingerprints.clear_cache()
+
+
+def test_every_real_stage_names_its_code():
+    for spec in pipeline_run.STAGES:
+        assert "cardforge.core" in spec.packages, spec.name
+        for pkg in spec.packages:
+            assert fingerprints.package_dir(pkg) is not None, (spec.name, pkg)
+    assert tracking.run_tags  # the tag hook exists
