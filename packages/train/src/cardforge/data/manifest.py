@@ -1,6 +1,6 @@
 """The dataset manifest: what the accepted set is (content hash), how it was made, what it costs in tokens.
 
-Token statistics use the STUDENT's tokenizer and chat template through `cardforge.core.chat.encode`, so
+Token statistics use the STUDENT's tokenizer and chat template through `cardforge.core.chat.encode_all`, so
 `trained_fraction` is exactly the share of tokens the train stage's loss sees (its own reasoning + tool
 calls + answers; system, user and tool-result tokens are context).
 """
@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from cardforge.core.chat import EncodeError, Trajectory, encode
+from cardforge.core.chat import EncodeError, Trajectory, encode_all
 from cardforge.core.io import sha256_file
 
 
@@ -20,20 +20,28 @@ def reason_of(t: Trajectory) -> str:
 
 
 def token_stats(accepted: list[Trajectory], tokenizer, max_seq_len: int) -> dict[str, Any]:
-    lengths, trained, failed = [], 0, []
+    """Token counts with the student's tokenizer and template (`encode_all`: the train stage's samples, before
+    max_seq_len), the samples the chat contract refuses per reason (the train stage skips them), and which
+    chat template rendered them (name + sha256)."""
+    from cardforge.core.chat.template import template_identity
+
+    lengths, trained, failed, refused = [], 0, [], Counter()
     for t in accepted:
         try:
-            enc = encode(t, tokenizer)
+            enc = encode_all(t, tokenizer)
         except EncodeError as e:
-            failed.append(f"{t.task_id}: {e}")
+            refused[e.reason] += 1
+            failed.append(f"{t.task_id}: {e.reason}: {e}")
             continue
-        lengths.append(len(enc))
-        trained += sum(enc.loss_mask)
+        for seq in enc.sequences:
+            lengths.append(len(seq))
+            trained += sum(seq.loss_mask)
     total = sum(lengths)
     return {"samples": len(lengths), "total_tokens": total, "trained_tokens": trained,
             "trained_fraction": round(trained / total, 4) if total else 0.0,
             "mean_tokens": round(total / len(lengths), 1) if lengths else 0.0, "max_tokens": max(lengths, default=0),
-            "over_max_seq_len": sum(n > max_seq_len for n in lengths), "encode_failures": failed[:20]}
+            "over_max_seq_len": sum(n > max_seq_len for n in lengths), "encode_refused": dict(refused.most_common()),
+            "encode_failures": failed[:20], **template_identity(getattr(tokenizer, "chat_template", None))}
 
 
 def build_manifest(accepted_path: Path, accepted: list[Trajectory], rejected: list[Trajectory], *,
@@ -72,4 +80,9 @@ def table(manifest: dict[str, Any]) -> str:
     if tok.get("samples"):
         lines += ["", f"tokens (student tokenizer): {tok['total_tokens']} total, {tok['trained_tokens']} trained "
                       f"({tok['trained_fraction']:.1%}), mean {tok['mean_tokens']}, max {tok['max_tokens']}"]
+    if tok.get("encode_refused"):
+        lines += ["", "| refused by the chat contract (train skips) | samples |", "|---|---|"]
+        lines += [f"| {r} | {n} |" for r, n in tok["encode_refused"].items()]
+    if tok.get("chat_template"):
+        lines += ["", f"chat template: {tok['chat_template']} (sha256 {tok['chat_template_sha256'][:12]})"]
     return "\n".join(lines) + "\n"

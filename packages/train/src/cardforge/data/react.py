@@ -7,7 +7,9 @@ calls as XML text, results as <tool_response> user turns: every OpenAI-compatibl
 by its own chat template.
 
 Rejection reasons (the manifest's table): teacher_error, length, unclosed_think, parse_error,
-bad_tool_call, simulator_error, max_steps, wrong_answer, unverifiable.
+bad_tool_call, simulator_error, max_steps, wrong_answer, unverifiable, and the chat contract's codes
+(cardforge.core.chat.REASONS, e.g. markup_in_argument) for a finished sample the student's template cannot
+carry exactly.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cardforge.core.chat import Message, Timings, Trajectory, Verdict, parse_assistant
+from cardforge.core.chat import EncodeError, Message, Timings, Trajectory, Verdict, check_messages, parse_assistant
+from cardforge.core.chat.parse import nfc
 from cardforge.data.tasks import Task
 from cardforge.data.teacher import Teacher, call_xml, tools_prompt
 from cardforge.data import llm_judge
@@ -25,6 +28,9 @@ from cardforge.data.tools import FINISH, ToolError, Workspace, check_call, execu
 from cardforge.data.verify import verify
 from cardforge.eval.client import Sampling
 
+# the Qwen3.5/3.6 special tokens a message may not spell out (the student's tokenizer would read them as such)
+SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>")
 SIMULATOR_SAMPLING = Sampling(temperature=0.2, top_p=0.95, max_tokens=192, thinking=False)
 
 
@@ -100,6 +106,9 @@ async def run_sample(task: Task, k: int, teacher: Teacher, session, opts: Option
         for j, call in enumerate(step_calls):
             call.id = f"call_{step}_{j}"
         messages.append(Message("assistant", parsed.content, reasoning, step_calls))
+        if bad := _contract(messages[-1:]):  # e.g. tool-call markup inside a value: refuse before anything runs
+            end = _End("parse_error", bad.reason, str(bad))
+            break
         if task.answer_by_call:  # function-calling items: the call is the answer, nothing runs
             calls, end = step_calls, _End("tool_calls")
             break
@@ -129,12 +138,25 @@ async def run_sample(task: Task, k: int, teacher: Teacher, session, opts: Option
         wire += [{"role": "assistant", "content": "\n\n".join(p for p in (parsed.content, call_xml(call)) if p)},
                  {"role": "user", "content": f"<tool_response>\n{obs}\n</tool_response>"}]
 
+    if end.reason is None and (bad := _contract(messages)):  # the chat contract cannot carry it: rejected here
+        end = _End(end.finish, bad.reason, str(bad))
     verdict, extra = await _judge(task, end, answer, calls, ws, opts, session, messages)
     timings.total_s = time.monotonic() - t0
     extra.update({"task_id": task.id, "sample": k, "tool_results": opts.mode, "answer": answer,
                   "steps": sum(m.role == "assistant" for m in messages)})
     return Trajectory(sample_id(task, k), messages, source=task.source, teacher=teacher.label, tools=task.tools,
                       verdict=verdict, timings=timings, finish_reason=end.finish, errors=errors, extra=extra)
+
+
+def _contract(messages: list[Message]) -> EncodeError | None:
+    """The chat contract's refusal (core.chat.check_messages: special-token text, tool-call markup inside a
+    value, think tags in the reasoning, ...), if any: the sample is rejected with the contract's code as its
+    reason, so the manifest counts it and the train stage never meets it."""
+    try:
+        check_messages(nfc([m.to_openai() for m in messages]), SPECIAL_TOKENS)
+    except EncodeError as e:
+        return e
+    return None
 
 
 async def _judge(task: Task, end: _End, answer, calls, ws, opts: Options, session=None,

@@ -4,7 +4,9 @@ Run as: python -m cardforge.data show-mask FILE [--index N] [--html OUT.html] [-
 
 The terminal view prints the rendered sample with trained tokens (loss_mask 1) in green and the rest
 dimmed (without colors, e.g. piped, trained runs are wrapped in ⟦ ⟧); `--html` writes the same view as one self-contained page (each token a span whose tooltip gives
-its position and id). The rendering is `cardforge.core.chat.encode`, the exact ids the train stage sees.
+its position and id). The rendering is `cardforge.core.chat.encode_all`, the exact ids the train stage sees: a
+record may train as several sequences (each turn in its serving context), shown one after the other. A record
+the chat contract refuses prints its reason and exits 1.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import html
 import sys
 from pathlib import Path
 
-from cardforge.core.chat import Encoded, encode, load_jsonl, load_tokenizer
+from cardforge.core.chat import Encoded, EncodeError, encode_all, load_jsonl, load_tokenizer
 from cardforge.core.io import atomic_write_text
 
 TRAINED_STYLE, CONTEXT_STYLE = "bold black on green3", "grey50"
@@ -50,15 +52,18 @@ def summary(enc: Encoded, title: str) -> str:
             f"{len(enc.spans)} assistant turns [{turns}]" + (" (truncated)" if enc.truncated else ""))
 
 
-def to_html(enc: Encoded, title: str) -> str:
-    spans = []
-    for text, trained, i in pieces(enc):
-        special = " special" if text.startswith("<") and text.endswith(">") and len(text) > 2 else ""
-        spans.append(f'<span class="{"t" if trained else "c"}{special}" title="#{i} id {enc.input_ids[i]}">'
-                     f"{html.escape(text)}</span>")
-    return (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>{CSS}</style>"
-            f"<header><b>{html.escape(summary(enc, title))}</b><br>green = trained (loss_mask 1), grey = "
-            f"context</header>{''.join(spans)}\n")
+def to_html(encs: list[Encoded], titles: list[str]) -> str:
+    sections = []
+    for enc, title in zip(encs, titles):
+        spans = []
+        for text, trained, i in pieces(enc):
+            special = " special" if text.startswith("<") and text.endswith(">") and len(text) > 2 else ""
+            spans.append(f'<span class="{"t" if trained else "c"}{special}" title="#{i} id {enc.input_ids[i]}">'
+                         f"{html.escape(text)}</span>")
+        sections.append(f"<header><b>{html.escape(summary(enc, title))}</b><br>green = trained (loss_mask 1), grey = "
+                        f"context</header>{''.join(spans)}\n")
+    return (f"<!doctype html><meta charset=utf-8><title>{html.escape(titles[0])}</title><style>{CSS}</style>"
+            + "<hr>".join(sections))
 
 
 def print_terminal(enc: Encoded, title: str) -> None:
@@ -88,10 +93,17 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     traj = records[args.index]
-    enc = encode(traj, load_tokenizer(args.model), max_len=args.max_len)
     title = f"{args.file.name} #{args.index} task {traj.task_id}"
-    print_terminal(enc, title)
+    try:
+        encoding = encode_all(traj, load_tokenizer(args.model), max_len=args.max_len)
+    except EncodeError as e:
+        print(f"show-mask: {title}: refused by the chat contract ({e.reason}): {e}", file=sys.stderr)
+        return 1
+    n = len(encoding.sequences)
+    titles = [title + (f" sequence {k + 1}/{n}" if n > 1 else "") for k in range(n)]
+    for enc, t in zip(encoding.sequences, titles):
+        print_terminal(enc, t)
     if args.html:
-        atomic_write_text(args.html, to_html(enc, title))
+        atomic_write_text(args.html, to_html(encoding.sequences, titles))
         print(f"wrote {args.html}", file=sys.stderr)
     return 0
