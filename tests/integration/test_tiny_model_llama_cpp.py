@@ -260,3 +260,36 @@ def test_server_drafts_with_the_mtp_head(tiny_gguf, tmp_path):
     timings = resp["timings"]
     assert "draft_n" in timings and timings["draft_n"] > 0, timings
     assert 0 <= timings.get("draft_n_accepted", 0) <= timings["draft_n"]
+
+
+# --- the real Qwen3.6 layout (tiny-qwen36-vl-mtp): text GGUF with the MTP head + the vision projector ---
+
+
+@pytest.mark.slow  # ~45 s quiet, 100 s on a busy 2-core box (two conversions + a server); the quant stage test
+# runs the same steps on the tiny default in the default tier
+def test_vl_checkpoint_gives_text_gguf_with_mtp_and_mmproj_that_answer_an_image(tiny_vl_model_dir, tmp_path):
+    """convert_hf_to_gguf.py on the VL layout writes the language model + nextn head (no tower); --mmproj writes
+    the tower + merger as a qwen3vl projector; llama-server -m TEXT --mmproj FILE answers an image_url request
+    (a random tower: the answer is noise, the image's tokens in the prompt count are the proof)."""
+    from cardforge.core.config.compose import compose
+    from cardforge.quant import gguf
+    from cardforge.quant.load_check import check_vision, serve_options
+
+    text = gguf.convert(tiny_vl_model_dir, tmp_path / "text.gguf")
+    mmproj = gguf.convert_mmproj(tiny_vl_model_dir, tmp_path / gguf.mmproj_name("tiny"))
+    kv, tensors = gguf_header(text)["kv"], gguf_header(text)["tensors"]
+    assert kv["general.architecture"] == "qwen35" and kv["qwen35.nextn_predict_layers"] == 1
+    assert kv["qwen35.block_count"] == 5 and "blk.4.nextn.eh_proj.weight" in tensors and "output.weight" in tensors
+    assert not [n for n in tensors if n.startswith("v.") or "visual" in n]
+    assert kv["tokenizer.chat_template"] == (tiny_vl_model_dir / "chat_template.jinja").read_text()
+    mm = gguf_header(mmproj)
+    assert mm["kv"]["general.architecture"] == "clip" and mm["kv"]["clip.projector_type"] == "qwen3vl_merger"
+    assert mm["kv"]["clip.vision.block_count"] == 2 and mm["kv"]["clip.vision.projection_dim"] == 256
+    assert {"v.patch_embd.weight", "v.patch_embd.weight.1", "v.position_embd.weight", "v.blk.1.attn_qkv.weight",
+            "mm.0.weight", "mm.2.weight", "v.post_ln.weight"} <= set(mm["tensors"])
+    assert not [n for n in mm["tensors"] if n.startswith(("blk.", "token_embd", "output"))]
+
+    serve = serve_options(compose("quant", ["experiment=tiny"]), threads=2)
+    got = check_vision(serve, text, mmproj, tmp_path / "vision.log")
+    print(got)
+    assert got["vision_ok"] and got["vision_prompt_tokens"] > got["text_prompt_tokens"] + 4

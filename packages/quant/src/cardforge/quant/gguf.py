@@ -1,6 +1,10 @@
 """GGUF tiers with llama.cpp's own tools (the pinned release): convert -> imatrix -> quantize -> perplexity/KLD.
 
 File names follow the card: `<name>-MTP-<TIER>[-imatrix].gguf` (no `-MTP` for a model without a head).
+A vision-language checkpoint (config.json with a `vision_config`, as Qwen3.5/3.6 are) also gets its vision
+projector the way llama.cpp serves Qwen3.5 images: `convert_hf_to_gguf.py --mmproj` writes the tower + merger
+as `mmproj-<name>-BF16.gguf` (projector type qwen3vl), loaded with `llama-server -m TEXT.gguf --mmproj FILE`;
+the text GGUFs carry the language model and the MTP head only (the converter drops model.visual.*).
 """
 
 from __future__ import annotations
@@ -55,6 +59,26 @@ def _run(cmd: list[str], what: str, log: Path | None = None) -> str:
         tail = "\n".join(text.splitlines()[-15:])
         raise GgufError(f"{what} failed (exit {proc.returncode}): {' '.join(map(str, cmd[:3]))} ...\n{tail}")
     return text
+
+
+def has_vision(model_dir: Path) -> bool:
+    import json
+
+    return "vision_config" in json.loads((Path(model_dir) / "config.json").read_text())
+
+
+def mmproj_name(model: str) -> str:
+    """llama.cpp's convention (`-hf` picks a repo file whose name starts with mmproj): mmproj-<name>-BF16.gguf."""
+    return f"mmproj-{model}-BF16.gguf"
+
+
+def convert_mmproj(model_dir: Path, out: Path) -> Path:
+    """The vision tower + merger of a VL checkpoint as llama.cpp's projector file (BF16; patch embedding F32)."""
+    try:
+        return llama_cpp.convert_hf_to_gguf(model_dir, out, outtype="bf16", extra_args=["--mmproj"])
+    except RuntimeError as e:
+        raise GgufError(f"llama.cpp {llama_cpp.VERSION}'s converter could not write the vision projector of "
+                        f"{model_dir}: {str(e).splitlines()[-1]}") from None
 
 
 def convert(model_dir: Path, out: Path) -> Path:

@@ -219,6 +219,9 @@ class GgufPlan:
         self.base_cache = base_gguf_cache(cfg, base[0]) if base else None
         self.base_logits = out / "bf16-logits.bin"
         self.imatrix_file = out / "imatrix.gguf"
+        # a vision-language checkpoint (the real Qwen3.6 layout): its tower as llama.cpp's projector file
+        self.vision = gguf.has_vision(src)
+        self.mmproj = self.gdir / gguf.mmproj_name(name)
 
     def _path(self, tier: gguf.Tier, base: bool = False) -> Path:
         has_mtp = bool(self.head and self.head.present)
@@ -269,6 +272,25 @@ class GgufPlan:
         gguf.kld_base(self.bf16, self.out / "heldout.txt", self.base_logits, q.imatrix_ctx, q.kld_chunks,
                       self.threads, self.logs / "kld-base.log")
 
+    def _convert_mmproj(self) -> dict:
+        gguf.convert_mmproj(self.src, self.mmproj)
+        return {"path": str(self.mmproj)}
+
+    def _load_vision(self) -> dict:
+        from cardforge.quant import load_check
+
+        return load_check.check_vision(self.serve, self.bf16, self.mmproj, load_check.log_path(self.out, "vision"))
+
+    def vision_summary(self, o: Outcome) -> dict | None:
+        """quant_results.json's "mmproj": the projector file, its size and the image-request check."""
+        if not self.vision:
+            return None
+        info = dict(o.results["convert_mmproj"])
+        info.update(size_gb_gib(self.mmproj.stat().st_size))
+        info["served_with"] = str(self.bf16)
+        info.update(o.results.get("load_vision") or {})
+        return info
+
     def _kld(self, tier: gguf.Tier) -> dict:
         key = _key(tier)
         return gguf.kld(self._path(tier), self.base_logits, self.cfg.quant.imatrix_ctx, self.threads,
@@ -294,6 +316,8 @@ class GgufPlan:
             after = ("convert_base", "imatrix") if t.imatrix else ("convert_base",)
             s.append(Step(f"quantize_base_{_key(t)}", lambda t=t: self._quantize(t, True), after, "gguf"))
         s.append(Step("kld_base", self._kld_base, ("convert", "calibration"), group="gguf"))
+        if self.vision:
+            s.append(Step("convert_mmproj", self._convert_mmproj, group="gguf"))
         for t in [t for t in self.tiers if not t.imatrix]:
             s.append(Step(f"quantize_{_key(t)}", lambda t=t: self._quantize(t, False), ("convert",), "gguf"))
         s += middle
@@ -301,6 +325,8 @@ class GgufPlan:
             s.append(Step(f"kld_{_key(t)}", lambda t=t: self._kld(t), ("kld_base", f"quantize_{_key(t)}"), "gguf"))
         if self.cfg.quant.load_check:
             s.append(Step("load_BF16", self._load("BF16", self.bf16), ("convert",), "gguf"))
+            if self.vision:
+                s.append(Step("load_vision", self._load_vision, ("convert", "convert_mmproj"), "gguf"))
             for t in self.tiers:
                 s.append(Step(f"load_{_key(t)}", self._load(_key(t), self._path(t)), (f"quantize_{_key(t)}",), "gguf"))
             for t in self.base_tiers:
@@ -372,6 +398,14 @@ def table(results: dict) -> str:
         loads = f"yes ({r.get('draft_n', 0)})" if r.get("load_ok") else ("—" if "load_ok" not in r else "NO")
         rows.append(f"| {key} | {r['GB']} | {r['GiB']} | {kld} | {ppl} | {top} | {r.get('mtp_check', 'none')} | {loads} |")
     return "\n".join(rows) + "\n"
+
+
+def vision_line(mmproj: dict | None) -> str:
+    if not mmproj:
+        return ""
+    check = (f"; llama-server with the BF16 GGUF answered an image request ({mmproj['vision_prompt_tokens']} prompt "
+             f"tokens vs {mmproj['text_prompt_tokens']} without the image)" if mmproj.get("vision_ok") else "")
+    return f"\nVision projector: {Path(mmproj['path']).name}, {mmproj['GB']} GB ({mmproj['GiB']} GiB){check}\n"
 
 
 def _cpu_seconds() -> float:
@@ -483,6 +517,7 @@ def run(cfg: DictConfig) -> dict:
 
                 torch.set_num_threads(torch_threads[0])
         results: dict[str, dict] = plan.collect(outcome) if plan else {}
+        mmproj = plan.vision_summary(outcome) if plan else None
         for s in middle:
             key, info = outcome.results[s.name]
             results[key] = info
@@ -514,9 +549,11 @@ def run(cfg: DictConfig) -> dict:
                    "base_mtp_manifest_source": base[1].origin if base and base[1] else None,
                    "base_bf16": outcome.results.get("convert_base"),
                    "parallel": {"slots": slots, "threads_per_step": step_threads},
-                   "timings": timings, "total_seconds": round(total, 2)}
+                   "mmproj": mmproj, "timings": timings, "total_seconds": round(total, 2)}
+        if mmproj:
+            mlflow.log_metrics({"mmproj.GB": mmproj["GB"], "mmproj.vision_ok": float(mmproj.get("vision_ok", False))})
         atomic_write_json(out / "quant_results.json", summary)
-        atomic_write_text(out / "quant_table.md", table(results))
+        atomic_write_text(out / "quant_table.md", table(results) + vision_line(mmproj))
         mlflow.log_artifact(str(out / "quant_results.json"), "quant")
         mlflow.log_artifact(str(out / "quant_table.md"), "quant")
         _log("\n" + table(results))
