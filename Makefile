@@ -13,7 +13,7 @@ MLFLOW_PORT ?= 5000
 CONSTRAINTS := requirements/constraints.txt
 PACKAGES := -e packages/core[models] -e packages/train[data] -e packages/quant[modelopt] -e packages/serve[test] -e packages/eval[lm-eval,coding]
 STAMP := $(VENV)/.cardforge-installed
-EMBEDDED := tiny-qwen35-mtp smollm2-135m-instruct
+EMBEDDED := tiny-qwen36-vl-mtp tiny-qwen35-mtp smollm2-135m-instruct
 
 .PHONY: help setup system toolchains models llama-cpp test test-full test-gpu bench-train bench-scaling reproduce plan data train merge mtp quant serve eval card release \
         mlflow-ui lock clean

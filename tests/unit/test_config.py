@@ -94,7 +94,7 @@ def test_card_preset_has_the_seed_card_settings():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("model=nope", "model=nope: no such option in 'model'; choose one of: qwen36_27b, smollm2_135m, tiny_qwen35_mtp"),
+        ("model=nope", "model=nope: no such option in 'model'; choose one of: qwen36_27b, smollm2_135m, tiny_qwen35_mtp, tiny_qwen36_vl_mtp"),
         ("experiment=big", "experiment=big: no such option in 'experiment'; choose one of: qwen36_27b_card, smollm2_demo, tiny"),
         ("trainer.optimizer=sgd", "trainer.optimizer: Invalid value 'sgd', expected one of [paged_adamw_8bit, adamw]"),
         ("serve.backend=tgi", "serve.backend: Invalid value 'tgi', expected one of [llama_cpp, vllm, sglang]"),
