@@ -234,3 +234,31 @@ def test_any_names_and_arguments_give_a_result(files, arg):
 def test_no_raw_control_character_reaches_the_output(data):
     r = run_sandboxed(["cat"], stdin=data)
     assert not [c for c in r.stdout if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
+
+
+def test_an_error_on_our_side_mid_call_still_ends_the_call(monkeypatch):
+    seen = {}
+    real = sandbox_run._collect
+
+    def broken(call, *a, **k):
+        deadline = time.monotonic() + 5
+        while call.pid_ns is None and time.monotonic() < deadline:
+            call.read_status()
+            time.sleep(0.01)
+        seen["ns"] = call.pid_ns
+        raise KeyboardInterrupt  # say, Ctrl-C while the command runs
+    monkeypatch.setattr(sandbox_run, "_collect", broken)
+    made = _record_workdirs(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_sandboxed(["sh", "-c", "setsid sleep 100 & sleep 100"])
+    monkeypatch.setattr(sandbox_run, "_collect", real)
+    left = [p for p in os.listdir("/proc") if p.isdigit() and _in_ns(p, seen["ns"])]
+    assert seen["ns"] and not left and not os.path.exists(made[0])
+
+
+def _in_ns(pid: str, ns: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino == ns and state != "Z"
+    except OSError:
+        return False

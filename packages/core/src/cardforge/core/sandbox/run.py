@@ -410,23 +410,21 @@ class _Call:
     def close(self) -> None:
         for fd in (self.pidfd, self.init_fd, self.status_r):
             if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self.init_fd = None
+                os.close(fd)
+        self.pidfd = self.init_fd = self.status_r = None
 
 
 def _run(cmd: list[str], workdir: Path, stdin: bytes | None, *, timeout_s: float, mem_mb: int, max_procs: int,
          max_output: int, max_file_bytes: int, tmp_mb: int, env, ro_binds, read_back: bool, max_read_back: int,
          total_mem_mb: int, mounted: bool) -> SandboxResult:
     layout = Layout.probe()
-    cg = CallCgroup(layout, total_mem_mb << 20, max_procs) if layout.kill else None
     notes = [] if mounted or os.geteuid() != 0 else ["workspace: not a tmpfs (mount refused): total size not capped"]
-    status_r, status_w = os.pipe2(os.O_CLOEXEC)
-    sec = seccomp.filter_fd()
-    call = None
+    cg, proc, call, ended = None, None, None, False
+    status_r = status_w = sec = -1
     try:
+        cg = CallCgroup(layout, total_mem_mb << 20, max_procs) if layout.kill else None
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        sec = seccomp.filter_fd()
         argv = _command(cmd, workdir, timeout_s, mem_mb, max_procs, max_file_bytes, tmp_mb, env, ro_binds,
                         seccomp_fd=sec, status_fd=status_w)
         if cg is not None:  # join the call's cgroups first, then become setpriv/bwrap (same pid)
@@ -438,13 +436,13 @@ def _run(cmd: list[str], workdir: Path, stdin: bytes | None, *, timeout_s: float
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                                 env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}, pass_fds=(status_w, sec))
-        call = _Call(proc, status_r, cg)
+        call, status_r = _Call(proc, status_r, cg), -1  # the call owns the status pipe from here
         os.close(status_w)
         status_w = -1
         os.close(sec)
         sec = -1
         out, err, killed_by = _collect(call, start + timeout_s, max_output, stdin)
-        contained = call.end()
+        contained, ended = call.end(), True
         duration = time.monotonic() - start
         code = proc.returncode
         if not contained:
@@ -468,10 +466,15 @@ def _run(cmd: list[str], workdir: Path, stdin: bytes | None, *, timeout_s: float
         )
     finally:
         if call is not None:
+            if not ended:  # an error (or an interrupt) on our side mid-call: the call still ends here
+                call.end()
             call.close()
-        else:
-            os.close(status_r)
-        for fd in (status_w, sec):
+        elif proc is not None:  # started, but never tracked (no pidfd): its group and cgroup go now
+            if cg is not None:
+                cg.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for fd in (status_r, status_w, sec):
             if fd >= 0:
                 os.close(fd)
         if cg is not None:
