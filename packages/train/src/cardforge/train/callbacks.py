@@ -1,8 +1,9 @@
-"""Callbacks: atomic "last" checkpoints every N optimizer steps, and the loss history (+ its plot)."""
+"""Callbacks: atomic "last" checkpoints every N optimizer steps, the loss history (+ its plot), the step bar."""
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -89,16 +90,107 @@ def plot_loss(history: list[tuple[int, float]], path: str | Path, title: str = "
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def progress_bar() -> pl.Callback:
-    """Lightning's bar (Rich when installed) showing loss, lr (scientific: 2e-4 is not "0.000") and tokens/s."""
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+class StepProgressBar(pl.callbacks.ProgressBar):
+    """One bar over the whole fit in OPTIMIZER steps: `train r=16: 45%|####  | 36/80 [00:12<00:15, 2.90 step/s,
+    loss=1.23, lr=2.00e-04, tokens_per_s=812]`, the total being max_steps (or the epochs' steps) and the ETA
+    tqdm's; a resumed run starts at its checkpoint's step. Lightning's own bar counts batches per epoch and shows
+    `Epoch 9/-2` under max_steps."""
 
-    class Bar(RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar):
-        def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-            metrics = super().get_metrics(trainer, pl_module)
-            metrics.pop("v_num", None)
-            return {k.removeprefix("train/"): f"{v:.2e}" if k.endswith("lr") and isinstance(v, float) else v
-                    for k, v in metrics.items()}
+    def __init__(self, desc: str = "train", mininterval: float = 1.0):
+        super().__init__()
+        self.desc, self.mininterval = desc, mininterval
+        self._enabled, self.bar = True, None
 
-    return Bar()
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @staticmethod
+    def total_steps(trainer: pl.Trainer) -> int:
+        if trainer.max_steps and trainer.max_steps > 0:
+            return int(trainer.max_steps)
+        try:
+            return int(trainer.estimated_stepping_batches)
+        except Exception:  # noqa: BLE001 - an unsized loader: no total, the bar still counts
+            return 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (self._enabled and trainer.is_global_zero):
+            return
+        from tqdm.auto import tqdm
+
+        total = self.total_steps(trainer)
+        self.bar = tqdm(total=total or None, initial=trainer.global_step, desc=self.desc, unit="step",
+                        dynamic_ncols=True, mininterval=self.mininterval, smoothing=0.1, leave=True)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return {k.removeprefix("train/"): f"{v:.2e}" if k.endswith("lr") and isinstance(v, float) else
+                f"{v:.4g}" if isinstance(v, float) else v for k, v in metrics.items()}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.bar is None:
+            return
+        step = trainer.global_step
+        if step != self.bar.n:
+            self.bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            self.bar.update(step - self.bar.n)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    on_exception = lambda self, trainer, pl_module, exc: self.on_train_end(trainer, pl_module)  # noqa: E731
+
+
+class _Once(logging.Filter):
+    """Lets each message matching `patterns` through once per process (the rest: as usual); drops `drop`."""
+
+    def __init__(self, patterns: tuple[str, ...], drop: tuple[str, ...] = ()):
+        super().__init__()
+        self.patterns, self.drop, self.seen = patterns, drop, set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if any(d in msg for d in self.drop):
+            return False
+        for p in self.patterns:
+            if p in msg:
+                if p in self.seen:
+                    return False
+                self.seen.add(p)
+        return True
+
+
+# Lightning says this at every checkpoint save (our AtomicLastCheckpoint writes every trainer.ckpt_every_n_steps)
+REPEATED = ("`weights_only` was not set",)
+NOISE = ("try installing [litlogger]",)  # an advertisement, not a state of the run
+
+
+def tidy_lightning_logging() -> None:
+    """Each Lightning message once, in the app's format: where the app (Hydra) configured the root logger,
+    Lightning's own console handler printed every line a second time ("INFO: ..."); a repeated notice is shown
+    once. Idempotent."""
+    root_has_handlers = bool(logging.getLogger().handlers)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        lg = logging.getLogger(name)
+        if root_has_handlers:
+            for h in [h for h in lg.handlers if type(h) is logging.StreamHandler]:
+                lg.removeHandler(h)
+            lg.propagate = True
+    for name in ("lightning.pytorch.trainer.connectors.checkpoint_connector", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.fabric.utilities.rank_zero"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _Once) for f in lg.filters):
+            lg.addFilter(_Once(REPEATED, NOISE))
+
+
+def progress_bar(desc: str = "train") -> pl.Callback:
+    """The train stage's bar: optimizer steps against max_steps with an ETA, loss, lr (scientific: 2e-4 is not
+    "0.000") and tokens/s (`StepProgressBar`). Also tidies Lightning's logging (`tidy_lightning_logging`)."""
+    tidy_lightning_logging()
+    return StepProgressBar(desc)
