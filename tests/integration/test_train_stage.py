@@ -37,6 +37,11 @@ def test_seeded_run_pins_first_losses_and_logs_to_mlflow(tiny_train_outputs, mlf
     run = mlflow.search_runs(experiment_names=[mlflow_experiment], output_format="list")[0]
     assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
     assert run.data.tags["cardforge.stage"] == "train" and run.data.tags["train.optimizer"] == "adamw"
+    # the data load's counts and the chat template's identity are logged (the tiny default, tiny-qwen36-vl-mtp,
+    # carries the base's own Qwen3.5 template)
+    assert run.data.metrics["data/samples"] == 24 and run.data.metrics["data/skipped"] == 0
+    assert run.data.tags["train.chat_template"] == "qwen3.5" and len(run.data.tags["train.chat_template_sha256"]) == 64
+    assert result.data["samples"] == 24 and result.data["skipped"] == {}
     client = mlflow.MlflowClient()
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == [0, 1, 2, 3]  # Lightning logs at the step the batch started
