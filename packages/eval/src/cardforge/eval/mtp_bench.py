@@ -72,7 +72,8 @@ async def spec_counters(session, base_url: str) -> dict[str, float] | None:
         else None
 
 
-async def _measure(base_url: str, prompts: list[str], repeats: int, sampling: Sampling, timeout_s: float) -> list[dict]:
+async def _measure(base_url: str, prompts: list[str], repeats: int, sampling: Sampling, timeout_s: float,
+                   on_done: Any = None) -> list[dict]:
     out = []
     async with new_session(1) as session:
         for rep in range(repeats):
@@ -90,6 +91,8 @@ async def _measure(base_url: str, prompts: list[str], repeats: int, sampling: Sa
                             "draft_steps": (int(after["draft_steps"] - before["draft_steps"])
                                             if before is not None and after is not None else None),
                             "wall_s": c.latency_s})
+                if on_done is not None:
+                    on_done()
     return out
 
 
@@ -118,16 +121,22 @@ def bench(models: dict[str, Path], n_values: list[int], serve: dict, *, p_min: f
     """Rows {tier, prompt_type, n_max, ...summary, speedup}; speedup is vs n_max=0 of the same tier/type."""
     from cardforge.serve.launchers.llama_cpp import llama_server
 
+    from cardforge.core.progress import Progress
+
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=0, thinking=thinking)
     rows = []
+    per_server = 1 + repeats * sum(len(p) for p in PROMPTS.values())  # the warm-up + the measured requests
+    bar = Progress(len(models) * len(n_values) * per_server, "mtp bench", "requests", every_s=5)
+    bar.start(f"{len(models)} model(s) x n_max {list(n_values)}, one llama-server each")
     for tier, gguf in models.items():
         for n in n_values:
             opts = {**serve, "mtp": {**serve.get("mtp", {}), "enabled": n > 0, "n_max": max(n, 1), "p_min": p_min}}
             with llama_server(gguf, opts, extra_args=["--parallel", "1"],
                               log_path=log_dir / f"bench-{tier}-n{n}.log") as srv:
-                asyncio.run(_measure(srv.base_url, PROMPTS["coding"][:1], 1, sampling, timeout_s))  # warm-up
+                step = lambda: bar.step(note=f"{tier} n_max={n}")  # noqa: E731
+                asyncio.run(_measure(srv.base_url, PROMPTS["coding"][:1], 1, sampling, timeout_s, step))  # warm-up
                 for ptype, prompts in PROMPTS.items():
-                    samples = asyncio.run(_measure(srv.base_url, prompts, repeats, sampling, timeout_s))
+                    samples = asyncio.run(_measure(srv.base_url, prompts, repeats, sampling, timeout_s, step))
                     rows.append({"tier": tier, "prompt_type": ptype, "n_max": n, **summarize(samples, n)})
     for r in rows:
         off = next((o for o in rows if o["tier"] == r["tier"] and o["prompt_type"] == r["prompt_type"]
