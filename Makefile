@@ -20,7 +20,8 @@ EMBEDDED := tiny-qwen36-vl-mtp tiny-qwen35-mtp smollm2-135m-instruct
 
 help: ## list every target
 	@awk 'BEGIN{FS=":.*## "; printf "usage: make TARGET [EXP=preset] [ARGS=\"hydra overrides\"]\n\n"} \
-	  /^[a-zA-Z_-]+:.*## /{printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	  /^[a-zA-Z_-]+:.*## /{gsub(/\$$\(MLFLOW_PORT\)/, "$(MLFLOW_PORT)", $$2); gsub(/\$$\(EXP\)/, "$(EXP)", $$2); \
+	  printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -95,7 +96,7 @@ card: setup ## card stage: compile the model card from MLflow
 release: setup ## release bundle: the card's repos (main+gguf/, FP8, NVFP4) + manifest; prints upload commands
 	$(VPY) -m cardforge.card release experiment=$(EXP) $(ARGS)
 
-mlflow-ui: $(STAMP) ## serve the MLflow UI for the repo's store on http://127.0.0.1:$(MLFLOW_PORT)
+mlflow-ui: $(STAMP) ## serve the MLflow UI for the repo's store on 127.0.0.1:$(MLFLOW_PORT) (MLFLOW_PORT=0: any free port); prints the runs-table URL
 	$(VPY) -m cardforge.core.mlflow_ui --port $(MLFLOW_PORT)
 
 lock: $(VPY) ## re-resolve and rewrite requirements/constraints.txt (then commit it)
