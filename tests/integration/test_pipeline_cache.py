@@ -132,3 +132,21 @@ def test_every_real_stage_names_its_code():
         for pkg in spec.packages:
             assert fingerprints.package_dir(pkg) is not None, (spec.name, pkg)
     assert tracking.run_tags  # the tag hook exists
+
+
+def test_an_override_the_preset_ignores_is_refused_at_composition(tmp_path):
+    """model.path on an embedded model would be silently ignored (training ran on the embedded model, rc 0)."""
+    import subprocess
+
+    from cardforge.core.config.compose import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.path=/no/such/dir: ignored for the embedded model"):
+        compose("train", ["model.path=/no/such/dir"])
+    assert compose("train", ["model.embedded=false", "model.path=/some/dir"]).model.path == "/some/dir"
+    for preset in ("tiny", "smollm2_demo", "qwen36_27b_card"):
+        compose("pipeline", [f"experiment={preset}"])  # every preset's own model.path passes
+    proc = subprocess.run([sys.executable, "-m", "cardforge.train", "model.path=/no/such/dir",
+                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "model.path=/no/such/dir: ignored" in lines[0], proc.stderr[-2000:]

@@ -47,10 +47,24 @@ def compose(config_name: str = "pipeline", overrides: Iterable[str] = (), valida
     return cfg
 
 
+def check_ignored_overrides(cfg: DictConfig) -> None:
+    """Values a preset would silently ignore are refused: an embedded model is built locally from its name, so
+    a model.path other than its `${cf.embedded:NAME}` is never read (training would run on the embedded model)."""
+    model = cfg.get("model") if isinstance(cfg, DictConfig) else None
+    if not isinstance(model, DictConfig) or not model.get("embedded"):
+        return
+    raw = OmegaConf.to_container(model, resolve=False).get("path")
+    if isinstance(raw, str) and not raw.startswith("${cf.embedded:"):
+        raise ConfigError(f"model.path={raw}: ignored for the embedded model {model.get('name')} (model.embedded="
+                          "true builds it locally); drop the override, or set model.embedded=false to use that "
+                          "checkpoint")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Keys the schema does not have (`+lora.rr=16`), cross-field checks (building the dataclasses runs each
     schema's __post_init__), and the torch-internal knobs the config would set (`check_torch_knobs`)."""
     check_schema_keys(cfg)
+    check_ignored_overrides(cfg)
     try:
         OmegaConf.to_object(cfg)
     except Exception as e:  # noqa: BLE001
