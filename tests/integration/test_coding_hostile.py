@@ -29,6 +29,9 @@ def _param(language, case):
     marks = [] if case.name in SMOKE else [pytest.mark.slow]
     if missing_need(case):
         marks.append(pytest.mark.skip(reason=missing_need(case)))
+    elif case.plain_only:
+        marks.append(pytest.mark.skip(reason="judged against the plain sandbox's limits: tests/integration/"
+                                             "test_sandbox_hostile.py runs it"))
     return pytest.param(language, case, id=f"{language}-{case.name}", marks=marks)
 
 
