@@ -1,10 +1,38 @@
-"""Shared fixtures: a temporary MLflow store per test, the embedded models, the gpu marker."""
+"""Shared fixtures: a temporary MLflow store for the whole session (never the user's), the embedded models, the gpu
+marker."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+_REPO = Path(__file__).resolve().parents[1]
+_MLRUNS = [_REPO / "mlruns", Path.cwd() / "mlruns"]
+
+
+def pytest_configure(config):
+    # Every test, and every process a test starts, logs to a throwaway store: never the user's store (<repo>/mlflow
+    # or their $MLFLOW_TRACKING_URI), never a ./mlruns. Tests isolate from each other by experiment name.
+    config._cardforge_mlflow_dir = tempfile.mkdtemp(prefix="cardforge-test-mlflow-")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{config._cardforge_mlflow_dir}/mlflow.db"
+    config._cardforge_mlruns_before = {p for p in _MLRUNS if p.exists()}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    if not hasattr(config, "_cardforge_mlruns_before"):
+        return
+    new = [p for p in _MLRUNS if p.exists() and p not in config._cardforge_mlruns_before]
+    if new:  # something logged to MLflow's default ./mlruns: a test without the temporary store
+        print(f"\nERROR: the tests left {', '.join(map(str, new))}: some code logs to MLflow's default store "
+              "instead of the configured one", file=sys.stderr)
+        session.exitstatus = 1
+    shutil.rmtree(config._cardforge_mlflow_dir, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,9 +49,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def _mlflow_store(tmp_path_factory) -> str:
-    # One sqlite store per session: creating its tables costs seconds. Tests isolate by experiment name.
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+def _mlflow_store(pytestconfig) -> str:
+    # The session's one sqlite store (pytest_configure): creating its tables costs seconds.
+    return f"sqlite:///{pytestconfig._cardforge_mlflow_dir}/mlflow.db"
 
 
 @pytest.fixture()

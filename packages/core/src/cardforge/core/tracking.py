@@ -78,22 +78,36 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment on its GenAI traces page unless the experiment says it holds model-development
+# runs; with this tag it opens on the runs table
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def mark_runs_experiment(client: Any, exp: Any) -> None:
+    key, value = EXPERIMENT_KIND
+    if (getattr(exp, "tags", None) or {}).get(key) is None:
+        with contextlib.suppress(Exception):
+            client.set_experiment_tag(exp.experiment_id, key, value)
+
+
 def get_or_create_experiment(name: str, uri: str) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    loc = artifact_root(uri)
-    try:
-        return client.create_experiment(name, artifact_location=f"{loc}/{name}" if loc else None)
-    except Exception:  # created concurrently by a sibling sweep job
+    if exp is None:
+        loc = artifact_root(uri)
+        try:
+            client.create_experiment(name, artifact_location=f"{loc}/{name}" if loc else None,
+                                     tags=dict([EXPERIMENT_KIND]))
+        except Exception:  # created concurrently by a sibling sweep job
+            pass
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            raise
-        return exp.experiment_id
+            raise RuntimeError(f"MLflow experiment {name!r} could not be created in {uri}")
+    mark_runs_experiment(client, exp)
+    return exp.experiment_id
 
 
 def config_hash(cfg: DictConfig | Mapping, sections: tuple[str, ...] | None = None) -> str:
