@@ -67,8 +67,11 @@ def test_every_possible_answer_written_as_xml_scores_correct():
     assert len(qs) == 400 + 200 * 3
     wrong = {q.id: r["match"] for q in qs if not (r := bfcl.score(q, stop(oracle(q.meta["ground_truth"]))))["correct"]}
     # one BFCL item's only answer is a Python expression, "data['sales']", for an array parameter: the parser
-    # types values by the schema and will not call that text an array
-    assert set(wrong) == {"parallel_multiple/parallel_multiple_21"}, wrong
+    # types values by the schema and will not call that text an array; another's only answer passes `type`, which
+    # the function's schema does not declare (it is a field of the `transactions` items): the parser refuses an
+    # undeclared parameter instead of passing it on
+    assert set(wrong) == {"parallel_multiple/parallel_multiple_21", "parallel_multiple/parallel_multiple_26"}, wrong
+    assert "parameter 'type' is not in its schema" in wrong["parallel_multiple/parallel_multiple_26"]
 
 
 def test_wrong_answers_are_wrong_with_a_reason():

@@ -15,10 +15,12 @@ Rules (why: a guess here would silently train on, or score, something the model 
   reasoning and an error says the output ended inside it; otherwise the text is plain content.
 * Tool calls start at the first <tool_call>. Inside a call the structure is walked, not searched: a
   parameter's value ends at the first </parameter> that is STRUCTURAL, i.e. followed (after whitespace) by
-  </function> (or </tool_call>) or by <parameter=NAME> where NAME is a parameter of the tool's schema (any NAME
-  without a schema); a NAME given twice is an error. So a value may contain </parameter>, </function>, </tool_call>, <think> ... as text;
-  what it cannot hide is "</parameter>" + "<parameter=KNOWN>": that reads as two arguments, which is why
-  `encode` refuses training samples whose values contain tool-call markup (see docs/data.md).
+  </function>, </tool_call> or <parameter=NAME> with a NAME the format can carry. So a value may hold
+  </parameter>, </function>, </tool_call>, <think>, ... as text, except "</parameter>" + "<parameter=NAME>":
+  that is read as the next argument, and a NAME the tool's schema does not declare, or one given twice, is
+  an error (the call is dropped), never absorbed into the value and never a silent extra argument. `encode`
+  refuses training samples whose values hold tool-call markup, so the student is never taught such a value
+  (see docs/data.md: the chat contract).
 * A VALUE is the text between <parameter=ARG> and its </parameter> less ONE newline each side (the template
   adds exactly those). Typing (`typed_value`): the value stays the raw string unless EVERY type the schema
   allows for it is non-string (type / type lists / anyOf / oneOf / enum / const); then it must decode (JSON,
@@ -208,7 +210,7 @@ def _parse_call(text: str, pos: int, schemas: dict[str, dict | None]) -> tuple[T
         if params is not None and arg not in params:
             raise _CallError(f"function {name!r}: parameter {arg!r} is not in its schema (known: "
                              f"{', '.join(sorted(params)) or 'none'})", _resume_after_close(text, pos))
-        close = _structural_param_close(text, gt + 1, params)
+        close = _structural_param_close(text, gt + 1)
         if close < 0:
             raise _CallError(f"function {name!r}: parameter {arg!r} has no </parameter>",
                              _resume_after_close(text, pos))
@@ -223,7 +225,7 @@ def _parse_call(text: str, pos: int, schemas: dict[str, dict | None]) -> tuple[T
     return ToolCall(name, args), pos
 
 
-def _structural_param_close(text: str, pos: int, params: dict | None) -> int:
+def _structural_param_close(text: str, pos: int) -> int:
     """Index of the </parameter> that ends the value starting at `pos`, or -1."""
     while True:
         close = text.find(PARAM_CLOSE, pos)
@@ -235,8 +237,8 @@ def _structural_param_close(text: str, pos: int, params: dict | None) -> int:
         if text.startswith(PARAM_PREFIX, after):
             gt = text.find(">", after)
             nxt = text[after + len(PARAM_PREFIX):gt] if gt >= 0 else ""
-            if valid_name(nxt) and (params is None or nxt in params):
-                return close  # a name given already is reported by the caller ("given twice"), never absorbed
+            if valid_name(nxt):
+                return close  # an unknown or repeated name is reported by the caller, never absorbed into the value
         pos = close + len(PARAM_CLOSE)
 
 
