@@ -262,3 +262,23 @@ def _in_ns(pid: str, ns: int) -> bool:
         return os.stat(f"/proc/{pid}/ns/pid").st_ino == ns and state != "Z"
     except OSError:
         return False
+
+
+def test_cgroups_of_a_dead_host_process_are_swept():
+    from cardforge.core.sandbox.cgroup import PREFIX, Layout
+
+    layout = Layout.probe()
+    if not layout.kill:
+        pytest.skip("no writable cgroup here")
+    stale = [layout.v2_parent / "call-4999999-dead"] if layout.v2_parent else []
+    stale += [p / f"{PREFIX}-call-4999999-dead" for p in layout.v1_parents.values()]
+    live = (layout.v2_parent or next(iter(layout.v1_parents.values()))) / f"{'' if layout.v2_parent else PREFIX + '-'}call-{os.getpid()}-live"
+    for d in [*stale, live]:
+        d.mkdir()
+    try:
+        layout.sweep()
+        assert not any(d.exists() for d in stale) and live.exists()  # only a dead pid's cgroups go
+    finally:
+        for d in [*stale, live]:
+            if d.exists():
+                d.rmdir()

@@ -144,7 +144,27 @@ class Layout:
                     if ok:
                         v1[ctrl] = parent
                     break
-        return Layout(v2_parent, v2_ctrls, v1)
+        layout = Layout(v2_parent, v2_ctrls, v1)
+        layout.sweep()
+        return layout
+
+    def sweep(self) -> None:
+        """Remove the (empty) cgroups of calls whose host process died mid-call (rmdir only succeeds on an
+        empty cgroup, so nothing alive is touched)."""
+        parents = [(self.v2_parent, "call-")] if self.v2_parent else []
+        parents += [(p, f"{PREFIX}-call-") for p in self.v1_parents.values()]
+        for parent, prefix in parents:
+            try:
+                children = [c for c in parent.iterdir() if c.name.startswith(prefix)]
+            except OSError:
+                continue
+            for child in children:
+                pid = child.name[len(prefix):].split("-", 1)[0]
+                if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                    try:
+                        child.rmdir()
+                    except OSError:
+                        pass
 
 
 class CallCgroup:

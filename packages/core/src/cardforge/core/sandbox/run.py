@@ -274,7 +274,7 @@ def run_sandboxed(
     if total_mem_mb is None:
         total_mem_mb = mem_mb + 2 * tmp_mb + workspace_mb
     data = stdin.encode("utf-8", "replace") if isinstance(stdin, str) else stdin
-    workdir = tempfile.mkdtemp(prefix="cf-sbx-")
+    workdir = tempfile.mkdtemp(prefix=f"cf-sbx-{os.getpid()}-")  # the pid: whose it is, should one be left
     mounted = False
     try:
         if os.geteuid() == 0:
