@@ -190,6 +190,12 @@ def test_merge_stage_run_logs_manifests(tiny_model_dir, random_adapter, tmp_path
     assert (out / "merge" / "model" / "model.safetensors").is_file()
     run = mlflow.search_runs(experiment_names=[mlflow_experiment], output_format="list")[0]
     assert run.data.tags["merge.mtp_manifest_match"] == "true"
+    from cardforge.core.chat.template import checkpoint_template, template_identity
+
+    # the base's chat template is carried over byte for byte, and its identity is tagged
+    assert checkpoint_template(out / "merge" / "model") == checkpoint_template(result.base_dir)
+    assert run.data.tags["merge.chat_template_sha256"] == template_identity(
+        checkpoint_template(result.base_dir))["chat_template_sha256"]
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"mtp_manifest.base.json", "mtp_manifest.merged.json"} <= arts
 

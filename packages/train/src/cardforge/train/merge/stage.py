@@ -227,6 +227,11 @@ def run(cfg: DictConfig) -> MergeResult:
         merge_adapter(base, adapter, out, report=layout_report)
         atomic_write_json(out_root / "merge_layout.json", layout_report)
         base_manifest, merged_manifest = check_mtp(base, out)
+        from cardforge.core.chat.template import checkpoint_template, template_identity
+
+        template = checkpoint_template(base)  # the base's own chat template travels byte for byte
+        if checkpoint_template(out) != template:
+            raise RuntimeError(f"{out}: the chat template differs from the base's ({base}); the merge must copy it")
         atomic_write_json(out_root / "mtp_manifest.base.json", base_manifest)
         atomic_write_json(out_root / "mtp_manifest.merged.json", merged_manifest)
         result = MergeResult(model_dir=str(out), adapter_dir=str(adapter), base_dir=str(base),
@@ -236,7 +241,8 @@ def run(cfg: DictConfig) -> MergeResult:
         atomic_write_json(out_root / "merge_result.json", asdict(result))
         mlflow.log_metrics({"merge/wall_s": result.wall_s, "merge/mtp_tensors": result.mtp_tensors})
         mlflow.set_tags({"merge.mtp_manifest_match": str(result.mtp_manifest_match).lower(),
-                         "merge.mtp_shard_sha256": merged_manifest["shard_sha256"] or ""})
+                         "merge.mtp_shard_sha256": merged_manifest["shard_sha256"] or "",
+                         **{f"merge.{k}": v for k, v in template_identity(template).items()}})
         mlflow.log_metrics({"merge/adapted_tensors": layout_report["adapted"],
                             "merge/unchanged_tensors": layout_report["unchanged"]})
         for name in ("mtp_manifest.base.json", "mtp_manifest.merged.json", "merge_result.json", "merge_layout.json"):
