@@ -1,5 +1,5 @@
-"""`anthropic_bridge(backend_url)`: the bridge as a managed subprocess (own process group, watchdog, health
-wait), for tests and stages that want an Anthropic endpoint in front of a server they started."""
+"""`anthropic_bridge(backend_url)`: the guard (the Anthropic endpoint we ship) as a managed subprocess (own
+process group, watchdog, health wait), for the serve stage and tests, in front of an engine they started."""
 
 from __future__ import annotations
 

@@ -1,15 +1,20 @@
-"""Pydantic models of the Messages API request (what we accept). Responses are built as plain dicts in
-translate.py / stream.py, in the exact shapes of Anthropic's API reference.
+"""What a Messages API request must be, as Anthropic checks it (pydantic models + `check_conversation`).
 
-Unknown fields (cache_control, citations, metadata, ...) are accepted and ignored: clients such as Claude
-Code send them routinely and an OpenAI backend has no use for them.
+The engine's native endpoint (llama-server's /v1/messages) is permissive: it accepts `max_tokens: "5"`,
+`temperature: 1.5`, a tool_result without its tool_use, or a conversation that starts with the assistant,
+and answers something. Anthropic answers 400 invalid_request_error; so do we, before the engine sees it.
+
+Unknown fields (cache_control, citations, metadata, context_management, ...) are accepted and forwarded:
+Claude Code sends them routinely.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+
+Number = Union[StrictInt, StrictFloat]  # JSON numbers only: "0.5" and true are refused, as Anthropic does
 
 
 class _Block(BaseModel):
@@ -18,7 +23,7 @@ class _Block(BaseModel):
 
 class TextBlock(_Block):
     type: Literal["text"]
-    text: str
+    text: StrictStr
 
 
 class ImageSource(_Block):
@@ -33,70 +38,164 @@ class ImageBlock(_Block):
     source: ImageSource
 
 
+class DocumentBlock(_Block):
+    type: Literal["document"]
+    source: dict[str, Any]
+
+
 class ToolUseBlock(_Block):
     type: Literal["tool_use"]
-    id: str
-    name: str
+    id: StrictStr = Field(min_length=1)
+    name: StrictStr = Field(min_length=1)
     input: dict[str, Any]
 
 
 class ToolResultBlock(_Block):
     type: Literal["tool_result"]
-    tool_use_id: str
-    content: Union[str, list[Annotated[Union[TextBlock, ImageBlock], Field(discriminator="type")]], None] = None
-    is_error: bool = False
+    tool_use_id: StrictStr = Field(min_length=1)
+    content: Union[StrictStr, list[Annotated[Union[TextBlock, ImageBlock, DocumentBlock],
+                                             Field(discriminator="type")]], None] = None
+    is_error: Optional[StrictBool] = None
 
 
 class ThinkingBlock(_Block):
     type: Literal["thinking"]
-    thinking: str
+    thinking: StrictStr
     signature: Optional[str] = None
 
 
 class RedactedThinkingBlock(_Block):
     type: Literal["redacted_thinking"]
-    data: str
+    data: StrictStr
 
 
 ContentBlock = Annotated[
-    Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock, RedactedThinkingBlock],
+    Union[TextBlock, ImageBlock, DocumentBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock, RedactedThinkingBlock],
     Field(discriminator="type"),
 ]
 
 
 class Message(_Block):
     role: Literal["user", "assistant"]
-    content: Union[str, list[ContentBlock]]
+    content: Union[StrictStr, list[ContentBlock]]
 
 
 class Tool(_Block):
-    name: str = Field(min_length=1, max_length=128)
-    description: Optional[str] = None
+    name: StrictStr = Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_-]{1,128}$")
+    description: Optional[StrictStr] = None
     input_schema: dict[str, Any]
-    type: Optional[Literal["custom"]] = None  # server tools (web_search_...) have no backend equivalent
+    type: Optional[Literal["custom"]] = None  # server tools (web_search_...) run on Anthropic's side: none here
 
 
 class ToolChoice(_Block):
     type: Literal["auto", "any", "tool", "none"]
-    name: Optional[str] = None
-    disable_parallel_tool_use: Optional[bool] = None
+    name: Optional[StrictStr] = None
+    disable_parallel_tool_use: Optional[StrictBool] = None
+
+    @model_validator(mode="after")
+    def _name(self) -> "ToolChoice":
+        if self.type == "tool" and not self.name:
+            raise ValueError("tool_choice.name is required when tool_choice.type is 'tool'")
+        return self
 
 
 class ThinkingConfig(_Block):
     type: Literal["enabled", "disabled", "adaptive"]
-    budget_tokens: Optional[int] = None
+    budget_tokens: Optional[StrictInt] = Field(default=None, ge=1024)
+
+    @model_validator(mode="after")
+    def _budget(self) -> "ThinkingConfig":
+        if self.type == "enabled" and self.budget_tokens is None:
+            raise ValueError("thinking.budget_tokens is required when thinking.type is 'enabled'")
+        return self
 
 
-class MessagesRequest(_Block):
-    model: str
-    max_tokens: int = Field(ge=1)
+class CountTokensRequest(_Block):
+    model: StrictStr = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
-    system: Union[str, list[TextBlock], None] = None
-    stop_sequences: Optional[list[str]] = None
-    stream: bool = False
-    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
-    top_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    top_k: Optional[int] = Field(default=None, ge=0)
+    system: Union[StrictStr, list[TextBlock], None] = None
     tools: Optional[list[Tool]] = None
     tool_choice: Optional[ToolChoice] = None
     thinking: Optional[ThinkingConfig] = None
+
+    @model_validator(mode="after")
+    def _conversation(self):
+        check_conversation(self)
+        return self
+
+
+class MessagesRequest(CountTokensRequest):
+    max_tokens: StrictInt = Field(ge=1)
+    stop_sequences: Optional[list[StrictStr]] = None
+    stream: StrictBool = False
+    temperature: Optional[Number] = Field(default=None, ge=0.0, le=1.0)
+    top_p: Optional[Number] = Field(default=None, ge=0.0, le=1.0)
+    top_k: Optional[StrictInt] = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _thinking_budget(self) -> "MessagesRequest":
+        t = self.thinking
+        if t and t.type == "enabled" and t.budget_tokens is not None and t.budget_tokens >= self.max_tokens:
+            raise ValueError("thinking.budget_tokens: must be less than max_tokens")
+        return self
+
+
+def _blocks(m: Message) -> list:
+    return [TextBlock(type="text", text=m.content)] if isinstance(m.content, str) else list(m.content)
+
+
+def check_conversation(req: CountTokensRequest) -> None:
+    """The rules Anthropic enforces on `messages` (ValueError with the message index, as its errors do):
+    the first turn is the user's; tool_use only in assistant turns and tool_result only in user turns; every
+    tool_use is answered by a tool_result in the very next message, every tool_result answers a tool_use of
+    the message just before; tool_use ids are unique; text blocks are non-empty (the final assistant turn,
+    a prefill, may not end in whitespace); tool_choice names a declared tool."""
+    msgs = req.messages
+    if msgs[0].role != "user":
+        raise ValueError("messages.0.role: the first message must use the 'user' role")
+    seen: set[str] = set()
+    for i, m in enumerate(msgs):
+        blocks = _blocks(m)
+        last = i == len(msgs) - 1
+        for j, b in enumerate(blocks):
+            if isinstance(b, TextBlock) and not b.text and not (last and m.role == "assistant"):
+                raise ValueError(f"messages.{i}.content.{j}.text: text content blocks must be non-empty")
+            if isinstance(b, ToolUseBlock) and m.role != "assistant":
+                raise ValueError(f"messages.{i}.content.{j}: tool_use blocks can only be in assistant messages")
+            if isinstance(b, ToolResultBlock) and m.role != "user":
+                raise ValueError(f"messages.{i}.content.{j}: tool_result blocks can only be in user messages")
+            if isinstance(b, (ThinkingBlock, RedactedThinkingBlock)) and m.role != "assistant":
+                raise ValueError(f"messages.{i}.content.{j}: {b.type} blocks can only be in assistant messages")
+            if isinstance(b, ToolUseBlock):
+                if b.id in seen:
+                    raise ValueError(f"messages.{i}.content.{j}: tool_use ids must be unique, {b.id!r} repeats")
+                seen.add(b.id)
+        if last and m.role == "assistant" and isinstance(m.content, str) and m.content != m.content.rstrip():
+            raise ValueError(f"messages.{i}: final assistant content cannot end with trailing whitespace")
+        if last and m.role == "assistant" and blocks and isinstance(blocks[-1], TextBlock) \
+                and blocks[-1].text != blocks[-1].text.rstrip():
+            raise ValueError(f"messages.{i}: final assistant content cannot end with trailing whitespace")
+        uses = [b.id for b in blocks if isinstance(b, ToolUseBlock)]
+        results = [b.tool_use_id for b in blocks if isinstance(b, ToolResultBlock)]
+        prev_uses = [b.id for b in _blocks(msgs[i - 1]) if isinstance(b, ToolUseBlock)] if i else []
+        stray = [r for r in results if r not in prev_uses]
+        if stray:
+            raise ValueError(f"messages.{i}.content: unexpected tool_use_id found in tool_result blocks: "
+                             f"{', '.join(stray)}. Each tool_result block must have a corresponding tool_use "
+                             "block in the previous message.")
+        if uses:
+            nxt = [b.tool_use_id for b in _blocks(msgs[i + 1]) if isinstance(b, ToolResultBlock)] \
+                if i + 1 < len(msgs) else []
+            missing = [u for u in uses if u not in nxt]
+            if missing:
+                raise ValueError(f"messages.{i}: tool_use ids were found without tool_result blocks immediately "
+                                 f"after: {', '.join(missing)}. Each tool_use block must have a corresponding "
+                                 "tool_result block in the next message.")
+    tc = req.tool_choice
+    names = [t.name for t in req.tools or []]
+    if tc and tc.type in ("any", "tool") and not names:
+        raise ValueError(f"tool_choice: type '{tc.type}' needs tools")
+    if tc and tc.type == "tool" and tc.name not in names:
+        raise ValueError(f"tool_choice.name: tool {tc.name!r} is not in tools ({', '.join(names)})")
+    if len(set(names)) != len(names):
+        raise ValueError("tools: tool names must be unique")

@@ -1,217 +1,129 @@
-"""Messages API <-> OpenAI chat completions, as pure functions (unit-tested without a server).
+"""The guard's pure functions: a validated Messages request -> the body the engine's native /v1/messages
+gets, and the engine's answer -> what the Messages API would answer. Only the measured gaps of the native
+endpoint are touched (docs/serving.md, "Anthropic Messages API: the measured gap"):
 
-Request: system -> a system message; text/image blocks -> content (parts); assistant thinking ->
-`reasoning_content` (llama-server, vLLM and our chat template read it back); tool_use -> tool_calls with
-JSON-string arguments; tool_result blocks -> `tool` messages placed *before* the rest of that user turn
-(OpenAI wants them right after the assistant's calls). thinking enabled/disabled -> the Qwen3 template's
-`chat_template_kwargs.enable_thinking`; absent -> the template's default.
-Response: reasoning_content -> a thinking block, content -> a text block, tool_calls -> tool_use blocks.
-A backend that returns our Qwen3 markup in `content` (a `<think>` block, `<tool_call><function=...>` XML)
-instead of structured fields (no reasoning / tool parser, or a parser that missed it) is read with
-`cardforge.core.chat.parse_assistant`, THE parser of the chat contract, so the tool_use blocks are exactly
-the calls the data and eval stages would see (typed by the request's tool schemas).
+request  `thinking: disabled` -> `chat_template_kwargs.enable_thinking=false` (native ignores `disabled`;
+         `enabled` also sets it true, as the Qwen3 templates read it);
+         `tool_choice: none` -> no tools sent (native maps `none` to auto: the model could still call one);
+         `tool_choice: {type: tool, name}` -> only that tool, required (native maps it to "any tool");
+         `is_error: true` -> the result's content starts with "[tool error] " (native drops the flag);
+         a plain-text `document` block -> a text block (native drops documents silently);
+answer   a stop sequence that ended the turn -> `stop_reason: stop_sequence` (native says end_turn);
+         an assistant prefill repeated at the start of the answer -> cut (Anthropic continues after it);
+errors   every error body -> Anthropic's `{"type": "error", "error": {"type", "message"}}`.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
+import copy
 from typing import Any
 
-from cardforge.core.chat import ParsedAssistant, ToolCall, parse_assistant
+from cardforge.serve.anthropic.protocol import MessagesRequest, CountTokensRequest
 
-from cardforge.serve.anthropic.protocol import (
-    ImageBlock, MessagesRequest, RedactedThinkingBlock, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock,
-)
+TOOL_ERROR = "[tool error] "
 
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
-                "function_call": "tool_use", "content_filter": "refusal"}
-
-
-class TranslationError(ValueError):
-    """The request is valid JSON but cannot be expressed for the backend (HTTP 400)."""
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+               501: "invalid_request_error", 502: "api_error", 503: "overloaded_error", 504: "api_error",
+               529: "overloaded_error"}
 
 
 def error_body(kind: str, message: str) -> dict:
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
-def stop_reason(finish_reason: str | None) -> str | None:
-    return STOP_REASONS.get(finish_reason, "end_turn") if finish_reason else None
+def error_kind(status: int) -> str:
+    return ERROR_TYPES.get(status, "invalid_request_error" if 400 <= status < 500 else "api_error")
 
 
-def usage(openai_usage: dict | None) -> dict:
-    """Anthropic counts cache reads apart from input_tokens; OpenAI's prompt_tokens includes them."""
-    u = openai_usage or {}
-    cached = int((u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    return {"input_tokens": int(u.get("prompt_tokens", 0)) - cached, "output_tokens": int(u.get("completion_tokens", 0)),
-            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
+def engine_error(status: int, body: Any) -> tuple[int, dict]:
+    """An engine's error answer (llama-server: {"error": {"code", "message", "type"}}) in Anthropic's shape;
+    the status stays, except 501 (not supported: a 400 for the client)."""
+    message = body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        message = err.get("message", err) if isinstance(err, dict) else err
+    status = 400 if status == 501 else status
+    return status, error_body(error_kind(status), f"engine returned {status}: {str(message)[:1000]}")
 
 
-def _image_part(block: ImageBlock) -> dict:
-    src = block.source
-    url = src.url if src.type == "url" else f"data:{src.media_type};base64,{src.data}"
-    return {"type": "image_url", "image_url": {"url": url}}
+def _mark_error(block: dict) -> dict:
+    content = block.get("content")
+    if isinstance(content, str) or content is None:
+        block["content"] = TOOL_ERROR + (content or "")
+    else:  # blocks (text, images): a leading text block carries the flag even when nothing else is text
+        block["content"] = [{"type": "text", "text": TOOL_ERROR}, *content]
+    return block
 
 
-def _content(blocks: list) -> str | list[dict]:
-    """Plain text stays a string (every chat template renders it); images need OpenAI content parts."""
-    if all(isinstance(b, TextBlock) for b in blocks):
-        return "\n".join(b.text for b in blocks)
-    return [{"type": "text", "text": b.text} if isinstance(b, TextBlock) else _image_part(b) for b in blocks]
+def _doc_text(block: dict) -> dict:
+    src = block.get("source") or {}
+    if block.get("type") == "document" and src.get("type") == "text" and isinstance(src.get("data"), str):
+        title = block.get("title")
+        return {"type": "text", "text": f"{title}\n\n{src['data']}" if title else src["data"]}
+    return block
 
 
-def _tool_result_text(block: ToolResultBlock) -> str | list[dict]:
-    if block.content is None:
-        text: str | list[dict] = ""
-    elif isinstance(block.content, str):
-        text = block.content
-    else:
-        text = _content(block.content)
-    if block.is_error and isinstance(text, str):
-        text = f"[tool error] {text}"  # OpenAI tool messages have no error flag
-    return text
-
-
-def _user_messages(content) -> list[dict]:
-    if isinstance(content, str):
-        return [{"role": "user", "content": content}]
-    out, rest = [], []
+def _blocks(content: list) -> list:
+    out = []
     for b in content:
-        if isinstance(b, ToolResultBlock):
-            out.append({"role": "tool", "tool_call_id": b.tool_use_id, "content": _tool_result_text(b)})
-        elif isinstance(b, (TextBlock, ImageBlock)):
-            rest.append(b)
-        else:
-            raise TranslationError(f"a user message cannot carry a {b.type} block")
-    if rest:
-        out.append({"role": "user", "content": _content(rest)})
+        b = _doc_text(b)
+        if b.get("type") == "tool_result" and isinstance(b.get("content"), list):
+            b = {**b, "content": [_doc_text(c) for c in b["content"]]}
+        if b.get("type") == "tool_result" and b.get("is_error"):
+            b = _mark_error(b)
+        out.append(b)
     return out
 
 
-def _assistant_message(content) -> dict:
-    if isinstance(content, str):
-        return {"role": "assistant", "content": content}
-    texts, thoughts, calls = [], [], []
-    for b in content:
-        if isinstance(b, TextBlock):
-            texts.append(b.text)
-        elif isinstance(b, ThinkingBlock):
-            thoughts.append(b.thinking)
-        elif isinstance(b, RedactedThinkingBlock):
-            continue  # encrypted by another provider: nothing a local model can read
-        elif isinstance(b, ToolUseBlock):
-            calls.append({"id": b.id, "type": "function",
-                          "function": {"name": b.name, "arguments": json.dumps(b.input, ensure_ascii=False)}})
-        else:
-            raise TranslationError(f"an assistant message cannot carry a {b.type} block")
-    msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
-    if thoughts:
-        msg["reasoning_content"] = "\n".join(thoughts)
-    if calls:
-        msg["tool_calls"] = calls
-    return msg
-
-
-def _tool_choice(choice) -> tuple[Any, bool | None]:
-    parallel = False if choice.disable_parallel_tool_use else None
-    if choice.type == "tool":
-        if not choice.name:
-            raise TranslationError("tool_choice.name is required when tool_choice.type is 'tool'")
-        return {"type": "function", "function": {"name": choice.name}}, parallel
-    return {"auto": "auto", "any": "required", "none": "none"}[choice.type], parallel
-
-
-def to_openai(req: MessagesRequest, model: str | None = None) -> dict:
-    """The OpenAI chat-completions body for a Messages request (`model` overrides the client's name)."""
-    messages: list[dict] = []
-    if req.system:
-        system = req.system if isinstance(req.system, str) else "\n".join(b.text for b in req.system)
-        messages.append({"role": "system", "content": system})
-    for m in req.messages:
-        messages.extend(_user_messages(m.content) if m.role == "user" else [_assistant_message(m.content)])
-    body: dict[str, Any] = {"model": model or req.model, "messages": messages, "max_tokens": req.max_tokens}
-    for key, val in (("temperature", req.temperature), ("top_p", req.top_p), ("top_k", req.top_k)):
-        if val is not None:
-            body[key] = val
-    if req.stop_sequences:
-        body["stop"] = req.stop_sequences
-    if req.tools:
-        body["tools"] = [{"type": "function", "function": {
-            "name": t.name, "description": t.description or "", "parameters": t.input_schema}} for t in req.tools]
-    if req.tool_choice:
-        body["tool_choice"], parallel = _tool_choice(req.tool_choice)
-        if parallel is not None:
-            body["parallel_tool_calls"] = parallel
-    if req.thinking and req.thinking.type in ("enabled", "disabled"):
-        body["chat_template_kwargs"] = {"enable_thinking": req.thinking.type == "enabled"}
-    if req.stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}  # usage arrives in the last chunk
+def native_body(payload: dict, req: MessagesRequest | CountTokensRequest, model: str | None = None) -> dict:
+    """The body for the engine's /v1/messages (or count_tokens): the client's JSON, unknown fields kept,
+    with the gap rewrites of the module docstring."""
+    body = copy.deepcopy(payload)
+    if model:
+        body["model"] = model
+    thinking = req.thinking.type if req.thinking else None
+    if thinking in ("enabled", "disabled"):
+        kwargs = dict(body.get("chat_template_kwargs") or {})
+        kwargs["enable_thinking"] = thinking == "enabled"
+        body["chat_template_kwargs"] = kwargs
+    tc = req.tool_choice
+    if tc and tc.type == "none":
+        body.pop("tools", None)
+        body.pop("tool_choice", None)
+    elif tc and tc.type == "tool":
+        body["tools"] = [t for t in body.get("tools") or [] if t.get("name") == tc.name]
+        body["tool_choice"] = {"type": "any"}
+    for m in body.get("messages") or []:
+        if isinstance(m.get("content"), list):
+            m["content"] = _blocks(m["content"])
     return body
 
 
-def parse_arguments(arguments: str | dict | None) -> dict:
-    if isinstance(arguments, dict):
-        return arguments
-    if not arguments:
-        return {}
-    try:
-        value = json.loads(arguments)
-    except json.JSONDecodeError:
-        return {"_raw_arguments": arguments}  # keep what the model wrote rather than dropping the call
-    return value if isinstance(value, dict) else {"_value": value}
+def prefill(req: MessagesRequest) -> str:
+    """The assistant prefill (the text of a final assistant turn), '' when the last turn is the user's."""
+    last = req.messages[-1]
+    if last.role != "assistant":
+        return ""
+    if isinstance(last.content, str):
+        return last.content
+    texts = [b.text for b in last.content if getattr(b, "type", None) == "text"]
+    return texts[-1] if texts else ""
 
 
-def message_id(openai_id: str | None = None) -> str:
-    return f"msg_{openai_id or uuid.uuid4().hex}"
+def fix_stop(stop_reason: str | None, stop_sequence: str | None) -> str | None:
+    return "stop_sequence" if stop_sequence else stop_reason
 
 
-THINK_OPEN, THINK_CLOSE, CALL_OPEN = "<think>", "</think>", "<tool_call>"
-
-
-def has_markup(text: str | None) -> bool:
-    """True when assistant content carries think / tool-call markup a backend left unparsed."""
-    return bool(text) and (CALL_OPEN in text or THINK_CLOSE in text or text.lstrip().startswith(THINK_OPEN))
-
-
-def tool_use_block(call: ToolCall) -> dict:
-    return {"type": "tool_use", "id": call.id or f"toolu_{uuid.uuid4().hex[:24]}", "name": call.name,
-            "input": call.arguments}
-
-
-def parse_content(text: str, tools: list[dict] | None = None) -> ParsedAssistant:
-    """parse_assistant on backend content; when no call survives a malformed tool-call section, that section
-    stays in the text (the client sees what the model wrote instead of losing it)."""
-    parsed = parse_assistant(text, tools)
-    if parsed.errors and not parsed.tool_calls and CALL_OPEN in text:
-        rest = text.split(THINK_CLOSE, 1)[1] if THINK_CLOSE in text else text
-        parsed.content = rest.strip()
-    return parsed
-
-
-def from_openai(resp: dict, model: str, tools: list[dict] | None = None) -> dict:
-    """An Anthropic `message` object from a non-streaming chat completion (`tools`: the OpenAI request's
-    tools, which type the arguments of calls parsed from content)."""
-    choice = (resp.get("choices") or [{}])[0]
-    msg = choice.get("message") or {}
-    content: list[dict] = []
-    reasoning, text, parsed_calls = msg.get("reasoning_content"), msg.get("content"), []
-    if not msg.get("tool_calls") and isinstance(text, str) and has_markup(text):
-        parsed = parse_content(text, tools)
-        reasoning = reasoning or parsed.reasoning
-        text, parsed_calls = parsed.content, [tool_use_block(c) for c in parsed.tool_calls]
-    if reasoning:
-        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    if text:
-        content.append({"type": "text", "text": text})
-    content += parsed_calls
-    for call in msg.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        content.append({"type": "tool_use", "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
-                        "name": fn.get("name", ""), "input": parse_arguments(fn.get("arguments"))})
-    reason = stop_reason(choice.get("finish_reason")) or "end_turn"
-    if any(b["type"] == "tool_use" for b in content):
-        reason = "tool_use"  # some backends say "stop" after a parsed call
-    return {"id": message_id(resp.get("id")), "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": reason, "stop_sequence": None, "usage": usage(resp.get("usage"))}
+def fix_message(msg: dict, req: MessagesRequest) -> dict:
+    """A non-streaming answer as the Messages API gives it (see the module docstring)."""
+    msg = dict(msg)
+    msg["stop_reason"] = fix_stop(msg.get("stop_reason"), msg.get("stop_sequence"))
+    pre = prefill(req)
+    if pre:
+        for b in msg.get("content") or []:
+            if b.get("type") == "text":
+                if b["text"].startswith(pre):
+                    b["text"] = b["text"][len(pre):]
+                break
+    return msg
