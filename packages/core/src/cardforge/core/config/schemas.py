@@ -385,6 +385,15 @@ class MtpSpecConfig:
 
 
 @dataclass
+class AnthropicServeConfig:
+    """serve.anthropic: the Anthropic Messages API for Claude Code. The engine serves /v1/messages itself;
+    with guard=true the stage also starts our guard in front of it (the measured gaps, docs/serving.md)."""
+    guard: bool = True
+    port: int = 0  # 0: a free port
+    api_key_env: Optional[str] = None  # the guard requires this variable's value as x-api-key (null: open)
+
+
+@dataclass
 class ServeConfig:
     backend: Backend = Backend.llama_cpp
     host: str = "127.0.0.1"
@@ -403,6 +412,7 @@ class ServeConfig:
     model_path: Optional[str] = None
     quantization: Optional[str] = None  # vllm/sglang --quantization; None: the engine reads config.json
     keep_running: bool = True  # the stage serves until Ctrl-C; false: start, check, log, stop (tests, CI)
+    anthropic: AnthropicServeConfig = field(default_factory=AnthropicServeConfig)
 
     def __post_init__(self) -> None:
         if self.served_model_name and "/" in self.served_model_name:
