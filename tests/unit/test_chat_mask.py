@@ -206,3 +206,26 @@ def test_smollm2_template_no_tools_no_think():
     assert trained == ["Hello!<|im_end|>", "4<|im_end|>"]
     assert sum(enc.loss_mask) == sum(s.token_end - s.token_start for s in enc.spans)
     assert [parse_assistant(t).content for t in trained] == ["Hello!", "4"]
+
+
+def test_react_wire_form_carries_calls_as_text_and_is_not_refused(qwen):
+    from cardforge.core.chat.template import qwen35_template
+
+    from cardforge.data.wire import react_wire
+
+    tools = [{"type": "function", "function": {"name": "python", "parameters": {"type": "object", "properties": {
+        "code": {"type": "string"}}}}}]
+    traj = Trajectory("w", [Message("system", "s"), Message("user", "q"),
+                            Message("assistant", "run it", "r", [ToolCall("python", {"code": "print(1)"}, "c0")]),
+                            Message("tool", "1", tool_call_id="c0", name="python"), Message("assistant", "1", "r2")],
+                      tools=tools)
+    wire = react_wire(traj)
+    with pytest.raises(EncodeError) as e:  # as structured messages, a call in the content is refused
+        encode_all(wire, qwen)
+    assert e.value.reason == "tool_markup_in_content"
+    for template in (None, qwen35_template()):
+        kw = {"chat_template": template} if template else {}
+        enc = encode_all(wire, qwen, wire=True, **kw)
+        trained = [seq.text[s.char_start:s.char_end] for seq in enc.sequences for s in seq.spans]
+        assert "<function=python>\n<parameter=code>\nprint(1)\n</parameter>" in trained[0]
+        assert "<tool_response>\n1\n</tool_response>" not in "".join(trained)

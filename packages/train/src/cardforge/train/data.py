@@ -257,7 +257,7 @@ def load_samples(path: str | Path, tokenizer, max_len: int | None = None, skip_b
                     from cardforge.data.wire import react_wire
 
                     conv = react_wire(traj)
-                enc = chat.encode_all(conv, tokenizer, max_len=max_len)
+                enc = chat.encode_all(conv, tokenizer, max_len=max_len, wire=train_format == "react_wire")
             except chat.EncodeError as e:
                 stats.skip(e.reason, traj.task_id, str(e))
                 continue

@@ -150,10 +150,13 @@ def encode_all(
     max_len: int | None = None,
     *,
     end_of_turn: str | None = None,
+    wire: bool = False,
     **template_kwargs: Any,
 ) -> Encoding:
     """Token ids + loss mask for one conversation (tools default to the trajectory's own), as one or more
-    training sequences (see the module docstring)."""
+    training sequences (see the module docstring). `wire=True`: the ReAct wire form (cardforge.data.wire), where
+    an assistant turn carries its call as Qwen3 XML text in `content` and tool results are user turns of
+    <tool_response> text: such content is not refused, and a turn must parse like its content does."""
     messages = nfc(as_template_messages(conversation))
     if tools is None and isinstance(conversation, Trajectory):
         tools = conversation.tools
@@ -162,7 +165,7 @@ def encode_all(
     if not eot:
         raise EncodeError("the tokenizer has no eos_token; pass end_of_turn='<|im_end|>' (the end-of-turn token)")
     tok = _tokenizer_cache(tokenizer)
-    check_messages(messages, tok.special)
+    check_messages(messages, tok.special, wire=wire)
 
     def render(msgs: list[dict], generation_prompt: bool) -> str:
         try:
@@ -188,7 +191,7 @@ def encode_all(
             raise EncodeError(f"assistant message {i} renders without the end-of-turn token {eot!r}; "
                               "pass end_of_turn=... for this template", "no_end_of_turn")
         turn = upto[len(prompt):end + len(eot)]
-        _check_round_trip(i, messages[i], turn, tools, think_open=prompt.endswith(THINK_OPEN + "\n"))
+        _check_round_trip(i, messages[i], turn, tools, think_open=prompt.endswith(THINK_OPEN + "\n"), wire=wire)
         p_ids, p_offs = tok(prompt)
         s_ids, s_offs = tok(turn)
         if max_len is not None and len(p_ids) + len(s_ids) > max_len:
@@ -226,11 +229,12 @@ def encode(
     max_len: int | None = None,
     *,
     end_of_turn: str | None = None,
+    wire: bool = False,
     **template_kwargs: Any,
 ) -> Encoded:
     """The one training sequence of a conversation that needs only one (single-turn, or a template and data
     that keep every earlier turn as it was served); `encode_all` for any conversation."""
-    enc = encode_all(conversation, tokenizer, tools, max_len, end_of_turn=end_of_turn, **template_kwargs)
+    enc = encode_all(conversation, tokenizer, tools, max_len, end_of_turn=end_of_turn, wire=wire, **template_kwargs)
     if len(enc.sequences) != 1:
         raise EncodeError(f"this conversation trains as {len(enc.sequences)} sequences (its serving contexts are "
                           "not prefixes of one another); use encode_all", "not_prefix_stable")
@@ -240,8 +244,10 @@ def encode(
 # --- what the format cannot carry: refused up front with a reason code ---
 
 
-def check_messages(messages: list[dict], special: Sequence[str] = ("<|im_start|>", "<|im_end|>")) -> None:
-    """Raise EncodeError(reason) for a message the Qwen3 XML chat format cannot carry unambiguously."""
+def check_messages(messages: list[dict], special: Sequence[str] = ("<|im_start|>", "<|im_end|>"), *,
+                   wire: bool = False) -> None:
+    """Raise EncodeError(reason) for a message the Qwen3 XML chat format cannot carry unambiguously.
+    `wire`: calls are content text and tool results user text (cardforge.data.wire): those are allowed."""
     for i, m in enumerate(messages):
         role = m.get("role")
         content = m.get("content") if isinstance(m.get("content"), str) else ""
@@ -252,10 +258,10 @@ def check_messages(messages: list[dict], special: Sequence[str] = ("<|im_start|>
             if THINK_OPEN in reasoning or THINK_CLOSE in reasoning:
                 raise EncodeError(f"message {i}: reasoning holds {THINK_OPEN} or {THINK_CLOSE}",
                                   "think_tag_in_reasoning")
-            if content.strip().startswith(THINK_OPEN):
+            if content.strip().startswith(THINK_OPEN) and not wire:
                 raise EncodeError(f"message {i}: assistant content starts with {THINK_OPEN} (where the template "
                                   "opens a reasoning block)", "content_starts_with_think")
-            if any(t in content for t in CONTENT_MARKUP):
+            if any(t in content for t in CONTENT_MARKUP) and not wire:
                 raise EncodeError(f"message {i}: assistant content holds tool-call markup "
                                   f"({', '.join(t for t in CONTENT_MARKUP if t in content)})", "tool_markup_in_content")
             for call in m.get("tool_calls") or []:
@@ -279,7 +285,7 @@ def check_messages(messages: list[dict], special: Sequence[str] = ("<|im_start|>
             if RESPONSE_OPEN in content or RESPONSE_CLOSE in content:
                 raise EncodeError(f"message {i}: the tool result holds {RESPONSE_OPEN} or {RESPONSE_CLOSE}",
                                   "tool_response_tag_in_tool_result")
-        elif role == "user" and content.strip().startswith(RESPONSE_OPEN):
+        elif role == "user" and content.strip().startswith(RESPONSE_OPEN) and not wire:
             raise EncodeError(f"message {i}: a user message that starts with {RESPONSE_OPEN}",
                               "user_looks_like_tool_response")
 
@@ -302,15 +308,22 @@ def _no_special(i: int, where: str, text: str, special: Sequence[str]) -> None:
         raise EncodeError(f"message {i}: {where} holds the special token text {hit[0]}", "special_token_in_text")
 
 
-def _check_round_trip(i: int, message: dict, turn: str, tools: list[dict] | None, think_open: bool) -> None:
+def _check_round_trip(i: int, message: dict, turn: str, tools: list[dict] | None, think_open: bool,
+                      wire: bool = False) -> None:
     parsed = parse_assistant(turn, tools, think_open=think_open)
     if parsed.errors:
         raise EncodeError(f"message {i}: its rendered turn does not parse: {parsed.errors[0]}", "round_trip")
     want_reasoning = (message.get("reasoning_content") or "").strip()
     want_content = (message.get("content") or "").strip() if isinstance(message.get("content"), str) else ""
+    calls = [c.get("function", c) for c in message.get("tool_calls") or []]
+    if wire and not calls:  # the call is content text: the turn must parse as that text does
+        text = parse_assistant(want_content, tools, think_open=None)
+        if text.errors:
+            raise EncodeError(f"message {i}: its content does not parse: {text.errors[0]}", "round_trip")
+        want_content = text.content
+        calls = [{"name": c.name, "arguments": c.arguments} for c in text.tool_calls]
     if (parsed.reasoning, parsed.content) != (want_reasoning if think_open else "", want_content):
         raise EncodeError(f"message {i}: the rendered turn parses to other reasoning/content", "round_trip")
-    calls = [c.get("function", c) for c in message.get("tool_calls") or []]
     if [c.name for c in parsed.tool_calls] != [c.get("name") for c in calls]:
         raise EncodeError(f"message {i}: the rendered turn parses to other calls", "round_trip")
     for got, want in zip(parsed.tool_calls, calls):

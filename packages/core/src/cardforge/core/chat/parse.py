@@ -345,7 +345,8 @@ def _schemas(tools: list[dict] | None) -> dict[str, dict | None]:
         fn = tool.get("function", tool) if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or not fn.get("name"):
             continue
-        params = fn.get("parameters") if isinstance(fn.get("parameters"), dict) else {}
+        params = fn.get("parameters", fn.get("input_schema"))  # OpenAI / Anthropic tool shapes
+        params = params if isinstance(params, dict) else {}
         props = params.get("properties")
         if not isinstance(props, dict) or params.get("additionalProperties") not in (None, False):
             out[fn["name"]] = None
