@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -100,6 +101,7 @@ class Variant:
     tf32: bool = False  # fp32 matmuls on TF32 tensor cores (under autocast: the few it keeps in fp32)
     memory_budget: float | None = None  # no checkpointing: compile's partitioner keeps this fraction of activations
     scan_op: bool = False  # the GDN state scan as a custom op (compiled graphs stay the same size at any length)
+    offload: bool = False  # checkpointed layer inputs in pinned host memory (fast.offload; long packed rows)
 
 
 VARIANTS = {
@@ -107,11 +109,12 @@ VARIANTS = {
     "cardforge": Variant("cardforge", "cardforge", "chunked", autocast=True),
     "cardforge-ce-only": Variant("cardforge-ce-only", "transformers", "chunked", autocast=True),
 }
-OPTIONS = ("compile", "layers", "tf32", "scanop")
+OPTIONS = ("compile", "layers", "tf32", "scanop", "offload")
 ALIASES = {"cardforge-compile": "cardforge+compile"}
 SPEC_HELP = ("BASE[+OPTION...][:K][@B] with BASE from " + ", ".join(VARIANTS) + "; OPTION from " + ", ".join(OPTIONS)
              + " (compile: the GDN core through torch.compile; layers: every decoder layer compiled; tf32: fp32 "
-               "matmuls on TF32; scanop: the GDN state scan as a custom op); :K = the last K layers not "
+               "matmuls on TF32; scanop: the GDN state scan as a custom op; offload: checkpointed layer inputs in "
+               "pinned host memory); :K = the last K layers not "
                "recomputed; @B = no gradient checkpointing, compile's partitioner keeps the fraction B of each "
                "layer's activations (needs +layers); cardforge-compile = cardforge+compile")
 
@@ -131,9 +134,11 @@ def parse_variant(spec: str) -> Variant:
         raise ValueError(f"{spec!r}: options apply to cardforge's step only")
     if budget and "layers" not in opts:
         raise ValueError(f"{spec!r}: @B (memory budget) needs +layers")
+    if budget and "offload" in opts:
+        raise ValueError(f"{spec!r}: +offload keeps checkpointing; @B turns it off")
     return Variant(spec, base.kernels, base.loss, base.autocast, int(k) if k else 0, compile="compile" in opts,
                    layers="layers" in opts, tf32="tf32" in opts, memory_budget=float(budget) if budget else None,
-                   scan_op="scanop" in opts)
+                   scan_op="scanop" in opts, offload="offload" in opts)
 
 
 def set_recompute(model, no_recompute_layers: int) -> None:
@@ -145,17 +150,21 @@ def set_recompute(model, no_recompute_layers: int) -> None:
 
 def configure(model, v: Variant) -> None:
     from cardforge.train import fast
+    from cardforge.train.fast import offload
 
     if v.compile or v.layers:  # a fresh compile per variant: the memory budget is read when compiling
         torch._dynamo.reset()
     torch._functorch.config.activation_memory_budget = 1.0 if v.memory_budget is None else v.memory_budget
     torch.backends.cuda.matmul.allow_tf32 = v.tf32
+    offload.disable(model)
     if v.kernels == "cardforge":
-        fast.enable(model, compile=v.compile, layers=v.layers, scan_op=v.scan_op)
+        fast.enable(model, compile=v.compile, layers=v.layers and not v.offload, scan_op=v.scan_op)
     else:
         fast.disable(model)
     n = len(model.get_base_model().model.layers)
     set_recompute(model, n if v.memory_budget is not None else v.no_recompute_layers)
+    if v.offload:  # after set_recompute: offloaded layers do their own checkpointing
+        offload.enable(model, compile=v.layers)
 
 
 def loss_fn(model, batch: dict[str, torch.Tensor], v: Variant) -> torch.Tensor:
@@ -270,6 +279,142 @@ def run_variant(model, v: Variant, seq: int, steps: int, warmup: int, snapshot: 
     return res
 
 
+# --- a realistic length mix (issue #20) ---
+
+MIX_MEDIAN, MIX_SIGMA, MIX_MIN, MIX_MAX = 4096, 0.9, 1024, 32768
+
+
+def card_lengths(n: int, seed: int = 0, max_len: int = MIX_MAX) -> list[int]:
+    """`n` sample lengths like the card's ReAct trajectories: log-normal with median 4096 tokens and sigma 0.9 (a long
+    tail: ~6% above 16k), clipped to [1024, max_len]; the first one is max_len itself, so every run meets the longest
+    sample the card's data allows (data.max_seq_len 32k)."""
+    import random
+
+    rng = random.Random(seed)
+    out = [max_len] + [int(min(max_len, max(MIX_MIN, round(rng.lognormvariate(math.log(MIX_MEDIAN), MIX_SIGMA)))))
+                       for _ in range(n - 1)]
+    return out[:n]
+
+
+def mix_samples(lengths: list[int], vocab: int, seed: int = 1) -> list:
+    from cardforge.train.data import Sample
+
+    g = torch.Generator().manual_seed(seed)
+    return [Sample(torch.randint(0, vocab, (n,), generator=g).tolist(), [1] * n) for n in lengths]
+
+
+@dataclass
+class MixResult:
+    variant: str
+    row_len: int  # packed row length (0: batch 1, one sample per step, no padding)
+    status: str = "ok"
+    samples: int = 0
+    tokens: int = 0  # real (non-padding) tokens in the timed steps
+    padded_tokens: int = 0  # row tokens incl. padding
+    steps: int = 0
+    seconds: float = 0.0  # timed steps, after the warm-up step
+    first_step_s: float = float("nan")  # the warm-up step: includes compilation
+    median_step_s: float = float("nan")
+    eff_tok_s: float = float("nan")
+    peak_alloc_gib: float = float("nan")
+    peak_reserved_gib: float = float("nan")
+    oom_lengths: list[int] = field(default_factory=list)
+    first_loss: float = float("nan")
+    error: str = ""
+
+
+def run_mix(model, v: Variant, samples: list, row_len: int, snapshot: dict, device: str) -> MixResult:
+    """One optimizer step per packed row (cardforge) or per sample (`plain`: batch 1, no packing, as a user runs
+    transformers + PEFT). The first step is a warm-up (compiles); the rest are timed; effective tokens/s = sample
+    tokens / time. A plain sample that runs out of memory is recorded and skipped."""
+    from cardforge.train import packing
+    from cardforge.train.data import collate
+
+    on_cuda = device.startswith("cuda")
+    res = MixResult(v.name, row_len if v.kernels == "cardforge" else 0)
+    with torch.no_grad():
+        for n, p in lora_params(model).items():
+            p.copy_(snapshot[n])
+    configure(model, v)
+    if res.row_len:
+        rows = packing.pack_rows(samples, row_len)
+        batches = [(packing.collate_packed([r], pad_id=0, row_len=row_len), r.tokens) for r in rows]
+    else:
+        batches = [(collate([s], pad_id=0), len(s.input_ids)) for s in samples]
+    opt = build_optimizer(list(lora_params(model).values()), on_cuda)
+    if on_cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    try:
+        order = [0] + list(range(len(batches)))  # the warm-up step, then every batch timed
+        for i, j in enumerate(order):
+            batch = {k: (t if k == "attn_meta" else t.to(device)) for k, t in batches[j][0].items()}
+            torch.manual_seed(1234 + i)
+            if on_cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            try:
+                loss = loss_fn(model, batch, v)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if on_cuda:
+                    torch.cuda.synchronize()
+            except torch.cuda.OutOfMemoryError:
+                if res.row_len:
+                    raise
+                opt.zero_grad(set_to_none=True)
+                loss = None
+                torch.cuda.empty_cache()
+                if i:
+                    res.oom_lengths.append(batches[j][1])
+                print(f"  {v.name} mix sample {j} ({batches[j][1]} tokens): out of memory", file=sys.stderr,
+                      flush=True)
+                continue
+            dt = time.perf_counter() - t0
+            if i == 0:
+                res.first_step_s, res.first_loss = dt, float(loss)
+            else:
+                times.append(dt)
+                res.tokens += batches[j][1]
+                res.padded_tokens += int(batches[j][0]["input_ids"].numel())
+                res.samples += len(rows[j].samples) if res.row_len else 1
+            print(f"  {v.name} mix step {i} ({batches[j][1]} tokens): {dt:.3f} s loss {float(loss):.4f}",
+                  file=sys.stderr, flush=True)
+        res.steps, res.seconds = len(times), sum(times)
+        if times:
+            res.median_step_s = statistics.median(times)
+            res.eff_tok_s = res.tokens / res.seconds
+    except torch.cuda.OutOfMemoryError as exc:
+        res.status, res.error = "oom", str(exc).splitlines()[0][:200]
+    finally:
+        if on_cuda:
+            res.peak_alloc_gib = torch.cuda.max_memory_allocated() / 2**30
+            res.peak_reserved_gib = torch.cuda.max_memory_reserved() / 2**30
+        del opt
+        model.zero_grad(set_to_none=True)
+        if on_cuda:
+            torch.cuda.empty_cache()
+    return res
+
+
+def mix_table(results: list[MixResult]) -> str:
+    rows = ["| variant | row | samples | tokens (real / padded) | steps | timed s | effective tok/s | warm-up step s "
+            "(compile) | peak alloc GiB | peak reserved GiB | first loss | OOM samples | status |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        rows.append(f"| {r.variant} | {r.row_len or 'batch 1, unpacked'} | {r.samples} | {r.tokens} / "
+                    f"{r.padded_tokens} | {r.steps} | {r.seconds:.1f} | {r.eff_tok_s:.0f} | {r.first_step_s:.1f} | "
+                    f"{r.peak_alloc_gib:.1f} | {r.peak_reserved_gib:.1f} | {r.first_loss:.4f} | "
+                    f"{','.join(map(str, r.oom_lengths)) or '-'} | {r.status} |")
+    base = next((r for r in results if r.row_len == 0 and r.steps), None)
+    for r in results:
+        if base and r is not base and r.steps:
+            rows.append(f"\nmix: {r.variant} / plain = {r.eff_tok_s / base.eff_tok_s:.2f}x effective tok/s")
+    return "\n".join(rows)
+
+
 def _profile_step(model, batch, v: Variant, opt) -> None:
     from torch.profiler import ProfilerActivity, profile
 
@@ -319,7 +464,15 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=sorted(ARCHS), default="qwen36_27b")
     p.add_argument("--layers", type=int, default=None, help="override the number of decoder layers (quick checks)")
-    p.add_argument("--seq", type=int, nargs="+", default=[4096, 8192])
+    p.add_argument("--seq", type=int, nargs="*", default=[4096, 8192])
+    p.add_argument("--mix", type=int, default=0, metavar="N",
+                   help="also run a realistic length mix: N samples drawn by card_lengths (1k-32k, median 4k, long "
+                        "tail; the first is --mix-max); cardforge variants pack them into rows of --row tokens")
+    p.add_argument("--mix-max", type=int, default=MIX_MAX)
+    p.add_argument("--row", type=int, default=MIX_MAX, help="packed row length for the mix (one compiled shape)")
+    p.add_argument("--plain-samples", type=int, default=6,
+                   help="plain runs the first K samples of the mix (batch 1, unpacked: minutes per long sample)")
+    p.add_argument("--mix-variants", nargs="*", default=None, help="variants for the mix (default: --variants)")
     p.add_argument("--variants", nargs="+", default=["plain", "cardforge+layers+tf32@0.1"], help=SPEC_HELP)
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant (median reported)")
     p.add_argument("--warmup", type=int, default=1)
@@ -361,7 +514,29 @@ def main(argv: list[str] | None = None) -> int:
                     {"arch": args.arch, "layers": config.num_hidden_layers, "device": args.device,
                      "environment": environment(), "lora_params": n_lora, "argv": argv if argv else sys.argv[1:],
                      "results": [r.__dict__ for r in results], "table": table(results)}, indent=2))
-    print(table(results))
+    mix_results: list[MixResult] = []
+    if args.mix:
+        lengths = card_lengths(args.mix, max_len=args.mix_max)
+        samples = mix_samples(lengths, config.vocab_size)
+        print(f"mix: {len(lengths)} samples, {sum(lengths)} tokens, lengths {sorted(lengths)}", file=sys.stderr,
+              flush=True)
+        for spec in (args.mix_variants or args.variants):
+            v = parse_variant(spec)
+            chosen = samples if v.kernels == "cardforge" else samples[: args.plain_samples]
+            mix_results.append(run_mix(model, v, chosen, args.row, snapshot, args.device))
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(
+                    {"arch": args.arch, "layers": config.num_hidden_layers, "device": args.device,
+                     "environment": environment(), "lora_params": n_lora, "argv": argv if argv else sys.argv[1:],
+                     "results": [r.__dict__ for r in results], "table": table(results),
+                     "mix": {"lengths": lengths, "distribution": card_lengths.__doc__.split("\n\n")[0],
+                             "results": [r.__dict__ for r in mix_results], "table": mix_table(mix_results)}},
+                    indent=2))
+    if results:
+        print(table(results))
+    if mix_results:
+        print(mix_table(mix_results))
     return 0
 
 

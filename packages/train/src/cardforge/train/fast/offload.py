@@ -1,0 +1,126 @@
+"""Gradient checkpointing whose saved layer inputs live in pinned CPU memory (long packed rows on one GPU).
+
+With checkpointing, what a step keeps between forward and backward is each decoder layer's input: at 32k tokens on
+the 27B that is 64 x 32768 x 5120 bf16 = 20 GiB, on top of ~54 GiB of weights and LoRA state. `enable(model)` swaps
+every checkpointed layer's checkpoint function for `offloaded_checkpoint`: the forward runs the layer without
+keeping anything and copies its input to pinned host memory on a side stream (overlapping the next layers); the
+backward copies it back, reruns the layer with the forward's RNG state (same LoRA-dropout masks) and
+backpropagates through it. The layer's parameters receive their gradients from that inner backward, as with
+reentrant checkpointing.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import torch
+
+_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _STREAMS:
+        _STREAMS[idx] = torch.cuda.Stream(device=idx)
+    return _STREAMS[idx]
+
+
+def _to_host(x: torch.Tensor) -> torch.Tensor:
+    if x.device.type != "cuda":
+        return x.detach().clone()
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    side = _side_stream(x.device)
+    side.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(side):
+        host.copy_(x.detach(), non_blocking=True)
+    x.record_stream(side)  # the allocator keeps x's memory until the copy is done
+    return host
+
+
+class _Offloaded(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, run, device_type: str, x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        ctx.run = run
+        ctx.device = x.device
+        ctx.host = _to_host(x)
+        ctx.cpu_rng = torch.get_rng_state()
+        ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
+        ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)) \
+            if device_type in ("cuda", "cpu") else (False, None)
+        ctx.device_type = device_type
+        with torch.no_grad():
+            return run(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.device.type == "cuda":
+            torch.cuda.current_stream(ctx.device).wait_stream(_side_stream(ctx.device))
+        x = ctx.host.to(ctx.device, non_blocking=True).requires_grad_(True)
+        devices = [ctx.device] if ctx.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(ctx.cpu_rng)
+            if ctx.cuda_rng is not None:
+                torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
+            on, dtype = ctx.autocast
+            with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=dtype, enabled=on):
+                out = ctx.run(x)
+        torch.autograd.backward(out, grad)
+        ctx.host = ctx.run = None
+        return None, None, x.grad, None
+
+
+def offloaded_checkpoint(function, *args, **kwargs):
+    """Drop-in for `torch.utils.checkpoint.checkpoint(function, hidden_states)` as transformers'
+    GradientCheckpointingLayer calls it (the layer input first; everything else bound into `function`)."""
+    x, rest = args[0], args[1:]
+    if rest or kwargs:
+        raise TypeError("offloaded_checkpoint takes the layer input alone (bind the rest into the function)")
+    # an input that requires grad: the first layer's input (frozen embeddings) does not, yet its LoRA weights need
+    # the backward to run
+    anchor = torch.empty(0, device=x.device, requires_grad=True)
+    dev = x.device.type
+    return _Offloaded.apply(lambda h: function(h), dev, x, anchor)
+
+
+def _layers(model: torch.nn.Module):
+    return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+
+
+_COMPILED: dict[type, object] = {}
+
+
+def _offloaded_forward(self, hidden_states, *args, **kwargs):
+    fn = self._cf_offload_fn
+    return offloaded_checkpoint(functools.partial(fn, self, *args, **kwargs), hidden_states)
+
+
+def enable(model: torch.nn.Module, compile: bool = False) -> int:
+    """Every decoder layer checkpointed with its input in pinned host memory (`offloaded_checkpoint`), replacing
+    transformers' gradient checkpointing of the layer; `compile`: the layer's forward through torch.compile inside the
+    checkpoint (one compiled function per layer class, the layer an input: layers of one kind share it). Returns the
+    number of layers."""
+    layers = _layers(model)
+    for layer in layers:
+        cls = type(layer)
+        if compile and cls not in _COMPILED:
+            _COMPILED[cls] = torch.compile(cls.forward, dynamic=False)
+        if not hasattr(layer, "_cf_checkpoint_before"):
+            layer._cf_checkpoint_before = layer.gradient_checkpointing
+        layer.gradient_checkpointing = False  # the class forward then runs the layer plainly
+        layer._compiled_call_impl = None
+        layer._cf_offload_fn = _COMPILED[cls] if compile else cls.forward
+        layer.forward = types.MethodType(_offloaded_forward, layer)
+    return len(layers)
+
+
+def disable(model: torch.nn.Module) -> None:
+    for layer in _layers(model):
+        if hasattr(layer, "_cf_checkpoint_before"):
+            layer.gradient_checkpointing = layer._cf_checkpoint_before
+            del layer._cf_checkpoint_before, layer._cf_offload_fn
+            del layer.forward  # back to the class forward
+
+
+def enabled(model: torch.nn.Module) -> bool:
+    return any(hasattr(m, "_cf_offload_fn") for m in _layers(model))
