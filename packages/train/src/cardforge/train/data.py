@@ -114,17 +114,29 @@ class TrainDataModule(pl.LightningDataModule):
     """Train (and optional validation) loaders over in-memory samples; its state is the resume point."""
 
     def __init__(self, train: Sequence[Sample], pad_id: int, batch_size: int = 1, seed: int = 0,
-                 val: Sequence[Sample] = (), num_workers: int = 0, pad_multiple: int = 1):
+                 val: Sequence[Sample] = (), num_workers: int = 0, pad_multiple: int = 1, pack_length: int = 0):
         super().__init__()
+        self.pack_length = pack_length  # > 0: items are packed rows of this many tokens (train/packing.py)
+        if pack_length:
+            from cardforge.train.packing import pack_rows
+
+            train, val = pack_rows(train, pack_length), pack_rows(val, pack_length) if len(val) else ()
         self.train_set, self.val_set = SampleDataset(train), SampleDataset(val)
         self.pad_id, self.batch_size, self.seed, self.num_workers = pad_id, batch_size, seed, num_workers
         self.pad_multiple = pad_multiple
         self._resume: dict[str, int] | None = None
 
+    def _collate(self):
+        if self.pack_length:
+            from cardforge.train.packing import collate_packed
+
+            return functools.partial(collate_packed, pad_id=self.pad_id, row_len=self.pack_length)
+        return functools.partial(collate, pad_id=self.pad_id, multiple=self.pad_multiple)
+
     def _loader(self, dataset: SampleDataset, sampler: Sampler) -> DataLoader:
         return DataLoader(
             dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            collate_fn=functools.partial(collate, pad_id=self.pad_id, multiple=self.pad_multiple),
+            collate_fn=self._collate(),
             # its own generator: DataLoader.__iter__ would otherwise draw from the global RNG, so a resumed run's
             # dropout stream would differ from the uninterrupted run's
             generator=torch.Generator().manual_seed(self.seed),
