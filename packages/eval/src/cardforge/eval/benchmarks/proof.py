@@ -10,7 +10,8 @@ eval.agentic_max_steps, eval.agentic_tool_timeout_s, eval.proof_probe.
 Invented observations: the runner stops every step at </tool_call> and at <tool_response> (a model must
 not write its own observation), so the episode never shows whether the model would. With eval.proof_probe
 each task's FIRST step is asked once more without stop strings, and the record's `invented_observation`
-says whether the output holds a <tool_response> the model wrote itself (the summary's invented_rate).
+says whether the output holds a <tool_response> the model wrote itself (the summary's invented_rate). The
+base is not probed (label "base"): that would double its eval time for a number no table uses.
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ def run_suite(questions: list, base_url: str, opts: HarnessOptions, out_path: st
     aopts = AgenticOptions(max_steps=ev.get("agentic_max_steps"),
                            tool_timeout_s=float(ev.get("agentic_tool_timeout_s") or 10.0))
     records = run_tasks(questions, base_url, opts, out_path, label=label, suite=suite, aopts=aopts)
+    # the probe is for the trained models (the method table); the base's cost would double its eval time
     probes = probe(questions, base_url, opts, Path(out_path).with_name(f"{suite}_probe.json")) \
-        if ev.get("proof_probe", True) else {}
+        if ev.get("proof_probe", True) and label != "base" else {}
     for r in records:
         r["group"] = _form(r["id"])
         p = probes.get(r["id"])
