@@ -233,9 +233,14 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
     if tc.kernels == "cardforge":
         from cardforge.train import fast
 
-        if tc.compile_layers:
-            configure_compile(tc, cfg.data.max_seq_len, pad_multiple)
-        n_gdn = fast.enable(model, compile=tc.compile_gdn, layers=tc.compile_layers)
+        pack = OmegaConf.select(cfg, "trainer.pack_length", default=None)
+        offload = bool(OmegaConf.select(cfg, "trainer.offload_checkpoints", default=False))
+        if pack and pack < cfg.data.max_seq_len:
+            raise UserError(f"trainer.pack_length={pack} is shorter than data.max_seq_len={cfg.data.max_seq_len}: "
+                            "a packed row must hold the longest sample; raise trainer.pack_length")
+        if tc.compile_layers:  # packed rows: one length
+            configure_compile(tc, pack or cfg.data.max_seq_len, pack or pad_multiple)
+        n_gdn = fast.enable(model, compile=tc.compile_gdn, layers=tc.compile_layers and not offload)
         log.info("trainer.kernels=cardforge: GDN kernel on %d layers, fused LoRA forward, chunked cross-entropy%s",
                  n_gdn, "; decoder layers compiled, batches padded to " + (
                      f"a multiple of {pad_multiple}" if pad_multiple else "geometric length buckets")
@@ -247,9 +252,14 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
         layers = base.model.layers
         for i, layer in enumerate(layers):
             layer.gradient_checkpointing = i < len(layers) - keep
+    if tc.kernels == "cardforge" and OmegaConf.select(cfg, "trainer.offload_checkpoints", default=False):
+        from cardforge.train.fast import offload as offload_mod
+
+        offload_mod.enable(model, compile=tc.compile_layers)
     strategy = build_strategy(tc, base)
 
-    datamodule = TrainDataModule(samples, pad_id, tc.batch_size, tc.seed, pad_multiple=pad_multiple)
+    datamodule = TrainDataModule(samples, pad_id, tc.batch_size, tc.seed, pad_multiple=pad_multiple,
+                                 pack_length=OmegaConf.select(cfg, "trainer.pack_length", default=None) or 0)
     trainer = pl.Trainer(
         accelerator=tc.accelerator, devices=_devices(tc.devices), num_nodes=tc.num_nodes, strategy=strategy,
         precision=tc.precision, max_epochs=tc.max_epochs if tc.max_steps < 1 else -1, max_steps=tc.max_steps,

@@ -292,6 +292,11 @@ class TrainerConfig:
     # activations and recomputes the rest (0.1 at seq 4096 on the 27B: 71 GiB, 2617 tok/s vs 2354 with full
     # recompute; memory grows with the sequence length). None: gradient checkpointing as configured
     activation_memory_budget: Optional[float] = None
+    # pack several samples into rows of exactly this many tokens (exact sample boundaries: block-diagonal attention,
+    # GDN state and conv1d reset per sample; one compiled shape); None: one sample per row, right-padded
+    pack_length: Optional[int] = None
+    # checkpointed decoder-layer inputs kept in pinned host memory (long packed rows: 20 GiB at 32k on the 27B)
+    offload_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -306,6 +311,15 @@ class TrainerConfig:
             raise ValueError(f"trainer.kernels must be cardforge or transformers, got {self.kernels!r}")
         if self.no_recompute_layers < 0:
             raise ValueError(f"trainer.no_recompute_layers must be >= 0, got {self.no_recompute_layers}")
+        if self.pack_length is not None and self.pack_length < 1:
+            raise ValueError(f"trainer.pack_length must be >= 1 (or null), got {self.pack_length}")
+        if self.pack_length is not None and self.kernels != "cardforge":
+            raise ValueError("trainer.pack_length needs trainer.kernels=cardforge (transformers' layers would let "
+                             "the samples of a row see each other)")
+        if self.offload_checkpoints and (self.activation_memory_budget is not None or not self.gradient_checkpointing
+                                         or self.kernels != "cardforge"):
+            raise ValueError("trainer.offload_checkpoints needs trainer.kernels=cardforge, "
+                             "trainer.gradient_checkpointing=true and no trainer.activation_memory_budget")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError(f"trainer.pad_to_multiple_of must be >= 1 (or null), got {self.pad_to_multiple_of}")
         if self.compile_layers and self.kernels != "cardforge":
