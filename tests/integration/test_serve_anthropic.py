@@ -305,3 +305,53 @@ def test_binds_loopback_by_default(tmp_path, args, expect):
            "--port", str(port), "--log-level", "warning", *args]
     with managed_server(cmd, host=expect, port=port, log_path=tmp_path / "guard.log", timeout_s=60) as srv:
         assert listening(srv.pid) == [(expect, port)]
+
+
+# --- the serve stage exposes it ---------------------------------------------------------------------------
+
+def test_serve_stage_exposes_the_messages_api(tmp_path):
+    """`python -m cardforge.serve` (llama_cpp) prints ANTHROPIC_BASE_URL (the guard) and records the native
+    URLs in serve.json; both answer the official client; Ctrl-C stops the engine and the guard."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    def gone(pid: int, timeout: float = 15.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+            except (FileNotFoundError, ProcessLookupError):
+                return True
+            time.sleep(0.1)
+        return False
+
+    cmd = [sys.executable, "-m", "cardforge.serve", "experiment=smollm2_demo", f"model={gguf_path()}",
+           f"paths.outputs={tmp_path}", "serve.threads=2"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    seen: list[str] = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True).start()
+        rec = json.loads((tmp_path / "serve" / "serve.json").read_text())["anthropic"]
+        printed = [ln for ln in seen if "ANTHROPIC_BASE_URL=" in ln]
+        assert printed and rec["base_url"] == rec["guard"] and f"ANTHROPIC_BASE_URL={rec['guard']} " in printed[0]
+        assert rec["native_messages"] == rec["native_base_url"] + "/v1/messages"
+        for url in (rec["guard"], rec["native_base_url"]):
+            msg = client(url).messages.create(model="claude-sonnet-4-5", max_tokens=4, messages=HI)
+            assert msg.type == "message" and msg.usage.output_tokens > 0
+            assert count(url, messages=HI) > 0
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, "".join(seen)[-3000:]
+    finally:
+        proc.kill()
+    assert gone(rec["guard_pid"])

@@ -6,10 +6,17 @@ warn + MLflow tag when an expected MTP head is unused or never accepted), then s
 distilled model (serve.model_path, the card's repo, or the merged/released checkpoint; never the base) and
 run it where the engine is installed (the `vllm` executable on PATH; `sglang` importable), logging to
 <outputs>/serve/<backend>.log; elsewhere print it and exit 0 with a note.
+
+Anthropic Messages API (Claude Code): every engine serves /v1/messages and /v1/messages/count_tokens on its
+own port (llama-server since llama.cpp PR 17570, vLLM's and SGLang's Anthropic entrypoints). With
+serve.anthropic.guard=true (default) the stage also starts our guard in front of that native endpoint
+(cardforge.serve.anthropic: Anthropic's validation and the gaps measured in docs/serving.md) and prints
+`ANTHROPIC_BASE_URL=<guard>`; serve.json and the MLflow tags record both URLs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shlex
@@ -46,6 +53,40 @@ class ServeResult:
     log_path: str | None = None
     commands: dict[str, str] = field(default_factory=dict)
     served_models: list[str] = field(default_factory=list)  # vllm / sglang: what /v1/models listed
+    anthropic: dict[str, Any] = field(default_factory=dict)  # native / guard Messages API URLs
+
+
+@contextlib.contextmanager
+def anthropic_endpoint(cfg: DictConfig, engine_url: str, out_dir: Path, model: str | None = None):
+    """The Anthropic Messages API of a running engine: its native URL, and our guard in front of it when
+    serve.anthropic.guard (a managed subprocess, stopped with the block). Yields the record for serve.json."""
+    import os
+
+    opts = OmegaConf.select(cfg, "serve.anthropic") or {}
+    info: dict[str, Any] = {"native_base_url": engine_url, "native_messages": engine_url + "/v1/messages",
+                            "native_count_tokens": engine_url + "/v1/messages/count_tokens", "guard": None}
+    if not opts.get("guard", False):
+        _say(f"Anthropic Messages API (engine's own): ANTHROPIC_BASE_URL={engine_url}")
+        info["base_url"] = engine_url
+        yield info
+        return
+    from cardforge.serve.anthropic.launch import anthropic_bridge
+
+    key_env = opts.get("api_key_env")
+    key = os.environ.get(str(key_env)) if key_env else None
+    if key_env and not key:
+        from cardforge.core.errors import UserError
+
+        raise UserError(f"serve.anthropic.api_key_env={key_env}: that variable is not set (set it, or "
+                        "serve.anthropic.api_key_env=null for an open guard on 127.0.0.1)")
+    with anthropic_bridge(engine_url, host=str(option(cfg.serve, "host", "127.0.0.1")),
+                          port=int(opts.get("port") or 0), api_key=key, model=model,
+                          log_path=out_dir / "anthropic-guard.log") as guard:
+        info.update(guard=guard.base_url, base_url=guard.base_url, guard_pid=guard.pid,
+                    guard_log=str(out_dir / "anthropic-guard.log"))
+        _say(f"Anthropic Messages API for Claude Code: ANTHROPIC_BASE_URL={guard.base_url} (our guard in front "
+             f"of the engine's native {engine_url}/v1/messages)")
+        yield info
 
 
 def serve_options(cfg: DictConfig) -> dict[str, Any]:
@@ -126,14 +167,18 @@ def _run_llama_cpp(cfg: DictConfig, result: ServeResult) -> ServeResult:
     serve = serve_options(cfg)
     log_path = out_dir / "llama-server.log"
     log_path.unlink(missing_ok=True)
-    with llama_server(gguf, serve, log_path=log_path) as srv:
+    with contextlib.ExitStack() as stack:
+        srv = stack.enter_context(llama_server(gguf, serve, log_path=log_path))
         result.command, result.ran, result.base_url = srv.command, True, srv.base_url
         result.startup_s, result.log_path = srv.startup_s, str(log_path)
         _say(f"llama-server ready at {srv.base_url} in {srv.startup_s:.1f} s (log: {log_path})")
         mlflow.log_metric("serve.startup_s", srv.startup_s)
+        anthropic = stack.enter_context(anthropic_endpoint(cfg, srv.base_url, out_dir))
+        result.anthropic = {k: v for k, v in anthropic.items() if k != "guard_pid"}
         result.probe, result.verdict = _start_check(cfg, srv.base_url)
         tags = {"serve.backend": "llama_cpp", "serve.mtp_check": result.verdict.status,
-                "serve.command": shlex.join(srv.command)[:5000]}
+                "serve.command": shlex.join(srv.command)[:5000],
+                "serve.anthropic_base_url": str(anthropic.get("base_url"))}
         if result.verdict.warn:
             tags["serve.mtp_warning"] = result.verdict.message[:5000]
         mlflow.set_tags(tags)
@@ -143,11 +188,13 @@ def _run_llama_cpp(cfg: DictConfig, result: ServeResult) -> ServeResult:
             "backend": "llama_cpp", "model": str(gguf), "command": srv.command, "pid": srv.pid, "base_url": srv.base_url,
             "startup_s": srv.startup_s, "probe": asdict(result.probe) if result.probe else None,
             "accept_rate": result.probe.accept_rate if result.probe else None,
-            "mtp_check": asdict(result.verdict), "inference_commands": result.commands})
+            "mtp_check": asdict(result.verdict), "inference_commands": result.commands, "anthropic": anthropic})
         mlflow.log_artifact(str(out_dir / "serve.json"), "serve")
         if option(cfg.serve, "keep_running", True):
             _wait_for_interrupt()
     mlflow.log_artifact(str(log_path), "serve")
+    if (out_dir / "anthropic-guard.log").is_file():
+        mlflow.log_artifact(str(out_dir / "anthropic-guard.log"), "serve")
     return result
 
 
@@ -217,12 +264,16 @@ def _run_engine(cfg: DictConfig, backend: str, result: ServeResult) -> ServeResu
                 if name not in result.served_models:
                     _say(f"WARNING: {backend} lists models {result.served_models}, not {name!r}: clients asking "
                          "for that name will get 404")
-                mlflow.set_tags({"serve.backend": backend, "serve.command": shlex.join(result.command)[:5000],
-                                 "serve.served_models": ",".join(result.served_models)[:5000]})
-                mlflow.log_metric("serve.startup_s", srv.startup_s)
                 _say(f"{backend} ready at {srv.base_url} in {srv.startup_s:.0f} s (log: {log_path})")
-                if option(cfg.serve, "keep_running", True):
-                    _wait_for_interrupt()
+                # Claude Code sends claude-* model names: the guard asks the engine for the served one
+                with anthropic_endpoint(cfg, srv.base_url, log_path.parent, model=name) as anthropic:
+                    result.anthropic = {k: v for k, v in anthropic.items() if k != "guard_pid"}
+                    mlflow.set_tags({"serve.backend": backend, "serve.command": shlex.join(result.command)[:5000],
+                                     "serve.served_models": ",".join(result.served_models)[:5000],
+                                     "serve.anthropic_base_url": str(anthropic.get("base_url"))})
+                    mlflow.log_metric("serve.startup_s", srv.startup_s)
+                    if option(cfg.serve, "keep_running", True):
+                        _wait_for_interrupt()
         finally:
             if log_path.is_file():
                 mlflow.log_artifact(str(log_path), "serve")
