@@ -26,7 +26,7 @@ def command(port: int, host: str = "127.0.0.1") -> list[str]:
 
 
 def runs_url(base: str, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
-    """`base/#/experiments/<id>/runs` for the experiment (every experiment of the store is marked as holding runs,
+    """`base/#/experiments/<id>/runs?workflowType=machine_learning` for the experiment (every experiment of the store is marked as holding runs,
     so the UI opens them on the runs table too); the experiment list when it does not exist yet."""
     import mlflow
 
@@ -38,7 +38,9 @@ def runs_url(base: str, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
     for exp in exps:
         tracking.mark_runs_experiment(client, exp)
     found = next((e for e in exps if e.name == experiment), None)
-    return f"{base}/#/experiments/{found.experiment_id}/runs" if found else f"{base}/#/experiments"
+    # workflowType: the UI's "Model training" side (its GenAI side lists training runs as "Evaluation runs")
+    return (f"{base}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning" if found
+            else f"{base}/#/experiments?workflowType=machine_learning")
 
 
 def main(argv: list[str] | None = None) -> None:
