@@ -51,7 +51,8 @@ setup: system $(STAMP) llama-cpp models ## Debian packages, .venv with pinned pa
 test: setup ## run the default test tier (fast, CPU)
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
-test-full: setup ## run every CPU test, slow ones included
+test-full: setup ## run every CPU test, slow ones included (installs chromium for the MLflow UI browser test)
+	CARDFORGE_SLOW_TESTS=1 bash scripts/setup_system.sh
 	$(VPY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 bench-train: setup ## GPU: LoRA step throughput, 27B architecture (random weights), plain transformers+PEFT vs cardforge (ARGS="--seq 4096")

@@ -6,6 +6,9 @@
 # python3: the interpreter the sandbox runs, from /usr; the host venv/pyenv python is never bound inside.
 set -euo pipefail
 PKGS=(bubblewrap util-linux libseccomp2 python3)
+# chromium: only for the slow test that looks at the MLflow UI in a real headless browser (make test-full sets
+# CARDFORGE_SLOW_TESTS=1; without it that test skips)
+[ "${CARDFORGE_SLOW_TESTS:-0}" = 1 ] && PKGS+=(chromium)
 missing=()
 for p in "${PKGS[@]}"; do
   # dpkg-query is exact about "installed" (a removed-but-configured package still has an entry)
