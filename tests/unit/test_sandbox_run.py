@@ -282,3 +282,11 @@ def test_cgroups_of_a_dead_host_process_are_swept():
         for d in [*stale, live]:
             if d.exists():
                 d.rmdir()
+
+
+def test_the_command_inherits_no_host_fd():
+    # bwrap's status pipe and the seccomp memfd stay with bwrap: the command holds stdin/out/err only
+    r = run_sandboxed(["sh", "-c", "ls /proc/self/fd; for f in /proc/1/fd/*; do readlink $f; done"], stdin="x")
+    fds = [x for x in r.stdout.split() if x.isdigit()]
+    assert fds == ["0", "1", "2", "3"], r.stdout  # 3: ls's own directory fd
+    assert not any("memfd" in line or "seccomp" in line for line in r.stdout.splitlines()), r.stdout
