@@ -45,6 +45,7 @@ def test_every_fault_is_recorded_and_the_run_completes(tmp_path, think_tags):
     assert (ok["finish_reason"], ok["parsed"], ok["correct"], ok["attempts"]) == ("stop", "B", True, 1)
     assert ok["reasoning"] == "Let me think about the choices." and ok["answer"].endswith("Answer: B")
     assert "Answer" not in ok["reasoning"] and ok["completion_tokens"] == 12 and ok["ttft_s"] <= ok["latency_s"]
+    assert ok["reasoning_tokens"] == (None if think_tags else 1)  # streamed reasoning chunks; <think> in content: unknown
     assert ok["prompt_hash"] and ok["timings"]["draft_n"] == 0
     assert by["q1"]["finish_reason"] == "error" and "timeout" in by["q1"]["error"]
     assert by["q2"]["finish_reason"] == "error" and "HTTP 500" in by["q2"]["error"]

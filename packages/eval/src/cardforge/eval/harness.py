@@ -75,7 +75,8 @@ def make_record(q: Question, c: Completion, parse: Parser, opts: HarnessOptions,
         "sampling_hash": opts.sampling_hash, "reasoning": c.reasoning, "answer": c.content,
         "parsed": parsed, "gold": q.gold, "correct": parsed is not None and parsed == q.gold,
         "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-        "completion_tokens": c.completion_tokens, "latency_s": c.latency_s, "ttft_s": c.ttft_s,
+        "completion_tokens": c.completion_tokens, "reasoning_tokens": c.reasoning_tokens, "latency_s": c.latency_s,
+        "ttft_s": c.ttft_s,
         "error": c.error, "attempts": c.attempts, "attempt_errors": c.errors, "timings": c.timings,
     }
 
