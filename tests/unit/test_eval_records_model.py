@@ -91,3 +91,32 @@ def test_endpoint_id_names_what_a_vllm_or_sglang_server_serves(tmp_path):
         assert model_id(Target("distill", endpoint=url)) != first
     finally:
         srv.shutdown()
+
+
+def test_one_appender_for_records_and_trajectories(tmp_path):
+    """eval records, the MTP sequences and the teacher's spend ledger use core.chat.jsonl's appender: a torn
+    last line (a writer killed mid-write) is skipped by readers and cut off by the next append."""
+    import multiprocessing
+
+    from cardforge.core.chat import jsonl
+    from cardforge.eval import records
+
+    assert records.append_record is jsonl.append_record and records.read_records is jsonl.read_records
+    out = tmp_path / "r.jsonl"
+    append_record(out, _rec("q0"))
+    with open(out, "ab") as f:
+        f.write(b'{"id": "q1", "prompt_ha')  # torn
+    assert [r["id"] for r in records.read_records(out)] == ["q0"]
+    torn = append_record(out, _rec("q2"))
+    assert torn is not None and torn.size == len(b'{"id": "q1", "prompt_ha')
+    assert [r["id"] for r in records.read_records(out)] == ["q0", "q2"]
+    with multiprocessing.get_context("fork").Pool(4) as pool:  # concurrent writers take turns: whole lines
+        pool.starmap(append_record, [(out, _rec(f"p{i}", answer="x" * 5000)) for i in range(40)])
+    got = records.read_records(out)
+    assert len(got) == 42 and {r["id"] for r in got} >= {f"p{i}" for i in range(40)}
+    try:
+        append_record(out, ["not", "a", "dict"])
+    except TypeError as e:
+        assert "dict" in str(e)
+    else:
+        raise AssertionError("a list must be refused")
