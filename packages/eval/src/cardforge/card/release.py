@@ -298,6 +298,20 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
         fname = src.name if not prefix else f"{prefix}{'-MTP' if '-MTP-' in src.name else ''}-{key.removeprefix('base:')}.gguf"
         main.items.append(Item(f"gguf/{fname}", "quant", quant.run_id, source=src))
         main.checks.append(("gguf", f"gguf/{fname}"))
+    vision = _has_vision(model_dir)
+    if vision and ggufs:
+        mmproj = (qres.get("mmproj") or {}).get("path")
+        if not mmproj or not Path(mmproj).is_file():
+            main.notes.append(f"gguf/ mmproj: the vision projector was not produced by quant run {quant.run_id[:8]} "
+                              "(llama-server cannot read images with the tiers alone)")
+        else:
+            # llama.cpp's convention: the projector beside the text GGUFs, its name starting with mmproj
+            fname = Path(mmproj).name if not prefix else f"mmproj-{prefix}-BF16.gguf"
+            _recorded_size("mmproj", qres["mmproj"], Path(mmproj).stat().st_size, quant)
+            main.items.append(Item(f"gguf/{fname}", "quant", quant.run_id, source=Path(mmproj)))
+            plan.notes.append(f"gguf/{fname}: the vision projector (llama-server -m <tier>.gguf --mmproj {fname})"
+                              + ("; quant run answered an image request with it" if qres["mmproj"].get("vision_ok")
+                                 else ""))
     plan.repos.append(main)
 
     # FP8 and NVFP4: the quant stage's checkpoint dirs, each a repository of its own
@@ -326,6 +340,8 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
     ):
         rname = name + SUFFIX[key]
         repo = Repo(key, rname, *_repo_ids(cfg, key, rname))
+        if vision:  # the card: "attention / Mamba / vision / embeddings / lm_head ... kept high-precision"
+            what += " The vision tower (`model.visual.*`) stays BF16 and is listed as unquantized."
         repo.items.append(Item("README.md", "release", None, data=_readme(plan, repo, main, what)))
         built = [k for k, sub in tiers if checkpoint(repo, k, sub)]
         if not built:
@@ -336,6 +352,12 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
                        for k, sub in tiers if k not in built]
         plan.repos.append(repo)
     return plan
+
+
+def _has_vision(model_dir: Path) -> bool:
+    """A vision-language checkpoint (the real Qwen3.5/3.6 layout): its config names a vision tower."""
+    cfg = Path(model_dir) / "config.json"
+    return cfg.is_file() and "vision_config" in json.loads(cfg.read_text())
 
 
 # --- checks, assembly, manifest ---
