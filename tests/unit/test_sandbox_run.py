@@ -290,3 +290,32 @@ def test_the_command_inherits_no_host_fd():
     fds = [x for x in r.stdout.split() if x.isdigit()]
     assert fds == ["0", "1", "2", "3"], r.stdout  # 3: ls's own directory fd
     assert not any("memfd" in line or "seccomp" in line for line in r.stdout.splitlines()), r.stdout
+
+
+def test_a_pure_cgroup_v2_host_gets_memory_max_pids_max_and_kill(tmp_path, monkeypatch):
+    """This machine binds memory/pids to cgroup v1, so the v2 controller path runs here against a stand-in
+    tree: controllers already delegated, as a v2 root holds them (the files the kernel would create)."""
+    from cardforge.core.sandbox import cgroup
+
+    root = tmp_path / "cg"
+    parent = root / cgroup.PREFIX
+    parent.mkdir(parents=True)
+    for d in (root, parent):
+        (d / "cgroup.controllers").write_text("cpu memory pids\n")
+        (d / "cgroup.subtree_control").write_text("memory pids\n")
+    (parent / "cgroup.procs").write_text("")
+    (parent / "cgroup.kill").write_text("")
+    monkeypatch.setattr(cgroup, "_mounts", lambda: [(str(root), "cgroup2", set())])
+    monkeypatch.setattr(cgroup, "_own_paths", lambda: {"": "/"})
+    layout = cgroup.Layout.probe.__wrapped__()
+    assert layout.v2_parent == parent and layout.v2_controllers == {"memory", "pids"} and not layout.v1_parents
+    assert layout.describe() == "cgroup v2 cgroup.kill; cgroup v2 memory.max; cgroup v2 pids.max"
+    cg = cgroup.CallCgroup(layout, 300 << 20, 7)
+    leaf = cg.v2
+    assert {f: (leaf / f).read_text() for f in ("memory.max", "memory.swap.max", "memory.oom.group", "pids.max")} == {
+        "memory.max": str(300 << 20), "memory.swap.max": "0", "memory.oom.group": "1", "pids.max": "7"}
+    assert cg.procs_files() == [str(leaf / "cgroup.procs")]
+    cg.kill()
+    assert (leaf / "cgroup.kill").read_text() == "1"
+    (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert cg.oom_killed()

@@ -114,11 +114,17 @@ class Layout:
                             continue
                     if not (parent / "cgroup.kill").exists():  # kernel < 5.14: no cgroup.kill
                         continue
+                    # a child's cgroup.controllers = its parent's subtree_control: delegate what the parent
+                    # has (fails with EBUSY where the parent holds processes and is not the root: then only
+                    # the kill applies there, and the root is tried next)
+                    up = parent.parent
+                    want = set((up / "cgroup.controllers").read_text().split()) & {"memory", "pids"}
+                    missing = want - set((up / "cgroup.subtree_control").read_text().split())
+                    if missing:
+                        _write(up / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
                     avail = set((parent / "cgroup.controllers").read_text().split()) & {"memory", "pids"}
-                    if avail - set((parent.parent / "cgroup.subtree_control").read_text().split()):
-                        _write(parent.parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in avail))
-                        avail = set((parent / "cgroup.controllers").read_text().split()) & {"memory", "pids"}
-                    for c in avail:  # parent holds no process, so delegating to its leaves is allowed
+                    have = set((parent / "cgroup.subtree_control").read_text().split())
+                    for c in sorted(avail - have):  # parent holds no process: delegating to its leaves is allowed
                         _write(parent / "cgroup.subtree_control", f"+{c}")
                     enabled = set((parent / "cgroup.subtree_control").read_text().split()) & {"memory", "pids"}
                 except OSError:
