@@ -456,3 +456,41 @@ def test_packed_batch_without_cardforge_kernels_is_refused():
     batch = packing.collate_packed([packing.PackedRow(tuple(_packed_samples([5, 6], 1000)))], 0, 16)
     with pytest.raises(RuntimeError, match="trainer.kernels=cardforge"):
         masked_lm_loss(model, batch)
+
+
+@pytest.mark.slow
+def test_compiled_layers_compile_packed_rows_once():
+    """Packed rows of one length are one shape: two different packings (different sample counts and boundaries)
+    through compiled layers with the scan op reuse the same 2 graphs (one per layer kind) and give the eager
+    kernels' loss and LoRA gradients."""
+    import torch._dynamo.utils as dynamo_utils
+
+    from cardforge.train import packing
+    from cardforge.train.module import masked_lm_loss
+
+    model = _small_lora_model()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    backbone = model.get_base_model()
+    packings = [[30, 64, 1, 20], [100, 7]]
+    results = {}
+    for spec in ("cardforge+scanop", "cardforge+layers+scanop"):
+        v = bench.parse_variant(spec)
+        bench.configure(model, v)
+        dynamo_utils.counters.clear()
+        for i, lengths in enumerate(packings):
+            batch = packing.collate_packed([packing.PackedRow(tuple(_packed_samples(lengths, SMALL["vocab_size"],
+                                                                                     seed=i)))], 0, 128)
+            loss, _ = masked_lm_loss(backbone, batch, chunked_ce=True)
+            loss.backward()
+            results[spec, i] = (loss.detach(), {n: p.grad.clone() for n, p in bench.lora_params(model).items()})
+            model.zero_grad(set_to_none=True)
+        if v.layers:
+            assert dynamo_utils.counters["stats"]["unique_graphs"] == 2, dict(dynamo_utils.counters["stats"])
+    fast.disable(model)
+    for i in range(len(packings)):
+        (l0, g0), (l1, g1) = results["cardforge+scanop", i], results["cardforge+layers+scanop", i]
+        torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+        for n in g0:
+            torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=f"packing {i}: {n}")
