@@ -457,7 +457,8 @@ def _run_tiers(cfg: DictConfig, out_dir: Path) -> dict[str, dict]:
 
     out: dict[str, dict] = {}
     for tier in cfg.eval.tiers:
-        tcfg = OmegaConf.merge(cfg, {"eval": {"quant_tier": str(tier), "tiers": []}})
+        # the proof suite's invented-observation probe runs at the main tier only (it doubles a model's requests)
+        tcfg = OmegaConf.merge(cfg, {"eval": {"quant_tier": str(tier), "tiers": [], "proof_probe": False}})
         tlist = targets(tcfg)
         mlflow.set_tags({f"eval.tier.{tier}.{t.label}": str(t.endpoint or t.gguf) for t in tlist})
         out[str(tier)], _ = _run_suites(tcfg, out_dir / "tiers" / str(tier), tlist, str(cfg.paths.root),
