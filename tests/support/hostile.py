@@ -255,7 +255,7 @@ PY_CASES: list[HostileCase] = [
         unsupported=_only("python"), needs="root", plain_only=True),
     HostileCase(
         "inode_exhaustion", "60,000 empty files in the workspace: entries, not bytes",
-        _expect(out=("BLOCKED inodes",)), limits={"timeout_s": 60}, max_duration_s=70, slow=True,
+        _expect(out=("BLOCKED inodes",)), limits={"timeout_s": 20}, max_duration_s=25,
         unsupported=_only("bash"), needs="root", plain_only=True),
     HostileCase(
         "special_files", "a 1200-deep tree, links to host paths, loops, a fifo, a socket, mode-000 entries, "
