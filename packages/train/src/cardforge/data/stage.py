@@ -178,7 +178,10 @@ def run(cfg: DictConfig) -> DataResult:
 
     t0 = time.monotonic()
     d, out = cfg.data, out_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    from cardforge.core.io import preflight_output
+
+    # before the teacher starts: a read-only or full disk is one line, not a traceback after the first sample
+    preflight_output(out, 16 << 20, stage="data")
     with tracking.stage_run(cfg, "data") as run_:
         tasks = load_tasks(list(d.sources), int(d.num_samples) or None, int(d.seed))
         accepted, rejected = _prepare_files(cfg, out)
