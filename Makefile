@@ -67,7 +67,7 @@ test-gpu: setup ## run the gpu-marked tests (needs CUDA)
 reproduce: setup ## the whole pipeline under one MLflow run (EXP=tiny|smollm2_demo|qwen36_27b_card; FORCE=1 reruns all)
 	$(VPY) -m cardforge.pipeline experiment=$(EXP) $(if $(FORCE),'force=[all]') $(ARGS)
 
-plan: $(STAMP) ## print the pipeline plan for EXP (stages, commands, GPU/disk needs, what is missing here); runs nothing
+plan: $(STAMP) ## print the pipeline plan for EXP (stages, commands, GPU/disk needs, teacher tokens + cost, what is missing here); runs nothing
 	$(VPY) -m cardforge.pipeline experiment=$(EXP) plan=true $(ARGS)
 
 data: setup ## data stage: teacher ReAct trajectories -> JSONL

@@ -65,6 +65,14 @@ def test_tool_choice_tool_forwards_only_that_tool_required(guarded):
     assert [b.name for b in msg.content] == ["run_bash"]
 
 
+def test_tool_choice_any_forwards_every_tool(guarded):
+    engine, url = guarded
+    msg = client(url).messages.create(model="m", max_tokens=50, tools=TOOLS, messages=user("MODE=tool_use"),
+                                      tool_choice={"type": "any"})
+    assert engine.seen[-1]["tools"] == TOOLS and engine.seen[-1]["tool_choice"] == {"type": "any"}
+    assert msg.stop_reason == "tool_use" and [b.type for b in msg.content] == ["tool_use"]
+
+
 def test_tool_choice_none_forwards_no_tools(guarded):
     engine, url = guarded
     msg = client(url).messages.create(model="m", max_tokens=50, tools=TOOLS, messages=user("MODE=tool_use"),
