@@ -3,11 +3,10 @@
 A sample is `(input_ids, loss_mask)`: the mask is 1 exactly on the tokens the model must learn to emit (its
 own reasoning, tool calls, answer and end-of-turn); tool results and prompts are context only.
 
-Batching is right padding + attention_mask, not packing: transformers' qwen3_5 Gated DeltaNet layers keep
-cross-sample state apart only through `cu_seq_lens_*` with the flash-linear-attention kernels; on the
-PyTorch reference path (CPU, and the GPU without fla) a packed row would carry recurrent state from one
-sample into the next. Right padding cannot leak into a causal model's real tokens (pads come after them)
-and the GDN layer zeroes padded states itself.
+Batching is right padding + attention_mask by default (one sample per row; right padding cannot leak into a causal
+model's real tokens, and the GDN layer zeroes padded states itself). `TrainDataModule(pack_length=N)` packs several
+samples per row instead (`cardforge.train.packing`: exact sample boundaries in attention, the Gated DeltaNet state
+and its conv1d, through cardforge's kernels; transformers' own PyTorch GDN path would carry state across samples).
 """
 
 from __future__ import annotations
