@@ -240,7 +240,8 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
                             "a packed row must hold the longest sample; raise trainer.pack_length")
         if tc.compile_layers:  # packed rows: one length
             configure_compile(tc, pack or cfg.data.max_seq_len, pack or pad_multiple)
-        n_gdn = fast.enable(model, compile=tc.compile_gdn, layers=tc.compile_layers and not offload)
+        n_gdn = fast.enable(model, compile=tc.compile_gdn, layers=tc.compile_layers and not offload,
+                            scan_op=bool(tc.compile_layers))  # compiled: the scan as one op, any length
         log.info("trainer.kernels=cardforge: GDN kernel on %d layers, fused LoRA forward, chunked cross-entropy%s",
                  n_gdn, "; decoder layers compiled, batches padded to " + (
                      f"a multiple of {pad_multiple}" if pad_multiple else "geometric length buckets")

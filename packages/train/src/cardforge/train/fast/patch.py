@@ -113,11 +113,15 @@ def uncompile_layers(model: torch.nn.Module) -> None:
 
 
 def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False, layers: bool = False,
-           scan_op: bool = False) -> int:
+           scan_op: bool | None = None) -> int:
     """Patch every Gated DeltaNet module of `model` (PEFT-wrapped or not) and, with `lora`, PEFT's LoRA Linear
     layers; `compile`: the GDN core through torch.compile (fuses its fp32 elementwise work); `layers`: every
     decoder layer through torch.compile (`compile_layers`; includes the GDN core); `scan_op`: the GDN state scan
-    as the `cardforge::gdn_state_scan` op (`gdn.state_scan`). Returns the number of GDN modules patched."""
+    as the `cardforge::gdn_state_scan` op (`gdn.state_scan`); None = on with compiled layers (their graphs then
+    stay the same size at any length instead of unrolling one scan step per 64 tokens). Returns the number of GDN
+    modules patched."""
+    if scan_op is None:
+        scan_op = layers
     mods = _gdn_modules(model)
     for m in mods:
         missing = [n for n in _NEEDED if not hasattr(m, n)]
