@@ -72,6 +72,12 @@ def test_the_whole_tiny_chain_compiles_a_card_with_tables_and_run_ids(chain):
     assert re.search(r"^\| gpqa_diamond \|", text, re.M) and re.search(r"^\| mmlu \|", text, re.M)
     assert re.search(r"^\| `Q4_K_M", text, re.M)  # the per-quant table
     assert "**Not measured" not in text
+    import json
+
+    from cardforge.card import audit
+
+    values = json.loads((tmp / "out" / "card" / "card.json").read_text())["values"]
+    assert audit.audit(text, values, client) == len(audit.numbers(text)) > 100  # the exact audit, full settings
     print(f"\nwhole tiny chain: {seconds:.0f} s")
 
 
