@@ -76,14 +76,53 @@ def _teacher_line(cfg: DictConfig) -> str:
             f"cost ~{cost} ({e['how']}); data.budget: {', '.join(limits) or 'none'}")
 
 
+def checkpoint_layout(cfg: DictConfig) -> dict | None:
+    """The base checkpoint's real layout, when its config.json is known without the weights (an embedded model,
+    a local model.path, or Qwen3.6-27B): parameters per part, the LoRA modules on the real names, training
+    memory floor (cardforge.core.models.layout) and each output's size by the writers' own module rules
+    (cardforge.quant.sizes). None otherwise (the plan then estimates from model.params_b)."""
+    from cardforge.core.models import layout
+
+    config = layout.known_config(cfg.model)
+    if config is None:
+        return None
+    facts = layout.plan_facts(config, list(cfg.lora.target_modules), int(cfg.lora.r), str(cfg.trainer.optimizer),
+                              weight_bytes=2 if "bf16" in str(cfg.trainer.precision) else 4)
+    try:
+        from cardforge.quant import sizes
+    except ImportError:  # the quant package not installed: sizes from params_b
+        return facts
+    bpw = {t: GGUF_BPW.get(t, 8) for t in ["BF16", *[t.tier.value for t in cfg.quant.gguf_tiers]]}
+    facts["sizes"] = sizes.estimate(layout.inventory(config), bpw, int(cfg.quant.fp8_block))
+    return facts
+
+
+def _lora_line(facts: dict, r: int) -> str:
+    mods = facts["lora_modules"]
+    by_count: dict[int, list[str]] = {}
+    for t, n in mods.items():
+        by_count.setdefault(n, []).append(t)
+    kinds = "; ".join(f"{'/'.join(ts)} x{n}" for n, ts in by_count.items())
+    return (f"LoRA r{r} on {sum(mods.values())} language-model modules ({kinds}; none in the vision tower): "
+            f"{facts['lora_params'] / 1e6:,.1f}M params, adapter {_gb(facts['adapter_bytes'] / 1e9)}; loads the text "
+            f"view, {facts['text_view_params'] / 1e9:.2f}B params; memory floor {_gb(facts['train_floor_bytes'] / 1e9)} "
+            "(base weights + fp32 LoRA, grads, optimizer) + activations")
+
+
 def plan(cfg: DictConfig) -> list[tuple[str, str, str]]:
     """(stage, command, needs) rows, one per stage this invocation chains (the mtp row only with mtp.enabled)."""
-    p = cfg.model.params_b
+    facts = checkpoint_layout(cfg)
+    p = facts["params"]["total"] / 1e9 if facts else cfg.model.params_b
+    size = (facts or {}).get("sizes", {})
     exp = cfg.experiment
     gpu = needs_gpu(cfg)
-    bf16 = 2 * p
+    bf16 = size["BF16"] / 1e9 if size else 2 * p
     tiers = [t.tier.value for t in cfg.quant.gguf_tiers]
-    gguf = sum(_gguf_gb(t, p) for t in tiers) + bf16  # the BF16 GGUF is the tiers' source
+
+    def tier_gb(t: str) -> float:
+        return size[f"GGUF-{t}"] / 1e9 if f"GGUF-{t}" in size else _gguf_gb(t, p)
+
+    gguf = sum(tier_gb(t) for t in tiers) + tier_gb("BF16") + size.get("mmproj", 0) / 1e9  # BF16 = the tiers' source
     teacher = f"{cfg.teacher.kind.value} `{cfg.teacher.model}`" + (f" at {cfg.teacher.base_url}" if cfg.teacher.base_url else "")
     embedded = [n for n, on in ((cfg.model.name, cfg.model.embedded),
                                 (cfg.teacher.model, cfg.teacher.kind.value == "embedded")) if on]
@@ -91,35 +130,49 @@ def plan(cfg: DictConfig) -> list[tuple[str, str, str]]:
               else "nothing to build (no embedded model)")
     if not cfg.model.embedded:
         models += f"; base weights at model.path={cfg.model.path}: {_gb(bf16)} on disk"
+    if facts:
+        parts = facts["params"]
+        models += ("; layout: " + ", ".join(f"{k} {v / 1e9:.3f}B" for k, v in parts.items() if k != "total")
+                   + f" params ({parts['total'] / 1e9:.2f}B)")
     if gpu:
-        train = (f"GPU for LoRA r{cfg.lora.r} on {p:g}B (27B measured: 102.6 GiB peak at seq 4096 with plain "
+        train = (f"GPU for LoRA r{cfg.lora.r} on {p:.3g}B (27B measured: 102.6 GiB peak at seq 4096 with plain "
                  f"transformers+PEFT on one H200); base weights {_gb(bf16)}")
     else:
-        train = f"CPU ({cfg.trainer.precision}) for LoRA r{cfg.lora.r} on {p:g}B; base weights {_gb(bf16)}"
+        train = f"CPU ({cfg.trainer.precision}) for LoRA r{cfg.lora.r} on {p:.3g}B; base weights {_gb(bf16)}"
+    if facts:
+        train += "; " + _lora_line(facts, int(cfg.lora.r))
     rows = [
         ("models", f"python -m cardforge.pipeline experiment={exp} until=models", models),
         ("data", f"python -m cardforge.data experiment={exp}",
          f"teacher {teacher} ({cfg.data.num_samples} samples, tool results {cfg.data.tool_results.value}); sandbox; "
          + _teacher_line(cfg)),
         ("train", f"python -m cardforge.train experiment={exp}", train),
-        ("merge", f"python -m cardforge.train.merge experiment={exp}", f"CPU RAM ~{_gb(bf16)}; disk {_gb(bf16)}"),
+        ("merge", f"python -m cardforge.train.merge experiment={exp}",
+         f"CPU, one shard at a time (the base's own shards); disk {_gb(bf16)} in the base's layout"
+         + (" (tower and MTP head byte-identical)" if size.get("mmproj") else "")),
     ]
     m = cfg.mtp
     if m.enabled:
         where = (f"GPU: the frozen trunk in {m.dtype} (~{_gb(bf16)} of weights) generates and trains the MTP head"
                  if gpu else f"CPU ({m.dtype}): the frozen trunk generates and trains the MTP head")
-        bench = (f"; bench: both heads as {m.bench_tier} GGUF (~{_gb(2 * _gguf_gb(str(m.bench_tier), p))}) on "
+        bench = (f"; bench: both heads as {m.bench_tier} GGUF (~{_gb(2 * tier_gb(str(m.bench_tier)))}) on "
                  "llama-server" if m.bench else "")
         rows.append(("mtp", f"python -m cardforge.train.mtp experiment={exp}",
                      f"{where}; {m.num_prompts} prompts x {m.samples_per_prompt} continuations of "
                      f"{m.max_new_tokens} tokens, {m.steps} steps; disk: the merged files hard-linked + the new "
                      f"mtp.* shard{bench}"))
+    if size:
+        fp8, nv = _gb(size["FP8"] / 1e9), ", ".join(f"{k.removeprefix('NVFP4-')} ~{_gb(v / 1e9)}"
+                                                    for k, v in size.items() if k.startswith("NVFP4-"))
+        mm = f" + mmproj ~{_gb(size['mmproj'] / 1e9)}" if size.get("mmproj") else ""
+    else:
+        fp8, nv, mm = f"~{_gb(p)}", f"~{_gb(0.6 * p)} per tier", ""
     rows.append(("quant", f"python -m cardforge.quant experiment={exp}",
-                 f"GGUF {', '.join(tiers)} + BF16 source: disk ~{_gb(gguf)}; FP8 ~{_gb(p)}; NVFP4 ~{_gb(0.6 * p)} "
-                 "per tier; W4A4 calibration runs the model" + (" (GPU)" if gpu else " (CPU)")))
+                 f"GGUF {', '.join(tiers)} + BF16 source{mm}: disk ~{_gb(gguf)}; FP8 {fp8}; NVFP4 {nv}; "
+                 "W4A4 calibration runs the model" + (" (GPU)" if gpu else " (CPU)")))
     ev, tier = cfg.eval, str(cfg.eval.quant_tier)
     n_models = 2 if ev.compare_base else 1
-    serve = (f"llama-server on the {tier} GGUF (~{_gb(_gguf_gb(tier, p))}) + KV cache for {ev.concurrency} slots x "
+    serve = (f"llama-server on the {tier} GGUF (~{_gb(tier_gb(tier))}) + KV cache for {ev.concurrency} slots x "
              f"ctx {cfg.serve.ctx_size}, {'distill then base' if ev.compare_base else 'distill'}")
     rows.append(("eval", f"python -m cardforge.eval experiment={exp}",
                  (f"GPU (all layers offloaded) for {serve}" if gpu else f"CPU for {serve}")
@@ -157,7 +210,11 @@ def problems(cfg: DictConfig) -> list[str]:
         llama_cpp.converter_dir()
     except Exception as e:  # noqa: BLE001
         out.append(str(e))
-    need = 2 * cfg.model.params_b * 6  # weights, merged copy, GGUF source + tiers, FP8, NVFP4
+    size = (checkpoint_layout(cfg) or {}).get("sizes")
+    if size:  # the merged copy, the GGUF source + tiers + mmproj, FP8, NVFP4 tiers
+        need = sum(v for k, v in size.items()) / 1e9
+    else:
+        need = 2 * cfg.model.params_b * 6  # weights, merged copy, GGUF source + tiers, FP8, NVFP4
     free = shutil.disk_usage(Path(cfg.paths.outputs).anchor or "/").free / 1e9
     if need > free:
         out.append(f"disk: ~{need:.0f} GB needed under paths.outputs, {free:.0f} GB free")

@@ -140,3 +140,39 @@ def lora_targets(config: dict, targets: list[str]) -> dict[str, list[tuple[int, 
 
 def lora_parameters(config: dict, targets: list[str], r: int) -> int:
     return sum(r * (i + o) for shapes in lora_targets(config, targets).values() for i, o in shapes)
+
+
+def known_config(model_cfg) -> dict | None:
+    """The config.json a `model` config group describes, without weights: the local checkpoint's (an embedded
+    model's cache dir or model.path), else the real Qwen3.6-27B's for that name; None when unknown."""
+    import json
+    from pathlib import Path
+
+    path = str(getattr(model_cfg, "path", "") or "")
+    if path and (Path(path) / "config.json").is_file():
+        return json.loads((Path(path) / "config.json").read_text())
+    if str(model_cfg.name).startswith("Qwen3.6-27B"):
+        return qwen36_27b_config()
+    return None
+
+
+def plan_facts(config: dict, targets: list[str], r: int, optimizer: str = "paged_adamw_8bit",
+               weight_bytes: int = 2) -> dict:
+    """What the pipeline plan says about a checkpoint: parameters per part, the text view the train stage loads,
+    the LoRA modules on the real names and their parameters, and the training memory floor (weights + LoRA
+    weights, gradients and optimizer state; activations come on top). `weight_bytes`: the base's dtype, 2 for
+    bf16, 4 for fp32 (the CPU trainer)."""
+    params = parameters(config)
+    matched = lora_targets(config, targets)
+    lora = sum(r * (i + o) for shapes in matched.values() for i, o in shapes)
+    text_view = params.get("language_model", 0) + params.get("lm_head", 0) + params.get("other", 0)
+    opt_bytes = 2 if "8bit" in optimizer else 8  # AdamW moments: 8-bit paged (2 x 1 byte) or fp32 (2 x 4)
+    return {
+        "params": params,
+        "bf16_bytes": 2 * params["total"],
+        "text_view_params": text_view,
+        "lora_modules": {t: len(v) for t, v in matched.items()},
+        "lora_params": lora,
+        "adapter_bytes": 4 * lora,  # PEFT keeps (and saves) the adapter in fp32
+        "train_floor_bytes": weight_bytes * text_view + lora * (4 + 4 + opt_bytes),  # base + fp32 LoRA, grads, moments
+    }
