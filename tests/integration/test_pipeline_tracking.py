@@ -19,7 +19,7 @@ def _run(args, uri, tmp_path, experiment):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_pipeline_stops_clearly_at_a_missing_stage(mlflow_uri, mlflow_experiment, tmp_path, tiny_model_dir):
+def test_pipeline_stops_clearly_at_a_missing_stage(mlflow_uri, mlflow_experiment, tmp_path, tiny_vl_model_dir):
     from cardforge.core.config.compose import compose
     from cardforge.pipeline.run import STAGES, StageSpec, run
 
@@ -35,7 +35,7 @@ def test_pipeline_stops_clearly_at_a_missing_stage(mlflow_uri, mlflow_experiment
     assert runs["models"].data.tags["mlflow.parentRunId"] == runs["pipeline"].info.run_id
     assert runs["pipeline"].data.tags["cardforge.stages_done"] == "models"
     assert runs["pipeline"].data.tags["cardforge.stopped_at"] == "data"
-    assert runs["models"].data.params["models.tiny-qwen35-mtp.path"] == str(tiny_model_dir)
+    assert runs["models"].data.params["models.tiny-qwen36-vl-mtp.path"] == str(tiny_vl_model_dir)  # the tiny default
 
 
 def test_until_names_a_stage(tmp_path):
@@ -111,8 +111,9 @@ def test_card_preset_prints_the_plan_and_stops_clearly_without_gpu(tmp_path, mon
     # mtp/card.yaml switches the mtp stage on; it and eval run on the GPU too
     assert rows["mtp"].startswith("| mtp | `python -m cardforge.train.mtp experiment=qwen36_27b_card` | GPU: ")
     assert "2048 prompts x 2 continuations of 2048 tokens, 4000 steps" in rows["mtp"]
-    assert "| GPU (all layers offloaded) for llama-server on the Q4_K_M GGUF (~16.5 GB (15.4 GiB))" in rows["eval"]
-    assert "GPU for LoRA r64 on 27B" in rows["train"]
+    # sizes from the real checkpoint layout (tests/unit/test_plan_layout.py checks them against the card's files)
+    assert "| GPU (all layers offloaded) for llama-server on the Q4_K_M GGUF (~16.7 GB (15.6 GiB))" in rows["eval"]
+    assert "GPU for LoRA r64 on 27.8B" in rows["train"] and "LoRA r64 on 496 language-model modules" in rows["train"]
     last = err.strip().splitlines()[-1]
     assert last.startswith("cardforge pipeline: error: experiment=qwen36_27b_card cannot run on this machine: ")
     assert "no CUDA GPU visible" in last and "model.path=Qwen/Qwen3.6-27B" in last and "$DEEPSEEK_API_KEY" in last

@@ -23,14 +23,14 @@ def cmd(overrides, model, **kw) -> str:
 
 def test_llama_cpp_command_with_mtp():
     assert cmd([], "/m/tiny.gguf", port=8080) == (
-        "llama-server -m /m/tiny.gguf --host 127.0.0.1 --port 8080 --alias tiny-qwen35-mtp --jinja -c 4096 "
+        "llama-server -m /m/tiny.gguf --host 127.0.0.1 --port 8080 --alias tiny-qwen36-vl-mtp --jinja -c 4096 "
         "--metrics --no-webui --spec-type draft-mtp --spec-draft-n-max 3 --spec-draft-p-min 0.0")
 
 
 def test_llama_cpp_command_mtp_off_threads_ctx():
     got = cmd(["serve.mtp.enabled=false", "serve.threads=2", "serve.ctx_size=8192", "serve.mtp.p_min=0.5"],
               "/m/x.gguf", port=9)
-    assert got == ("llama-server -m /m/x.gguf --host 127.0.0.1 --port 9 --alias tiny-qwen35-mtp --jinja -c 8192 "
+    assert got == ("llama-server -m /m/x.gguf --host 127.0.0.1 --port 9 --alias tiny-qwen36-vl-mtp --jinja -c 8192 "
                    "--metrics --no-webui -t 2")
 
 
