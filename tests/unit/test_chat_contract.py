@@ -18,7 +18,6 @@ import unicodedata
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
 
 from cardforge.core.chat import (
     REASONS,
@@ -31,6 +30,7 @@ from cardforge.core.chat import (
 )
 from cardforge.core.chat.parse import same_value
 from cardforge.core.chat.template import QWEN35_TEMPLATE_SHA256, qwen35_template, template_sha256
+from support.chat_strategies import TOOLS, clean_text, conversations, hostile_text
 
 IM_END, THINK, END_THINK, NL, NLNL = 248046, 248068, 248069, 198, 271
 
@@ -44,78 +44,6 @@ def tok(tiny_model_dir):
     t.chat_template = qwen35_template()
     assert template_sha256(t.chat_template) == QWEN35_TEMPLATE_SHA256
     return t
-
-
-# --- generators ---
-
-TAGS = ["</parameter>", "<parameter=s>", "<parameter=zz>", "</function>", "<function=f>", "<tool_call>", "</tool_call>",
-        "<think>", "</think>", "<tool_response>", "</tool_response>", "\n", "\n\n", " ", "  ", "e\u0301", "\u0301",
-        "A\u030a", "\r\n", "\t", "🎉", "日本", "=", ">"]
-SPECIAL = ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|vision_start|>"]
-# mostly text and format tags; a special token's text now and then
-hostile_text = st.lists(st.one_of(st.text(max_size=8), st.sampled_from(TAGS), st.sampled_from(TAGS),
-                                  st.text(max_size=8).map(lambda t: t + SPECIAL[len(t) % 4] if len(t) == 7 else t)),
-                        max_size=6).map("".join)
-clean_text = st.text(st.characters(exclude_characters="<>", exclude_categories=("Cs",)), max_size=24)
-
-SCHEMAS = {  # parameter -> (its JSON schema, whether a value of each generated kind round-trips)
-    "s": {"type": "string"},
-    "i": {"type": "integer"},
-    "n": {"type": "number"},
-    "b": {"type": "boolean"},
-    "sn": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-    "tl": {"type": ["string", "null"]},
-    "inn": {"type": ["integer", "null"]},
-    "e": {"enum": ["1", "2", "x"]},
-    "c": {"const": 5},
-    "o": {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}}}},
-    "arr": {"type": "array", "items": {"type": "integer"}},
-    "oo": {"oneOf": [{"type": "integer"}, {"type": "boolean"}]},
-}
-TOOLS = [{"type": "function", "function": {"name": "f", "description": "all kinds",
-                                           "parameters": {"type": "object", "properties": SCHEMAS}}},
-         {"type": "function", "function": {"name": "g.sub-1", "parameters": {"type": "object", "properties": {
-             "s": {"type": "string"}, "i": {"type": "integer"}}}}}]
-
-
-def values(text):
-    leaf = st.one_of(st.none(), st.booleans(), st.integers(), text)
-    return {
-        "s": text, "i": st.integers(), "n": st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False)),
-        "b": st.booleans(), "sn": st.one_of(st.none(), text), "tl": st.one_of(st.none(), text),
-        "inn": st.one_of(st.none(), st.integers()), "e": st.sampled_from(["1", "2", "x"]), "c": st.just(5),
-        "o": st.fixed_dictionaries({"a": st.fixed_dictionaries({"b": text})},
-                                   optional={"extra": st.lists(leaf, max_size=3)}),
-        "arr": st.lists(st.integers(), max_size=4), "oo": st.one_of(st.integers(), st.booleans()),
-    }
-
-
-@st.composite
-def conversations(draw, text, bad_names: bool = False):
-    vals = values(text)
-    names = st.sampled_from(["f", "g.sub-1"] * 6 + (["f g", "h>", "", "k=v"] if bad_names else []))
-    msgs = []
-    if draw(st.booleans()):
-        msgs.append(Message("system", draw(text)))
-    msgs.append(Message("user", draw(text)))
-    n = 0
-    for _ in range(draw(st.integers(1, 3))):
-        calls = []
-        for _ in range(draw(st.integers(0, 2))):
-            name = draw(names)
-            params = sorted(SCHEMAS) if name == "f" else ["s", "i"]
-            keys = draw(st.lists(st.sampled_from(params), unique=True, max_size=4))
-            args = {k: draw(vals[k]) for k in keys}
-            if bad_names and draw(st.integers(0, 29)) == 0:
-                args[draw(st.sampled_from(["a b", "x>", "q=1"]))] = "v"
-            calls.append(ToolCall(name, args, f"call_{n}"))
-            n += 1
-        msgs.append(Message("assistant", draw(text), draw(st.one_of(st.just(""), text)), calls))
-        msgs += [Message("tool", draw(text), tool_call_id=c.id, name=c.name) for c in calls]
-        if not calls or draw(st.integers(0, 3)) == 0:  # a new user query: the template drops earlier reasoning
-            msgs.append(Message("user", draw(text)))
-    msgs.append(Message("assistant", draw(text), draw(st.one_of(st.just(""), text))))
-    return msgs
 
 
 # --- the property ---
@@ -202,14 +130,20 @@ def test_round_trip_is_exact_or_refused_with_a_reason(tok, msgs):
 
 @PROPERTY
 @given(msgs=conversations(clean_text))
-def test_text_without_markup_is_never_refused_unless_a_type_cannot_round_trip(tok, msgs):
+def test_text_without_markup_is_never_refused_unless_a_type_or_an_edge_cannot_round_trip(tok, msgs):
     try:
         check_encoding(tok, msgs)
     except EncodeError as e:
-        # the only refusal left: None for a parameter whose schema also allows a string (the template writes
-        # "None", which stays the string "None")
-        assert e.reason == "argument_type" and "None comes back as 'None'" in str(e), e
-        event("refused: argument_type (None under string|null)")
+        # the only refusals left: None for a parameter whose schema also allows a string (the template writes
+        # "None", which stays the string "None"), and Unicode/control whitespace at a text's ends (jinja2 trims
+        # it, llama.cpp's engine does not)
+        if e.reason == "argument_type":
+            assert "None comes back as 'None'" in str(e), e
+        else:
+            assert e.reason == "edge_whitespace", e
+            texts = [t for m in msgs for t in (m.content, m.reasoning_content)]
+            assert any(t.strip() != t.strip(" \t\n\r\v\f") for t in texts)
+        event(f"refused: {e.reason}")
     else:
         event("encoded")
 
@@ -311,3 +245,11 @@ def test_embedded_real_layout_model_carries_the_pinned_template(tiny_vl_model_di
     from cardforge.core.chat.template import checkpoint_template
 
     assert template_sha256(checkpoint_template(tiny_vl_model_dir)) == QWEN35_TEMPLATE_SHA256
+
+
+@pytest.mark.parametrize("text", ["a\xa0", "\u3000a", "a\x1f", "a \u2028"])
+def test_edges_that_engines_trim_differently_are_refused(tok, text):
+    with pytest.raises(EncodeError) as e:
+        encode_all([Message("user", text), Message("assistant", "ok")], tok, TOOLS)
+    assert e.value.reason == "edge_whitespace"
+    check_encoding(tok, [Message("user", text.strip()), Message("assistant", "ok")])  # stripped, it is fine

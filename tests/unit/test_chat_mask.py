@@ -70,9 +70,9 @@ def test_hand_checked_example(qwen):
 # --- round trip over generated multi-step trajectories (seeded: each seed is one reproducible case) ---
 
 TOOLS = [
-    {"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {
+    {"type": "function", "function": {"name": "search", "description": "Search.", "parameters": {"type": "object", "properties": {
         "query": {"type": "string"}, "limit": {"type": "integer"}, "fuzzy": {"type": "boolean"}}}}},
-    {"type": "function", "function": {"name": "run_python", "parameters": {"type": "object", "properties": {
+    {"type": "function", "function": {"name": "run_python", "description": "", "parameters": {"type": "object", "properties": {
         "code": {"type": "string"}, "timeout": {"type": "number"}, "env": {"type": "object"},
         "args": {"type": "array"}, "seed": {"type": ["integer", "null"]}}}}},
 ]
@@ -229,3 +229,16 @@ def test_react_wire_form_carries_calls_as_text_and_is_not_refused(qwen):
         trained = [seq.text[s.char_start:s.char_end] for seq in enc.sequences for s in seq.spans]
         assert "<function=python>\n<parameter=code>\nprint(1)\n</parameter>" in trained[0]
         assert "<tool_response>\n1\n</tool_response>" not in "".join(trained)
+
+
+def test_tools_render_in_the_form_llama_server_hands_the_template(qwen):
+    from cardforge.core.chat.mask import serving_tools
+
+    bare = [{"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}, "strict": True},
+            {"type": "function", "function": {"name": "g", "description": None}}]
+    assert serving_tools(bare) == [
+        {"type": "function", "function": {"name": "f", "description": "", "parameters": {
+            "type": "object", "properties": {"x": {"type": "string"}}}}},
+        {"type": "function", "function": {"name": "g", "description": "", "parameters": {}}}]
+    seq = encode_all([Message("user", "q"), Message("assistant", "a", "r")], qwen, bare).sequences[0]
+    assert '{"type": "function", "function": {"name": "g", "description": "", "parameters": {}}}' in seq.text

@@ -61,7 +61,8 @@ async def run_sample(task: Task, k: int, teacher: Teacher, session, opts: Option
     check its final state (the eval's agentic suite does)."""
     t0 = time.monotonic()
     timings = Timings()
-    messages = [Message("system", task.system), Message("user", task.prompt)]
+    # texts stripped as the chat template trims them (Python's and llama.cpp's trim differ on Unicode spaces)
+    messages = [Message("system", task.system.strip()), Message("user", task.prompt.strip())]
     wire = [{"role": "system", "content": tools_prompt(task.system, task.tools)},
             {"role": "user", "content": task.prompt}]
     allowed = [t["function"]["name"] for t in task.tools]
@@ -134,6 +135,7 @@ async def run_sample(task: Task, k: int, teacher: Teacher, session, opts: Option
                 break
             obs = sim.content.strip()
         timings.tools_s += time.monotonic() - t1
+        obs = obs.strip()  # as the template trims it: the same text in training and in any engine's render
         messages.append(Message("tool", obs, tool_call_id=call.id, name=call.name))
         wire += [{"role": "assistant", "content": "\n\n".join(p for p in (parsed.content, call_xml(call)) if p)},
                  {"role": "user", "content": f"<tool_response>\n{obs}\n</tool_response>"}]

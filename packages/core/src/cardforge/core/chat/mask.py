@@ -61,6 +61,8 @@ REASONS = {
     "no_end_of_turn": "an assistant turn renders without the end-of-turn token",
     "no_assistant_turn": "nothing to train: no assistant message",
     "too_long": "no assistant turn fits max_len with its context",
+    "edge_whitespace": "text starts or ends with Unicode/control whitespace (\\xa0, \\u3000, \\x1f, ...) that "
+                       "jinja2 trims and llama.cpp's template engine does not",
     "special_token_in_text": "a message holds a special token's text (<|im_end|>, <|im_start|>, ...)",
     "think_tag_in_reasoning": "reasoning holds <think> or </think> (the reasoning block would end early)",
     "content_starts_with_think": "assistant content starts with <think> (reads as a reasoning block)",
@@ -75,6 +77,7 @@ REASONS = {
     "round_trip": "parsing the rendered turn does not give the message back",
     "decode_mismatch": "decode(tokens) differs from the rendered text",
 }
+ASCII_SPACE = " \t\n\r\v\f"  # what llama.cpp's jinja `trim` removes (C isspace); Python's strip removes more
 ARGUMENT_MARKUP = (PARAM_CLOSE, PARAM_PREFIX, FN_CLOSE, FN_PREFIX, CALL_CLOSE)
 CONTENT_MARKUP = (CALL_OPEN, CALL_CLOSE, FN_PREFIX)
 
@@ -160,7 +163,7 @@ def encode_all(
     messages = nfc(as_template_messages(conversation))
     if tools is None and isinstance(conversation, Trajectory):
         tools = conversation.tools
-    tools = nfc(tools) if tools else None
+    tools = serving_tools(nfc(tools)) if tools else None
     eot = end_of_turn or tokenizer.eos_token
     if not eot:
         raise EncodeError("the tokenizer has no eos_token; pass end_of_turn='<|im_end|>' (the end-of-turn token)")
@@ -222,6 +225,26 @@ def encode_all(
     return Encoding(sequences, len(assistant), dropped)
 
 
+def serving_tools(tools: list[dict] | None) -> list[dict] | None:
+    """Tools in the form a server renders them: llama-server parses each OpenAI tool and hands the template
+    {"type": "function", "function": {"name", "description" ("" when absent), "parameters" ({} when absent)}},
+    dropping other keys (e.g. "strict"); bare {"name", "parameters"} schemas get the same wrapper. Training
+    renders this form, so a tool without a description is the same text in training and serving
+    (tests/integration/test_chat_contract_llama_server.py)."""
+    if not tools:
+        return tools
+    out = []
+    for tool in tools:
+        fn = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            out.append(tool)  # not a function tool: left for the template to render or refuse
+            continue
+        params = fn.get("parameters", fn.get("input_schema"))
+        out.append({"type": "function", "function": {"name": fn["name"], "description": fn.get("description") or "",
+                                                      "parameters": params if isinstance(params, dict) else {}}})
+    return out
+
+
 def encode(
     conversation: Trajectory | Sequence[Message | dict],
     tokenizer: Any,
@@ -254,6 +277,10 @@ def check_messages(messages: list[dict], special: Sequence[str] = ("<|im_start|>
         reasoning = m.get("reasoning_content") if isinstance(m.get("reasoning_content"), str) else ""
         for where, text in (("content", content), ("reasoning", reasoning)):
             _no_special(i, where, text, special)
+            if text.strip() != text.strip(ASCII_SPACE):
+                raise EncodeError(f"message {i}: {where} starts or ends with whitespace other than space, tab, CR, LF, "
+                                  "VT, FF (jinja2's trim removes it, llama.cpp's does not); strip it",
+                                  "edge_whitespace")
         if role == "assistant":
             if THINK_OPEN in reasoning or THINK_CLOSE in reasoning:
                 raise EncodeError(f"message {i}: reasoning holds {THINK_OPEN} or {THINK_CLOSE}",
