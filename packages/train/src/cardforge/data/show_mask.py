@@ -1,6 +1,6 @@
 """Show which tokens of a trajectory the loss trains on.
 
-Run as: python -m cardforge.data show-mask FILE [--index N] [--html OUT.html] [--model tiny-qwen35-mtp]
+Run as: python -m cardforge.data show-mask FILE [--index N] [--html OUT.html] [--model tiny-qwen36-vl-mtp]
 
 The terminal view prints the rendered sample with trained tokens (loss_mask 1) in green and the rest
 dimmed (without colors, e.g. piped, trained runs are wrapped in ⟦ ⟧); `--html` writes the same view as one self-contained page (each token a span whose tooltip gives
@@ -30,7 +30,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("file", type=Path, help="trajectory JSONL")
     p.add_argument("--index", type=int, default=0, help="which record (0-based; default 0)")
     p.add_argument("--html", type=Path, help="also write an HTML view here")
-    p.add_argument("--model", default="tiny-qwen35-mtp", help="embedded model name or tokenizer dir")
+    p.add_argument("--model", default="tiny-qwen36-vl-mtp",
+                   help="embedded model name or tokenizer dir (default: the tiny default, the base's Qwen3.5 template)")
     p.add_argument("--max-len", type=int, default=None, help="truncate as training would")
     return p.parse_args(argv)
 
