@@ -69,7 +69,7 @@ def test_cli_missing_data_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"cardforge train: error: {tmp_path}/data/trajectories.jsonl does not exist: run the data stage first "
-        "(make data EXP=tiny, or python -m cardforge.data)"]
+        "(make data EXP=tiny, or python -m cardforge.data), or set trainer.data_file=FILE.jsonl"]
 
 
 @pytest.mark.slow
