@@ -108,9 +108,9 @@ def resolve_gguf(cfg: DictConfig) -> Path:
 
     src = option(cfg.serve, "model_path")
     if src and str(src).endswith(".gguf"):
-        if not Path(src).is_file():
-            raise FileNotFoundError(f"serve.model_path={src}: no such GGUF file")
-        return Path(src)
+        from cardforge.core.io import check_gguf
+
+        return check_gguf(src, "serve.model_path")  # missing, not GGUF, torn or truncated: one line with the fix
     if not src:
         if cfg.model.embedded:
             from cardforge.core.models import prepare
