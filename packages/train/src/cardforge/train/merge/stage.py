@@ -217,6 +217,10 @@ def run(cfg: DictConfig) -> MergeResult:
     base = model_path(cfg)
     out_root = Path(cfg.paths.outputs) / "merge"
     out = out_root / "model"
+    from cardforge.core.io import dir_bytes, preflight_output
+
+    # the merged checkpoint is a full copy of the base (written beside the old one, then swapped in)
+    preflight_output(out_root, dir_bytes(base) + (64 << 20), stage="merge")
     with tracking.stage_run(cfg, "merge"):
         t0 = time.perf_counter()
         base_manifest = mtp.mtp_manifest(base)
