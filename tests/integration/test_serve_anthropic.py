@@ -309,6 +309,7 @@ def test_binds_loopback_by_default(tmp_path, args, expect):
 
 # --- the serve stage exposes it ---------------------------------------------------------------------------
 
+@pytest.mark.slow  # ~50 s on 2 busy cores; the default tier's Ctrl-C stage test starts the same guard
 def test_serve_stage_exposes_the_messages_api(tmp_path):
     """`python -m cardforge.serve` (llama_cpp) prints ANTHROPIC_BASE_URL (the guard) and records the native
     URLs in serve.json; both answer the official client; Ctrl-C stops the engine and the guard."""
