@@ -109,3 +109,36 @@ def test_price_counts_money_per_million_tokens():
     p = Price(input_per_m=0.5, output_per_m=2.0)
     assert p.cost(2_000_000, 1_000_000) == pytest.approx(3.0)
     assert p.cost(None, None) == 0.0 and Price().cost(10**9, 10**9) == 0.0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0, 1e6, allow_nan=False), st.integers(0, 10**6))
+def test_retry_after_property(seconds, now_offset):
+    now = 1_700_000_000.0 + now_offset
+    assert retry_after_s(repr(seconds)) == seconds
+    date = email.utils.formatdate(now + int(seconds), usegmt=True)  # HTTP dates have whole seconds
+    assert retry_after_s(date, now=now) == pytest.approx(int(seconds), abs=1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.none() | st.integers(0, 10**6), st.none() | st.integers(0, 10**6),
+                          st.none() | st.integers(0, 10**5)), max_size=20),
+       st.floats(0, 100), st.floats(0, 100))
+def test_spend_ledger_survives_a_reload(tmp_path_factory, answers, pin, pout):
+    """The teacher's spend: what add() counted equals what a later run loads from the ledger."""
+    from cardforge.data.teacher import Spend
+    from cardforge.eval.client import Completion
+
+    ledger = tmp_path_factory.mktemp("spend") / "spend.jsonl"
+    price, spend = Price(pin, pout), Spend.load(ledger)
+    for p, c, r in answers:
+        spend.add(Completion(prompt_tokens=p, completion_tokens=c, reasoning_tokens=r, finish_reason="stop"), price)
+    again = Spend.load(ledger)
+    assert again.as_dict() == spend.as_dict()
+    assert again.tokens == sum((p or 0) + (c or 0) for p, c, _ in answers)
+    assert again.cost == pytest.approx(sum(price.cost(p, c) for p, c, _ in answers))
+    assert again.reached(again.tokens, None) and not again.reached(again.tokens + 1, None)

@@ -242,3 +242,64 @@ def test_sse_round_trip():
     evs = stream_of(["a\nb", "ü"])
     wire = "".join(sse(e) for e in evs)
     assert list(parse_sse(wire.split("\n"))) == evs
+
+
+# --- properties (hypothesis) ------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pre=TEXT, answer=TEXT, cuts=st.lists(st.integers(0, 80), max_size=8))
+def test_prefill_cut_property(pre, answer, cuts):
+    """However the engine chunks its text, the client gets the answer without ONE leading copy of the
+    prefill when (and only when) the answer starts with it (an answer that is only a piece of the prefill
+    is taken as its repeat)."""
+    pos = sorted({min(c, len(answer)) for c in cuts} | {0, len(answer)})
+    pieces = [answer[i:j] for i, j in itertools.pairwise(pos)] or [""]
+    got = text_of(relay(stream_of(pieces), pre))
+    if pre and answer.startswith(pre):
+        assert got == answer[len(pre):]
+    elif pre and pre.startswith(answer):
+        assert got == ""
+    else:
+        assert got == answer
+
+
+@st.composite
+def conversations(draw):
+    """A well-formed tool-using conversation: user turn, then rounds of assistant tool_use -> user results."""
+    msgs = [{"role": "user", "content": "start"}]
+    n_ids = 0
+    for _ in range(draw(st.integers(0, 4))):
+        k = draw(st.integers(1, 3))
+        ids = [f"toolu_{n_ids + i}" for i in range(k)]
+        n_ids += k
+        msgs.append({"role": "assistant", "content": [{"type": "tool_use", "id": i, "name": "a", "input": {}}
+                                                      for i in ids]})
+        results = [{"type": "tool_result", "tool_use_id": i, "content": "r", "is_error": draw(st.booleans())}
+                   for i in draw(st.permutations(ids))]
+        msgs.append({"role": "user", "content": results + ([{"type": "text", "text": "more"}]
+                                                           if draw(st.booleans()) else [])})
+    return msgs
+
+
+@settings(max_examples=200, deadline=None)
+@given(msgs=conversations(), data=st.data())
+def test_pairing_property(msgs, data):
+    check(req(messages=msgs, tools=TOOLS))
+    rounds = [i for i, m in enumerate(msgs) if m["role"] == "user" and isinstance(m["content"], list)]
+    if not rounds:
+        return
+    i = data.draw(st.sampled_from(rounds))
+    blocks = [b for b in msgs[i]["content"] if b["type"] == "tool_result"]
+    drop = data.draw(st.sampled_from(blocks))
+    broken = [*msgs[:i], {**msgs[i], "content": [b for b in msgs[i]["content"] if b is not drop] or "x"},
+              *msgs[i + 1:]]
+    assert drop["tool_use_id"] in refused(req(messages=broken, tools=TOOLS))
+    stray = [*msgs[:i], {**msgs[i], "content": [*msgs[i]["content"], {**drop, "tool_use_id": "toolu_x"}]},
+             *msgs[i + 1:]]
+    assert "toolu_x" in refused(req(messages=stray, tools=TOOLS))
