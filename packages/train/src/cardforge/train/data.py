@@ -12,7 +12,6 @@ and its conv1d, through cardforge's kernels; transformers' own PyTorch GDN path 
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
