@@ -287,7 +287,7 @@ def test_resolver_and_registry(tiny_model_dir):
     register_resolvers()  # idempotent
     cfg = OmegaConf.create({"model": "${cf.embedded:tiny-qwen35-mtp}"})
     assert Path(cfg.model) == tiny_model_dir
-    assert set(EMBEDDED) == {"tiny-qwen35-mtp", "tiny-qwen36-vl-mtp", "smollm2-135m-instruct"}
+    assert set(EMBEDDED) == {"tiny-qwen35-mtp", "tiny-qwen36-vl-mtp", "smollm2-135m-instruct", "smollm2-135m-instruct-tools"}
     with pytest.raises(KeyError):
         embedded_path("nope")
 
