@@ -364,6 +364,7 @@ def quant(c: Collected, ctx: Context, lang: str) -> list[str]:
     out.append(T["quant_lead"].format(kld_on=kld_on, ref=q.ref))
     if _true(q, "model.embedded") or _true(ev, "model.embedded"):
         out.append(T["ppl_random"].format(model=ctx.param(q, "model.name", lang), ref=q.ref))
+    rows = rows if bench_n else []  # speculation-off rows alone give no MTP columns
     if rows:
         ex = next((r for r in rows if r["n_max"] == n), None)
         nk = ctx.key_n(ev, next(_bench_key(ex, s) for s in ("tok_s_median", "speedup", "accept_rate") if s in ex))
