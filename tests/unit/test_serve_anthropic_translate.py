@@ -134,6 +134,15 @@ def test_tool_choice_rewrites():
     assert rewrite(req(tools=TOOLS, tool_choice={"type": "any"}))["tools"] == TOOLS  # native does any itself
 
 
+def test_server_tools_are_accepted_but_not_forwarded():
+    web = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+    out = rewrite(req(tools=[web, *TOOLS]))
+    assert out["tools"] == TOOLS
+    assert "tools" not in rewrite(req(tools=[web], tool_choice={"type": "auto"}))
+    assert "input_schema" in refused(req(tools=[{"name": "mine"}]))
+    assert "not in tools" in refused(req(tools=[web, *TOOLS], tool_choice={"type": "tool", "name": "web_search"}))
+
+
 def test_is_error_and_documents_reach_the_engine():
     body = req(messages=[{"role": "user", "content": "q"},
                          {"role": "assistant", "content": [{"type": "tool_use", "id": f"t{i}", "name": "a",

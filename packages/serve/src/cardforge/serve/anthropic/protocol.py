@@ -83,8 +83,18 @@ class Message(_Block):
 class Tool(_Block):
     name: StrictStr = Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_-]{1,128}$")
     description: Optional[StrictStr] = None
-    input_schema: dict[str, Any]
-    type: Optional[Literal["custom"]] = None  # server tools (web_search_...) run on Anthropic's side: none here
+    input_schema: Optional[dict[str, Any]] = None  # required for custom tools (checked below)
+    type: Optional[StrictStr] = None  # None/"custom": ours; else a server tool (web_search_...): not forwarded
+
+    @property
+    def server(self) -> bool:
+        return self.type not in (None, "custom")
+
+    @model_validator(mode="after")
+    def _schema(self) -> "Tool":
+        if not self.server and self.input_schema is None:
+            raise ValueError("input_schema: Field required")
+        return self
 
 
 class ToolChoice(_Block):
@@ -192,10 +202,10 @@ def check_conversation(req: CountTokensRequest) -> None:
                                  f"after: {', '.join(missing)}. Each tool_use block must have a corresponding "
                                  "tool_result block in the next message.")
     tc = req.tool_choice
-    names = [t.name for t in req.tools or []]
+    names = [t.name for t in req.tools or [] if not t.server]
     if tc and tc.type in ("any", "tool") and not names:
         raise ValueError(f"tool_choice: type '{tc.type}' needs tools")
     if tc and tc.type == "tool" and tc.name not in names:
         raise ValueError(f"tool_choice.name: tool {tc.name!r} is not in tools ({', '.join(names)})")
-    if len(set(names)) != len(names):
+    if len({t.name for t in req.tools or []}) != len(req.tools or []):
         raise ValueError("tools: tool names must be unique")

@@ -8,6 +8,8 @@ request  `thinking: disabled` -> `chat_template_kwargs.enable_thinking=false` (n
          `tool_choice: {type: tool, name}` -> only that tool, required (native maps it to "any tool");
          `is_error: true` -> the result's content starts with "[tool error] " (native drops the flag);
          a plain-text `document` block -> a text block (native drops documents silently);
+         server tools (`type: web_search_...`, run on Anthropic's side) -> not forwarded (no engine runs
+         them; native would offer them to the model as ordinary functions without a schema);
 answer   a stop sequence that ended the turn -> `stop_reason: stop_sequence` (native says end_turn);
          an assistant prefill repeated at the start of the answer -> cut (Anthropic continues after it);
 errors   every error body -> Anthropic's `{"type": "error", "error": {"type", "message"}}`.
@@ -87,6 +89,11 @@ def native_body(payload: dict, req: MessagesRequest | CountTokensRequest, model:
         kwargs = dict(body.get("chat_template_kwargs") or {})
         kwargs["enable_thinking"] = thinking == "enabled"
         body["chat_template_kwargs"] = kwargs
+    if any(t.server for t in req.tools or []):
+        body["tools"] = [t for t in body["tools"] if t.get("type") in (None, "custom")]
+        if not body["tools"]:
+            body.pop("tools")
+            body.pop("tool_choice", None)
     tc = req.tool_choice
     if tc and tc.type == "none":
         body.pop("tools", None)
