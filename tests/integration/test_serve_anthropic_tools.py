@@ -56,6 +56,15 @@ def test_tool_use_streams_through_with_input_json_deltas(guarded):
     assert [(b.type, b.name, b.input) for b in final.content] == [("tool_use", "get_weather", {"command": "ls"})]
 
 
+def test_beta_endpoint_and_headers_claude_code_uses(guarded):
+    """Claude Code calls POST /v1/messages?beta=true with anthropic-beta headers and top-level extras."""
+    engine, url = guarded
+    msg = client(url).beta.messages.create(model="claude-sonnet-4-5", max_tokens=20, messages=user("hi"),
+                                           betas=["interleaved-thinking-2025-05-14"],
+                                           extra_body={"context_management": {"edits": []}})
+    assert msg.content[0].text == "ok" and engine.seen[-1]["context_management"] == {"edits": []}
+
+
 def test_tool_choice_tool_forwards_only_that_tool_required(guarded):
     engine, url = guarded
     msg = client(url).messages.create(model="m", max_tokens=50, tools=TOOLS, messages=user("MODE=tool_use"),
