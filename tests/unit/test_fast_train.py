@@ -494,3 +494,33 @@ def test_compiled_layers_compile_packed_rows_once():
         torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
         for n in g0:
             torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=f"packing {i}: {n}")
+
+
+def test_offloaded_checkpoints_equal_checkpointing():
+    """`fast.offload`: layer inputs kept on the host, the layer rerun in the backward with the forward's RNG state:
+    the loss and every LoRA gradient equal transformers' gradient checkpointing exactly, LoRA dropout on."""
+    from cardforge.train.fast import offload
+
+    model = _small_lora_model()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.2
+    batch = bench.make_batch(SMALL["vocab_size"], 70, "cpu")
+    v = bench.Variant("x", "cardforge", "chunked", autocast=False)
+    fast.enable(model)
+    out = []
+    for off in (False, True):
+        if off:
+            assert offload.enable(model) == 4 and offload.enabled(model)
+        torch.manual_seed(3)
+        loss = bench.loss_fn(model, batch, v)
+        loss.backward()
+        out.append((loss.detach(), {n: p.grad.clone() for n, p in bench.lora_params(model).items()}))
+        model.zero_grad(set_to_none=True)
+    offload.disable(model)
+    assert not offload.enabled(model)
+    (l0, g0), (l1, g1) = out
+    assert torch.equal(l0, l1)
+    for n in g0:
+        assert torch.count_nonzero(g0[n]) > 0, n
+        torch.testing.assert_close(g1[n], g0[n], rtol=0, atol=0, msg=n)
