@@ -18,6 +18,7 @@ import unicodedata
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from cardforge.core.chat import (
     REASONS,
@@ -253,3 +254,28 @@ def test_edges_that_engines_trim_differently_are_refused(tok, text):
         encode_all([Message("user", text), Message("assistant", "ok")], tok, TOOLS)
     assert e.value.reason == "edge_whitespace"
     check_encoding(tok, [Message("user", text.strip()), Message("assistant", "ok")])  # stripped, it is fine
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(msgs=conversations(clean_text), max_len=st.integers(1, 700))
+def test_max_len_keeps_whole_turns_in_their_serving_context_and_counts_the_rest(tok, msgs, max_len):
+    try:
+        full = encode_all(msgs, tok, TOOLS)
+    except EncodeError:
+        return  # refusals are the other tests' business
+    try:
+        cut = encode_all(msgs, tok, TOOLS, max_len=max_len)
+    except EncodeError as e:
+        cut, reason = None, e.reason
+    # a turn fits iff its serving context + the turn fit (in `full`, a span's token_end is exactly that length)
+    fits = {s.message_index for seq in full.sequences for s in seq.spans if s.token_end <= max_len}
+    if cut is None:
+        assert reason == "too_long" and not fits
+        return
+    kept = {s.message_index for seq in cut.sequences for s in seq.spans}
+    assert kept == fits
+    assert cut.dropped_spans == full.n_spans - len(kept) and cut.truncated == (cut.dropped_spans > 0)
+    for seq in cut.sequences:
+        assert len(seq) <= max_len and seq.input_ids[-1] == IM_END and seq.loss_mask[-1] == 1
+        for span in seq.spans:  # still the serving context, token for token
+            assert seq.input_ids[:span.token_start] == serving_ids(tok, msgs[:span.message_index])
