@@ -63,12 +63,26 @@ def stage_main(config_name: str, run: Callable[[DictConfig], Any]) -> None:
             return run(cfg)
         except UserError as e:
             print(f"cardforge {config_name}: error: {e}", file=sys.stderr)
+            if _multirun():  # the launcher records this job FAILED and the sweep's other jobs go on
+                raise
             raise SystemExit(2) from None
         except Killed as e:  # SIGTERM: the open MLflow runs were ended KILLED on the way out
             print(f"cardforge {config_name}: {e}; its MLflow runs are marked KILLED", file=sys.stderr)
             raise SystemExit(128 + e.signum) from None
 
-    _main()
+    try:
+        _main()
+    finally:  # a multirun this process launched: one line per job, its MLflow parent ended (cardforge.core.sweep)
+        from cardforge.core import sweep
+
+        sweep.finish()
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 class StageNotImplemented(SystemExit):
