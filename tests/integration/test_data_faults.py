@@ -118,6 +118,17 @@ def test_kill_9_mid_run_then_rerun_has_no_duplicate(tmp_path, mlflow_uri, mlflow
         assert sum(seen.values()) <= len(names) + 2  # at most the in-flight ones (concurrency 2) twice
         manifest = json.loads((out / "data" / "manifest.json").read_text())
         assert manifest["counts"]["accepted"] == 16
+        # MLflow tells the truth: the killed run is KILLED (not RUNNING forever), the rerun links to it
+        from mlflow import MlflowClient
+
+        client = MlflowClient(mlflow_uri)
+        exp = client.get_experiment_by_name(mlflow_experiment)
+        runs = {r.info.status: r for r in client.search_runs([exp.experiment_id])}
+        assert sorted(runs) == ["FINISHED", "KILLED"]
+        assert runs["KILLED"].info.run_name.endswith(" [killed]")
+        assert runs["KILLED"].data.tags["cardforge.pid"] == str(proc.pid)
+        assert runs["FINISHED"].data.tags["resumed_from"] == runs["KILLED"].info.run_id
+        assert runs["FINISHED"].info.run_name.endswith(" [resumed]")
     finally:
         server.kill()
         server.wait()
