@@ -172,6 +172,7 @@ def test_owner_alive_tells_a_reused_pid_and_another_host_apart():
     assert tracking.owner_alive({**me, "cardforge.proc_start": "1"}) is False  # same pid, another process
     assert tracking.owner_alive({**me, "cardforge.boot_id": "another-boot"}) is False
     assert tracking.owner_alive({**me, "cardforge.host": "elsewhere"}) is None  # cannot tell: left alone
+    assert tracking.owner_alive({**me, "cardforge.pidns": "pid:[1]"}) is None  # another container's pids
     assert tracking.owner_alive({**me, "cardforge.pid": str(2**22 + os.getpid())}) is False
 
 

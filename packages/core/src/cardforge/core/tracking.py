@@ -283,15 +283,26 @@ def boot_id() -> str:
     return _read("/proc/sys/kernel/random/boot_id").strip()
 
 
+def pid_namespace() -> str:
+    """This process's pid namespace ("pid:[4026531836]"): pids mean something only inside one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def owner_tags() -> dict[str, str]:
     pid = os.getpid()
     return {"cardforge.pid": str(pid), "cardforge.host": socket.gethostname(), "cardforge.boot_id": boot_id(),
-            "cardforge.proc_start": process_start(pid)}
+            "cardforge.pidns": pid_namespace(), "cardforge.proc_start": process_start(pid)}
 
 
 def owner_alive(tags: Mapping[str, str]) -> bool | None:
-    """Whether the process that opened a run still runs: None when it ran on another host (cannot tell)."""
+    """Whether the process that opened a run still runs: None when it ran on another host or in another pid
+    namespace (another container sharing the store: cannot tell, so it is left alone)."""
     if tags.get("cardforge.host") != socket.gethostname() or "cardforge.pid" not in tags:
+        return None
+    if tags.get("cardforge.pidns") and tags["cardforge.pidns"] != pid_namespace():
         return None
     if tags.get("cardforge.boot_id") and tags["cardforge.boot_id"] != boot_id():
         return False  # the machine rebooted since
