@@ -207,7 +207,7 @@ def test_gpu_card_losses_match_cpu_fp32_and_metrics_are_logged(gpu_train, tiny_m
     })
 
 
-def test_merge_of_the_gpu_adapter_keeps_the_mtp_head(gpu_train, tiny_model_dir, mlflow_uri):
+def test_merge_of_the_gpu_adapter_keeps_the_mtp_head(gpu_train, tiny_model_dir, tiny_vl_model_dir, mlflow_uri):
     from safetensors import safe_open
 
     from cardforge.core.models import mtp
@@ -218,9 +218,10 @@ def test_merge_of_the_gpu_adapter_keeps_the_mtp_head(gpu_train, tiny_model_dir, 
     assert res.mtp_manifest_match and res.mtp_tensors == 15  # the stage raises MtpHeadLost otherwise
     out = Path(res.model_dir)
     assert mtp.mtp_manifest(out)["tensors"] == mtp.mtp_manifest(tiny_model_dir)["tensors"]
-    # the trained adapter is folded in: a LoRA-targeted weight moved, stored BF16
-    name = "model.layers.3.self_attn.q_proj.weight"
-    with safe_open(out / "model.safetensors", "pt") as merged, safe_open(tiny_model_dir / "model.safetensors", "pt") as base:
+    # the trained adapter is folded in: a LoRA-targeted weight moved, stored BF16 (the tiny default's base is the
+    # VL layout: its language model under model.language_model.*, the same weights as tiny_model_dir's)
+    name = "model.language_model.layers.3.self_attn.q_proj.weight"
+    with safe_open(out / "model.safetensors", "pt") as merged, safe_open(tiny_vl_model_dir / "model.safetensors", "pt") as base:
         got, want = merged.get_tensor(name), base.get_tensor(name)
     assert got.dtype == torch.bfloat16 and not torch.equal(got, want)
     _report("merge", {"mtp_tensors": res.mtp_tensors, "q_proj_max_abs_delta": float((got.float() - want.float()).abs().max()),
