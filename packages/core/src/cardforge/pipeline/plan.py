@@ -141,6 +141,14 @@ def plan(cfg: DictConfig) -> list[tuple[str, str, str]]:
         train = f"CPU ({cfg.trainer.precision}) for LoRA r{cfg.lora.r} on {p:.3g}B; base weights {_gb(bf16)}"
     if facts:
         train += "; " + _lora_line(facts, int(cfg.lora.r))
+    if facts and gpu:  # the per-GPU split of scale-out (issue 21): same formulas as the CPU FSDP2 test
+        from cardforge.core.models import layout
+        from cardforge.pipeline import fsdp_memory
+
+        seq = int(cfg.data.max_seq_len)
+        rows_ = fsdp_memory.plan_rows(layout.known_config(cfg.model), list(cfg.lora.target_modules),
+                                      int(cfg.lora.r), seq, optimizer=str(cfg.trainer.optimizer))
+        train += "; " + fsdp_memory.plan_line(rows_, seq)
     rows = [
         ("models", f"python -m cardforge.pipeline experiment={exp} until=models", models),
         ("data", f"python -m cardforge.data experiment={exp}",
