@@ -148,3 +148,19 @@ def test_an_override_the_preset_ignores_is_refused_at_composition(tmp_path):
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "model.path=/no/such/dir: ignored" in lines[0], proc.stderr[-2000:]
+
+
+def test_a_rerun_caused_by_an_earlier_stage_says_so(standin_pkg, mlflow_uri, mlflow_experiment, tmp_path, capfd):
+    """A stage whose own code and config are unchanged but whose upstream result changed reruns with a line."""
+    out = tmp_path / "out"
+    first_spec = StageSpec("made", "cf_standin_stage:run", 0, ("data",), packages=("cardforge.core", "cf_standin_stage"))
+    second_spec = StageSpec("after", "cf_standin_stage:run", 0, ("lora",), packages=("cardforge.core",))
+    cfg = compose("pipeline", [f"logger.experiment_name={mlflow_experiment}", f"paths.outputs={out}"])
+    assert pipeline_run.run(cfg, stages=[first_spec, second_spec]).done == ["made", "after"]
+    capfd.readouterr()
+    changed = compose("pipeline", [f"logger.experiment_name={mlflow_experiment}", f"paths.outputs={out}",
+                                   "data.num_samples=5"])  # a section only `made` reads
+    res = pipeline_run.run(changed, stages=[first_spec, second_spec])  # made's new run id: a new fingerprint
+    err = capfd.readouterr().err
+    assert res.done == ["made", "after"]
+    assert "[pipeline] after: an earlier stage's result changed since run" in err

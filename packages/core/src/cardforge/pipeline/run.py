@@ -206,6 +206,9 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
             elif rec and rec.get("key") != key and rec.get("code") not in (None, code) and not spec.always:
                 print(f"[pipeline] {spec.name}: code changed since run {rec['run_id'][:8]} "
                       f"({rec['code']} -> {code}), rerunning", file=sys.stderr)
+            elif rec and rec.get("key") != key and rec.get("upstream") not in (None, upstream) and not spec.always:
+                print(f"[pipeline] {spec.name}: an earlier stage's result changed since run {rec['run_id'][:8]}, "
+                      "rerunning", file=sys.stderr)
             print(f"[pipeline] {spec.name} ...", file=sys.stderr)
             started = time.time()
             before = tracking.last_stage_run_id(spec.name)
@@ -248,7 +251,7 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
             atomic_write_json(record_path(cfg, spec.name), {
                 "key": key, "fingerprint": fp, "result": jsonable(out), "seconds": seconds,
                 "peak_rss_gib": round(peak.gib, 4), "run_id": child_id or parent.info.run_id,
-                "code": code, "outputs": files,
+                "code": code, "upstream": list(upstream), "outputs": files,
             })
             result.results[spec.name] = out
             result.done.append(spec.name)
