@@ -7,8 +7,8 @@ just before it executes the command (bwrap's own init is not filtered; it runs n
 
 Policy: allow by default, refuse with EPERM the calls an untrusted program never needs (DENIED), clone()
 with a namespace flag, clone3 with ENOSYS (its flags sit behind a pointer no filter can read; libc falls
-back to clone), terminal-injection ioctls and socket families that reach past the network namespace
-(AF_VSOCK talks to the hypervisor, which network namespaces do not isolate). A syscall of a foreign
+back to clone), terminal-injection ioctls, and every socket family but AF_UNIX/INET/INET6/NETLINK (AF_VSOCK talks to the
+hypervisor, which network namespaces do not isolate; rare families autoload kernel modules). A syscall of a foreign
 architecture (i386 `int 0x80`, x32) does not match the native filter and kills the process (libseccomp's
 default bad-architecture action), so the list cannot be bypassed through another ABI.
 """
@@ -58,10 +58,17 @@ CLONE_NAMESPACE_FLAGS = {"CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x0200000
                          "CLONE_NEWIPC": 0x08000000, "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
                          "CLONE_NEWNET": 0x40000000}
 DENIED_IOCTLS = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C}  # push input into a terminal; console tricks
-DENIED_SOCKET_FAMILIES = {"AF_KEY": 15, "AF_ALG": 38, "AF_VSOCK": 40}  # IPsec keys, kernel crypto, hypervisor
+# socket()/socketpair() families: only these; every other is refused (AF_VSOCK talks to the hypervisor past the
+# network namespace, AF_ALG/AF_KEY are kernel crypto/IPsec, and asking for a rare family loads its kernel
+# module: DCCP/RDS/TIPC/CAN-style bugs). The family is an `int` but seccomp sees the 64-bit register: a
+# rule on `family == 40` alone let `40 | 1 << 32` through (the kernel truncates it to AF_VSOCK), so the
+# filter refuses by exact low 32 bits for 0..AF_MAX and anything numerically above that (high bits set).
+ALLOWED_SOCKET_FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16}
+AF_MAX = 46  # families 0..45 exist in Linux 6.x; anything above is refused too
+DENIED_SOCKET_FAMILIES = {"AF_KEY": 15, "AF_PACKET": 17, "AF_ALG": 38, "AF_VSOCK": 40}  # examples, for tests/docs
 
 _ACT_ALLOW = 0x7FFF0000
-_CMP_EQ, _CMP_MASKED_EQ = 4, 7
+_CMP_GT, _CMP_MASKED_EQ = 6, 7
 _NR_ERROR = -1
 
 
@@ -129,8 +136,9 @@ def filter_bpf() -> bytes:
             _rule(lib, ctx, eperm, ioctl, (1, _CMP_MASKED_EQ, 0xFFFFFFFF, request))
         for call in (b"socket", b"socketpair"):
             nr = lib.seccomp_syscall_resolve_name(call)
-            for family in DENIED_SOCKET_FAMILIES.values():
-                _rule(lib, ctx, eperm, nr, (0, _CMP_EQ, family, 0))
+            for family in sorted(set(range(AF_MAX)) - set(ALLOWED_SOCKET_FAMILIES.values())):
+                _rule(lib, ctx, eperm, nr, (0, _CMP_MASKED_EQ, 0xFFFFFFFF, family))
+            _rule(lib, ctx, eperm, nr, (0, _CMP_GT, AF_MAX - 1, 0))
         fd = os.memfd_create("cf-seccomp-export", os.MFD_CLOEXEC)
         try:
             rc = lib.seccomp_export_bpf(ctx, fd)
