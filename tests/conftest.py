@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 _REPO = Path(__file__).resolve().parents[1]
-_MLRUNS = [_REPO / "mlruns", Path.cwd() / "mlruns"]
+_MLRUNS = sorted({_REPO / "mlruns", Path.cwd() / "mlruns"})
 
 
 def pytest_configure(config):
