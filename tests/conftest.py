@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 _REPO = Path(__file__).resolve().parents[1]
-_MLRUNS = sorted({_REPO / "mlruns", Path.cwd() / "mlruns"})
+# what MLflow 3 writes when nothing names a store: sqlite ./mlflow.db, artifacts under ./mlruns
+_MLRUNS = sorted({d / name for d in (_REPO, Path.cwd()) for name in ("mlruns", "mlflow.db")})
 
 
 def pytest_configure(config):
