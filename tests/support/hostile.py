@@ -232,6 +232,13 @@ PY_CASES: list[HostileCase] = [
         # so the call lasts until the host's wall clock (contained, but slow: see docs/sandbox.md)
         _expect(out=("done",), timed_out=False, max_s=4.0), unsupported=_only("python", "bash"), plain_only=True),
     HostileCase(
+        "stop_supervisor", "kill -STOP -1 (every reachable process, the coding runner's in-sandbox `timeout` "
+        "included), then spin: only a deadline the program cannot signal may end it",
+        # red team (#17): under the coding runner this ran to the host's whole-script limit (compile + run +
+        # 10 s: 72 s for python at timeout 2); now the host ends the run step itself (deadline_after)
+        _expect(timed_out=True, killed_by="timeout", max_s=8.0), limits={"timeout_s": 2}, max_duration_s=8.0,
+        unsupported=_only("python", "bash")),
+    HostileCase(
         "abi_bypass_i386", "call ptrace through the i386 ABI (int 0x80) to get around an x86_64-only filter",
         _expect(not_out=("RETURNED i386 0",), extra=lambda r: [] if r.killed_by == "signal:SIGSYS" else [
             f"expected the foreign-ABI call to be killed (SIGSYS), got killed_by={r.killed_by}"]),

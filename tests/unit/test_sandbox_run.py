@@ -319,3 +319,29 @@ def test_a_pure_cgroup_v2_host_gets_memory_max_pids_max_and_kill(tmp_path, monke
     assert (leaf / "cgroup.kill").read_text() == "1"
     (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
     assert cg.oom_killed()
+
+
+def test_deadline_after_a_marker_ends_a_step_its_own_supervisor_cannot():
+    # red team (#17): a step supervised inside the sandbox (`timeout`) can stop its supervisor with
+    # `kill -STOP -1`; the host's deadline_after cannot be signalled. The marker comes split across two
+    # writes (and after output past the cap), and only ever moves the deadline earlier.
+    script = ("head -c 200000 /dev/zero | tr '\\0' x >&2; printf 'CF_ST' >&2; sleep 0.2; printf 'EP run\\n' >&2; "
+              "timeout 1 sh -c 'kill -STOP -1; sleep 100'")
+    t = time.monotonic()
+    r = run_sandboxed(["bash", "-c", script], timeout_s=30, deadline_after=("CF_STEP run", 1.5))
+    assert r.timed_out and r.killed_by == "timeout" and r.exit_code is None
+    assert time.monotonic() - t < 8, r
+    r = run_sandboxed(["bash", "-c", "echo 'CF_STEP run' >&2; sleep 0.5; echo fine"], timeout_s=10,
+                      deadline_after=("CF_STEP run", 60))
+    assert not r.timed_out and r.stdout == "fine\n"
+    r = run_sandboxed(["bash", "-c", "sleep 30"], timeout_s=1, deadline_after=("CF_STEP run", 60))
+    assert r.timed_out and r.duration_s < 5  # never later than timeout_s
+
+
+def test_coding_runner_ends_a_program_that_stops_its_timeout():
+    from cardforge.eval.coding.runner import run_program
+
+    src = "import os, signal, time\nos.kill(-1, signal.SIGSTOP)\nwhile True:\n    time.sleep(1)\n"
+    r = run_program("python", src, timeout_s=1, read_back=False)
+    assert r.compiled and r.timed_out and r.killed_by == "timeout"
+    assert r.duration_s < 1 + 3 + 3, r  # the run step: its limit + the grace; was compile + run + 10 s = 71 s

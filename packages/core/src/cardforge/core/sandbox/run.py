@@ -255,6 +255,7 @@ def run_sandboxed(
     max_read_back: int = 4 << 20,
     workspace_mb: int | None = None,
     total_mem_mb: int | None = None,
+    deadline_after: tuple[str, float] | None = None,
 ) -> SandboxResult:
     """Run `cmd` (argv; resolved inside the sandbox's PATH) with `files` seeded into a fresh /work.
 
@@ -263,6 +264,9 @@ def run_sandboxed(
     first). `workspace_mb`: the workspace's size (default: 64 MiB over the seed and the read-back cap).
     `ro_binds`: extra host paths shown read-only at the same place (e.g. a toolchain under /usr/local).
     `files` of the result: the regular files in /work afterwards, up to `max_read_back` bytes in all.
+    `deadline_after=(marker, seconds)`: once the command writes `marker` to stderr, the host's deadline
+    becomes at most `seconds` later (never later than `timeout_s`). For a script that supervises a step
+    itself (`timeout` in the coding runner): the step can stop its supervisor (`kill -STOP -1`), not this.
     Bad inputs come back as a result with killed_by "invalid_input" (nothing ran), never as an exception."""
     check_available()
     why, good = _invalid(cmd, files, env, stdin)
@@ -285,7 +289,7 @@ def run_sandboxed(
         return _run(list(cmd), Path(workdir), data, timeout_s=timeout_s, mem_mb=mem_mb, max_procs=max_procs,
                     max_output=max_output, max_file_bytes=max_file_bytes, tmp_mb=tmp_mb, env=env,
                     ro_binds=ro_binds, read_back=read_back, max_read_back=max_read_back,
-                    total_mem_mb=total_mem_mb, mounted=mounted)
+                    total_mem_mb=total_mem_mb, mounted=mounted, deadline_after=deadline_after)
     finally:
         _remove_workspace(workdir, mounted)
 
@@ -416,7 +420,7 @@ class _Call:
 
 def _run(cmd: list[str], workdir: Path, stdin: bytes | None, *, timeout_s: float, mem_mb: int, max_procs: int,
          max_output: int, max_file_bytes: int, tmp_mb: int, env, ro_binds, read_back: bool, max_read_back: int,
-         total_mem_mb: int, mounted: bool) -> SandboxResult:
+         total_mem_mb: int, mounted: bool, deadline_after: tuple[str, float] | None = None) -> SandboxResult:
     layout = Layout.probe()
     notes = [] if mounted or os.geteuid() != 0 else ["workspace: not a tmpfs (mount refused): total size not capped"]
     cg, proc, call, ended = None, None, None, False
@@ -441,7 +445,7 @@ def _run(cmd: list[str], workdir: Path, stdin: bytes | None, *, timeout_s: float
         status_w = -1
         os.close(sec)
         sec = -1
-        out, err, killed_by = _collect(call, start + timeout_s, max_output, stdin)
+        out, err, killed_by = _collect(call, start + timeout_s, max_output, stdin, deadline_after)
         contained, ended = call.end(), True
         duration = time.monotonic() - start
         code = proc.returncode
@@ -481,8 +485,8 @@ def _run(cmd: list[str], workdir: Path, stdin: bytes | None, *, timeout_s: float
             cg.remove()
 
 
-def _collect(call: _Call, deadline: float, max_output: int,
-             stdin: bytes | None) -> tuple[_Capped, _Capped, str | None]:
+def _collect(call: _Call, deadline: float, max_output: int, stdin: bytes | None,
+             deadline_after: tuple[str, float] | None = None) -> tuple[_Capped, _Capped, str | None]:
     """Read stdout/stderr (and bwrap's status), feed stdin, until the command is done or must be stopped.
     Done = bwrap exited (its init, so the command, ended) and the pipes are drained; whatever still holds
     a pipe after that is a survivor, ended by the kill that follows (call.end)."""
@@ -501,6 +505,8 @@ def _collect(call: _Call, deadline: float, max_output: int,
         sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
     killed_by = None
     exited_at = None
+    marker = os.fsencode(deadline_after[0]) if deadline_after and deadline_after[0] else None
+    tail = b""  # the end of stderr so far: the marker may be split across reads, or come past the cap
     try:
         while True:
             now = time.monotonic()
@@ -539,6 +545,12 @@ def _collect(call: _Call, deadline: float, max_output: int,
                         sel.unregister(key.fd)
                         continue
                     key.data.add(chunk)
+                    if marker is not None and key.data is err:
+                        seen = tail + chunk
+                        if marker in seen:
+                            deadline = min(deadline, time.monotonic() + deadline_after[1])
+                            marker = None
+                        tail = seen[-(len(marker) - 1):] if marker is not None and len(marker) > 1 else b""
             if out.dropped + err.dropped > max_output * OUTPUT_KILL_FACTOR:
                 killed_by = "output_limit"
                 break

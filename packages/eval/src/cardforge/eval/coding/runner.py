@@ -44,6 +44,9 @@ COMPILE_EXIT = 97  # the script's exit status when the compile step failed
 DEFAULT_TIMEOUT_S = {"python": 10.0, "javascript": 10.0, "typescript": 10.0, "java": 10.0, "cpp": 10.0, "c": 10.0,
                      "rust": 10.0, "go": 10.0, "ruby": 10.0, "bash": 10.0}
 COMPILE_TIMEOUT_S = 60.0
+# the host's own limit on the run step, from the script's "<sentinel> run" line: its `timeout -k 2` plus a
+# second. The program can stop `timeout` (`kill -STOP -1`: same uid) but not the host (red team, #17)
+RUN_GRACE_S = 3.0
 
 _JVM = ["-Xmx256m", "-Xss16m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:CompressedClassSpaceSize=64m",
         "-XX:ReservedCodeCacheSize=64m"]
@@ -187,7 +190,8 @@ def run_program(language: str, source: str, *, timeout_s: float | None = None,
     with SLOTS:
         t0 = time.time()
         r = run_sandboxed(["bash", "cf_run.sh"], files=files, timeout_s=total, read_back=read_back,
-                          max_read_back=64 << 20, **sandbox_limits(language))
+                          max_read_back=64 << 20, deadline_after=(f"{sentinel} run", timeout_s + RUN_GRACE_S),
+                          **sandbox_limits(language))
         t_end = time.time()
     compile_out, found, rest = r.stderr.partition(f"{sentinel} start ")
     if not found:  # the compile step failed (or the sandbox was stopped during it)
@@ -284,7 +288,7 @@ def run_solution(language: str, p: Problem, solution: str, *, timeout_s: float |
     t0 = time.monotonic()
     with SLOTS:
         r = run_sandboxed(["bash", "cf_run.sh"], files=files, timeout_s=total, read_back=False,
-                          **sandbox_limits(language))
+                          deadline_after=(f"{sentinel} run", timeout_s + RUN_GRACE_S), **sandbox_limits(language))
     out = RunResult(language, p.id, False, "runtime_error", tests_total=len(p.tests),
                     duration_s=round(time.monotonic() - t0, 3), exit_code=r.exit_code)
     compile_out, _, run_err = r.stderr.partition(f"{sentinel} run\n")
@@ -298,7 +302,8 @@ def run_solution(language: str, p: Problem, solution: str, *, timeout_s: float |
             out.compile_error += f"\n[compile step killed after {compile_timeout_s:g} s]"
         return out
     if r.timed_out:
-        out.status, out.runtime_error = "timeout", f"the sandbox killed the run after {total:g} s"
+        out.status, out.runtime_error = "timeout", (f"the sandbox killed the run (limits: {timeout_s:g} s to run, "
+                                                    f"{total:g} s in all)")
         return out
     out.tests_passed, out.failures, errors = compare(language, p, r.stdout, marker)
     out.failures = out.failures[:5]
