@@ -120,3 +120,30 @@ def test_host_watch_sees_a_survivor():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_one_sandbox_cannot_starve_another_of_per_uid_kernel_counters():
+    """Red team (#17): every sandbox runs as the same host uid, and some kernel counters are per host uid
+    (inotify instances: fs.inotify.max_user_instances, 128 by default). One call took all of them and a
+    concurrent call's inotify_init failed with EMFILE; the filter now refuses inotify to every call (EPERM,
+    tools fall back to polling), and the per-call process limit is per call (pids.max / a user namespace
+    each), not shared."""
+    hog = ("import ctypes, os, time\nlibc = ctypes.CDLL(None, use_errno=True)\nn = 0\n"
+           "while n < 400 and libc.inotify_init() >= 0:\n    n += 1\n"
+           "k = 0\nfor _ in range(40):\n    try:\n        pid = os.fork()\n    except OSError:\n        break\n"
+           "    if pid == 0:\n        time.sleep(4)\n        os._exit(0)\n    k += 1\n"
+           "print('held', n, 'forks', k, flush=True)\ntime.sleep(4)\n")
+    victim = ("import ctypes, os, time\ntime.sleep(1.5)\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+              "fd = libc.inotify_init()\nprint('inotify', fd, ctypes.get_errno())\n"
+              "pids = [os.fork() for _ in range(8)]\n[os._exit(0) for p in pids if p == 0]\nprint('forked', len(pids))\n")
+    results = {}
+    t = threading.Thread(target=lambda: results.__setitem__(
+        "hog", run_sandboxed(["python3", "-c", hog], timeout_s=10, max_procs=32)))
+    t.start()
+    time.sleep(0.2)
+    v = run_sandboxed(["python3", "-c", victim], timeout_s=10, max_procs=32)
+    t.join()
+    h = results["hog"]
+    assert "held 0 forks" in h.stdout, h
+    fd, err = (int(x) for x in v.stdout.split("inotify ", 1)[1].split()[:2])
+    assert fd < 0 and err != 24 and "forked 8" in v.stdout, v  # refused by the filter, not starved (EMFILE)

@@ -48,6 +48,10 @@ DENIED: dict[str, str] = {
     "lookup_dcookie": "profiling", "uselib": "obsolete loader", "ustat": "obsolete", "sysfs": "obsolete",
     "_sysctl": "obsolete", "get_kernel_syms": "obsolete", "query_module": "obsolete", "vm86": "obsolete",
     "vm86old": "obsolete", "fanotify_init": "watch the whole filesystem",
+    # counted per HOST uid, and every sandbox runs as the same one (fs.inotify.max_user_instances, 128 here):
+    # one call could take them all and starve concurrent calls (red team #17); tools fall back to polling
+    "inotify_init": "instances shared by all sandboxes (per host uid)",
+    "inotify_init1": "instances shared by all sandboxes (per host uid)",
     # file handles bypass path-based permission checks (the "shocker" container escape)
     "open_by_handle_at": "open a file by handle, bypassing paths", "name_to_handle_at": "file handles",
     # memory placement of other processes, secret memory the host cannot inspect
