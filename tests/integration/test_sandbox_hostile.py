@@ -124,12 +124,16 @@ def test_host_watch_sees_a_survivor():
 
 def test_one_sandbox_cannot_starve_another_of_per_uid_kernel_counters():
     """Red team (#17): every sandbox runs as the same host uid, and some kernel counters are per host uid
-    (inotify instances: fs.inotify.max_user_instances, 128 by default). One call took all of them and a
-    concurrent call's inotify_init failed with EMFILE; the filter now refuses inotify to every call (EPERM,
-    tools fall back to polling), and the per-call process limit is per call (pids.max / a user namespace
-    each), not shared."""
+    (inotify instances: fs.inotify.max_user_instances, 128 by default; POSIX message queue bytes:
+    RLIMIT_MSGQUEUE, 819200). One call took all of them and a concurrent call's inotify_init / mq_open
+    failed with EMFILE; now the filter refuses inotify (EPERM, tools fall back to polling) and every call
+    gets RLIMIT_MSGQUEUE 0, so no call holds any. The process limit is per call (pids.max / a user
+    namespace each), not shared."""
     hog = ("import ctypes, os, time\nlibc = ctypes.CDLL(None, use_errno=True)\nn = 0\n"
            "while n < 400 and libc.inotify_init() >= 0:\n    n += 1\n"
+           "rt = ctypes.CDLL('librt.so.1')\nq = 0\n"
+           "while q < 100 and rt.mq_open(b'/q%d' % q, os.O_CREAT | os.O_RDWR, 0o600, None) >= 0:\n    q += 1\n"
+           "print('queues', q, flush=True)\n"
            "k = 0\nfor _ in range(40):\n    try:\n        pid = os.fork()\n    except OSError:\n        break\n"
            "    if pid == 0:\n        time.sleep(4)\n        os._exit(0)\n    k += 1\n"
            "print('held', n, 'forks', k, flush=True)\ntime.sleep(4)\n")
@@ -144,6 +148,6 @@ def test_one_sandbox_cannot_starve_another_of_per_uid_kernel_counters():
     v = run_sandboxed(["python3", "-c", victim], timeout_s=10, max_procs=32)
     t.join()
     h = results["hog"]
-    assert "held 0 forks" in h.stdout, h
+    assert "held 0 forks" in h.stdout and "queues 0" in h.stdout, h
     fd, err = (int(x) for x in v.stdout.split("inotify ", 1)[1].split()[:2])
     assert fd < 0 and err != 24 and "forked 8" in v.stdout, v  # refused by the filter, not starved (EMFILE)

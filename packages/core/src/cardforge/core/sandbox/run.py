@@ -12,7 +12,8 @@ promised):
 * filesystem: only /usr (read-only, /usr/local hidden; /bin, /lib, /lib64 link into it), /etc/alternatives
   (ro), a fresh /proc, a minimal /dev, size-capped tmpfs /tmp and /dev/shm, and the per-call workspace at
   /work: its own size- and inode-capped tmpfs when we may mount (root), else a plain directory.
-* prlimit: address space per process, CPU seconds, processes per uid, file size, open files.
+* prlimit: address space per process, CPU seconds, processes per uid, file size, open files, no POSIX
+  message queues (their bytes are counted per host uid, shared by every sandbox).
 * the end of a call: whether the command exited, timed out or flooded its output, the host kills the
   call's cgroup (cgroup.kill) AND the pid namespace's init (by the pid bwrap reports on --json-status-fd,
   through a pidfd), then checks the call is empty (cgroup unpopulated, init gone: the kernel only lets a
@@ -157,7 +158,10 @@ def _command(cmd: list[str], workdir: Path, timeout_s: float, mem_mb: int, max_p
              "--remount-ro", "/usr/local", "--remount-ro", "/dev", "--remount-ro", "/", "--"]
     # CPU seconds: a little over the wall clock, so the wall-clock kill normally comes first and reports it
     limits = ["prlimit", f"--as={mem_mb << 20}", f"--cpu={int(timeout_s) + 2}", f"--nproc={max_procs}",
-              f"--fsize={max_file_bytes}", "--nofile=256", "--core=0", "--"]
+              f"--fsize={max_file_bytes}", "--nofile=256", "--core=0",
+              # POSIX message queue bytes are counted per HOST uid (819200 by default) and every sandbox is
+              # uid 65534: one call's queues starved the others' mq_open (red team #17); none for anyone
+              "--msgqueue=0", "--"]
     return drop + args + limits + list(cmd)
 
 
