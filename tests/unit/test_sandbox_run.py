@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 
@@ -345,3 +346,41 @@ def test_coding_runner_ends_a_program_that_stops_its_timeout():
     r = run_program("python", src, timeout_s=1, read_back=False)
     assert r.compiled and r.timed_out and r.killed_by == "timeout"
     assert r.duration_s < 1 + 3 + 3, r  # the run step: its limit + the grace; was compile + run + 10 s = 71 s
+
+
+# ---- red team (#17): attacks that were already contained, kept as regression checks ----
+
+def test_an_escape_sequence_split_across_writes_is_still_escaped():
+    # ESC in one write, the rest 0.2 s later (two reads on the host): escaping works on the whole stream
+    r = run_sandboxed(["bash", "-c", "printf '\\033'; sleep 0.2; printf '[2Jcleared\\033]0;t'; sleep 0.2; "
+                                     "printf '\\007\\r'; sleep 0.1; printf '\\n' >&2"], timeout_s=10)
+    assert "\\x1b[2Jcleared\\x1b]0;t\\x07\\x0d" == r.stdout, r.stdout
+    assert "\x1b" not in r.stdout + r.stderr and "\x07" not in r.stdout
+
+
+def test_sparse_files_claiming_huge_sizes_stay_within_the_read_back_budget():
+    # 40 sparse files of 15 MiB each claim 600 MiB but occupy nothing; a 1 TiB one is over RLIMIT_FSIZE
+    script = "for i in $(seq 40); do truncate -s 15M s$i; done; truncate -s 1T huge 2>&1 | head -c 60; echo; ls | wc -l"
+    r = run_sandboxed(["bash", "-c", script], timeout_s=20, max_read_back=1 << 20)
+    assert r.exit_code == 0 and r.stdout.strip().endswith("41"), r
+    assert sum(map(len, r.files.values())) <= 1 << 20 and any("over the" in n for n in r.notes), r.notes
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the tmpfs workspace needs root (else it is a plain directory)")
+def test_host_files_cannot_be_hard_linked_into_the_workspace():
+    r = run_sandboxed(["bash", "-c", "ln /usr/bin/env /work/env && echo LINKED; ln /usr/bin/env /tmp/env && "
+                                     "echo LINKED_TMP; true"], timeout_s=10)
+    assert "LINKED" not in r.stdout and "env" not in r.files, r
+
+
+def test_no_cgroupfs_sysfs_or_host_processes_inside():
+    # a process could leave the call's cgroup only by writing cgroup.procs: no /sys, and mounting is refused
+    script = ("ls /sys 2>&1 | head -c 80; echo; cat /proc/self/cgroup; mkdir -p /tmp/cg; "
+              "mount -t cgroup2 none /tmp/cg 2>&1 | head -c 80; echo; ls /tmp/cg | wc -l; "
+              "ls -d /proc/[0-9]* | wc -l")
+    r = run_sandboxed(["bash", "-c", script], timeout_s=10)
+    lines = r.stdout.splitlines()
+    cgroups = [line for line in lines if re.match(r"\d+:[\w,=]*:", line)]
+    assert "No such file" in lines[0] and "0::/" in cgroups, r.stdout  # no sysfs; the cgroup namespace's root
+    assert all(line.endswith(":/") for line in cgroups), cgroups  # nothing of the host's cgroup paths
+    assert lines[-2] == "0" and int(lines[-1]) <= 6, r.stdout  # nothing mounted; only the call's processes
