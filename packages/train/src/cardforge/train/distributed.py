@@ -1,0 +1,302 @@
+"""FSDP2 for LoRA on a base that does not fit one rank: per-parameter sharding, every rank loads only its shards.
+
+    model = build_sharded(model_dir, lora_cfg, mesh)   # inside an initialized process group (nccl or gloo)
+
+1. The model is built on the meta device (no memory), LoRA is applied there (PEFT), and `fully_shard` wraps each
+   decoder layer, the input embeddings, the lm_head and then the root: FSDP2 shards every parameter on dim 0
+   (a DTensor per parameter, so a layer may mix the frozen bf16 base and the fp32 LoRA tensors: no flat
+   parameter, no single dtype, hence no fp32 copy of the base as FSDP1 needed).
+2. `to_empty` allocates only this rank's shards; each is filled from the safetensors files by reading just its
+   rows (`safe_open(...).get_slice(name)[start:end]`, memory-mapped: the other ranks' rows are never read).
+   No rank ever holds the full base: peak per rank ~ base / world + one tensor's slice + the runtime.
+3. The mixed-precision policy is explicit (`MIXED_PRECISION`): parameters are all-gathered and computed in bf16,
+   gradients reduced in fp32 into the fp32 LoRA shards; the frozen base gets no gradients.
+
+Memory formulas: cardforge.pipeline.fsdp_memory (what `make plan` prints per GPU); the CPU test
+tests/integration/test_fsdp2_memory.py measures each rank's peak RSS against them (2 gloo ranks, a ~2 GB
+random checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def mixed_precision():
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=True)
+
+
+def checkpoint_name(param_name: str) -> str:
+    """The safetensors name of a (PEFT-wrapped) model parameter: no `base_model.model.`, no `.base_layer`."""
+    return param_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def weight_map(model_dir: Path) -> dict[str, str]:
+    """{tensor name: file} of a checkpoint (sharded with model.safetensors.index.json, or one file)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return json.loads(index.read_text())["weight_map"]
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
+        return {k: "model.safetensors" for k in f.keys()}
+
+
+def rows(n: int, world: int, rank: int) -> tuple[int, int]:
+    """[start, end) of dim 0 that `rank` holds under FSDP2's Shard(0) (torch.chunk: ceil(n / world) per rank)."""
+    per = -(-n // world)
+    start = min(rank * per, n)
+    return start, min(start + per, n)
+
+
+def decoder_layers(model) -> list:
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def shard(model, mesh=None, reshard_after_forward: bool = True):
+    """fully_shard each decoder layer, the input embeddings and the lm_head (their own units: with the root they
+    would stay gathered for the whole step), then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    mp = mixed_precision()
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    for name in ("embed_tokens", "lm_head"):
+        for n, m in model.named_modules():
+            if n.endswith(name) and isinstance(m, (torch.nn.Embedding, torch.nn.Linear)):
+                fully_shard(m, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+def load_shards(model, model_dir: Path) -> dict[str, int]:
+    """Fill this rank's shard of every base parameter from the safetensors files (only its rows are read).
+    Returns {"tensors": n, "bytes": bytes read}. LoRA parameters (not in the checkpoint) are left to the caller."""
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor
+
+    wmap = weight_map(model_dir)
+    by_file: dict[str, list[tuple[str, Any]]] = {}
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        key = checkpoint_name(name)
+        if key not in wmap:
+            raise KeyError(f"{key} (parameter {name}) is not in {model_dir}'s safetensors files")
+        by_file.setdefault(wmap[key], []).append((key, p))
+    n = read = 0
+    for file, params in by_file.items():
+        with safe_open(str(model_dir / file), framework="pt") as f:  # memory-mapped, closed after each file
+            for key, p in params:
+                local = p.to_local() if isinstance(p, DTensor) else p.data
+                sl = f.get_slice(key)
+                full = sl.get_shape()
+                if isinstance(p, DTensor):
+                    mesh = p.device_mesh
+                    start, end = rows(full[0], mesh.size(), mesh.get_local_rank())
+                else:
+                    start, end = 0, full[0]
+                if local.shape[0] != end - start:
+                    raise RuntimeError(f"{key}: local shard has {local.shape[0]} rows, expected {end - start}")
+                if end > start:
+                    with torch.no_grad():
+                        local.copy_(sl[start:end])
+                    read += local.numel() * local.element_size()
+                n += 1
+    return {"tensors": n, "bytes": read}
+
+
+def _reinit_buffers(model, config) -> None:
+    """Non-persistent buffers (rotary inv_freq) are not in the checkpoint: recompute them after to_empty."""
+    for name, mod in model.named_modules():
+        if hasattr(mod, "inv_freq") and hasattr(mod, "rope_init_fn"):
+            fresh = type(mod)(config=config)
+            for b, t in fresh.named_buffers(recurse=False):
+                getattr(mod, b).copy_(t)
+
+
+def _init_lora(model, seed: int) -> None:
+    """LoRA as PEFT initializes it (A: kaiming-uniform, B: zeros), on the full tensor from one seed, each rank
+    keeping its rows: the same adapter on every world size."""
+    import math
+
+    from torch.distributed.tensor import DTensor
+
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in sorted(model.named_parameters()):
+        if "lora_" not in name:
+            continue
+        full = torch.zeros(p.shape, dtype=p.dtype)
+        if "lora_A" in name:
+            bound = 1 / math.sqrt(p.shape[1])  # kaiming_uniform_(a=sqrt(5)) on a (r, in) weight
+            full.uniform_(-bound, bound, generator=gen)
+        local = p.to_local() if isinstance(p, DTensor) else p.data
+        if isinstance(p, DTensor):
+            start, end = rows(p.shape[0], p.device_mesh.size(), p.device_mesh.get_local_rank())
+            full = full[start:end]
+        with torch.no_grad():
+            local.copy_(full)
+
+
+def build_sharded(model_dir: str | Path, lora_cfg: Any = None, mesh=None, device: str = "cpu", seed: int = 0,
+                  marks: dict | None = None):
+    """The model of `model_dir` with LoRA (`lora_cfg`: a peft.LoraConfig or None), FSDP2-sharded, this rank's
+    shards loaded. Needs an initialized process group (or a `mesh`). `marks` (optional) gets this process's peak
+    RSS before any weight is allocated (`built`) and the load's {"tensors", "bytes"} read (`load`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.config.use_cache = False
+    if lora_cfg is not None:
+        import peft
+
+        model = peft.get_peft_model(model, lora_cfg)  # adapters in fp32 (PEFT's autocast_adapter_dtype)
+    shard(model, mesh)
+    if marks is not None:
+        marks["built"] = _peak_rss_bytes()
+    model.to_empty(device=device)
+    stats = load_shards(model, model_dir)
+    if marks is not None:
+        marks["load"] = stats
+    _reinit_buffers(model, getattr(config, "text_config", config))
+    _init_lora(model, seed)
+    log.info("FSDP2: %d tensors, %.2f GB of this rank's shards read from %s", stats["tensors"], stats["bytes"] / 1e9,
+             model_dir)
+    model.train()
+    return model
+
+
+def dtypes(model) -> dict[str, int]:
+    """Elements per (trainable?, dtype) of this rank's local shards: what the no-fp32-base check reads."""
+    from torch.distributed.tensor import DTensor
+
+    out: dict[str, int] = {}
+    for _, p in model.named_parameters():
+        local = p.to_local() if isinstance(p, DTensor) else p
+        key = f"{'trainable' if p.requires_grad else 'frozen'}:{str(p.dtype).removeprefix('torch.')}"
+        out[key] = out.get(key, 0) + local.numel()
+    return out
+
+
+# the CPU check's architecture (Qwen3.5 text, GDN + attention layers): 0.95B params, a 1.9 GB bf16 checkpoint
+CHECK_ARCH = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
+                  full_attention_interval=4, num_attention_heads=8, num_key_value_heads=2, head_dim=256,
+                  linear_num_key_heads=8, linear_num_value_heads=16, linear_key_head_dim=128,
+                  linear_value_head_dim=128, linear_conv_kernel_dim=4, partial_rotary_factor=0.25,
+                  mrope_section=[6, 5, 5], rope_theta=10_000_000.0)
+
+
+def random_checkpoint(out: Path, arch: dict, shard_bytes: int = 512 << 20, seed: int = 0) -> Path:
+    """A random-weight bf16 checkpoint of the Qwen3.5 text architecture `arch` (bench.ARCHS keys), written shard
+    by shard (the writer holds one shard at a time) with model.safetensors.index.json and config.json."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from cardforge.train import bench
+
+    if (out / "model.safetensors.index.json").is_file():
+        return out
+    config = bench.text_config(arch)
+    with torch.device("meta"):
+        shapes = {n: t.shape for n, t in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    wmap: dict[str, str] = {}
+    part: dict[str, torch.Tensor] = {}
+    size = 0
+
+    def flush() -> None:
+        nonlocal part, size
+        if part:
+            name = f"model-{len(set(wmap.values())) + 1:05d}.safetensors"
+            save_file(part, str(tmp / name), metadata={"format": "pt"})
+            wmap.update({k: name for k in part})
+            part, size = {}, 0
+
+    for name, shape in shapes.items():
+        t = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+        if name.endswith("norm.weight"):
+            t.fill_(0)  # Qwen3.5 RMSNorm weights are offsets from 1 (the GDN gated norm's from 0: harmless)
+        part[name] = t
+        size += t.numel() * 2
+        if size >= shard_bytes:
+            flush()
+    flush()
+    total = sum(torch.Size(s).numel() * 2 for s in shapes.values())
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                   "weight_map": wmap}, indent=1))
+    config.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One rank of the FSDP2 check (run under torchrun): build + load this rank's shards, one LoRA training step,
+    write {rank: peak RSS after import / load / step, bytes read, dtypes, loss} to --out/rank<r>.json."""
+    import argparse
+    import os
+
+    import torch.distributed as dist
+
+    p = argparse.ArgumentParser(prog="python -m cardforge.train.distributed")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--r", type=int, default=8)
+    a = p.parse_args(argv)
+    rss_import = _peak_rss_bytes()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if backend == "nccl" else "cpu"
+    import peft
+
+    lora = peft.LoraConfig(r=a.r, lora_alpha=2 * a.r, target_modules=["q_proj", "v_proj", "gate_proj", "down_proj",
+                                                                       "in_proj_qkv", "out_proj"], lora_dropout=0.0)
+    marks: dict = {}
+    model = build_sharded(a.model, lora, device=device, marks=marks)
+    rss_load = _peak_rss_bytes()
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
+    gen = torch.Generator().manual_seed(1 + rank)
+    vocab = model.config.vocab_size if hasattr(model, "config") else 1000
+    losses = []
+    for _ in range(a.steps):
+        ids = torch.randint(0, vocab, (1, a.seq), generator=gen).to(device)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+    rss_step = _peak_rss_bytes()
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / f"rank{rank}.json").write_text(json.dumps({
+        "rank": rank, "world": world, "rss_import": rss_import, "rss_built": marks["built"], "rss_load": rss_load,
+        "rss_step": rss_step, "read_bytes": marks["load"]["bytes"], "tensors": marks["load"]["tensors"],
+        "dtypes": dtypes(model), "losses": losses}, indent=1))
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
