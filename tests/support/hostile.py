@@ -232,6 +232,13 @@ PY_CASES: list[HostileCase] = [
         # so the call lasts until the host's wall clock (contained, but slow: see docs/sandbox.md)
         _expect(out=("done",), timed_out=False, max_s=4.0), unsupported=_only("python", "bash"), plain_only=True),
     HostileCase(
+        "proc_mem_init", "write into the sandbox's init through /proc/1/mem and /proc/1/task/1/mem (the door "
+        "ptrace and process_vm_writev leave)",
+        # red team (#17): both were writable; an injected prctl(PR_SET_PDEATHSIG, 0) let a call outlive a
+        # host killed mid-call (scratch PoC in notes/issue-17-redteam.md). Now masked in run.py
+        _expect(out=("BLOCKED /proc/1/mem", "BLOCKED /proc/1/task/1/mem"), not_out=("ESCAPED",), max_s=4.0),
+        unsupported=_only("python")),
+    HostileCase(
         "stop_supervisor", "kill -STOP -1 (every reachable process, the coding runner's in-sandbox `timeout` "
         "included), then spin: only a deadline the program cannot signal may end it",
         # red team (#17): under the coding runner this ran to the host's whole-script limit (compile + run +

@@ -10,7 +10,7 @@ promised):
 * seccomp (seccomp.py, compiled by libseccomp, loaded by bwrap --seccomp): ptrace, process_vm_*, keyrings,
   bpf, perf, userfaultfd, io_uring, mount/namespace calls, kexec/modules/reboot/swap, file handles ... EPERM.
 * filesystem: only /usr (read-only, /usr/local hidden; /bin, /lib, /lib64 link into it), /etc/alternatives
-  (ro), a fresh /proc, a minimal /dev, size-capped tmpfs /tmp and /dev/shm, and the per-call workspace at
+  (ro), a fresh /proc (its init's /proc/1/mem masked), a minimal /dev, size-capped tmpfs /tmp and /dev/shm, and the per-call workspace at
   /work: its own size- and inode-capped tmpfs when we may mount (root), else a plain directory.
 * prlimit: address space per process, CPU seconds, processes per uid, file size, open files, no POSIX
   message queues (their bytes are counted per host uid, shared by every sandbox).
@@ -150,7 +150,13 @@ def _command(cmd: list[str], workdir: Path, timeout_s: float, mem_mb: int, max_p
     for path in ro_binds or ():
         args += ["--ro-bind", path, path]
     args += ["--ro-bind-try", "/etc/alternatives", "/etc/alternatives",
-             "--proc", "/proc", "--dev", "/dev",
+             "--proc", "/proc",
+             # bwrap's own init is pid 1 (/proc/1 while bwrap sets up): its memory stays out of reach. ptrace
+             # and process_vm_writev are refused, but /proc/1/mem is a third door (same uid, FOLL_FORCE writes
+             # into its code): red team #17 injected prctl(PR_SET_PDEATHSIG, 0) there, and a call whose host
+             # was killed then outlived it. Masked (host /dev/null on a nodev mount: not even openable)
+             "--ro-bind", "/dev/null", "/proc/1/mem", "--ro-bind", "/dev/null", "/proc/1/task/1/mem",
+             "--dev", "/dev",
              "--size", str(tmp_mb << 20), "--tmpfs", "/tmp", "--size", str(tmp_mb << 20), "--tmpfs", "/dev/shm",
              "--bind", str(workdir), "/work", "--chdir", "/work",
              # bwrap's own root and /dev are unsized tmpfs: read-only, else files there would eat host RAM
