@@ -8,9 +8,13 @@ Default tier: every Python/bash case but the slow ones (`make test-full` runs th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import threading
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 from cardforge.core.sandbox import SANDBOX_UID, run_sandboxed
@@ -151,3 +155,67 @@ def test_one_sandbox_cannot_starve_another_of_per_uid_kernel_counters():
     assert "held 0 forks" in h.stdout and "queues 0" in h.stdout, h
     fd, err = (int(x) for x in v.stdout.split("inotify ", 1)[1].split()[:2])
     assert fd < 0 and err != 24 and "forked 8" in v.stdout, v  # refused by the filter, not starved (EMFILE)
+
+
+@pytest.mark.slow
+def test_a_call_whose_host_is_killed_leaves_nothing_even_after_init_injection(tmp_path):
+    """Red team (#17): the command wrote prctl(PR_SET_PDEATHSIG, 0) into its init's code through /proc/1/mem
+    (ptrace being refused), left a daemon, and the host process was SIGKILLed mid-call: init, command and
+    daemon kept running with no one to end them. /proc/1/mem is masked now; bwrap's --die-with-parent ends
+    the namespace when the host dies."""
+    token = uuid.uuid4().hex[:12]
+    prog = (Path(__file__).resolve().parent.parent / "fixtures" / "hostile" / "host_death_inject.py").read_text()
+    host = tmp_path / "host.py"
+    host.write_text("import sys\nfrom cardforge.core.sandbox import run_sandboxed\n"
+                    f"run_sandboxed(['python3', 'main.py', {token!r}], files={{'main.py': {prog!r}}}, timeout_s=30)\n")
+    proc = subprocess.Popen([sys.executable, str(host)], cwd=str(tmp_path))
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not _with_token(token):
+            time.sleep(0.2)
+        assert _with_token(token), "the daemon never started"
+        proc.kill()
+        proc.wait()
+        time.sleep(2)
+        left = _with_token(token)
+    finally:
+        for pid in _namespace_of(_with_token(token)):  # end what survived: never leave it for others
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        for mount in Path("/proc/self/mounts").read_text().splitlines():
+            point = mount.split()[1]
+            if point.startswith(f"/tmp/cf-sbx-{proc.pid}-"):  # a killed host leaves its workspace (docs)
+                subprocess.run(["umount", "-l", point], check=False)
+                shutil.rmtree(point, ignore_errors=True)
+    assert not left, f"processes of the call outlived its killed host: {left}"
+
+
+def _with_token(token: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and f"cf-rt-{token}".encode() in (d / "cmdline").read_bytes():
+                pids.append(int(d.name))
+        except OSError:
+            pass
+    return pids
+
+
+def _namespace_of(pids: list[int]) -> list[int]:
+    """Every process in the pid namespaces of `pids` (found from the host side)."""
+    spaces = set()
+    for pid in pids:
+        try:
+            spaces.add(os.stat(f"/proc/{pid}/ns/pid").st_ino)
+        except OSError:
+            pass
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and os.stat(d / "ns" / "pid").st_ino in spaces:
+                out.append(int(d.name))
+        except OSError:
+            pass
+    return out
