@@ -96,8 +96,10 @@ def load_shards(model, model_dir: Path) -> dict[str, int]:
         by_file.setdefault(wmap[key], []).append((key, p))
     n = read = 0
     for file, params in by_file.items():
-        with safe_open(str(model_dir / file), framework="pt") as f:  # memory-mapped, closed after each file
-            for key, p in params:
+        for key, p in params:
+            # opened per tensor: the file is memory-mapped, and the pages read stay resident (and counted in this
+            # process's RSS) until it is closed; per file, a rank's RSS would carry a whole shard file's worth
+            with safe_open(str(model_dir / file), framework="pt") as f:
                 local = p.to_local() if isinstance(p, DTensor) else p.data
                 sl = f.get_slice(key)
                 full = sl.get_shape()
@@ -119,8 +121,8 @@ def load_shards(model, model_dir: Path) -> dict[str, int]:
 def _reinit_buffers(model, config) -> None:
     """Non-persistent buffers (rotary inv_freq) are not in the checkpoint: recompute them after to_empty."""
     for name, mod in model.named_modules():
-        if hasattr(mod, "inv_freq") and hasattr(mod, "rope_init_fn"):
-            fresh = type(mod)(config=config)
+        if isinstance(getattr(mod, "inv_freq", None), torch.Tensor):
+            fresh = type(mod)(config=getattr(mod, "config", config))
             for b, t in fresh.named_buffers(recurse=False):
                 getattr(mod, b).copy_(t)
 
@@ -284,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(a.steps):
         ids = torch.randint(0, vocab, (1, a.seq), generator=gen).to(device)
         loss = model(input_ids=ids, labels=ids).loss
+        rss_forward = _peak_rss_bytes()
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "world": world, "rss_import": rss_import, "rss_built": marks["built"], "rss_load": rss_load,
-        "rss_step": rss_step, "read_bytes": marks["load"]["bytes"], "tensors": marks["load"]["tensors"],
+        "rss_forward": rss_forward, "rss_step": rss_step, "read_bytes": marks["load"]["bytes"], "tensors": marks["load"]["tensors"],
         "dtypes": dtypes(model), "losses": losses}, indent=1))
     dist.destroy_process_group()
     return 0

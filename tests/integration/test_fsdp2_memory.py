@@ -1,0 +1,72 @@
+"""FSDP2 on CPU (gloo, 2 ranks): each rank loads only its shards of a 1.9 GB random bf16 checkpoint, keeps the base
+in bf16 (LoRA fp32, no fp32 copy of the base) and trains two LoRA steps; its peak RSS while loading stays
+<= 0.6 x the checkpoint + a constant. The weight part of cardforge.pipeline.fsdp_memory (what `make plan` prints
+per GPU) is checked here."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+GIB = 2**30
+RUNTIME_GIB = 1.0  # the stated constant: python + torch + transformers + PEFT + gloo + the meta model (0.42 GiB seen)
+
+
+@pytest.fixture(scope="module")
+def fsdp2_run(tmp_path_factory):
+    from safetensors import safe_open
+
+    from cardforge.pipeline import fsdp_memory
+    from cardforge.train import distributed
+
+    tmp = tmp_path_factory.mktemp("fsdp2")
+    ckpt = distributed.random_checkpoint(tmp / "ckpt", distributed.CHECK_ARCH)
+    files = sorted(ckpt.glob("*.safetensors"))
+    size = sum(f.stat().st_size for f in files)
+    tensors = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            tensors.update({k: tuple(h.get_slice(k).get_shape()) for k in h.keys()})
+    out = tmp / "ranks"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "cardforge.train.distributed", "--model", str(ckpt), "--out", str(out),
+                           "--steps", "2", "--seq", "64"], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    expect = fsdp_memory.rank_weight_bytes(tensors, 2)
+    print(json.dumps({"checkpoint_bytes": size, "formula": expect, "ranks": ranks}))
+    return size, tensors, expect, ranks
+
+
+@pytest.mark.slow
+def test_fsdp2_rank_loads_and_holds_only_its_shards(fsdp2_run):
+    size, tensors, expect, ranks = fsdp2_run
+    assert size > 1.8e9
+    base_elems = sum(math.prod(s) for s in tensors.values())
+    for r in ranks:
+        # only this rank's rows were read, and they are all it holds of the base: bf16, half of every tensor
+        assert r["tensors"] == len(tensors)
+        assert r["read_bytes"] <= expect["sharded"]
+        assert r["dtypes"]["frozen:bfloat16"] * 2 <= expect["sharded"]
+        assert set(r["dtypes"]) == {"frozen:bfloat16", "trainable:float32"}  # no fp32 copy of the base
+        # per-rank peak RSS: loading adds at most 0.6 x the checkpoint to what the rank held before any weight
+        assert r["rss_load"] - r["rss_built"] <= 0.6 * size, r
+        assert r["rss_load"] <= 0.6 * size + RUNTIME_GIB * GIB, r
+        # the LoRA steps train: finite cross-entropy near ln(32000) = 10.4 on random weights
+        assert all(8 < loss < 13 for loss in r["losses"]), r["losses"]
+    assert sum(r["dtypes"]["frozen:bfloat16"] for r in ranks) == base_elems
+    assert sum(r["read_bytes"] for r in ranks) == 2 * base_elems
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 21: on CPU (gloo) the forward keeps every layer's gathered bf16 weights "
+                                       "until backward (+1.6 GiB on this 16-layer checkpoint), though each layer is "
+                                       "reshard_after_forward; the step peak is ~2.8-3.1 GiB per rank, not yet bounded")
+def test_fsdp2_training_step_adds_only_the_working_set(fsdp2_run):
+    size, _, expect, ranks = fsdp2_run
+    for r in ranks:
+        assert r["rss_step"] <= 0.6 * size + expect["gathered"] + RUNTIME_GIB * GIB, r
