@@ -101,3 +101,16 @@ def test_compiled_layers_with_a_memory_budget_train_the_same_first_step(tiny_tra
     assert result.steps == 2
     assert abs(result.losses[0] - FIRST_LOSSES[0]) < 1e-4, result.losses
     assert result.losses[1] < result.losses[0]
+
+
+@pytest.mark.slow
+def test_packed_rows_train_through_the_stage(tiny_train_outputs, mlflow_uri, mlflow_experiment):
+    """`trainer.pack_length` (issue #20): the stage packs the 24 samples into rows of data.max_seq_len tokens (one
+    row here), keeps the varlen metadata on the CPU, and trains: finite, falling loss over the packed batches."""
+    from cardforge.train import stage
+
+    with pytest.raises(Exception, match="trainer.pack_length=512 is shorter than data.max_seq_len=1024"):
+        stage.run(_cfg(tiny_train_outputs, mlflow_experiment, "trainer.max_steps=2", "trainer.pack_length=512"))
+    result = stage.run(_cfg(tiny_train_outputs, mlflow_experiment, "trainer.max_steps=3", "trainer.pack_length=1024"))
+    assert result.steps == 3 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert result.losses[-1] < result.losses[0]

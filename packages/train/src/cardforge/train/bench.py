@@ -3,6 +3,8 @@
     python -m cardforge.train.bench                      # 27B architecture, random bf16 weights, seq 4096 and 8192
     python -m cardforge.train.bench --seq 4096 --variants plain cardforge+layers+tf32 "cardforge+layers+tf32@0.1"
     python -m cardforge.train.bench --arch tiny --seq 256 --steps 2   # anywhere (CPU too): the code path only
+    python -m cardforge.train.bench --seq --mix 10 --row 32768 --variants "cardforge+layers+tf32+scanop+offload" plain
+                                                         # the card's length mix: packed rows vs plain batch 1
 
 Both variants run in one process on the SAME model and LoRA weights (restored before each variant), the same
 batch and the same optimizer (bitsandbytes paged AdamW 8-bit on CUDA), so their first losses must agree:

@@ -124,6 +124,13 @@ class TrainDataModule(pl.LightningDataModule):
         self.pad_multiple = pad_multiple
         self._resume: dict[str, int] | None = None
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        meta = batch.pop("attn_meta", None) if isinstance(batch, dict) else None
+        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if meta is not None:  # packed batches: stays on the CPU (read by the varlen kernel without a device sync)
+            batch["attn_meta"] = meta
+        return batch
+
     def _collate(self):
         if self.pack_length:
             from cardforge.train.packing import collate_packed

@@ -75,13 +75,6 @@ class DistillModule(pl.LightningModule):
         self.tokens_total, self.target_total, self.train_seconds = 0, 0, 0.0
         self.last_loss = torch.tensor(float("nan"))  # read by callbacks.LossHistory
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        meta = batch.pop("attn_meta", None) if isinstance(batch, dict) else None
-        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
-        if meta is not None:  # packed batches: stays on the CPU (read by the varlen kernel without a device sync)
-            batch["attn_meta"] = meta
-        return batch
-
     # -- training --
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
