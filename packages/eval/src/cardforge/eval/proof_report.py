@@ -47,8 +47,13 @@ def tiers_of(eval_dir: Path, main_tier: str = "main") -> dict[str, Path]:
     return out
 
 
+def _group(r: dict) -> str:
+    """The record's surface form: `group` as the suite returns it, else from the task id (the JSONL lacks it)."""
+    return r.get("group") or "form " + str(r["id"]).rsplit("/", 1)[-1].split("-")[1]
+
+
 def _form_acc(records: list[dict], form: str) -> str:
-    rs = [r for r in records if r.get("group") == f"form {form}"]
+    rs = [r for r in records if _group(r) == f"form {form}"]
     k = sum(bool(r.get("correct")) for r in rs)
     return f"{k}/{len(rs)}" if rs else "-"
 
