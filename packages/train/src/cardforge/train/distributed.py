@@ -246,6 +246,22 @@ def random_checkpoint(out: Path, arch: dict, shard_bytes: int = 512 << 20, seed:
     return out
 
 
+def bounded_malloc(threshold: int = 1 << 20) -> bool:
+    """Return freed large blocks to the OS at once (glibc `mallopt(M_MMAP_THRESHOLD)`). glibc raises its mmap
+    threshold dynamically (up to 32 MiB) and keeps smaller freed chunks in the heap, so the gathered bf16 weights
+    FSDP2 frees after each layer's forward (tens of MB per tensor) stayed resident: +1.6 GiB per rank over a
+    16-layer forward on CPU, vs +0.7 GiB with the threshold fixed at 1 MiB (measured, 2 gloo ranks). False where
+    this is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.mallopt(-3, int(threshold)) == 1  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def _peak_rss_bytes() -> int:
     import resource
 
@@ -267,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--r", type=int, default=8)
     a = p.parse_args(argv)
+    malloc = bounded_malloc()
     rss_import = _peak_rss_bytes()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
@@ -294,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     rss_step = _peak_rss_bytes()
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "world": world, "rss_import": rss_import, "rss_built": marks["built"], "rss_load": rss_load,
+        "rank": rank, "world": world, "bounded_malloc": malloc, "rss_import": rss_import, "rss_built": marks["built"], "rss_load": rss_load,
         "rss_forward": rss_forward, "rss_step": rss_step, "read_bytes": marks["load"]["bytes"], "tensors": marks["load"]["tensors"],
         "dtypes": dtypes(model), "losses": losses}, indent=1))
     dist.destroy_process_group()
