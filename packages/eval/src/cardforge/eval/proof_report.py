@@ -166,8 +166,14 @@ def main(argv: list[str] | None = None) -> None:
 
         atomic_write_text(Path(a.out), text + "\n")
     if a.mlflow:
+        import os
+
         import mlflow
 
+        from cardforge.core import paths
+
+        # the repo's store (as every stage logs), unless MLFLOW_TRACKING_URI names another
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or paths.default_tracking_uri())
         mlflow.set_experiment("cardforge")
         with mlflow.start_run(run_name="proof_report", tags={"stage": "proof_report", "experiment": "distill_proof"}):
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
