@@ -19,7 +19,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "base")
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-SOURCES = "builtin, humaneval, bfcl:NAME (a BFCL set or question file) or jsonl:PATH"
+SOURCES = "builtin, humaneval, bfcl:NAME (a BFCL set or question file), proof:SPLIT:N or jsonl:PATH"
 
 
 def test_tree_has_every_stage_and_preset():
@@ -94,8 +94,8 @@ def test_card_preset_has_the_seed_card_settings():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("model=nope", "model=nope: no such option in 'model'; choose one of: qwen36_27b, smollm2_135m, tiny_qwen35_mtp, tiny_qwen36_vl_mtp"),
-        ("experiment=big", "experiment=big: no such option in 'experiment'; choose one of: qwen36_27b_card, smollm2_demo, tiny"),
+        ("model=nope", "model=nope: no such option in 'model'; choose one of: qwen36_27b, smollm2_135m, smollm2_135m_tools, tiny_qwen35_mtp, tiny_qwen36_vl_mtp"),
+        ("experiment=big", "experiment=big: no such option in 'experiment'; choose one of: distill_proof, qwen36_27b_card, smollm2_demo, tiny"),
         ("trainer.optimizer=sgd", "trainer.optimizer: Invalid value 'sgd', expected one of [paged_adamw_8bit, adamw]"),
         ("serve.backend=tgi", "serve.backend: Invalid value 'tgi', expected one of [llama_cpp, vllm, sglang]"),
         ("lora.r=big", "lora.r: Value 'big' of type 'str' could not be converted to Integer"),
@@ -110,7 +110,7 @@ def test_card_preset_has_the_seed_card_settings():
         ("force=[eval,Train]", "force: unknown stage 'Train'; choose one of: models, data, train, merge, mtp, quant, "
                                "eval, card, all"),
         ("eval.suites=[mmlu,nope]", "eval.suites: unknown suite 'nope'; choose one of: gpqa_diamond, mmlu, humaneval, "
-                                    "coding, bfcl, agentic"),
+                                    "coding, bfcl, agentic, proof"),
         ("eval.quant_tier=Q9_X", "eval.quant_tier: unknown GGUF tier 'Q9_X'; choose one of: BF16, Q8_0, Q6_K, "
                                  "Q5_K_M, Q4_K_M, Q5_0, Q4_0"),
         ("mtp.bench_tier=Q9", "mtp.bench_tier: unknown GGUF tier 'Q9'; choose one of: BF16, Q8_0, Q6_K, Q5_K_M, "
@@ -184,7 +184,7 @@ def test_cli_bad_override_exits_2_with_one_line():
     ("force=[trian]", "force: unknown stage 'trian'; choose one of: models, data, train, merge, mtp, quant, eval, "
                       "card, all"),
     ("eval.suites=[nope]", "eval.suites: unknown suite 'nope'; choose one of: gpqa_diamond, mmlu, humaneval, coding, "
-                           "bfcl, agentic"),
+                           "bfcl, agentic, proof"),
 ])
 def test_cli_pipeline_refuses_a_bad_value_before_starting(override, line, tmp_path):
     # until=models bounds the damage if the check ever slipped: only the (cached) models stage would run
