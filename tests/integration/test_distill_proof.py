@@ -199,7 +199,7 @@ def test_proof_suite_scores_answers_and_probes_invented_observations(tmp_path):
     with mock.patch.object(scripted_teacher, "respond", liar), scripted_teacher.serve() as url:
         bad = proof.run_suite(qs, url, HarnessOptions(Sampling(max_tokens=256), concurrency=2, timeout_s=30,
                                                       retries=1, progress=False, model_id="liar"),
-                              tmp_path / "base" / "proof.jsonl", label="base", suite="proof", cfg=cfg)
+                              tmp_path / "liar" / "proof.jsonl", label="liar", suite="proof", cfg=cfg)
     assert not any(r["correct"] for r in bad) and all(r["invented_observation"] for r in bad)
     d = stats.paired(recs, bad)
     assert (d["delta"], d["only_a"], d["only_b"]) == (1.0, 8, 0) and d["mcnemar_p"] == pytest.approx(2 / 2 ** 8)
