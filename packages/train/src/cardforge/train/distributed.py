@@ -231,8 +231,10 @@ def random_checkpoint(out: Path, arch: dict, shard_bytes: int = 512 << 20, seed:
 
     for name, shape in shapes.items():
         t = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
-        if name.endswith("norm.weight"):
-            t.fill_(0)  # Qwen3.5 RMSNorm weights are offsets from 1 (the GDN gated norm's from 0: harmless)
+        if name.endswith("linear_attn.norm.weight"):
+            t.fill_(1)  # the GDN gated norm multiplies by its weight (zeros would cut the GDN path off)
+        elif name.endswith("norm.weight"):
+            t.fill_(0)  # Qwen3.5's other RMSNorms scale by 1 + weight
         part[name] = t
         size += t.numel() * 2
         if size >= shard_bytes:
@@ -282,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--r", type=int, default=8)
+    p.add_argument("--grads", type=Path, default=None,
+                   help="instead of training: one forward/backward on a fixed global batch of 2 samples (split over "
+                        "the ranks), rank 0 writes the loss and the full LoRA gradients here (safetensors)")
     a = p.parse_args(argv)
     malloc = bounded_malloc()
     rss_import = _peak_rss_bytes()
@@ -296,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     marks: dict = {}
     model = build_sharded(a.model, lora, device=device, marks=marks)
     rss_load = _peak_rss_bytes()
+    if a.grads is not None:
+        return _grads(model, a, rank, world, device)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
     gen = torch.Generator().manual_seed(1 + rank)
     vocab = model.config.vocab_size if hasattr(model, "config") else 1000
@@ -314,6 +321,30 @@ def main(argv: list[str] | None = None) -> int:
         "rank": rank, "world": world, "bounded_malloc": malloc, "rss_import": rss_import, "rss_built": marks["built"], "rss_load": rss_load,
         "rss_forward": rss_forward, "rss_step": rss_step, "read_bytes": marks["load"]["bytes"], "tensors": marks["load"]["tensors"],
         "dtypes": dtypes(model), "losses": losses}, indent=1))
+    dist.destroy_process_group()
+    return 0
+
+
+def _grads(model, a, rank: int, world: int, device: str) -> int:
+    """The global batch (2 fixed samples) split over the ranks; FSDP2 averages the gradients over the ranks, so the
+    LoRA gradients equal one device's on the whole batch (equal-length samples: the mean loss is the same)."""
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from torch.distributed.tensor import DTensor
+
+    gen = torch.Generator().manual_seed(123)
+    batch = torch.randint(0, model.config.vocab_size, (2, a.seq), generator=gen)
+    per = 2 // world
+    ids = batch[rank * per:(rank + 1) * per].to(device)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    grads = {n: (p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad).float().cpu().contiguous()
+             for n, p in model.named_parameters() if p.requires_grad}
+    if rank == 0:
+        a.grads.parent.mkdir(parents=True, exist_ok=True)
+        save_file(grads, str(a.grads), metadata={"loss": str(float(total) / world)})
     dist.destroy_process_group()
     return 0
 
