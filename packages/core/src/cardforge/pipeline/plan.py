@@ -6,6 +6,7 @@ checks everything that can be checked here, and stops with a message saying what
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from pathlib import Path
@@ -88,8 +89,8 @@ def checkpoint_layout(cfg: DictConfig) -> dict | None:
         return None
     facts = layout.plan_facts(config, list(cfg.lora.target_modules), int(cfg.lora.r), str(cfg.trainer.optimizer),
                               weight_bytes=2 if "bf16" in str(cfg.trainer.precision) else 4)
-    try:
-        from cardforge.quant import sizes
+    try:  # optional, like the stages the pipeline names by string: core never requires the quant package
+        sizes = importlib.import_module("cardforge.quant.sizes")
     except ImportError:  # the quant package not installed: sizes from params_b
         return facts
     bpw = {t: GGUF_BPW.get(t, 8) for t in ["BF16", *[t.tier.value for t in cfg.quant.gguf_tiers]]}
