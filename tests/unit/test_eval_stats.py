@@ -96,12 +96,31 @@ def test_truncation_note_says_when_accuracy_means_nothing():
     assert stage.table({"suites": {"gpqa_diamond": per}}).count("not meaningful") == 1  # printed once, no extra row
 
 
+FILE_TYPE = {"BF16": 32, "Q4_K_M": 15, "Q8_0": 7}  # llama.cpp's LlamaFileType values
+
+
+def _write_gguf_header(path, key: str) -> None:
+    """A GGUF with no tensors whose header says its format, as llama-quantize writes it: general.file_type and,
+    for an -imatrix tier, a quantize.imatrix.* key (the eval stage reads the format from the header)."""
+    import struct
+
+    tier = key.split(":")[-1]
+    kv = [("general.file_type", 4, struct.pack("<I", FILE_TYPE[tier.removesuffix("-imatrix")]))]
+    if tier.endswith("-imatrix"):
+        name = b"imatrix.gguf"
+        kv.append(("quantize.imatrix.file", 8, struct.pack("<Q", len(name)) + name))
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv))
+    for k, typ, val in kv:
+        out += struct.pack("<Q", len(k)) + k.encode() + struct.pack("<I", typ) + val
+    path.write_bytes(out)
+
+
 def _quant_outputs(tmp_path) -> dict:
     files = {}
     for key in ("BF16", "Q4_K_M", "Q4_K_M-imatrix", "Q8_0", "base:Q4_K_M-imatrix"):
         p = tmp_path / "quant" / "gguf" / f"tiny-{key.replace(':', '-')}.gguf"
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(b"GGUF")
+        _write_gguf_header(p, key)
         files[key] = {"path": str(p)}
     files["FP8-block128"] = {"path": str(tmp_path / "quant" / "fp8")}
     (tmp_path / "quant" / "quant_results.json").write_text(json.dumps({"files": files}))
@@ -119,7 +138,7 @@ def test_tiny_default_benches_two_quant_tiers_with_n_max_2_3_4(tmp_path):
                       "Q8_0": stage.Path(files["Q8_0"]["path"])}
     # eval.distill_model names another file: the quant stage's tiers are not that model's, bench the file alone
     own = tmp_path / "own.gguf"
-    own.write_bytes(b"GGUF")
+    _write_gguf_header(own, "Q4_K_M-imatrix")
     cfg2 = compose("eval", ["experiment=tiny", f"paths.outputs={tmp_path}", f"eval.distill_model={own}",
                             f"eval.base_model={own}"])
     assert stage.bench_models(cfg2, stage.targets(cfg2)) == {"own": own}
