@@ -203,7 +203,10 @@ def test_each_call_is_its_own_cgroup_with_the_whole_call_memory_limit():
            "        b[::4096] = b'x' * len(b[::4096])\n        print('held', flush=True)\n        time.sleep(5)\n"
            "        os._exit(0)\ntime.sleep(2)\n")
     r = run_sandboxed(["python3", "-c", src], mem_mb=256, total_mem_mb=300, tmp_mb=8, timeout_s=10)
-    assert r.killed_by == "memory_limit" and r.stdout.count("held") <= 2, r
+    # each process alone is under mem_mb, so only the whole-call limit can kill. How many print "held" is not
+    # a witness: cgroup v1 OOM-kills one process at a time, so a later child may get the room an earlier one
+    # held; cgroup v2 (memory.oom.group) ends them all.
+    assert r.killed_by == "memory_limit", r
     r = run_sandboxed(["python3", "-c", src], mem_mb=256, total_mem_mb=600, tmp_mb=8, timeout_s=10)
     assert r.killed_by is None and r.stdout.count("held") == 3, r
 
