@@ -108,8 +108,9 @@ class ManagedServer:
                 raise ServerStartError(
                     f"{Path(self.command[0]).name} exited with status {code} during startup "
                     f"(log: {self.log_path}):\n{log_tail(self.log_path)}")
+            left = timeout_s - (time.monotonic() - t0)  # a poll never outlasts the deadline
             with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
-                with urllib.request.urlopen(url, timeout=2) as resp:
+                with urllib.request.urlopen(url, timeout=min(2.0, max(left, 0.05))) as resp:
                     if resp.status == 200:
                         self.startup_s = time.monotonic() - t0
                         return self

@@ -63,7 +63,11 @@ def llama_server(model: str | Path, serve: Any, *, log_path: str | Path | None =
             break
         except BaseException as e:
             srv.stop()
-            retry = isinstance(e, ServerStartError) and "bind" in str(e).lower()
+            # a port taken between free_port() and the bind: llama-server exits saying it couldn't bind. Never
+            # a timeout (its log tail says "binding port ..." on every start) and never another failure.
+            low = str(e).lower()
+            retry = (isinstance(e, ServerStartError) and "during startup" in low
+                     and ("couldn't bind" in low or "address already in use" in low))
             if not (retry and attempt + 1 < port_retries and not fixed_port):
                 raise
     try:
