@@ -108,17 +108,17 @@ class ManagedServer:
                 raise ServerStartError(
                     f"{Path(self.command[0]).name} exited with status {code} during startup "
                     f"(log: {self.log_path}):\n{log_tail(self.log_path)}")
-            left = timeout_s - (time.monotonic() - t0)  # a poll never outlasts the deadline
+            left = timeout_s - (time.monotonic() - t0)  # no poll after the deadline, none outlasts it
+            if left <= 0:
+                self.stop()
+                raise ServerStartError(
+                    f"{Path(self.command[0]).name} not healthy at {url} after {timeout_s:.0f} s "
+                    f"(raise serve.startup_timeout_s; log: {self.log_path}):\n{log_tail(self.log_path)}")
             with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
                 with urllib.request.urlopen(url, timeout=min(2.0, max(left, 0.05))) as resp:
                     if resp.status == 200:
                         self.startup_s = time.monotonic() - t0
                         return self
-            if time.monotonic() - t0 > timeout_s:
-                self.stop()
-                raise ServerStartError(
-                    f"{Path(self.command[0]).name} not healthy at {url} after {timeout_s:.0f} s "
-                    f"(raise serve.startup_timeout_s; log: {self.log_path}):\n{log_tail(self.log_path)}")
             time.sleep(0.2)
 
     def stop(self, grace_s: float = 10.0) -> int | None:
