@@ -182,6 +182,7 @@ def test_bench_rows_per_tier_and_mean_accept_length(tmp_path, monkeypatch, mlflo
 
     from cardforge.serve.launchers import llama_cpp
 
+    monkeypatch.chdir(tmp_path)  # TODO: something under stage.targets/_bench logs to ./mlruns; found at the deadline
     files = _quant_outputs(tmp_path)
     fake = _FakeLlama(with_counters)
     monkeypatch.setattr(llama_cpp, "llama_server", fake.server)
