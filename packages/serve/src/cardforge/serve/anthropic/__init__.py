@@ -5,6 +5,8 @@ and error shapes, `thinking: disabled`, tool_choice none/tool, is_error, stop_se
 and a stream that breaks before message_stop reported as an error.
 
 Run as: python -m cardforge.serve.anthropic --backend http://127.0.0.1:8080 [--port 8082] [--api-key KEY]
-Layout: protocol.py (what a request must be), translate.py (the gap rewrites, pure), stream.py (the SSE
-relay, pure), app.py (routes, auth, errors), launch.py (a managed subprocess), __main__.py (CLI).
+Layout (vLLM's entrypoints split): router.py (thin routes: auth, parse, hand over; `create_app`),
+service.py (`MessagesService`: the engine's HTTP client, forwarding, streaming), protocol.py (what a request
+must be, the error answer), translate.py (the gap rewrites, pure), stream.py (the SSE relay, pure),
+launch.py (a managed subprocess), __main__.py (CLI).
 """

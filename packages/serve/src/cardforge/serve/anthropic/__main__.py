@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    from cardforge.serve.anthropic.app import create_app
+    from cardforge.serve.anthropic.router import create_app
 
     args = parse_args(argv)
     app = create_app(args.backend, api_key=args.api_key, backend_api_key=args.backend_api_key,

@@ -6,13 +6,19 @@ and answers something. Anthropic answers 400 invalid_request_error; so do we, be
 
 Unknown fields (cache_control, citations, metadata, context_management, ...) are accepted and forwarded:
 Claude Code sends them routinely.
+
+The answer side: every error is `ApiError` (status + Anthropic's body `{"type": "error", "error": {"type",
+"message"}}`); `parse_request` turns a request body into (the client's JSON, the validated model) or a 400.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+import json
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator,
+)
 
 Number = Union[StrictInt, StrictFloat]  # JSON numbers only: "0.5" and true are refused, as Anthropic does
 
@@ -209,3 +215,49 @@ def check_conversation(req: CountTokensRequest) -> None:
         raise ValueError(f"tool_choice.name: tool {tc.name!r} is not in tools ({', '.join(names)})")
     if len({t.name for t in req.tools or []}) != len(req.tools or []):
         raise ValueError("tools: tool names must be unique")
+
+
+# --- the answer side: errors ------------------------------------------------------------------------------
+
+def error_body(kind: str, message: str) -> dict:
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+class ApiError(Exception):
+    """An error answer: HTTP `status` and Anthropic's error `body` (error_body)."""
+
+    def __init__(self, status: int, body: dict):
+        super().__init__(body["error"]["message"])
+        self.status, self.body = status, body
+
+    @classmethod
+    def of(cls, status: int, kind: str, message: str) -> "ApiError":
+        return cls(status, error_body(kind, message))
+
+
+def validation_message(e: ValidationError) -> str:
+    """The first three pydantic errors as one line, `loc: message` (pydantic's union/validator noise cut)."""
+    parts = []
+    for err in e.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union[")))
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+RequestT = TypeVar("RequestT", CountTokensRequest, MessagesRequest)
+
+
+def parse_request(raw: bytes, schema: type[RequestT]) -> tuple[dict, RequestT]:
+    """(the client's JSON object, kept whole for forwarding; the validated request), or ApiError 400
+    invalid_request_error."""
+    try:
+        payload = json.loads(raw)
+    except ValueError as e:
+        raise ApiError.of(400, "invalid_request_error", f"request body is not valid JSON: {e}") from e
+    if not isinstance(payload, dict):
+        raise ApiError.of(400, "invalid_request_error", "request body must be a JSON object")
+    try:
+        return payload, schema.model_validate(payload)
+    except ValidationError as e:
+        raise ApiError.of(400, "invalid_request_error", validation_message(e)) from e

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from cardforge.serve.anthropic.protocol import MessagesRequest, CountTokensRequest
+from cardforge.serve.anthropic.protocol import CountTokensRequest, MessagesRequest, error_body
 
 TOOL_ERROR = "[tool error] "
 
@@ -28,10 +28,6 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
                501: "invalid_request_error", 502: "api_error", 503: "overloaded_error", 504: "api_error",
                529: "overloaded_error"}
-
-
-def error_body(kind: str, message: str) -> dict:
-    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def error_kind(status: int) -> str:
