@@ -18,16 +18,17 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cardforge.core import tracking
+from cardforge.core.artifacts import DataOutputs, EvalOutputs, QuantOutputs
 from cardforge.core.errors import UserError
 
 STAGES = ("data", "train", "merge", "mtp", "quant", "eval")
 # artifacts the card reads or shows, per stage (artifact path in the run)
 ARTIFACTS = {
-    "data": ["data/manifest.json"],
+    "data": [DataOutputs.MANIFEST_ARTIFACT],
     "train": ["loss_curve.png"],
     "mtp": ["mtp/mtp_bench.png"],
-    "quant": ["quant/quant_results.json"],
-    "eval": ["eval/summary.json", "eval/mtp_bench.png"],
+    "quant": [QuantOutputs.RESULTS_ARTIFACT],
+    "eval": [EvalOutputs.SUMMARY_ARTIFACT, EvalOutputs.BENCH_PLOT_ARTIFACT],
 }
 SUITE_METRIC = re.compile(r"^(?P<label>distill|base)\.(?P<suite>[^.]+)\.(?P<stat>[^.]+)$")
 DELTA_METRIC = re.compile(r"^delta\.(?P<suite>[^.]+)\.(?P<stat>[^.]+)$")

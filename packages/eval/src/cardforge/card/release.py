@@ -40,6 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from cardforge.card import collect
 from cardforge.card.collect import StageRun, stage_runs
 from cardforge.core import tracking
+from cardforge.core.artifacts import (CardOutputs, MergeOutputs, Outputs, QuantOutputs, QuantResults, Tier,
+                                      flat_tier_keys)
 from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
 
@@ -161,11 +163,7 @@ def shipped_tiers(cfg: DictConfig, quant: StageRun) -> list[str]:
     with (its by-products stay out: the BF16 GGUF, the no-imatrix comparison, the base model's tiers)."""
     if cfg.release.gguf_tiers:
         return list(cfg.release.gguf_tiers)
-    out, i = [], 0
-    while (tier := quant.params.get(f"quant.gguf_tiers.{i}.tier")) is not None:
-        out.append(tier + ("-imatrix" if quant.params.get(f"quant.gguf_tiers.{i}.imatrix") == "True" else ""))
-        i += 1
-    return out
+    return flat_tier_keys(quant.params, "quant.gguf_tiers")
 
 
 def _repo_ids(cfg: DictConfig, key: str, name: str) -> tuple[str | None, str | None]:
@@ -225,14 +223,14 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
                             f"EXP={cfg.experiment}` (or `make {stage}`) first, or set release.parent_run_id")
     runs["card"] = card
     merge, quant = runs["merge"], runs["quant"]
-    qres = _json(_artifact(cfg, quant, "quant/quant_results.json", tmp))
+    qres = _json(_artifact(cfg, quant, QuantOutputs.RESULTS_ARTIFACT, tmp))
     if not qres.get("files"):
         raise UserError(f"quant run {quant.run_id[:8]} logged no quant/quant_results.json with files: rerun the quant stage")
     files: dict[str, dict] = qres["files"]
 
     # the head every file must carry: the one in the checkpoint the quant run quantized (merge's grafted head,
     # or the mtp stage's retrained one), else the merge run's record of the base head
-    expected = qres.get("mtp_manifest") or _json(_artifact(cfg, merge, "mtp_manifest.base.json", tmp)) or {}
+    expected = qres.get("mtp_manifest") or _json(_artifact(cfg, merge, MergeOutputs.BASE_MANIFEST_ARTIFACT, tmp)) or {}
     if "tensors" not in expected:
         if merge.params.get("model.has_mtp") == "False" or quant.tags.get("quant.mtp_head") == "False":
             expected = {"tensors": {}}
@@ -247,7 +245,7 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
 
     # main: the card (README + plots), the merged BF16 checkpoint, gguf/
     main = Repo("main", name, *_repo_ids(cfg, "main", name))
-    card_dir = _artifact(cfg, card, "card", tmp)
+    card_dir = _artifact(cfg, card, CardOutputs.ARTIFACT, tmp)
     readme = card_dir / "README.md" if card_dir else None
     if readme is None or not readme.is_file():
         raise UserError(f"card run {card.run_id[:8]} logged no card/README.md: rerun `make card EXP={cfg.experiment}`")
@@ -258,8 +256,8 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
     for f in _files(card_dir):
         if f.name != "card.json":  # the card's own run bookkeeping; manifest.json says the same
             main.items.append(Item(f.relative_to(card_dir).as_posix(), "card", card.run_id, data=f.read_bytes()))
-    merged_dir = Path(_json(_artifact(cfg, merge, "merge_result.json", tmp)).get("model_dir")
-                      or Path(cfg.paths.outputs) / "merge" / "model")
+    merged_dir = Path(_json(_artifact(cfg, merge, MergeOutputs.RESULT_ARTIFACT, tmp)).get("model_dir")
+                      or Outputs(cfg).merge.model)
     model_dir, producer = merged_dir, merge
     source = qres.get("source")
     mtp_run = runs.get("mtp")
@@ -285,7 +283,7 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
         plan.notes.append(f"the quant run quantized {source}, not the merge output {model_dir}")
 
     prefix = cfg.release.gguf_name
-    ggufs = {k: v for k, v in files.items() if str(v.get("path", "")).endswith(".gguf")}
+    ggufs = QuantResults.from_dict(qres).ggufs()
     if not ggufs:
         main.notes.append(f"gguf/: no GGUF produced by quant run {quant.run_id[:8]} ({_why_not(quant, 'gguf')})")
     for key in shipped_tiers(cfg, quant) if ggufs else []:
@@ -295,7 +293,7 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
             continue
         src = Path(info["path"])
         _recorded_size(key, info, src.stat().st_size, quant)
-        fname = src.name if not prefix else f"{prefix}{'-MTP' if '-MTP-' in src.name else ''}-{key.removeprefix('base:')}.gguf"
+        fname = src.name if not prefix else f"{prefix}{'-MTP' if '-MTP-' in src.name else ''}-{Tier.parse(key).key}.gguf"
         main.items.append(Item(f"gguf/{fname}", "quant", quant.run_id, source=src))
         main.checks.append(("gguf", f"gguf/{fname}"))
     vision = _has_vision(model_dir)
@@ -501,7 +499,7 @@ def run(cfg: DictConfig) -> dict:
     from mlflow import MlflowClient
 
     t0 = time.perf_counter()
-    out_dir = Path(cfg.release.out_dir or Path(cfg.paths.outputs) / "release").resolve()
+    out_dir = Outputs(cfg).release.resolve()
     client = MlflowClient(tracking.tracking_uri(cfg))
     with tempfile.TemporaryDirectory(prefix="cardforge-release-") as tmp:  # downloaded run records only
         plan = plan_release(cfg, client, Path(tmp))

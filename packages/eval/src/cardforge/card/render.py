@@ -22,6 +22,7 @@ from typing import Any
 from cardforge.card.collect import MTP_METRIC, Collected, StageRun, mtp_rows, quant_files, suite_stats
 from cardforge.card.plots import DELTA_PLOT
 from cardforge.card.text import TEXT
+from cardforge.core.artifacts import QuantOutputs, QuantResults, is_base
 
 WHAT = {"en": {"eval": "accuracy metrics", "mtp": "MTP bench metrics", "quant": "per-file metrics"},
         "zh": {"eval": "准确率指标", "mtp": "MTP 测速指标", "quant": "各文件指标"}}
@@ -351,7 +352,7 @@ def quant(c: Collected, ctx: Context, lang: str) -> list[str]:
     files = quant_files(q)
     if not files:
         return out + [T["no_rows"].format(stage="quant", run=q.run_id[:8], what=WHAT[lang]["quant"]), ""]
-    listed = artifact_json(q, "quant/quant_results.json").get("files", {})
+    listed = QuantResults.from_dict(artifact_json(q, QuantOutputs.RESULTS_ARTIFACT)).files
     order = [k for k in listed if k in files] + sorted(k for k in files if k not in listed)
     rows = mtp_rows(ev) if ev else []
     bench_n = sorted({r["n_max"] for r in rows if r["n_max"]})
@@ -378,10 +379,10 @@ def quant(c: Collected, ctx: Context, lang: str) -> list[str]:
         on = _bench_for(key, path, rows, n) if rows else None
         off = _bench_for(key, path, rows, 0) if on else None
         ref_key = key.split(":", 1)[-1]
-        no_kld = key.startswith(("BF16", "base:")) or ref_key == "BF16"
+        no_kld = key.startswith("BF16") or is_base(key) or ref_key == "BF16"
         Q = lambda s, f: ctx.metric(q, f"{key}.{s}", f, lang)  # noqa: E731
         cells = [Q("GB", "g"), Q("GiB", "g"), NA if no_kld else Q("kld_mean", ".5f"),
-                 NA if key.startswith("base:") else Q("ppl", ".3f")]
+                 NA if is_base(key) else Q("ppl", ".3f")]
         if on:
             cells += [ctx.metric(ev, _bench_key(off, "tok_s_median"), ".1f", lang) if off else NOT_MEASURED[lang],
                       ctx.metric(ev, _bench_key(on, "tok_s_median"), ".1f", lang),
@@ -391,7 +392,7 @@ def quant(c: Collected, ctx: Context, lang: str) -> list[str]:
             cells += [NA] * 4  # this file was not benched
         out.append(f"| `{key}` | " + " | ".join(cells) + f" | {q.ref}" + (f" {ev.ref}" if on else "") + " |")
     out += ["", T["not_benched"], "", T["gib"]]
-    sized = [k for k in order if "GB" in files[k] and "GiB" in files[k] and not k.startswith(("BF16", "base:"))]
+    sized = [k for k in order if "GB" in files[k] and "GiB" in files[k] and not (k.startswith("BF16") or is_base(k))]
     # the file the MTP columns measured (the one the card recommends), else the first quantized one
     ex = next((k for k in sized if _bench_for(k, listed.get(k, {}).get("path"), rows, n)), sized[0] if sized else None)
     if ex:
@@ -435,7 +436,7 @@ def files_section(c: Collected, ctx: Context, lang: str) -> list[str]:
     if c.get("merge"):
         out.append(f"- `merge/model/` — {T['f_merged']}")
     q = c.get("quant")
-    for key, info in (artifact_json(q, "quant/quant_results.json").get("files", {}) if q else {}).items():
+    for key, info in (QuantResults.from_dict(artifact_json(q, QuantOutputs.RESULTS_ARTIFACT)).files if q else {}).items():
         name = Path(str(info.get("path", key))).name  # the file's name only: no path of the machine that built it
         out.append(f"- `{name}` — " + (T["f_gguf"] if name.endswith(".gguf") else T["f_dir"]))
     if ctx.plots:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cardforge.card import audit, collect, plots, render
 from cardforge.core import tracking
+from cardforge.core.artifacts import CardOutputs, Outputs, QuantOutputs, QuantResults
 from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json, atomic_write_text
 
@@ -37,11 +38,9 @@ def _commands(cfg: DictConfig, c: collect.Collected) -> dict[str, str]:
     if served.endswith(".gguf"):
         gguf = Path(served).name
     elif q is not None:
-        files = render.artifact_json(q, "quant/quant_results.json").get("files", {})
-        tier = str(cfg.eval.quant_tier)
-        keys = sorted((k for k in files if k.startswith(tier) and str(files[k].get("path", "")).endswith(".gguf")),
-                      key=lambda k: ("imatrix" not in k, k))  # the eval stage's choice: imatrix first
-        gguf = Path(files[keys[0]]["path"]).name if keys else None
+        results = QuantResults.from_dict(render.artifact_json(q, QuantOutputs.RESULTS_ARTIFACT))
+        hit = results.gguf(str(cfg.eval.quant_tier))  # the eval stage's choice: imatrix first
+        gguf = hit[1].name if hit else None
     cmds = inference_commands(cfg, gguf)
     # a local release folder outside the checkout would print this machine's path into a hub card
     local, shown = _release_dir(cfg)
@@ -77,7 +76,8 @@ def _release_note(cfg: DictConfig, languages: list[str]) -> dict[str, str]:
 def run(cfg: DictConfig) -> dict:
     import mlflow
 
-    card_dir = Path(cfg.paths.outputs) / "card"
+    card = Outputs(cfg).card
+    card_dir = card.dir
     c = collect.collect(cfg, card_dir / ".mlflow")
     # nested under the pipeline run: the active one inside the pipeline, else the one reported on
     with tracking.stage_run(cfg, "card", parent_run_id=c.parent.run_id) as active:
@@ -96,17 +96,17 @@ def run(cfg: DictConfig) -> dict:
             checked = audit.audit(text, values, mlflow.MlflowClient(tracking.tracking_uri(cfg)))
         except audit.AuditError as e:
             raise UserError(f"the card failed its audit against MLflow (a bug in the card compiler): {e}") from None
-        readme = atomic_write_text(card_dir / "README.md", text)
+        readme = atomic_write_text(card.readme, text)
         sources = {"parent": c.parent.run_id, "card_run": card_run.run_id,
                    "stages": {s: {"run_id": r.run_id, "reused": r.reused} for s, r in c.stages.items()},
                    "not_measured": [s for s in collect.STAGES if s not in c.stages],
                    "audited_numbers": checked, "values": values}
-        atomic_write_json(card_dir / "card.json", sources)
+        atomic_write_json(card.sources, sources)
         shutil.rmtree(card_dir / ".mlflow", ignore_errors=True)  # downloaded copies, not part of the card
-        mlflow.log_artifact(str(readme), "card")
-        mlflow.log_artifact(str(card_dir / "card.json"), "card")
+        mlflow.log_artifact(str(readme), CardOutputs.ARTIFACT)
+        mlflow.log_artifact(str(card.sources), CardOutputs.ARTIFACT)
         for fig in figures.values():
-            mlflow.log_artifact(str(fig), "card")
+            mlflow.log_artifact(str(fig), CardOutputs.ARTIFACT)
         mlflow.set_tags({"card.parent_run_id": c.parent.run_id,
                          "card.not_measured": ",".join(sources["not_measured"])})
         mlflow.log_metric("card.stages_measured", float(len(c.stages)))

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from cardforge.core import tracking
+from cardforge.core.artifacts import EvalOutputs, Outputs, Tier
 from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json, atomic_write_text, sha256_file
 from cardforge.eval import benchmarks, stats
@@ -67,7 +68,7 @@ def gguf_format(path: Path) -> str:
         name = LlamaFileType(int(ft)).name.removeprefix("MOSTLY_") if ft is not None else "unknown"
     except (ImportError, ValueError):
         name = f"file_type {ft}"
-    return name + ("-imatrix" if any(k.startswith("quantize.imatrix") for k in kv) else "")
+    return Tier(name, any(k.startswith("quantize.imatrix") for k in kv)).key
 
 
 def _base_at(cfg: DictConfig, fmt: str, out_dir: Path) -> Path:
@@ -75,12 +76,12 @@ def _base_at(cfg: DictConfig, fmt: str, out_dir: Path) -> Path:
     one, else built here from the base checkpoint with the quant stage's converter and llama-quantize (and its
     imatrix when `fmt` has one). Quantizing is cheap next to an eval; where it cannot be done, one line says
     which keys fix it."""
-    tier, imat = fmt.removesuffix("-imatrix"), fmt.endswith("-imatrix")
-    res = Path(cfg.paths.outputs) / "quant" / "quant_results.json"
-    listed = json.loads(res.read_text()).get("files", {}) if res.is_file() else {}
-    path = Path(str((listed.get(f"base:{fmt}") or {}).get("path", "")))
-    if path.suffix == ".gguf" and path.is_file() and gguf_format(path) == fmt:
-        return path
+    want = Tier.parse(fmt)
+    tier, imat = want.name, want.imatrix
+    quant = Outputs(cfg).quant
+    hit = quant.results().gguf(want, base=True)
+    if hit and hit[1].is_file() and gguf_format(hit[1]) == fmt:
+        return hit[1]
     fix = (f"set quant.base_tiers=[{{tier: {tier}, imatrix: {str(imat).lower()}}}] and rerun quant, or "
            "eval.base_model=PATH.gguf / eval.base_endpoint=URL, or eval.compare_base=false")
     try:
@@ -92,13 +93,13 @@ def _base_at(cfg: DictConfig, fmt: str, out_dir: Path) -> Path:
     if tier not in qgguf.KNOWN_TIERS and tier != "BF16":
         raise UserError(f"eval.compare_base: the distilled model is {fmt}, a format cardforge cannot build for "
                         f"the base; {fix}")
-    imatrix = Path(cfg.paths.outputs) / "quant" / "imatrix.gguf"
+    imatrix = quant.imatrix
     if imat and not imatrix.is_file():
         raise UserError(f"eval.compare_base: the distilled model is {fmt} but the quant stage's imatrix "
                         f"({imatrix}) is missing, so the base cannot be quantized the same way; {fix}")
     src = base_model_dir(cfg)  # one line when the base checkpoint is not on disk
     name = f"{cfg.model.name}-base"
-    gdir = out_dir / "base-gguf"
+    gdir = EvalOutputs(out_dir).base_gguf_dir
     gdir.mkdir(parents=True, exist_ok=True)
     out = gdir / f"{name}-{fmt}.gguf"
     if out.is_file():
@@ -114,7 +115,7 @@ def _base_at(cfg: DictConfig, fmt: str, out_dir: Path) -> Path:
     _say(f"base: quantizing to {fmt}")
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    return qgguf.quantize(bf16, out, qgguf.Tier(tier, imat), imatrix if imat else None, threads,
+    return qgguf.quantize(bf16, out, want, imatrix if imat else None, threads,
                           out_dir / "logs" / f"quantize-base-{fmt}.log")
 
 
@@ -131,19 +132,13 @@ def _say(msg: str) -> None:
 
 
 def _quant_file(cfg: DictConfig, tier: str) -> tuple[str, Path] | None:
-    """(quant_results key, GGUF) of the quant stage's `tier` (imatrix preferred; "base:TIER": the base model's)."""
-    res = Path(cfg.paths.outputs) / "quant" / "quant_results.json"
-    if not res.is_file():
-        return None
-    files = json.loads(res.read_text()).get("files", {})
-    keys = sorted((k for k in files if k.startswith(tier) and str(files[k].get("path", "")).endswith(".gguf")),
-                  key=lambda k: ("imatrix" not in k.lower(), k))
-    return (keys[0], Path(files[keys[0]]["path"])) if keys else None
+    """(quant_results key, GGUF) of the quant stage's `tier` (imatrix preferred)."""
+    return Outputs(cfg).quant.results().gguf(tier)
 
 
-def _quant_gguf(cfg: DictConfig, prefix: str = "") -> Path | None:
-    """The quant stage's GGUF at eval.quant_tier (imatrix preferred); prefix "base:" for the base model's."""
-    hit = _quant_file(cfg, prefix + str(cfg.eval.quant_tier))
+def _quant_gguf(cfg: DictConfig, base: bool = False) -> Path | None:
+    """The quant stage's GGUF at eval.quant_tier (imatrix preferred); `base`: the base model's."""
+    hit = Outputs(cfg).quant.results().gguf(str(cfg.eval.quant_tier), base=base)
     return hit[1] if hit else None
 
 
@@ -166,7 +161,7 @@ def targets(cfg: DictConfig) -> list[Target]:
             out.append(Target("base", gguf=Path(ev.base_model)))
         elif out[0].gguf is not None:
             # the base at the distilled file's own format (same tier, same imatrix), found or built
-            out.append(Target("base", gguf=_base_at(cfg, out[0].format, Path(cfg.paths.outputs) / "eval")))
+            out.append(Target("base", gguf=_base_at(cfg, out[0].format, Outputs(cfg).eval.dir)))
         else:
             raise UserError("eval.compare_base with eval.endpoint: the base must be served the same way; set "
                             "eval.base_endpoint=URL (or eval.base_model=PATH.gguf), or eval.compare_base=false")
@@ -471,7 +466,7 @@ def _run_tiers(cfg: DictConfig, out_dir: Path) -> dict[str, dict]:
 def run(cfg: DictConfig) -> EvalResult:
     import mlflow
 
-    out_dir = Path(cfg.paths.outputs) / "eval"
+    out_dir = Outputs(cfg).eval.dir
     options(cfg)  # refuses eval.stream=false before anything starts
     tlist = targets(cfg)
     models = bench_models(cfg, tlist) if (cfg.eval.mtp_n_max and cfg.model.has_mtp) else {}
@@ -484,10 +479,11 @@ def run(cfg: DictConfig) -> EvalResult:
             summary["tiers"] = _run_tiers(cfg, out_dir)
         rows = _bench(cfg, out_dir, tlist, models)
         summary["mtp_bench"] = rows
-        atomic_write_json(out_dir / "summary.json", summary)
-        atomic_write_text(out_dir / "eval_table.md", table(summary))
-        mlflow.log_artifact(str(out_dir / "summary.json"), "eval")
-        mlflow.log_artifact(str(out_dir / "eval_table.md"), "eval")
+        written = EvalOutputs(out_dir)
+        atomic_write_json(written.summary, summary)
+        atomic_write_text(written.table, table(summary))
+        mlflow.log_artifact(str(written.summary), "eval")
+        mlflow.log_artifact(str(written.table), "eval")
         for label in records:
             mlflow.log_artifacts(str(out_dir / label), f"eval/records/{label}")
         _say("\n" + table(summary))

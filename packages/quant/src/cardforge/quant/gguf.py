@@ -13,10 +13,10 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from cardforge.core import llama_cpp
+from cardforge.core.artifacts import Tier  # the one GGUF tier type (cardforge.quant.gguf.Tier for callers)
 from cardforge.core.errors import UserError
 from cardforge.quant.schedule import add_child_cpu
 
@@ -27,14 +27,8 @@ class GgufError(UserError):
     pass
 
 
-@dataclass(frozen=True)
-class Tier:
-    name: str
-    imatrix: bool
-
-
 def file_name(model: str, tier: Tier, has_mtp: bool) -> str:
-    return f"{model}{'-MTP' if has_mtp else ''}-{tier.name}{'-imatrix' if tier.imatrix else ''}.gguf"
+    return f"{model}{'-MTP' if has_mtp else ''}-{tier.key}.gguf"
 
 
 def _run(cmd: list[str], what: str, log: Path | None = None) -> str:

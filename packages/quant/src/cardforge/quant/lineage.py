@@ -19,10 +19,11 @@ import json
 import re
 from pathlib import Path
 
+from cardforge.core.artifacts import MERGED_MANIFEST, RETRAINED_MANIFEST
 from cardforge.core.errors import UserError
 from cardforge.core.models.mtp import mtp_manifest
 
-STORED_MANIFESTS = ("mtp_manifest.retrained.json", "mtp_manifest.merged.json")
+STORED_MANIFESTS = (RETRAINED_MANIFEST, MERGED_MANIFEST)
 
 
 class MtpLineageError(UserError):
@@ -36,9 +37,9 @@ def stored_manifest_path(model_dir: Path) -> Path | None:
     """The manifest the producing stage stored for `model_dir`: the mtp stage's beside its weights, the merge
     stage's one level up (<outputs>/merge/ next to <outputs>/merge/model/)."""
     model_dir = Path(model_dir)
-    candidates = [model_dir / "mtp_manifest.retrained.json", model_dir / "mtp_manifest.merged.json"]
+    candidates = [model_dir / RETRAINED_MANIFEST, model_dir / MERGED_MANIFEST]
     if model_dir.name == "model":
-        candidates.append(model_dir.parent / "mtp_manifest.merged.json")
+        candidates.append(model_dir.parent / MERGED_MANIFEST)
     return next((p for p in candidates if p.is_file()), None)
 
 

@@ -24,6 +24,7 @@ import mlflow
 from omegaconf import DictConfig
 
 from cardforge.core import llama_cpp, tracking
+from cardforge.core.artifacts import MERGED_MANIFEST, RETRAINED_MANIFEST, Outputs, QuantOutputs, Tier
 from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json, atomic_write_text
 from cardforge.core.paths import cache_dir
@@ -43,12 +44,12 @@ def source_dir(cfg: DictConfig) -> Path:
     if cfg.quant.source:
         return Path(cfg.quant.source)
     if cfg.mtp.enabled:  # the MTP stage's checkpoint: merge's, with the retrained head
-        retrained = Path(cfg.paths.outputs) / "mtp" / "model"
+        retrained = Outputs(cfg).mtp.model
         if not retrained.is_dir():
             raise UserError(f"mtp.enabled=true but no retrained checkpoint at {retrained}: run `make mtp` "
                             "first, or set mtp.enabled=false to quantize the merged model with the grafted head")
         return retrained
-    merged = Path(cfg.paths.outputs) / "merge" / "model"
+    merged = Outputs(cfg).merge.model
     if not merged.is_dir():
         raise UserError(f"no merged model at {merged}: run `make merge` first or set quant.source=DIR")
     return merged
@@ -59,8 +60,8 @@ def calibration_files(cfg: DictConfig) -> list[Path]:
     on the task distribution; see cardforge.quant.calibration)."""
     if cfg.quant.calibration:
         return [Path(cfg.quant.calibration)]
-    data = Path(cfg.paths.outputs) / "data"
-    return [data / "trajectories.jsonl", data / "rejections.jsonl"]
+    data = Outputs(cfg).data
+    return [data.trajectories, data.rejections]
 
 
 def _log(msg: str) -> None:
@@ -103,7 +104,7 @@ def source_head(cfg: DictConfig, src: Path) -> Head:
     stored_path = lineage.stored_manifest_path(src)
     if stored_path is None:
         if not cfg.quant.source:
-            want = src / "mtp_manifest.retrained.json" if src.parent.name == "mtp" else src.parent / "mtp_manifest.merged.json"
+            want = src / RETRAINED_MANIFEST if src.parent.name == "mtp" else src.parent / MERGED_MANIFEST
             raise UserError(f"no stored MTP manifest for {src} (expected {want}, written by the stage that wrote the "
                             "checkpoint): re-run that stage")
         _log(f"{src} has no stored MTP manifest: its own head is the reference")
@@ -116,7 +117,7 @@ def source_head(cfg: DictConfig, src: Path) -> Head:
 def base_head(cfg: DictConfig, base: Path) -> Head:
     """The base model's head (base tiers keep the base's own head): the merge stage's mtp_manifest.base.json
     when this run quantizes the pipeline's outputs, else the base checkpoint's."""
-    stored_path = Path(cfg.paths.outputs) / "merge" / "mtp_manifest.base.json"
+    stored_path = Outputs(cfg).merge.base_manifest
     actual = mtp_manifest(base)
     if cfg.quant.source or not stored_path.is_file():
         return Head(actual, f"computed from {base}", read_mtp_tensors(base))
@@ -189,7 +190,7 @@ def calibration_step(cfg: DictConfig, src: Path, out: Path, files: list[Path]) -
 
 
 def _key(tier: gguf.Tier) -> str:
-    return f"{tier.name}{'-imatrix' if tier.imatrix else ''}"
+    return tier.key
 
 
 class GgufPlan:
@@ -202,10 +203,10 @@ class GgufPlan:
         self.gdir, self.logs = out / "gguf", out / "logs"
         name, has_mtp = cfg.model.name, bool(head and head.present)
         self.bf16 = self.gdir / gguf.file_name(name, gguf.Tier("BF16", False), has_mtp)
-        self.tiers = [gguf.Tier(t.tier.value, t.imatrix) for t in q.gguf_tiers]
+        self.tiers = [gguf.Tier.of(t) for t in q.gguf_tiers]
         if q.compare_no_imatrix and any(t.name == "Q4_K_M" and t.imatrix for t in self.tiers):
             self.tiers.append(gguf.Tier("Q4_K_M", False))  # the side-by-side the card's choice of imatrix rests on
-        self.base_tiers = [gguf.Tier(t.tier.value, t.imatrix) for t in q.base_tiers] if base else []
+        self.base_tiers = [gguf.Tier.of(t) for t in q.base_tiers] if base else []
         for t in self.tiers + self.base_tiers:  # an unknown tier fails now, not after minutes of converting
             if t.name not in gguf.KNOWN_TIERS:
                 raise gguf.GgufError(f"unknown GGUF tier {t.name!r}; choose one of: {', '.join(sorted(gguf.KNOWN_TIERS))}")
@@ -218,7 +219,7 @@ class GgufPlan:
         self.base_src = self.base_bf16  # the cached copy instead, where there is one
         self.base_cache = base_gguf_cache(cfg, base[0]) if base else None
         self.base_logits = out / "bf16-logits.bin"
-        self.imatrix_file = out / "imatrix.gguf"
+        self.imatrix_file = QuantOutputs(out).imatrix
         # a vision-language checkpoint (the real Qwen3.6 layout): its tower as llama.cpp's projector file
         self.vision = gguf.has_vision(src)
         self.mmproj = self.gdir / gguf.mmproj_name(name)
@@ -330,7 +331,7 @@ class GgufPlan:
             for t in self.tiers:
                 s.append(Step(f"load_{_key(t)}", self._load(_key(t), self._path(t)), (f"quantize_{_key(t)}",), "gguf"))
             for t in self.base_tiers:
-                key = f"base:{_key(t)}"
+                key = t.result_key(base=True)
                 s.append(Step(f"load_base_{_key(t)}", self._load(key, self._path(t, True)),
                               (f"quantize_base_{_key(t)}",), "gguf"))
         return s
@@ -338,9 +339,9 @@ class GgufPlan:
     def collect(self, o: Outcome) -> dict:
         files: dict[str, dict] = {"BF16": dict(o.results["convert"])}
         for t in self.tiers:
-            files[_key(t)] = dict(o.results[f"quantize_{_key(t)}"])
+            files[t.result_key()] = dict(o.results[f"quantize_{_key(t)}"])
         for t in self.base_tiers:
-            files[f"base:{_key(t)}"] = dict(o.results[f"quantize_base_{_key(t)}"])
+            files[t.result_key(base=True)] = dict(o.results[f"quantize_base_{_key(t)}"])
         for key, info in files.items():
             info.update(size_gb_gib(Path(info["path"]).stat().st_size))
             if f"kld_{key}" in o.results:
@@ -429,13 +430,13 @@ def disk_need(cfg: DictConfig, src: Path, fmts) -> int:
     size = dir_bytes(src)
     ratio = 0.0
     if "gguf" in fmts:
-        tiers = [str(getattr(t.tier, "value", t.tier)) for t in cfg.quant.gguf_tiers]
+        tiers = [Tier.of(t).name for t in cfg.quant.gguf_tiers]
         tiers += ["Q4_K_M"] if cfg.quant.compare_no_imatrix else []
-        tiers += [str(getattr(t.tier, "value", t.tier)) for t in (cfg.quant.base_tiers or [])]
-        ratio += 1.0 + sum(_TIER_BPW.get(t.split("-")[0], 8.0) / 16 for t in tiers)
+        tiers += [Tier.of(t).name for t in (cfg.quant.base_tiers or [])]
+        ratio += 1.0 + sum(_TIER_BPW.get(t, 8.0) / 16 for t in tiers)
     ratio += 0.55 if "fp8" in fmts else 0.0
     ratio += 0.3 * len(cfg.quant.nvfp4) if "nvfp4" in fmts else 0.0
-    existing = dir_bytes(Path(cfg.paths.outputs) / "quant")
+    existing = dir_bytes(Outputs(cfg).quant.dir)
     return max(64 << 20, int(size * ratio) - existing)
 
 
@@ -452,7 +453,7 @@ def run(cfg: DictConfig) -> dict:
         base = (bdir, base_head(cfg, bdir) if cfg.model.has_mtp else None)
     files = calibration_files(cfg)
     calibration.require(files)
-    out = Path(cfg.paths.outputs) / "quant"
+    out = Outputs(cfg).quant.dir
     from cardforge.core.io import preflight_output
 
     preflight_output(out, disk_need(cfg, src, fmts), stage="quant")  # read-only or full: one line, before hours
@@ -498,7 +499,7 @@ def run(cfg: DictConfig) -> dict:
         steps = [Step("calibration", calibrate), *middle]
 
     with tracking.stage_run(cfg, "quant"):
-        origin = ("retrained" if (src / "mtp_manifest.retrained.json").is_file() else "grafted") if head else "none"
+        origin = ("retrained" if (src / RETRAINED_MANIFEST).is_file() else "grafted") if head else "none"
         mlflow.set_tags({"quant.source": str(src), "quant.mtp_head": str(bool(head and head.present)),
                          "quant.mtp_head_origin": origin, "quant.mtp_head_sha256": (manifest or {}).get("shard_sha256") or "",
                          "quant.mtp_manifest": head.origin if head else "none",
@@ -552,10 +553,11 @@ def run(cfg: DictConfig) -> dict:
                    "mmproj": mmproj, "timings": timings, "total_seconds": round(total, 2)}
         if mmproj:
             mlflow.log_metrics({"mmproj.GB": mmproj["GB"], "mmproj.vision_ok": float(mmproj.get("vision_ok", False))})
-        atomic_write_json(out / "quant_results.json", summary)
-        atomic_write_text(out / "quant_table.md", table(results) + vision_line(mmproj))
-        mlflow.log_artifact(str(out / "quant_results.json"), "quant")
-        mlflow.log_artifact(str(out / "quant_table.md"), "quant")
+        written = QuantOutputs(out)
+        atomic_write_json(written.results_file, summary)
+        atomic_write_text(written.table, table(results) + vision_line(mmproj))
+        mlflow.log_artifact(str(written.results_file), "quant")
+        mlflow.log_artifact(str(written.table), "quant")
         _log("\n" + table(results))
         _log(f"quant stage: {total:.1f} s wall, {metrics['quant.time.cpu_s']:.1f} s CPU "
              f"({slots} steps at a time)")
