@@ -21,6 +21,7 @@ from typing import Any
 
 from cardforge.core.chat import EncodeError, Message, Timings, Trajectory, Verdict, check_messages, parse_assistant
 from cardforge.core.chat.parse import nfc
+from cardforge.core.sandbox.text import observation
 from cardforge.data.tasks import Task
 from cardforge.data.teacher import Teacher, call_xml, tools_prompt
 from cardforge.data import llm_judge
@@ -135,7 +136,9 @@ async def run_sample(task: Task, k: int, teacher: Teacher, session, opts: Option
                 break
             obs = sim.content.strip()
         timings.tools_s += time.monotonic() - t1
-        obs = obs.strip()  # as the template trims it: the same text in training and in any engine's render
+        # escaped (a no-op on execute's own output): a ToolError's echo of the model's path, or a simulator's
+        # text, cannot close the <tool_response> or open a turn either
+        obs = observation(obs).strip()  # stripped as the template trims it: the same text in training and render
         messages.append(Message("tool", obs, tool_call_id=call.id, name=call.name))
         wire += [{"role": "assistant", "content": "\n\n".join(p for p in (parsed.content, call_xml(call)) if p)},
                  {"role": "user", "content": f"<tool_response>\n{obs}\n</tool_response>"}]

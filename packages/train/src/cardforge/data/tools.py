@@ -9,7 +9,9 @@ Tools (OpenAI function schemas, stored with every trajectory as `tools`):
 
 `execute`: python/shell run in `cardforge.core.sandbox.run_sandboxed`; each call gets a fresh sandbox
 seeded with the task's `Workspace` and the files it leaves are carried into the next call of the same
-task (so "write then run" works). read/write act on the Workspace directly: no process needed.
+task (so "write then run" works). read/write act on the Workspace directly: no process needed. Every
+observation is escaped (`core.sandbox.text.observation`: control characters, and chat markup such as
+`</tool_response>` or `<|im_end|>` loses its `<`), so what a file or program holds cannot forge a turn.
 `simulate` (card v1): a model role-plays the runtime and improvises the output (see `simulate_prompt`).
 """
 
@@ -78,6 +80,11 @@ def check_call(call: ToolCall, allowed: list[str]) -> None:
 
 
 def _cap(text: str) -> str:
+    """Escaped (control characters, chat-template markup: core.sandbox.text.observation), then capped: a
+    file or a program's output can never forge a turn, a call or the end of a tool response."""
+    from cardforge.core.sandbox.text import observation
+
+    text = observation(text)
     return text if len(text) <= MAX_OBSERVATION else text[:MAX_OBSERVATION] + f"\n[... {len(text) - MAX_OBSERVATION} more chars]"
 
 
@@ -89,12 +96,12 @@ def execute(call: ToolCall, ws: Workspace, timeout_s: float = 10.0) -> str:
     if call.name == "read_file":
         p = ws.path(args["path"])
         if p not in ws.files:
-            return f"error: no such file: {p}"
+            return _cap(f"error: no such file: {p}")
         return _cap(ws.files[p].decode("utf-8", "replace"))
     if call.name == "write_file":
         p = ws.path(args["path"])
         ws.files[p] = str(args["content"]).encode()
-        return f"wrote {len(ws.files[p])} bytes to {p}"
+        return _cap(f"wrote {len(ws.files[p])} bytes to {p}")
     if call.name == "python":
         cmd, stdin = ["python3", "-"], str(args["code"])  # stdin: the program leaves no file behind
     elif call.name == "shell":

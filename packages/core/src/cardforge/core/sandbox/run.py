@@ -26,7 +26,8 @@ promised):
   an exception; stdin is written without blocking, within the deadline.
 * output: read without blocking up to `max_output` bytes each (a marker says how much was dropped; past
   OUTPUT_KILL_FACTOR x the cap the call is killed); terminal control characters are escaped (ESC -> "\\x1b")
-  so a transcript or terminal shows them, never obeys them.
+  so a transcript or terminal shows them, never obeys them (text.py; tool observations also get its
+  chat-markup neutralising on top: `observation`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from pathlib import Path
 
 from cardforge.core.sandbox import seccomp, workspace
 from cardforge.core.sandbox.cgroup import CallCgroup, Layout
+from cardforge.core.sandbox.text import escape_controls
 
 log = logging.getLogger(__name__)
 
@@ -592,13 +594,7 @@ def _readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
-# C0 controls but \t and \n, DEL, C1 controls (0x9b is a one-byte CSI), and \r not followed by \n
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _escape(text: str) -> str:
-    text = text.replace("\r\n", "\n")
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+_escape = escape_controls  # text.py: C0/C1 controls, a lone CR, bidi/line-separator/zero-width controls
 
 
 def _text(buf: _Capped) -> str:
