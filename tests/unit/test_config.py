@@ -135,8 +135,8 @@ def test_invalid_override_is_one_clear_line(override, expected):
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (["trainer=fsdp", "trainer.compile_layers=true"],
-     "trainer.compile_layers=true is not supported with trainer.strategy=fsdp yet; set trainer.compile_layers=false"),
+    (["trainer=fsdp1", "trainer.compile_layers=true"],
+     "trainer.compile_layers=true is not supported with trainer.strategy=fsdp1; use trainer.strategy=fsdp (FSDP2)"),
     (["trainer=gpu_card", "trainer.kernels=transformers"], "trainer.compile_layers=true needs trainer.kernels=cardforge"),
 ])
 def test_compile_layers_conflicts_are_one_clear_line(overrides, expected):

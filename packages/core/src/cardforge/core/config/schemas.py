@@ -268,7 +268,8 @@ class TrainerConfig:
     seed: int = 42
     log_every_n_steps: int = 1
     val_check_interval: float = 1.0
-    # scale-out (Lightning): strategy auto | ddp | fsdp (or any Lightning strategy name), devices per node
+    # scale-out (Lightning): strategy auto | ddp | fsdp (FSDP2, cardforge.train.distributed) | fsdp1 (Lightning's
+    # FSDP1, fp32 base, GPU only) or any Lightning strategy name; devices per node
     strategy: str = "auto"
     devices: Any = "auto"  # "auto", a count, or a list of device indices
     num_nodes: int = 1
@@ -303,8 +304,9 @@ class TrainerConfig:
             raise ValueError(f"trainer.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_epochs < 1 and self.max_steps < 1:
             raise ValueError("set trainer.max_epochs >= 1 or trainer.max_steps >= 1")
-        if self.strategy.startswith("fsdp") and self.accelerator == "cpu":
-            raise ValueError("trainer.strategy=fsdp needs trainer.accelerator=gpu (use trainer.strategy=ddp on CPU)")
+        if self.strategy == "fsdp1" and self.accelerator == "cpu":
+            raise ValueError("trainer.strategy=fsdp1 needs trainer.accelerator=gpu (use trainer.strategy=fsdp, FSDP2, "
+                             "on CPU)")
         if self.ckpt_every_n_steps < 1:
             raise ValueError(f"trainer.ckpt_every_n_steps must be >= 1, got {self.ckpt_every_n_steps}")
         if self.kernels not in ("cardforge", "transformers"):
@@ -324,9 +326,9 @@ class TrainerConfig:
             raise ValueError(f"trainer.pad_to_multiple_of must be >= 1 (or null), got {self.pad_to_multiple_of}")
         if self.compile_layers and self.kernels != "cardforge":
             raise ValueError("trainer.compile_layers=true needs trainer.kernels=cardforge")
-        if self.compile_layers and self.strategy.startswith("fsdp"):
-            raise ValueError("trainer.compile_layers=true is not supported with trainer.strategy=fsdp yet; "
-                             "set trainer.compile_layers=false")
+        if self.compile_layers and self.strategy == "fsdp1":
+            raise ValueError("trainer.compile_layers=true is not supported with trainer.strategy=fsdp1; "
+                             "use trainer.strategy=fsdp (FSDP2)")
         if self.activation_memory_budget is not None:
             if not 0.0 <= self.activation_memory_budget <= 1.0:
                 raise ValueError("trainer.activation_memory_budget must be in [0, 1] (or null), got "
