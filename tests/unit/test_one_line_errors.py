@@ -77,6 +77,50 @@ def test_a_torch_knob_missing_from_the_installed_torch_is_one_line_naming_its_ve
     compose("train")  # knobs that are off are not looked up
 
 
+class _ConfigWithout:
+    """A torch config module (torch.utils._config_module.ConfigModule) of a torch that lacks some knobs: reading or
+    setting a name it does not have raises AttributeError, as the real one does."""
+
+    def __init__(self, **knobs):
+        object.__setattr__(self, "_config", dict(knobs))
+
+    def __getattr__(self, name):
+        try:
+            return self._config[name]
+        except KeyError:
+            raise AttributeError(f"{name} does not exist") from None
+
+    def __setattr__(self, name, value):
+        if name not in self._config:
+            raise AttributeError(f"{name} does not exist")
+        self._config[name] = value
+
+
+def test_a_torch_without_the_memory_budget_knob_compiles_layers_when_no_budget_is_set(monkeypatch):
+    """compile_layers=true with activation_memory_budget=null passes composition on such a torch, so the stage
+    must not set the knob then (it reset it to 1.0 and crashed mid-run); the bench refuses @B in one line."""
+    import torch
+    import torch._dynamo
+    import torch._functorch
+
+    from cardforge.train import bench
+    from cardforge.train.stage import configure_compile
+
+    dynamo = _ConfigWithout(recompile_limit=8, accumulated_recompile_limit=256)
+    monkeypatch.setattr(torch._dynamo, "config", dynamo)
+    monkeypatch.setattr(torch._functorch, "config", _ConfigWithout())
+    tc = compose("train", ["trainer.compile_layers=true"]).trainer
+    assert tc.activation_memory_budget is None
+    configure_compile(tc, max_seq_len=64, pad_multiple=16)
+    assert dynamo.recompile_limit > 8 and dynamo.accumulated_recompile_limit == 256
+    assert bench.parse_variant("cardforge+layers").memory_budget is None
+    with pytest.raises(ValueError) as err:
+        bench.parse_variant("cardforge+layers@0.1")
+    assert str(err.value) == (
+        f"'cardforge+layers@0.1': @B needs torch._functorch.config.activation_memory_budget, which the installed "
+        f"torch {torch.__version__} lacks; drop @B or install a torch that has it")
+
+
 # --- the train stage: data file key, the tolerant reader, a missing model path, the output disk ---
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._functorch.config  # not loaded by `import torch`; the @B budget knob lives there
 
 QWEN36_27B = dict(vocab_size=248320, hidden_size=5120, intermediate_size=17408, num_hidden_layers=64,
                   full_attention_interval=4, num_attention_heads=24, num_key_value_heads=4, head_dim=256,
@@ -138,6 +139,9 @@ def parse_variant(spec: str) -> Variant:
         raise ValueError(f"{spec!r}: @B (memory budget) needs +layers")
     if budget and "offload" in opts:
         raise ValueError(f"{spec!r}: +offload keeps checkpointing; @B turns it off")
+    if budget and not hasattr(torch._functorch.config, "activation_memory_budget"):
+        raise ValueError(f"{spec!r}: @B needs torch._functorch.config.activation_memory_budget, which the installed "
+                         f"torch {torch.__version__} lacks; drop @B or install a torch that has it")
     return Variant(spec, base.kernels, base.loss, base.autocast, int(k) if k else 0, compile="compile" in opts,
                    layers="layers" in opts, tf32="tf32" in opts, memory_budget=float(budget) if budget else None,
                    scan_op="scanop" in opts, offload="offload" in opts)
@@ -156,7 +160,8 @@ def configure(model, v: Variant) -> None:
 
     if v.compile or v.layers:  # a fresh compile per variant: the memory budget is read when compiling
         torch._dynamo.reset()
-    torch._functorch.config.activation_memory_budget = 1.0 if v.memory_budget is None else v.memory_budget
+    if v.memory_budget is not None or hasattr(torch._functorch.config, "activation_memory_budget"):
+        torch._functorch.config.activation_memory_budget = 1.0 if v.memory_budget is None else v.memory_budget
     torch.backends.cuda.matmul.allow_tf32 = v.tf32
     offload.disable(model)
     if v.kernels == "cardforge":

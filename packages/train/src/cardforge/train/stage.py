@@ -148,8 +148,11 @@ def configure_compile(tc, max_seq_len: int, pad_multiple: int) -> None:
     else:  # torch < 2.6
         cfg.cache_size_limit = max(cfg.cache_size_limit, limit)
     cfg.accumulated_recompile_limit = max(getattr(cfg, "accumulated_recompile_limit", 0), 2 * limit)
-    torch._functorch.config.activation_memory_budget = (
-        1.0 if tc.activation_memory_budget is None else float(tc.activation_memory_budget))
+    fc = torch._functorch.config
+    if tc.activation_memory_budget is not None:  # composition checked that this torch has the knob
+        fc.activation_memory_budget = float(tc.activation_memory_budget)
+    elif hasattr(fc, "activation_memory_budget"):  # back to torch's default (an earlier run in this process)
+        fc.activation_memory_budget = 1.0
 
 
 def load_base(path: Path, precision: str, gradient_checkpointing: bool, fsdp: bool):
