@@ -80,6 +80,8 @@ class PipelineResult:
     skipped: list[str] = field(default_factory=list)
     stopped_at: str | None = None
     reason: str | None = None
+    # each stage's result (a dataclass) as its record holds it, plain JSON values (jsonable), whether the stage
+    # ran in this invocation or was skipped as unchanged
     results: dict[str, Any] = field(default_factory=dict)
     peak_rss_gib: dict[str, float] = field(default_factory=dict)  # stages run in this invocation
 
@@ -244,16 +246,16 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
             result.peak_rss_gib[spec.name] = round(peak.gib, 4)
             print(f"[pipeline] {spec.name}: done in {seconds:.0f} s, peak RSS {peak.gib:.2f} GiB",
                   file=sys.stderr)
-            fp = fingerprint(out)
-            files = fingerprints.hash_outputs(jsonable(out), outputs)
+            fp, plain = fingerprint(out), jsonable(out)
+            files = fingerprints.hash_outputs(plain, outputs)
             _tag_run(spec.name, child_id, {"cardforge.code_version": code,
                                            "cardforge.outputs_sha256": fingerprints.outputs_digest(files)})
             atomic_write_json(record_path(cfg, spec.name), {
-                "key": key, "fingerprint": fp, "result": jsonable(out), "seconds": seconds,
+                "key": key, "fingerprint": fp, "result": plain, "seconds": seconds,
                 "peak_rss_gib": round(peak.gib, 4), "run_id": child_id or parent.info.run_id,
                 "code": code, "upstream": list(upstream), "outputs": files,
             })
-            result.results[spec.name] = out
+            result.results[spec.name] = plain
             result.done.append(spec.name)
             upstream.append(fp)
         tags()

@@ -6,7 +6,7 @@ artifact, so every later stage's run can be traced to the exact bytes it started
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
 import mlflow
 from omegaconf import DictConfig
@@ -28,14 +28,19 @@ def needed(cfg: DictConfig) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+@dataclass
+class ModelsResult:
+    paths: dict[str, str] = field(default_factory=dict)  # embedded model name -> its local checkpoint
+
+
+def run(cfg: DictConfig) -> ModelsResult:
     with tracking.stage_run(cfg, "models"):
-        out = {}
+        out = ModelsResult()
         for name in needed(cfg):
             path = prepare(name)
             manifest = read_manifest(path)
             mlflow.log_params({f"models.{name}.content_hash": manifest["content_hash"][:16],
                                f"models.{name}.path": str(path)})
             mlflow.log_dict(manifest, f"models/{name}.manifest.json")
-            out[name] = str(path)
+            out.paths[name] = str(path)
         return out
