@@ -99,7 +99,14 @@ class Layout:
     def probe() -> Layout:
         if os.environ.get("CARDFORGE_SANDBOX_NO_CGROUP"):  # tests of the fallback path
             return Layout()
-        mounts, own = _mounts(), _own_paths()
+        layout = Layout.detect(_mounts(), _own_paths())
+        layout.sweep()
+        return layout
+
+    @staticmethod
+    def detect(mounts: list[tuple[str, str, set[str]]], own: dict[str, str]) -> Layout:
+        """The layout the cgroup mounts `mounts` (as _mounts gives them) and this process's own cgroups
+        `own` (as _own_paths) allow; creates the v2 parent directory where it may."""
         v2_parent, v2_ctrls = None, frozenset()
         for point, fstype, _ in mounts:
             if fstype != "cgroup2" or v2_parent:
@@ -150,27 +157,36 @@ class Layout:
                     if ok:
                         v1[ctrl] = parent
                     break
-        layout = Layout(v2_parent, v2_ctrls, v1)
-        layout.sweep()
-        return layout
+        return Layout(v2_parent, v2_ctrls, v1)
 
-    def sweep(self) -> None:
-        """Remove the (empty) cgroups of calls whose host process died mid-call (rmdir only succeeds on an
-        empty cgroup, so nothing alive is touched)."""
+    def sweep(self, timeout_s: float = 5.0) -> list[str]:
+        """End and remove the cgroups of calls whose host process is gone (killed mid-call: its call's
+        processes may still run there, e.g. a daemon that escaped bwrap's --die-with-parent). Run before
+        every call. A cgroup is stale when its owner (the pid and start time in its name) no longer runs;
+        a live host's cgroups are never touched. Returns what could not be ended or removed (run.py
+        raises SandboxBreach on it: processes of a call that nobody can end)."""
         parents = [(self.v2_parent, "call-")] if self.v2_parent else []
         parents += [(p, f"{PREFIX}-call-") for p in self.v1_parents.values()]
+        stale = []
         for parent, prefix in parents:
             try:
                 children = [c for c in parent.iterdir() if c.name.startswith(prefix)]
             except OSError:
                 continue
-            for child in children:
-                pid = child.name[len(prefix):].split("-", 1)[0]
-                if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                    try:
-                        child.rmdir()
-                    except OSError:
-                        pass
+            stale += [c for c in children if not owner_alive(c.name[len(prefix):])]
+        if not stale:
+            return []
+        left = []
+        cgs = [_Stale(d, d.parent == self.v2_parent) for d in stale]
+        deadline = time.monotonic() + timeout_s
+        for cg in cgs:
+            if not cg.wait_empty(max(deadline - time.monotonic(), 0.0)):
+                left.append(f"{cg.dir}: processes {sorted(cg.pids())[:10]} survive SIGKILL")
+                continue
+            cg.remove()
+            if cg.dirs:
+                left.append(f"{cg.dir}: empty but cannot be removed")
+        return left
 
 
 class CallCgroup:
@@ -178,7 +194,7 @@ class CallCgroup:
 
     def __init__(self, layout: Layout, mem_bytes: int, max_procs: int):
         self.layout, self.dirs = layout, []
-        name = f"call-{os.getpid()}-{uuid.uuid4().hex[:10]}"
+        name = f"call-{owner_tag()}-{uuid.uuid4().hex[:10]}"
         self.v2 = None
         try:
             if layout.v2_parent:
@@ -269,13 +285,61 @@ class CallCgroup:
         return None
 
     def remove(self) -> None:
+        left = []
         for d in reversed(self.dirs):
             for _ in range(50):  # rmdir fails with EBUSY until the last task is fully gone
                 try:
-                    d.rmdir()
+                    _rmdir(d)
                     break
                 except FileNotFoundError:
                     break
                 except OSError:
                     time.sleep(0.01)
-        self.dirs = []
+            else:
+                left.append(d)
+        self.dirs = left  # what is still there: the next call's sweep tries again
+
+
+class _Stale(CallCgroup):
+    """A call cgroup found by the sweep (v2 when under the v2 parent, else v1): ended and removed like ours."""
+
+    def __init__(self, d: Path, v2: bool):  # noqa: D107 - not CallCgroup's: nothing is created
+        self.dir, self.dirs, self.v2 = d, [d], d if v2 else None
+
+
+def _rmdir(path: Path) -> None:  # a seam for tests/support/fake_cgroupfs.py (a real cgroupfs lets rmdir go with
+    os.rmdir(path)                # its interface files in place; a stand-in directory cannot)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22): a pid plus its start
+    time names one process, even after the pid is reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _own_tag(pid: int) -> str:
+    return f"{pid}-{_start_time(pid) or 0}"
+
+
+def owner_tag() -> str:
+    """`PID-STARTTIME` of this process: in every call cgroup's (and workspace's) name, so a sweep can tell a
+    dead owner from a live one whose pid was merely reused."""
+    return _own_tag(os.getpid())
+
+
+def owner_alive(tag: str) -> bool:
+    """Whether the host process named by `tag` (`PID-STARTTIME-...`; older names `PID-...`) still runs."""
+    parts = tag.split("-")
+    if not parts[0].isdigit():
+        return True  # not one of ours: leave it
+    pid = int(parts[0])
+    start = _start_time(pid)
+    if start is None:
+        return False
+    if len(parts) >= 3 and parts[1].isdigit():
+        return parts[1] == start
+    return True  # an older name without a start time: the pid runs, assume it is the owner

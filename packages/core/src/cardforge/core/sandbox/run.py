@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cardforge.core.sandbox import seccomp, workspace
-from cardforge.core.sandbox.cgroup import CallCgroup, Layout
+from cardforge.core.sandbox.cgroup import CallCgroup, Layout, owner_alive, owner_tag
 from cardforge.core.sandbox.text import escape_controls
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,9 @@ def run_sandboxed(
     if total_mem_mb is None:
         total_mem_mb = mem_mb + 2 * tmp_mb + workspace_mb
     data = stdin.encode("utf-8", "replace") if isinstance(stdin, str) else stdin
-    workdir = tempfile.mkdtemp(prefix=f"cf-sbx-{os.getpid()}-")  # the pid: whose it is, should one be left
+    _sweep()  # what a killed host left: its calls' processes and cgroups, then its workspaces
+    # the owner (pid and start time) in the name: whose it is, should one be left (the next call's sweep)
+    workdir = tempfile.mkdtemp(prefix=f"cf-sbx-{owner_tag()}-")
     mounted = False
     try:
         if os.geteuid() == 0:
@@ -304,6 +306,28 @@ def run_sandboxed(
                     total_mem_mb=total_mem_mb, mounted=mounted, deadline_after=deadline_after)
     finally:
         _remove_workspace(workdir, mounted)
+
+
+def _sweep() -> None:
+    """End and remove what calls of a dead host process left (Layout.sweep: live processes in their cgroups
+    included), then their workspaces. Raises SandboxBreach when such processes cannot be ended."""
+    left = Layout.probe().sweep()
+    if left:
+        raise SandboxBreach("processes of a call whose host died cannot be ended: " + "; ".join(left[:5]))
+    tmp = tempfile.gettempdir()
+    try:
+        names = [e.name for e in os.scandir(tmp) if e.name.startswith("cf-sbx-") and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for name in names:
+        tag = name[len("cf-sbx-"):]
+        if tag.split("-")[0].isdigit() and not owner_alive(tag):
+            path = os.path.join(tmp, name)
+            try:
+                _remove_workspace(path, mounted=True)  # unmount is a no-op where nothing is mounted
+                log.warning("sandbox: removed %s, the workspace of a call whose host process died", path)
+            except OSError:
+                pass  # logged by _remove_workspace; the next call tries again
 
 
 def _remove_workspace(workdir: str, mounted: bool) -> None:
