@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from cardforge.core.artifacts import Outputs
+
 # bits per weight of the GGUF tiers (llama.cpp's mixes, measured on dense models), for disk estimates
 GGUF_BPW = {"BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.69, "Q5_0": 5.5, "Q4_K_M": 4.89, "Q4_0": 4.5}
 
@@ -44,9 +46,9 @@ def teacher_estimate(cfg: DictConfig) -> dict:
     n = (int(d.num_samples) or 0) * int(d.samples_per_task)  # num_samples 0: every task (unknown here)
     price = t.get("price") or {}
     pin, pout = price.get("input_per_m"), price.get("output_per_m")
-    out = Path(cfg.paths.outputs) / "data"
-    ledger = out / "spend.jsonl"
-    done = _lines(out / "trajectories.jsonl") + _lines(out / "rejections.jsonl")
+    out = Outputs(cfg).data
+    ledger = out.spend
+    done = _lines(out.trajectories) + _lines(out.rejections)
     if ledger.is_file() and done:
         from cardforge.core.chat.jsonl import read_records
 
@@ -224,7 +226,7 @@ def problems(cfg: DictConfig) -> list[str]:
         need = sum(v for k, v in size.items()) / 1e9
     else:
         need = 2 * cfg.model.params_b * 6  # weights, merged copy, GGUF source + tiers, FP8, NVFP4
-    free = shutil.disk_usage(Path(cfg.paths.outputs).anchor or "/").free / 1e9
+    free = shutil.disk_usage(Outputs(cfg).root.anchor or "/").free / 1e9
     if need > free:
         out.append(f"disk: ~{need:.0f} GB needed under paths.outputs, {free:.0f} GB free")
     return out

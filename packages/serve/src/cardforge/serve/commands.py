@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cardforge.core.artifacts import Outputs
 from cardforge.serve.launchers import COMMANDS, build_command
 
 BACKEND_CONFIGS = {"llama_cpp": "llama_cpp", "vllm": "vllm", "sglang": "sglang"}  # backend -> conf/serve/*.yaml
@@ -62,13 +63,12 @@ def published_repo(cfg: DictConfig) -> str | None:
 def released_model_dir(cfg: DictConfig) -> Path:
     """<release.out_dir>/main (default <paths.outputs>/release/main): the merged distilled checkpoint as
     `make release` assembles it (cardforge.card.release)."""
-    out = OmegaConf.select(cfg, "release.out_dir") or Path(cfg.paths.outputs) / "release"
-    return Path(out) / "main"
+    return Outputs(cfg).release / "main"
 
 
 def merged_model_dir(cfg: DictConfig) -> Path:
     """<paths.outputs>/merge/model: where the merge stage writes the merged BF16 checkpoint."""
-    return Path(cfg.paths.outputs) / "merge" / "model"
+    return Outputs(cfg).merge.model
 
 
 def _shown(path: Path, cfg: DictConfig) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cardforge.core.artifacts import Outputs
 from cardforge.serve.commands import (
     inference_commands, local_model, merged_model_dir, published_repo, released_model_dir,
 )
@@ -121,7 +122,7 @@ def resolve_gguf(cfg: DictConfig) -> Path:
     if not Path(src).is_dir():
         raise FileNotFoundError(f"serve.model_path / model.path={src}: need a local HF dir or a .gguf file "
                                 "for backend=llama_cpp")
-    out = Path(cfg.paths.outputs) / "serve" / f"{Path(src).name}-bf16.gguf"
+    out = Outputs(cfg).serve.dir / f"{Path(src).name}-bf16.gguf"
     if not out.is_file():
         _say(f"converting {src} -> {out} (BF16, once)")
         convert_hf_to_gguf(src, out, outtype="bf16")
@@ -162,7 +163,7 @@ def _run_llama_cpp(cfg: DictConfig, result: ServeResult) -> ServeResult:
     from cardforge.core.io import atomic_write_json
     from cardforge.serve.launchers.llama_cpp import llama_server
 
-    out_dir = Path(cfg.paths.outputs) / "serve"
+    out_dir = Outputs(cfg).serve.dir
     gguf = resolve_gguf(cfg)
     serve = serve_options(cfg)
     log_path = out_dir / "llama-server.log"
@@ -248,7 +249,7 @@ def _run_engine(cfg: DictConfig, backend: str, result: ServeResult) -> ServeResu
         raise UserError(f"no distilled model to serve: neither {released_model_dir(cfg)} nor "
                         f"{merged_model_dir(cfg)} holds a checkpoint; run `make merge` (or `make release`), or "
                         "pass serve.model_path=DIR_OR_HF_ID (the base model is never served by default)")
-    log_path = Path(cfg.paths.outputs) / "serve" / f"{backend}.log"
+    log_path = Outputs(cfg).serve.log(backend)
     log_path.unlink(missing_ok=True)
     result.log_path = str(log_path)
     with tracking.stage_run(cfg, "serve"):

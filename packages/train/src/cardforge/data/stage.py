@@ -32,6 +32,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cardforge.core import tracking
+from cardforge.core.artifacts import DataOutputs, Outputs
 from cardforge.core.chat import append_jsonl, completed_task_ids, read_jsonl, write_jsonl
 from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json, atomic_write_text
@@ -53,7 +54,7 @@ class DataResult:
 
 
 def out_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.outputs) / "data"
+    return Outputs(cfg).data.dir
 
 
 def resume_key(cfg: DictConfig) -> str:
@@ -69,7 +70,8 @@ def resume_key(cfg: DictConfig) -> str:
 
 
 def _prepare_files(cfg: DictConfig, out: Path) -> tuple[Path, Path]:
-    accepted, rejected, state = out / "trajectories.jsonl", out / "rejections.jsonl", out / "state.json"
+    files = DataOutputs(out)
+    accepted, rejected, state = files.trajectories, files.rejections, out / "state.json"
     key = resume_key(cfg)
     prev = json.loads(state.read_text()) if state.exists() else {}
     old = prev.get("resume_key")
@@ -191,7 +193,7 @@ def run(cfg: DictConfig) -> DataResult:
         mode = mode.split(".")[-1]  # an enum prints as ToolResults.execute
         _log(f"{len(tasks)} tasks x {d.samples_per_task} samples: {len(todo)} to ask, {len(done)} already done "
              f"(tool_results={mode}, judge={bool(d.judge)})")
-        spend = Spend.load(out / "spend.jsonl")  # what earlier runs spent counts against the budget
+        spend = Spend.load(DataOutputs(out).spend)  # what earlier runs spent counts against the budget
         budget = (OmegaConf.select(cfg, "data.budget.tokens"), OmegaConf.select(cfg, "data.budget.cost"))
         if budget[1] is not None and OmegaConf.select(cfg, "teacher.price.input_per_m") is None:
             raise UserError("data.budget.cost needs teacher.price (per million tokens): set "
@@ -233,7 +235,7 @@ def run(cfg: DictConfig) -> DataResult:
                                                                  or "USD"),
                              "priced": OmegaConf.select(cfg, "teacher.price.input_per_m") is not None,
                              "budget": {"tokens": budget[0], "cost": budget[1]}, **stop}
-        atomic_write_json(out / "manifest.json", manifest)
+        atomic_write_json(DataOutputs(out).manifest, manifest)
         atomic_write_text(out / "table.md", table(manifest))
         _log(table(manifest))
         c = manifest["counts"]
@@ -246,7 +248,7 @@ def run(cfg: DictConfig) -> DataResult:
         metrics["data.spend.stopped_by_budget"] = float(bool(stop["stopped_by_budget"]))
         mlflow.log_metrics(metrics)
         mlflow.set_tag("data.sha256", str(manifest["sha256"]))
-        for p in (accepted, rejected, out / "manifest.json", out / "table.md", out / "spend.jsonl"):
+        for p in (accepted, rejected, DataOutputs(out).manifest, out / "table.md", DataOutputs(out).spend):
             if p.exists():
                 mlflow.log_artifact(str(p), "data")
         if note := outage_note(cfg, rej, out):

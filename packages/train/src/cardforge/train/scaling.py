@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cardforge.core.artifacts import Outputs
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
@@ -79,7 +81,7 @@ def stage_command(model_dir: Path, outputs: Path, devices: int, a: argparse.Name
 def steady_tokens_per_s(outputs: Path, warmup: int) -> tuple[float, list[float]]:
     import mlflow
 
-    result = json.loads((outputs / "train" / "train_result.json").read_text())
+    result = json.loads(Outputs(outputs).train.result.read_text())
     history = mlflow.MlflowClient().get_metric_history(result["run_id"], "train/tokens_per_s")
     values = [m.value for m in sorted(history, key=lambda m: m.step)]
     kept = values[warmup:] or values
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs = (a.workdir / f"{a.strategy}-{n}").resolve()
         shutil.rmtree(outputs, ignore_errors=True)
         # every rank gets steps x grad_accum samples of the same length
-        write_samples(outputs / "data" / "trajectories.jsonl", a.steps * a.grad_accum * n, a.seq, vocab)
+        write_samples(Outputs(outputs).data.trajectories, a.steps * a.grad_accum * n, a.seq, vocab)
         cmd = stage_command(model_dir, outputs, n, a)
         row: dict[str, Any] = {"devices": n, "strategy": a.strategy, "command": " ".join(cmd), "status": "ok"}
         print(f"$ {row['command']}", file=sys.stderr, flush=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cardforge.core import tracking
+from cardforge.core.artifacts import Outputs
 from cardforge.core.io import atomic_dir, atomic_write_json
 from cardforge.core.models import MANIFEST, mtp
 
@@ -202,7 +203,7 @@ def check_mtp(base_dir: str | Path, merged_dir: str | Path) -> tuple[dict, dict]
 
 
 def adapter_path(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.outputs) / "train" / "adapter"
+    return Outputs(cfg).train.adapter
 
 
 def run(cfg: DictConfig) -> MergeResult:
@@ -215,8 +216,8 @@ def run(cfg: DictConfig) -> MergeResult:
         raise MissingInputError(f"{adapter} holds no PEFT adapter: run the train stage first "
                                 f"(make train EXP={cfg.experiment}, or python -m cardforge.train)")
     base = model_path(cfg)
-    out_root = Path(cfg.paths.outputs) / "merge"
-    out = out_root / "model"
+    written = Outputs(cfg).merge
+    out_root, out = written.dir, written.model
     from cardforge.core.io import dir_bytes, preflight_output
 
     # the merged checkpoint is a full copy of the base (written beside the old one, then swapped in)
@@ -229,28 +230,28 @@ def run(cfg: DictConfig) -> MergeResult:
                               "for a base without an MTP head)")
         layout_report: dict = {}
         merge_adapter(base, adapter, out, report=layout_report)
-        atomic_write_json(out_root / "merge_layout.json", layout_report)
+        atomic_write_json(written.layout, layout_report)
         base_manifest, merged_manifest = check_mtp(base, out)
         from cardforge.core.chat.template import checkpoint_template, template_identity
 
         template = checkpoint_template(base)  # the base's own chat template travels byte for byte
         if checkpoint_template(out) != template:
             raise RuntimeError(f"{out}: the chat template differs from the base's ({base}); the merge must copy it")
-        atomic_write_json(out_root / "mtp_manifest.base.json", base_manifest)
-        atomic_write_json(out_root / "mtp_manifest.merged.json", merged_manifest)
+        atomic_write_json(written.base_manifest, base_manifest)
+        atomic_write_json(written.merged_manifest, merged_manifest)
         result = MergeResult(model_dir=str(out), adapter_dir=str(adapter), base_dir=str(base),
                              mtp_tensors=len(merged_manifest["tensors"]),
                              mtp_manifest_match=base_manifest["tensors"] == merged_manifest["tensors"],
                              wall_s=time.perf_counter() - t0)
-        atomic_write_json(out_root / "merge_result.json", asdict(result))
+        atomic_write_json(written.result, asdict(result))
         mlflow.log_metrics({"merge/wall_s": result.wall_s, "merge/mtp_tensors": result.mtp_tensors})
         mlflow.set_tags({"merge.mtp_manifest_match": str(result.mtp_manifest_match).lower(),
                          "merge.mtp_shard_sha256": merged_manifest["shard_sha256"] or "",
                          **{f"merge.{k}": v for k, v in template_identity(template).items()}})
         mlflow.log_metrics({"merge/adapted_tensors": layout_report["adapted"],
                             "merge/unchanged_tensors": layout_report["unchanged"]})
-        for name in ("mtp_manifest.base.json", "mtp_manifest.merged.json", "merge_result.json", "merge_layout.json"):
-            mlflow.log_artifact(str(out_root / name))
+        for path in (written.base_manifest, written.merged_manifest, written.result, written.layout):
+            mlflow.log_artifact(str(path))
         log.info("merged %s + %s -> %s (%d MTP tensors kept) in %.1f s", base, adapter, out, result.mtp_tensors,
                  result.wall_s)
     return result
