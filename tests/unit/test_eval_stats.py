@@ -182,7 +182,6 @@ def test_bench_rows_per_tier_and_mean_accept_length(tmp_path, monkeypatch, mlflo
 
     from cardforge.serve.launchers import llama_cpp
 
-    monkeypatch.chdir(tmp_path)  # TODO: something under stage.targets/_bench logs to ./mlruns; found at the deadline
     files = _quant_outputs(tmp_path)
     fake = _FakeLlama(with_counters)
     monkeypatch.setattr(llama_cpp, "llama_server", fake.server)
@@ -190,8 +189,11 @@ def test_bench_rows_per_tier_and_mean_accept_length(tmp_path, monkeypatch, mlflo
     monkeypatch.setattr(mtp_bench, "spec_counters", fake.spec_counters)
     cfg = compose("eval", ["experiment=tiny", f"paths.outputs={tmp_path}", "eval.bench_repeats=1",
                            "serve.mtp.p_min=0.5"])
-    mlflow.set_experiment(mlflow_experiment)
-    with mlflow.start_run() as run:
+    from cardforge.core.tracking import get_or_create_experiment
+
+    # mlflow.set_experiment(name) would put the experiment's artifacts under the store's default root: the cwd's
+    # ./mlruns as resolved when this process first opened the store (a chdir here comes too late)
+    with mlflow.start_run(experiment_id=get_or_create_experiment(mlflow_experiment, mlflow_uri)) as run:
         rows = stage._bench(cfg, tmp_path / "eval", stage.targets(cfg))
     tiers = ["Q4_K_M-imatrix", "Q8_0"]
     assert sorted({r["tier"] for r in rows}) == tiers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -212,3 +214,23 @@ def test_params_are_the_stage_sections_and_the_experiment(cfg, mlflow_uri):
     assert params["experiment"] == "tiny" and params["lora.r"] == "64"
     assert len(tracking.safe_params(compose("card"), "card")) < len(tracking.safe_params(compose("card")))
     assert not any(k.startswith("card.attribution") for k in tracking.safe_params(compose("card"), "card"))
+
+
+def test_library_never_opens_an_experiment_by_name_only():
+    # mlflow.set_experiment(name) creates a missing experiment under the store's default artifact root: for a sqlite
+    # store that is the cwd's ./mlruns, resolved when the process first opened the store. Every experiment must come
+    # from get_or_create_experiment (artifacts next to the store), and no run may open in the Default experiment.
+    import re
+
+    root = Path(__file__).resolve().parents[2] / "packages"
+    offenders = []
+    for py in root.rglob("*.py"):
+        text = py.read_text()
+        for n, line in enumerate(text.splitlines(), 1):
+            if re.search(r"mlflow\.set_experiment\(", line) or (
+                    re.search(r"mlflow\.start_run\(", line) and "experiment_id" not in line
+                    and "run_id" not in line and "nested" not in line and "**kwargs" not in line):
+                offenders.append(f"{py.relative_to(root)}:{n}: {line.strip()}")
+    assert offenders == [], "\n".join(offenders)
+    stage_run = (root / "core/src/cardforge/core/tracking.py").read_text()
+    assert '"experiment_id": exp_id' in stage_run  # the one **kwargs call above names its experiment

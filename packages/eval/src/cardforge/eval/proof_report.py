@@ -171,11 +171,14 @@ def main(argv: list[str] | None = None) -> None:
         import mlflow
 
         from cardforge.core import paths
+        from cardforge.core.tracking import get_or_create_experiment
 
-        # the repo's store (as every stage logs), unless MLFLOW_TRACKING_URI names another
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or paths.default_tracking_uri())
-        mlflow.set_experiment("cardforge")
-        with mlflow.start_run(run_name="proof_report", tags={"stage": "proof_report", "experiment": "distill_proof"}):
+        # the repo's store (as every stage logs), unless MLFLOW_TRACKING_URI names another; the experiment keeps
+        # its artifacts next to the store (mlflow.set_experiment would put them in the cwd's ./mlruns)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or paths.default_tracking_uri()
+        exp_id = get_or_create_experiment("cardforge", uri)
+        with mlflow.start_run(experiment_id=exp_id, run_name="proof_report",
+                              tags={"stage": "proof_report", "experiment": "distill_proof"}):
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
             mlflow.log_text(text, "proof_report.md")
 
