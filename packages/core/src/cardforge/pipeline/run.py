@@ -35,6 +35,7 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from cardforge.core import tracking
+from cardforge.core.artifacts import Outputs
 from cardforge.core.cli import StageNotImplemented
 from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json
@@ -133,7 +134,7 @@ def _tag_run(stage: str, run_id: str | None, tags: dict[str, str]) -> None:
 
 
 def record_path(cfg: DictConfig, stage: str) -> Path:
-    return Path(cfg.paths.outputs) / ".pipeline" / f"{stage}.json"
+    return Outputs(cfg).pipeline_record(stage)
 
 
 def load_record(cfg: DictConfig, stage: str) -> dict | None:
@@ -193,7 +194,7 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
             code = fingerprints.code_version(spec.packages)
             key = stage_key(cfg, spec, upstream, code)
             rec = load_record(cfg, spec.name)
-            outputs = Path(cfg.paths.outputs)
+            outputs = Outputs(cfg).root
             if rec and rec.get("key") == key and not spec.always and not ({spec.name, "all"} & force):
                 drift = fingerprints.changed_outputs(rec.get("outputs") or {}, outputs)
                 if not drift:
