@@ -1,6 +1,7 @@
 """The release bundle: the repositories the card ships, assembled from one pipeline invocation's runs.
 
-Run as: python -m cardforge.card release [hydra overrides] [release.dry_run=true]      (make release EXP=tiny)
+Run as: python -m cardforge.card.release [hydra overrides] [release.dry_run=true]      (make release EXP=tiny)
+        (or `cardforge release ...`; `--help` lists the config, conf/release.yaml)
 
 1. Runs: the pipeline parent (release.parent_run_id, else as the card stage picks it) and its merge, quant
    and card runs (a stage skipped as unchanged: the earlier run its pipeline record names, as for the card).
@@ -40,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from cardforge.card import collect
 from cardforge.card.collect import StageRun, stage_runs
 from cardforge.core import tracking
+from cardforge.core.cli import stage_main
 from cardforge.core.artifacts import (CardOutputs, MergeOutputs, Outputs, QuantOutputs, QuantResults, Tier,
                                       flat_tier_keys)
 from cardforge.core.errors import UserError
@@ -583,3 +585,12 @@ def run(cfg: DictConfig) -> dict:
     return {"dry_run": False, "out_dir": str(out_dir), "parent_run_id": plan.parent.run_id, "run_id": rid,
             "manifest": str(out_dir / "manifest.json"), "skipped": plan.skipped, "upload": commands,
             "hardlinks": links, "copies": copies}
+
+
+def main() -> None:
+    """The release's entry point: Hydra on conf/release.yaml, then run(cfg)."""
+    stage_main("release", run)
+
+
+if __name__ == "__main__":
+    main()
