@@ -215,15 +215,15 @@ def test_missing_stages_render_not_measured(mlflow_uri, mlflow_experiment, tmp_p
     _, res = _pipeline(monkeypatch, mlflow_uri, mlflow_experiment, out, only={"data", "train"})
     assert res.stopped_at == "merge"  # the pipeline stops where a stage is missing; the card is compiled after
     result = card_run(compose("card", [f"logger.experiment_name={mlflow_experiment}", f"paths.outputs={out}"]))
-    text = Path(result["card"]).read_text()
-    assert result["parent"] == res.run_id and result["not_measured"] == ["merge", "mtp", "quant", "eval"]
+    text = Path(result.card).read_text()
+    assert result.parent == res.run_id and result.not_measured == ["merge", "mtp", "quant", "eval"]
     for stage in ("quant", "eval"):
         assert f"**Not measured in this run** — no finished `{stage}` run under pipeline run `{res.run_id[:8]}`" in text
         assert f"**本次运行未测量** —— 流水线 run `{res.run_id[:8]}` 下没有已完成的 `{stage}` run" in text
     assert "| gpqa_diamond" not in text and "| `Q4_K_M" not in text and "mtp_bench.png" not in text
     assert "r = 64" in text  # what was measured is still there
     audit(text, _runs_by_short(MlflowClient(mlflow_uri), mlflow_experiment))
-    card = MlflowClient(mlflow_uri).get_run(result["run_id"])
+    card = MlflowClient(mlflow_uri).get_run(result.run_id)
     assert card.data.tags["mlflow.parentRunId"] == res.run_id
 
 

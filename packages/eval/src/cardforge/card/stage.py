@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -73,44 +74,70 @@ def _release_note(cfg: DictConfig, languages: list[str]) -> dict[str, str]:
             for lang in languages}
 
 
-def run(cfg: DictConfig) -> dict:
+@dataclass
+class CardResult:
+    card: str  # the README written
+    run_id: str  # the card's MLflow run
+    parent: str  # the pipeline run it reports on
+    card_run: str  # = run_id (card.json's name for it)
+    stages: dict[str, dict]  # stage -> {run_id, reused}
+    not_measured: list[str]
+    audited_numbers: int  # numbers checked against MLflow
+
+
+def render_card(cfg: DictConfig, c, card_run, card_dir: Path) -> tuple[str, list[dict], int, dict]:
+    """(the card's text, its values, how many numbers were audited, its plots by name). The card checks itself
+    against MLflow before anything is written: a number no run recorded fails it."""
+    import mlflow
+
+    figures = plots.make_plots(c, card_dir)
+    ctx = render.Context(
+        title=str(cfg.card.title), experiment=str(cfg.experiment), card_run=card_run,
+        attribution=OmegaConf.to_container(cfg.card.attribution, resolve=True),
+        languages=list(cfg.card.languages), commands=_commands(cfg, c), plots=figures,
+        license=str(cfg.card.license))
+    ctx.release_note = _release_note(cfg, ctx.languages)
+    text, values = render.render_with_values(c, ctx)
+    try:
+        checked = audit.audit(text, values, mlflow.MlflowClient(tracking.tracking_uri(cfg)))
+    except audit.AuditError as e:
+        raise UserError(f"the card failed its audit against MLflow (a bug in the card compiler): {e}") from None
+    return text, values, checked, figures
+
+
+def write_card(card: CardOutputs, c, card_run, text: str, values: list[dict], checked: int,
+               figures: dict) -> CardResult:
+    """README.md and card.json written and logged to the card run."""
+    import mlflow
+
+    readme = atomic_write_text(card.readme, text)
+    sources = {"parent": c.parent.run_id, "card_run": card_run.run_id,
+               "stages": {s: {"run_id": r.run_id, "reused": r.reused} for s, r in c.stages.items()},
+               "not_measured": [s for s in collect.STAGES if s not in c.stages],
+               "audited_numbers": checked, "values": values}
+    atomic_write_json(card.sources, sources)
+    shutil.rmtree(card.dir / ".mlflow", ignore_errors=True)  # downloaded copies, not part of the card
+    mlflow.log_artifact(str(readme), CardOutputs.ARTIFACT)
+    mlflow.log_artifact(str(card.sources), CardOutputs.ARTIFACT)
+    for fig in figures.values():
+        mlflow.log_artifact(str(fig), CardOutputs.ARTIFACT)
+    mlflow.set_tags({"card.parent_run_id": c.parent.run_id, "card.not_measured": ",".join(sources["not_measured"])})
+    mlflow.log_metric("card.stages_measured", float(len(c.stages)))
+    mlflow.log_metric("card.audited_numbers", float(checked))
+    return CardResult(str(readme), card_run.run_id, **{k: v for k, v in sources.items() if k != "values"})
+
+
+def run(cfg: DictConfig) -> CardResult:
     import mlflow
 
     card = Outputs(cfg).card
-    card_dir = card.dir
-    c = collect.collect(cfg, card_dir / ".mlflow")
+    c = collect.collect(cfg, card.dir / ".mlflow")
     # nested under the pipeline run: the active one inside the pipeline, else the one reported on
     with tracking.stage_run(cfg, "card", parent_run_id=c.parent.run_id) as active:
         card_run = collect.StageRun.from_run(mlflow.get_run(active.info.run_id))
-        card_dir.mkdir(parents=True, exist_ok=True)
-        figures = plots.make_plots(c, card_dir)
-        ctx = render.Context(
-            title=str(cfg.card.title), experiment=str(cfg.experiment), card_run=card_run,
-            attribution=OmegaConf.to_container(cfg.card.attribution, resolve=True),
-            languages=list(cfg.card.languages), commands=_commands(cfg, c), plots=figures,
-            license=str(cfg.card.license))
-        ctx.release_note = _release_note(cfg, ctx.languages)
-        text, values = render.render_with_values(c, ctx)
-        # the card checks itself against MLflow before anything is written: a number no run recorded fails it
-        try:
-            checked = audit.audit(text, values, mlflow.MlflowClient(tracking.tracking_uri(cfg)))
-        except audit.AuditError as e:
-            raise UserError(f"the card failed its audit against MLflow (a bug in the card compiler): {e}") from None
-        readme = atomic_write_text(card.readme, text)
-        sources = {"parent": c.parent.run_id, "card_run": card_run.run_id,
-                   "stages": {s: {"run_id": r.run_id, "reused": r.reused} for s, r in c.stages.items()},
-                   "not_measured": [s for s in collect.STAGES if s not in c.stages],
-                   "audited_numbers": checked, "values": values}
-        atomic_write_json(card.sources, sources)
-        shutil.rmtree(card_dir / ".mlflow", ignore_errors=True)  # downloaded copies, not part of the card
-        mlflow.log_artifact(str(readme), CardOutputs.ARTIFACT)
-        mlflow.log_artifact(str(card.sources), CardOutputs.ARTIFACT)
-        for fig in figures.values():
-            mlflow.log_artifact(str(fig), CardOutputs.ARTIFACT)
-        mlflow.set_tags({"card.parent_run_id": c.parent.run_id,
-                         "card.not_measured": ",".join(sources["not_measured"])})
-        mlflow.log_metric("card.stages_measured", float(len(c.stages)))
-        mlflow.log_metric("card.audited_numbers", float(checked))
-    print(f"cardforge card: {readme} (pipeline run {c.parent.run_id[:8]}, card run {card_run.run_id[:8]}; "
-          f"not measured: {', '.join(sources['not_measured']) or 'none'})", file=sys.stderr)
-    return {"card": str(readme), "run_id": card_run.run_id, **{k: v for k, v in sources.items() if k != "values"}}
+        card.dir.mkdir(parents=True, exist_ok=True)
+        text, values, checked, figures = render_card(cfg, c, card_run, card.dir)
+        result = write_card(card, c, card_run, text, values, checked, figures)
+    print(f"cardforge card: {result.card} (pipeline run {c.parent.run_id[:8]}, card run {card_run.run_id[:8]}; "
+          f"not measured: {', '.join(result.not_measured) or 'none'})", file=sys.stderr)
+    return result
