@@ -13,6 +13,12 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from cardforge.core.config.schemas.checks import (  # noqa: F401 - re-exported
+    SOURCE_SYNTAX,
+    check_choice,
+    check_sources,
+)
+
 
 class Stage(str, Enum):
     """The primary config (`stage: NAME`); renders as its value (hydra.run.dir `.../${stage}/...`)."""
@@ -88,25 +94,6 @@ EVAL_SUITES = ("gpqa_diamond", "mmlu", "humaneval", "coding", "bfcl", "agentic",
 # Lightning's Trainer(precision=...) strings (lightning.fabric.connector._PRECISION_INPUT_STR + aliases)
 LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed",
                         "bf16-true", "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")
-# task sources (cardforge.data.tasks.load_source): builtin | humaneval | bfcl:NAME | proof:SPLIT:N | jsonl:PATH
-SOURCE_SYNTAX = "builtin, humaneval, bfcl:NAME (a BFCL set or question file), proof:SPLIT:N or jsonl:PATH"
-
-
-def check_choice(key: str, value: Any, allowed: Any, what: str = "value") -> None:
-    """One line naming the key, the bad value and the allowed ones (ValueError -> ConfigError upstream)."""
-    allowed = [getattr(a, "value", a) for a in allowed]
-    if value not in allowed:
-        raise ValueError(f"{key}: unknown {what} {value!r}; choose one of: {', '.join(map(str, allowed))}")
-
-
-def check_sources(key: str, sources: Any) -> None:
-    for spec in sources:
-        kind, colon, arg = str(spec).partition(":")
-        ok = (kind in ("builtin", "humaneval") and not colon) or (kind in ("bfcl", "jsonl", "proof") and arg.strip())
-        if not ok:
-            raise ValueError(f"{key}: unknown source {str(spec)!r}; use {SOURCE_SYNTAX}")
-
-
 @dataclass
 class PathsConfig:
     root: str = MISSING  # the repo checkout
