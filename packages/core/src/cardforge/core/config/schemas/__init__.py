@@ -13,6 +13,11 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from cardforge.core.config.schemas.model import (  # noqa: F401 - re-exported
+    Arch,
+    ModelConfig,
+)
+
 from cardforge.core.config.schemas.train import (  # noqa: F401 - re-exported
     Optimizer,
     Scheduler,
@@ -66,11 +71,6 @@ class Stage(str, Enum):
         return format(self.value, spec)
 
 
-class Arch(str, Enum):
-    qwen3_5 = "qwen3_5"
-    llama = "llama"
-
-
 class Backend(str, Enum):
     llama_cpp = "llama_cpp"
     vllm = "vllm"
@@ -97,17 +97,6 @@ class LoggerConfig:
     experiment_name: str = "cardforge"
     tracking_uri: Optional[str] = None  # None -> MLFLOW_TRACKING_URI or the repo's sqlite store
     log_model: bool = False
-
-
-@dataclass
-class ModelConfig:
-    name: str = MISSING  # short name used in file names (no slashes)
-    path: str = MISSING  # local directory or an HF model id (users with network)
-    arch: Arch = Arch.qwen3_5
-    dtype: str = "bfloat16"
-    has_mtp: bool = True  # the checkpoint carries an `mtp.*` head that must survive merge/quant
-    params_b: float = 0.0  # size in billions, for plans and disk estimates
-    embedded: bool = False  # built locally by cardforge (no download)
 
 
 @dataclass
