@@ -16,7 +16,7 @@ STAMP := $(VENV)/.cardforge-installed
 EMBEDDED := tiny-qwen36-vl-mtp tiny-qwen35-mtp smollm2-135m-instruct
 
 .PHONY: help setup system toolchains models llama-cpp test test-full test-gpu bench-train bench-scaling reproduce plan data train merge mtp quant serve eval card release \
-        mlflow-ui lock clean
+        show-mask mlflow-ui lock clean
 
 help: ## list every target
 	@awk 'BEGIN{FS=":.*## "; printf "usage: make TARGET [EXP=preset] [ARGS=\"hydra overrides\"]\n\n"} \
@@ -96,7 +96,10 @@ card: setup ## card stage: compile the model card from MLflow
 	$(VPY) -m cardforge.card experiment=$(EXP) $(ARGS)
 
 release: setup ## release bundle: the card's repos (main+gguf/, FP8, NVFP4) + manifest; prints upload commands
-	$(VPY) -m cardforge.card release experiment=$(EXP) $(ARGS)
+	$(VPY) -m cardforge.card.release experiment=$(EXP) $(ARGS)
+
+show-mask: $(STAMP) ## which tokens of a trajectory the loss trains on: FILE=x.jsonl [ARGS="--index N --html OUT.html"]
+	$(VPY) -m cardforge.data.show_mask $(or $(FILE),$(error FILE=path/to/trajectories.jsonl is required)) $(ARGS)
 
 mlflow-ui: $(STAMP) ## serve the MLflow UI for the repo's store on 127.0.0.1:$(MLFLOW_PORT) (MLFLOW_PORT=0: any free port); prints the runs-table URL
 	$(VPY) -m cardforge.core.mlflow_ui --port $(MLFLOW_PORT)

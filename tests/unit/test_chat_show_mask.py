@@ -1,4 +1,4 @@
-"""`python -m cardforge.data show-mask`: terminal view with trained tokens marked, HTML view, bad index."""
+"""`python -m cardforge.data.show_mask`: terminal view with trained tokens marked, HTML view, bad index."""
 
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ def test_several_sequences_and_a_refused_record(tmp_path, capsys, tiny_model_dir
 
 def test_cli_entry_and_bad_index(tmp_path, tiny_model_dir):
     f = sample(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "cardforge.data", "show-mask", str(f), "--index", "7",
+    r = subprocess.run([sys.executable, "-m", "cardforge.data.show_mask", str(f), "--index", "7",
                         "--model", str(tiny_model_dir)], check=False, capture_output=True, text=True)
     assert r.returncode == 2 and "--index 7 is out of range" in r.stderr and "has 2 records" in r.stderr
-    # everything else goes to the Hydra stage
+    # the data stage's own entry point is the Hydra stage only
     r = subprocess.run([sys.executable, "-m", "cardforge.data", "--cfg", "job"], check=False, capture_output=True,
                        text=True)
     assert r.returncode == 0 and "stage: data" in r.stdout

@@ -122,7 +122,8 @@ def test_help_lists_every_stage(capsys):
 
 @pytest.mark.parametrize("argv, module, args", [
     (["train", "lora.r=8"], "cardforge.train", ["lora.r=8"]),
-    (["release", "release.dry_run=true"], "cardforge.card", ["release", "release.dry_run=true"]),
+    (["release", "release.dry_run=true"], "cardforge.card.release", ["release.dry_run=true"]),
+    (["show-mask", "x.jsonl", "--index", "2"], "cardforge.data.show_mask", ["x.jsonl", "--index", "2"]),
     (["plan", "experiment=qwen36_27b_card"], "cardforge.pipeline", ["experiment=qwen36_27b_card", "plan=true"]),
     (["models", "tiny-qwen35-mtp"], "cardforge.core.models", ["prepare", "tiny-qwen35-mtp"]),
     (["merge", "-m", "x=1,2"], "cardforge.train.merge", ["-m", "x=1,2"]),

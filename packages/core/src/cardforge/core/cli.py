@@ -119,7 +119,8 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "serve": ("cardforge.serve", (), "serve stage: llama-server / vLLM / SGLang"),
     "eval": ("cardforge.eval", (), "eval stage: streaming harness, distill vs base, MTP speed"),
     "card": ("cardforge.card", (), "card stage: compile the model card from MLflow"),
-    "release": ("cardforge.card", ("release",), "release bundle: the card's repositories + manifest"),
+    "release": ("cardforge.card.release", (), "release bundle: the card's repositories + manifest"),
+    "show-mask": ("cardforge.data.show_mask", (), "which tokens of a trajectory the loss trains on (FILE --index N)"),
     "mlflow-ui": ("cardforge.core.mlflow_ui", (), "serve the MLflow UI on 127.0.0.1 (--port N)"),
 }
 
@@ -144,7 +145,7 @@ def cardforge_main(argv: list[str] | None = None) -> None:
         print(f"cardforge: unknown stage {stage!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         raise SystemExit(2)
     module, lead, _ = COMMANDS[stage]
-    subcommand = [a for a in lead if "=" not in a]  # first (release, prepare); overrides last, after any flags
+    subcommand = [a for a in lead if "=" not in a]  # first (prepare); overrides last, after any flags
     sys.argv = [f"cardforge {stage}", *subcommand, *rest, *[a for a in lead if "=" in a]]
     # run as `python -m module` would (run_module sets argv[0] to the module's file)
     runpy.run_module(module, run_name="__main__", alter_sys=True)

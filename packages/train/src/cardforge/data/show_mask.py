@@ -1,6 +1,7 @@
 """Show which tokens of a trajectory the loss trains on.
 
-Run as: python -m cardforge.data show-mask FILE [--index N] [--html OUT.html] [--model tiny-qwen36-vl-mtp]
+Run as: python -m cardforge.data.show_mask FILE [--index N] [--html OUT.html] [--model tiny-qwen36-vl-mtp]
+        (or `cardforge show-mask FILE ...`, `make show-mask FILE=... ARGS="--index N"`)
 
 The terminal view prints the rendered sample with trained tokens (loss_mask 1) in green and the rest
 dimmed (without colors, e.g. piped, trained runs are wrapped in ⟦ ⟧); `--html` writes the same view as one self-contained page (each token a span whose tooltip gives
@@ -26,7 +27,7 @@ CSS = """body{font-family:ui-monospace,monospace;white-space:pre-wrap;margin:2em
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cardforge.data show-mask", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cardforge.data.show_mask", description=__doc__.split("\n")[0])
     p.add_argument("file", type=Path, help="trajectory JSONL")
     p.add_argument("--index", type=int, default=0, help="which record (0-based; default 0)")
     p.add_argument("--html", type=Path, help="also write an HTML view here")
@@ -86,8 +87,8 @@ def print_terminal(enc: Encoded, title: str) -> None:
     console.print(body, soft_wrap=True)
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     records = load_jsonl(args.file)
     if not 0 <= args.index < len(records):
         print(f"show-mask: --index {args.index} is out of range: {args.file} has {len(records)} records",
@@ -108,3 +109,7 @@ def main(argv: list[str]) -> int:
         atomic_write_text(args.html, to_html(encoding.sequences, titles))
         print(f"wrote {args.html}", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
