@@ -61,7 +61,7 @@ class ReleaseRepos:
 
 @dataclass
 class ReleaseConfig:
-    """The release bundle (python -m cardforge.card release; conf/release.yaml)."""
+    """The release bundle (python -m cardforge.card.release; conf/release.yaml)."""
 
     out_dir: Optional[str] = None  # null: <paths.outputs>/release (not interpolated: the config hash ignores paths)
     dry_run: bool = False  # list what would be uploaded, write nothing
