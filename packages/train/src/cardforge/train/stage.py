@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cardforge.core.errors import UserError
 from cardforge.core import tracking
+from cardforge.core.artifacts import Outputs, TrainOutputs
 
 log = logging.getLogger("cardforge.train")
 TRAIN_SECTIONS = ("model", "data", "lora", "trainer")  # what decides the trained weights (and the ckpt dir)
@@ -57,7 +58,7 @@ def data_path(cfg: DictConfig) -> Path:
     """trainer.data_file, else the data stage's accepted set."""
     if f := OmegaConf.select(cfg, "trainer.data_file", default=None):
         return Path(str(f)).expanduser()
-    return Path(cfg.paths.outputs) / "data" / "trajectories.jsonl"
+    return Outputs(cfg).data.trajectories
 
 
 def disk_need(cfg: DictConfig, model_dir: Path | str) -> int:
@@ -93,8 +94,7 @@ def _launched_rank() -> int:
 
 
 def train_dir(cfg: DictConfig) -> Path:
-    base = Path(cfg.paths.outputs) / "train"
-    return base / "runs" / tracking.config_hash(cfg, TRAIN_SECTIONS) if _multirun_overrides() else base
+    return Outputs(cfg).train.run_dir(tracking.config_hash(cfg, TRAIN_SECTIONS) if _multirun_overrides() else None)
 
 
 def model_path(cfg: DictConfig) -> Path:
@@ -299,7 +299,7 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
 
     # every rank takes part in gathering the weights (FSDP); rank 0 writes them
     state = {k.removeprefix("model."): v for k, v in trainer.strategy.lightning_module_state_dict().items()}
-    adapter_dir = out_dir / "adapter"
+    adapter_dir = TrainOutputs(out_dir).adapter
     result = TrainResult(
         adapter_dir=str(adapter_dir), run_id=run_id, steps=trainer.global_step,
         losses=[loss for _, loss in history.history], lora_targets={t: len(v) for t, v in matched.items()},
@@ -318,7 +318,7 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
         with contextlib.suppress(OSError):
             ckpt.dirpath.parent.rmdir()  # only when no other config's run is in flight
         result.wall_s = time.perf_counter() - t0
-        atomic_write_json(out_dir / "train_result.json", {**asdict(result), "lora_modules": matched})
+        atomic_write_json(TrainOutputs(out_dir).result, {**asdict(result), "lora_modules": matched})
     return result
 
 
@@ -355,6 +355,6 @@ def run(cfg: DictConfig) -> TrainResult:
             mlflow.log_metrics(LoadStats(**result.data).metrics())
         mlflow.set_tags({f"train.{k}": v for k, v in result.chat_template.items()})
         mlflow.log_artifact(str(out_dir / "loss_curve.png"))
-        mlflow.log_artifact(str(out_dir / "train_result.json"))
+        mlflow.log_artifact(str(TrainOutputs(out_dir).result))
         mlflow.log_artifacts(result.adapter_dir, "adapter")
     return result

@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cardforge.core import tracking
+from cardforge.core.artifacts import RETRAINED_MANIFEST, Outputs
 from cardforge.eval.records import append_record
 from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_dir, atomic_write_json
@@ -55,7 +56,7 @@ def _say(msg: str) -> None:
 
 
 def merged_dir(cfg: DictConfig) -> Path:
-    d = Path(cfg.paths.outputs) / "merge" / "model"
+    d = Outputs(cfg).merge.model
     if not d.is_dir():
         raise UserError(f"no merged model at {d}: run `make merge` first (the MTP stage retrains its head)")
     if not mtp_io.read_mtp_tensors(d):
@@ -64,7 +65,7 @@ def merged_dir(cfg: DictConfig) -> Path:
 
 
 def out_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.outputs) / "mtp"
+    return Outputs(cfg).mtp.dir
 
 
 def prompts(cfg: DictConfig, tokenizer) -> list[tuple[str, list[int]]]:
@@ -178,7 +179,7 @@ def write_checkpoint(src: Path, dst: Path, tensors: dict, grafted_manifest: dict
         if set(retrained["tensors"]) != set(grafted_manifest["tensors"]):
             raise RuntimeError("the retrained head does not have the grafted head's tensors")
         atomic_write_json(tmp / "mtp_manifest.grafted.json", grafted_manifest)
-        atomic_write_json(tmp / "mtp_manifest.retrained.json", retrained)
+        atomic_write_json(tmp / RETRAINED_MANIFEST, retrained)
     return retrained
 
 
@@ -316,5 +317,5 @@ def run(cfg: DictConfig) -> MtpResult:
         for f in ("mtp_bench.json", "mtp_bench.md", "mtp_bench.png"):
             if (out / f).is_file():
                 mlflow.log_artifact(str(out / f), "mtp")
-        mlflow.log_artifact(str(dst / "mtp_manifest.retrained.json"), "mtp")
+        mlflow.log_artifact(str(dst / RETRAINED_MANIFEST), "mtp")
     return result
