@@ -228,9 +228,9 @@ def test_merge_of_the_gpu_adapter_keeps_the_mtp_head(gpu_train, tiny_model_dir, 
                       "wall_s": res.wall_s})
 
 
-@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+@pytest.mark.parametrize("name", ["ddp", "fsdp1", "fsdp"])
 def test_scale_out_configs_build_their_strategies(name, tmp_path, tiny_model_dir):
-    """trainer=ddp/fsdp compose and build Lightning strategies (running them across ranks needs 2+ GPUs)."""
+    """trainer=ddp/fsdp1/fsdp compose and build Lightning strategies (running them across ranks needs 2+ GPUs)."""
     import lightning.pytorch as pl
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
     from transformers import AutoModelForCausalLM
@@ -251,6 +251,11 @@ def test_scale_out_configs_build_their_strategies(name, tmp_path, tiny_model_dir
     if name == "ddp":
         assert strategy == "ddp" and isinstance(trainer.strategy, DDPStrategy)
         return
+    if name == "fsdp":  # FSDP2: the sharding happens in DistillModule.configure_model (train/fsdp2.py)
+        from cardforge.train.fsdp2 import FSDP2Strategy
+
+        assert isinstance(trainer.strategy, FSDP2Strategy)
+        return
     assert isinstance(trainer.strategy, FSDPStrategy)
     assert trainer.strategy.kwargs.get("use_orig_params") is True
     assert trainer.strategy.sharding_strategy.name == "FULL_SHARD" and trainer.strategy._state_dict_type == "full"
@@ -259,23 +264,26 @@ def test_scale_out_configs_build_their_strategies(name, tmp_path, tiny_model_dir
     assert {c.__name__ for c in policy._module_classes} == {"Qwen3_5DecoderLayer"}
 
 
+@pytest.mark.parametrize("strategy", ["fsdp1", "fsdp"])
 @pytest.mark.parametrize("ckpt_every", [100, 2], ids=["no_ckpt", "ckpt_every_2"])
-def test_fsdp_trains_on_one_gpu(ckpt_every, tiny_model_dir, tmp_path, mlflow_uri):
-    """trainer=fsdp with world size 1: the wrapping (fp32 base + fp32 LoRA per layer unit, bf16 compute),
+def test_fsdp_trains_on_one_gpu(ckpt_every, strategy, tiny_model_dir, tmp_path, mlflow_uri):
+    """trainer=fsdp1 (FSDP1) with world size 1: the wrapping (fp32 base + fp32 LoRA per layer unit, bf16 compute),
     activation checkpointing, the 8-bit optimizer over use_orig_params views and the adapter gather run
     (ckpt_every_2: plus full-state checkpoints with the optimizer state). What it cannot show: torch runs FSDP
-    as NO_SHARD at world size 1, so no sharding across ranks and no NCCL collectives between GPUs."""
+    as NO_SHARD at world size 1, so no sharding across ranks and no NCCL collectives between GPUs.
+    trainer=fsdp (FSDP2): meta build, this rank's shards loaded, AdamW on DTensors, distributed checkpoints
+    (ckpt_every_2), the gathered adapter; not run on a GPU yet (written when no GPU machine was lent)."""
     from conftest import write_tiny_train_samples
 
     from cardforge.train import stage
 
     out = tmp_path / "artifacts"
     write_tiny_train_samples(tiny_model_dir, out / "data" / "trajectories.jsonl")
-    cfg = compose("train", [f"paths.outputs={out}", "logger.experiment_name=gpu-fsdp-1", "trainer=fsdp",
+    cfg = compose("train", [f"paths.outputs={out}", "logger.experiment_name=gpu-fsdp-1", f"trainer={strategy}",
                             "trainer.devices=1", "trainer.max_steps=4", "trainer.grad_accum=2",
                             f"trainer.ckpt_every_n_steps={ckpt_every}"])
     r = stage.run(cfg)
-    assert r.steps == 4 and r.optimizer == "paged_adamw_8bit"
+    assert r.steps == 4 and r.optimizer == ("paged_adamw_8bit" if strategy == "fsdp1" else "adamw")
     assert all(math.isfinite(x) for x in r.losses) and r.losses[-1] < r.losses[0], r.losses
     from safetensors.torch import load_file
 
@@ -283,5 +291,5 @@ def test_fsdp_trains_on_one_gpu(ckpt_every, tiny_model_dir, tmp_path, mlflow_uri
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert len(adapter) == 2 * sum(r.lora_targets.values()), sorted(adapter)[:4]
     assert len(lora_b) == sum(r.lora_targets.values()) and all(v.abs().max() > 0 for v in lora_b)
-    _report(f"fsdp_1gpu_{ckpt_every}", {"losses": r.losses, "tokens_per_s": r.tokens_per_s,
+    _report(f"{strategy}_1gpu_{ckpt_every}", {"losses": r.losses, "tokens_per_s": r.tokens_per_s,
                                         "peak_cuda_mem_gib": r.peak_cuda_mem_gib})

@@ -278,22 +278,22 @@ def test_bench_cli_runs_and_reports(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_scaling_harness_runs_the_stage_on_1_and_2_ranks(tmp_path, monkeypatch):
-    """`python -m cardforge.train.scaling` on CPU (DDP over gloo, the tiny architecture): the real train stage runs
-    once per device count on the same checkpoint and fixed-length samples; the report scales one rank's median
-    tokens/s by the device count and divides by the 1-device run (the efficiency). FSDP needs GPUs (issue #10
-    item 5 runs `--strategy fsdp --devices 1 2` there)."""
+    """`python -m cardforge.train.scaling` on CPU (FSDP2 over gloo, the default strategy, the tiny architecture):
+    the real train stage runs once per device count on the same checkpoint and fixed-length samples; the report
+    scales one rank's median tokens/s by the device count and divides by the 1-device run (the efficiency). The
+    GPU measurement (issue #10 item 5, issue #21 item 3) is the same command with --accelerator gpu."""
     import json
 
     from cardforge.train import scaling
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     out = tmp_path / "scaling.json"
-    assert scaling.main(["--arch", "tiny", "--layers", "4", "--accelerator", "cpu", "--strategy", "ddp", "--devices",
+    assert scaling.main(["--arch", "tiny", "--layers", "4", "--accelerator", "cpu", "--devices",
                          "1", "2", "--seq", "64", "--steps", "3", "--warmup", "1", "--workdir", str(tmp_path / "w"),
                          "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     one, two = data["rows"]
-    assert one["status"] == two["status"] == "ok" and "trainer=ddp" in two["command"]
+    assert one["status"] == two["status"] == "ok" and "trainer=fsdp" in two["command"]
     assert "trainer.devices=2" in two["command"] and "trainer.devices=1" in one["command"]
     assert len(one["tokens_per_s_per_step"]) == len(two["tokens_per_s_per_step"]) == 3
     assert two["global_tok_s"] == pytest.approx(2 * two["rank_tok_s"]) and one["efficiency"] == pytest.approx(1.0)

@@ -4,7 +4,8 @@ FSDP2 (`fully_shard` per decoder layer, then the root) shards every parameter on
 (`torch.chunk`: ranks get ceil(rows / N) rows, the last ones fewer). Per rank:
 
 - sharded, / N: the frozen bf16 base; the fp32 LoRA weights, their fp32 gradients and the optimizer's moments
-  (AdamW: 2 x fp32; paged AdamW 8-bit: 2 x 1 byte);
+  (AdamW: 2 x fp32, what `trainer=fsdp` runs: bitsandbytes' 8-bit optimizer does not take FSDP2's DTensors;
+  paged AdamW 8-bit would be 2 x 1 byte);
 - the working set: the all-gathered bf16 parameters of the unit being computed and of the next one (FSDP2
   prefetches one unit ahead): 2 x the largest unit (a decoder layer, the input embeddings or the lm_head);
 - activations, each rank its own micro-batch of `seq` tokens, with activation checkpointing per decoder layer:
@@ -14,7 +15,10 @@ FSDP2 (`fully_shard` per decoder layer, then the root) shards every parameter on
 
 The weights part is what the CPU test pins (`tests/integration/test_fsdp2_memory.py`: 2 gloo ranks load their
 shards of a multi-GB random checkpoint; each rank's peak RSS stays within `rank_weight_bytes` + a constant).
-The activation part is an estimate (coefficients stated here), not yet measured on GPUs (issue 21 item 3).
+The activation part is an estimate (coefficients stated here), not yet measured on GPUs (issue 21 item 3: no
+multi-GPU machine has been lent; until one is, these per-GPU numbers stand in for the scaling measurement).
+The units match what the train stage shards (`trainer=fsdp`, cardforge.train.fsdp2): each decoder layer, the input
+embeddings and the lm_head; the root (the stage's loss module) holds the final norm.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ def rank_memory(tensors: dict[str, tuple[int, ...]], lora_params: int, world: in
 
 
 def plan_rows(config: dict, targets: list[str], r: int, seq: int, worlds: Iterable[int] = (2, 4, 8),
-              optimizer: str = "paged_adamw_8bit") -> list[dict]:
+              optimizer: str = "adamw") -> list[dict]:
     """rank_memory of the checkpoint `config` (layout.qwen36_27b_config() or a local config.json) on each world."""
     from cardforge.core.models import layout
 

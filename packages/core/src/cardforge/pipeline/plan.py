@@ -150,7 +150,7 @@ def plan(cfg: DictConfig) -> list[tuple[str, str, str]]:
 
         seq = int(cfg.data.max_seq_len)
         rows_ = fsdp_memory.plan_rows(layout.known_config(cfg.model), list(cfg.lora.target_modules),
-                                      int(cfg.lora.r), seq, optimizer=str(cfg.trainer.optimizer))
+                                      int(cfg.lora.r), seq, optimizer="adamw")  # FSDP2's (no 8-bit on DTensors)
         train += "; " + fsdp_memory.plan_line(rows_, seq)
     rows = [
         ("models", f"python -m cardforge.pipeline experiment={exp} until=models", models),

@@ -35,10 +35,43 @@ class AtomicLastCheckpoint(pl.Callback):
         tmp = self.dirpath / f".{LAST}.{step}.tmp"
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)  # collective under DDP/FSDP; rank 0 writes
+            _remove(tmp)  # a killed run's unfinished write of this step
+        trainer.strategy.barrier("cardforge_last_ckpt_start")
+        trainer.save_checkpoint(tmp)  # collective under DDP/FSDP; rank 0 writes (FSDP2: every rank, a folder)
+        trainer.strategy.barrier("cardforge_last_ckpt_written")
         if trainer.is_global_zero:
-            os.replace(tmp, self.last_path)
+            self._publish(tmp)
         trainer.strategy.barrier("cardforge_last_ckpt")
+
+    def _publish(self, tmp: Path) -> None:
+        """One file: os.replace. A distributed-checkpoint folder (FSDP2) cannot replace a non-empty folder in one
+        rename, so `last.ckpt` is then a symlink to `.ckpt-<step>` and the link is what gets replaced (a new link
+        renamed over it); the folder it pointed to before is removed after."""
+        last = self.last_path
+        if tmp.is_dir():
+            target = self.dirpath / f".ckpt-{tmp.name.split('.')[-2]}"
+            _remove(target)
+            os.replace(tmp, target)
+            before = last.resolve() if last.is_symlink() else None
+            link = self.dirpath / f".{LAST}.link.tmp"
+            _remove(link)
+            os.symlink(target.name, link)
+            if last.exists() and not last.is_symlink():
+                _remove(last)  # a file checkpoint of an older run layout: not resumable as this strategy's
+            os.replace(link, last)
+            if before is not None and before != target.resolve():
+                _remove(before)
+        else:
+            os.replace(tmp, last)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 class LossHistory(pl.Callback):
@@ -54,7 +87,10 @@ class LossHistory(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self._pending.append(float(pl_module.last_loss))
+        loss = pl_module.last_loss
+        if trainer.world_size > 1:  # the global batch's loss (mean over the ranks), not rank 0's share of it
+            loss = trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
+        self._pending.append(float(loss))
         if trainer.global_step != self._step:  # an optimizer step happened in this batch
             self._step = trainer.global_step
             self.history.append((self._step, sum(self._pending) / len(self._pending)))

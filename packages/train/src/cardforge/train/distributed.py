@@ -63,19 +63,26 @@ def decoder_layers(model) -> list:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
-def shard(model, mesh=None, reshard_after_forward: bool = True):
+def shard(model, mesh=None, reshard_after_forward: bool = True, root=None):
     """fully_shard each decoder layer, the input embeddings and the lm_head (their own units: with the root they
-    would stay gathered for the whole step), then the root."""
+    would stay gathered for the whole step), then the root (`root`: a module that calls `model`, e.g. the train
+    stage's loss module, whose forward is what runs each step; default `model`)."""
     from torch.distributed.fsdp import fully_shard
 
     mp = mixed_precision()
-    for layer in decoder_layers(model):
+    layers = decoder_layers(model)
+    for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    done = {id(p) for layer in layers for p in layer.parameters()}
     for name in ("embed_tokens", "lm_head"):
         for n, m in model.named_modules():
             if n.endswith(name) and isinstance(m, (torch.nn.Embedding, torch.nn.Linear)):
+                if any(id(p) in done for p in m.parameters()):
+                    continue  # tied to a unit already (lm_head = embed_tokens): it stays in that unit
                 fully_shard(m, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+                done.update(id(p) for p in m.parameters())
+    fully_shard(root if root is not None else model, mesh=mesh, mp_policy=mp,
+                reshard_after_forward=reshard_after_forward)
     return model
 
 
@@ -91,6 +98,8 @@ def load_shards(model, model_dir: Path) -> dict[str, int]:
         if "lora_" in name:
             continue
         key = checkpoint_name(name)
+        if key not in wmap and key.replace("model.", "model.language_model.", 1) in wmap:
+            key = key.replace("model.", "model.language_model.", 1)  # a VL checkpoint's text weights
         if key not in wmap:
             raise KeyError(f"{key} (parameter {name}) is not in {model_dir}'s safetensors files")
         by_file.setdefault(wmap[key], []).append((key, p))
@@ -150,35 +159,53 @@ def _init_lora(model, seed: int) -> None:
             local.copy_(full)
 
 
-def build_sharded(model_dir: str | Path, lora_cfg: Any = None, mesh=None, device: str = "cpu", seed: int = 0,
-                  marks: dict | None = None):
-    """The model of `model_dir` with LoRA (`lora_cfg`: a peft.LoraConfig or None), FSDP2-sharded, this rank's
-    shards loaded. Needs an initialized process group (or a `mesh`). `marks` (optional) gets this process's peak
-    RSS before any weight is allocated (`built`) and the load's {"tensors", "bytes"} read (`load`)."""
+def meta_model(model_dir: str | Path, gradient_checkpointing: bool = False):
+    """The model of `model_dir` on the meta device (no memory): bf16 parameters, no cache, train mode."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model_dir = Path(model_dir)
-    config = AutoConfig.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(Path(model_dir))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.config.use_cache = False
-    if lora_cfg is not None:
-        import peft
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return model
 
-        model = peft.get_peft_model(model, lora_cfg)  # adapters in fp32 (PEFT's autocast_adapter_dtype)
-    shard(model, mesh)
+
+def materialize(model, model_dir: str | Path, mesh=None, device: str | torch.device = "cpu", seed: int = 0,
+                marks: dict | None = None, root=None):
+    """Shard the meta `model` (`shard`), allocate this rank's shards (`to_empty`), fill them from the safetensors
+    files (only this rank's rows are read), recompute the non-persistent buffers and initialize LoRA from `seed`
+    (the same adapter on every world size). `marks` (optional) gets this process's peak RSS before any weight is
+    allocated (`built`) and the load's {"tensors", "bytes"} read (`load`)."""
+    model_dir = Path(model_dir)
+    shard(model, mesh, root=root)
     if marks is not None:
         marks["built"] = _peak_rss_bytes()
     model.to_empty(device=device)
     stats = load_shards(model, model_dir)
     if marks is not None:
         marks["load"] = stats
+    config = model.config if hasattr(model, "config") else None
     _reinit_buffers(model, getattr(config, "text_config", config))
     _init_lora(model, seed)
     log.info("FSDP2: %d tensors, %.2f GB of this rank's shards read from %s", stats["tensors"], stats["bytes"] / 1e9,
              model_dir)
     model.train()
     return model
+
+
+def build_sharded(model_dir: str | Path, lora_cfg: Any = None, mesh=None, device: str = "cpu", seed: int = 0,
+                  marks: dict | None = None):
+    """The model of `model_dir` with LoRA (`lora_cfg`: a peft.LoraConfig or None), FSDP2-sharded, this rank's
+    shards loaded. Needs an initialized process group (or a `mesh`)."""
+    model = meta_model(model_dir)
+    if lora_cfg is not None:
+        import peft
+
+        model = peft.get_peft_model(model, lora_cfg)  # adapters in fp32 (PEFT's autocast_adapter_dtype)
+    return materialize(model, model_dir, mesh, device, seed, marks)
 
 
 def dtypes(model) -> dict[str, int]:

@@ -41,6 +41,8 @@ def masked_lm_loss(backbone: torch.nn.Module, batch: dict[str, torch.Tensor],
     h = hidden[:, :-1][target]
     labels = batch["input_ids"][:, 1:][target]
     head = backbone.get_output_embeddings()
+    if getattr(head, "_cf_loss_forward", False):  # FSDP2 (train/fsdp2.py): the head's own call gathers its weight
+        return head(h, labels), int(target.sum())
     if chunked_ce and type(head) is torch.nn.Linear and head.bias is None:
         return linear_cross_entropy(h, head.weight, labels), int(target.sum())
     logits = head(h).float()
@@ -62,9 +64,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class DistillModule(pl.LightningModule):
-    def __init__(self, model: torch.nn.Module, trainer_cfg: Any, total_steps: int):
+    def __init__(self, model: torch.nn.Module, trainer_cfg: Any, total_steps: int, shard: Any = None):
+        """`shard`: trainer=fsdp (FSDP2): called once from `configure_model` with this module, it shards and loads
+        the meta `model` and returns the root module whose forward is the step's loss (`fsdp2.shard_and_load`)."""
         super().__init__()
         self.model = model  # peft.PeftModel
+        self._shard = shard
+        self.__dict__["_sharded_loss"] = None  # not a registered submodule: its parameters are self.model's
         self.tcfg = trainer_cfg
         self._chunked_ce = str(getattr(trainer_cfg, "kernels", "transformers")) == "cardforge"
         self.total_steps = total_steps
@@ -74,6 +80,16 @@ class DistillModule(pl.LightningModule):
         # throughput counters (this process, this fit): tokens incl. context, trained tokens, seconds
         self.tokens_total, self.target_total, self.train_seconds = 0, 0, 0.0
         self.last_loss = torch.tensor(float("nan"))  # read by callbacks.LossHistory
+        self.grad_norms: list[float] = []  # global L2 norm of the LoRA gradients at each optimizer step (this fit)
+
+    def configure_model(self) -> None:
+        if self._shard is not None and self._sharded_loss is None:
+            self.__dict__["_sharded_loss"] = self._shard(self)
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        if self._sharded_loss is not None:
+            return self._sharded_loss(batch)
+        return masked_lm_loss(self.model.get_base_model(), batch, chunked_ce=self._chunked_ce)
 
     # -- training --
 
@@ -85,7 +101,7 @@ class DistillModule(pl.LightningModule):
             self._t_last = time.perf_counter()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, n_target = masked_lm_loss(self.model.get_base_model(), batch, chunked_ce=self._chunked_ce)
+        loss, n_target = self._loss(batch)
         self.last_loss = loss.detach()
         tokens = int(batch["attention_mask"].sum())
         now = time.perf_counter()
@@ -103,8 +119,20 @@ class DistillModule(pl.LightningModule):
         self.log("train/tokens", float(tokens), reduce_fx="sum", batch_size=bs)
         return loss
 
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """The LoRA gradients' global L2 norm (`train/grad_norm`): over all ranks' shards under FSDP2 (a collective
+        on every rank), of the accumulated gradient under grad accumulation."""
+        grads = [p.grad for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if hasattr(norm, "full_tensor"):  # a DTensor (FSDP2): partial norms summed over the ranks
+            norm = norm.full_tensor()
+        self.grad_norms.append(float(norm))
+        self.log("train/grad_norm", float(norm), batch_size=1)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = masked_lm_loss(self.model.get_base_model(), batch, chunked_ce=self._chunked_ce)
+        loss, _ = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 

@@ -20,7 +20,13 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, 
     """(optimizer, the name of what actually runs)."""
     params = [p for p in params if p.requires_grad]
     if name == "paged_adamw_8bit":
-        if on_cuda:
+        from torch.distributed.tensor import DTensor
+
+        if any(isinstance(p, DTensor) for p in params):
+            # FSDP2 shards the LoRA tensors as DTensors, which bitsandbytes' kernels do not take; the fp32 LoRA
+            # state is ~1% of the base, so 8-bit states would save little
+            log.warning("trainer.optimizer=paged_adamw_8bit: FSDP2's sharded (DTensor) parameters; using torch AdamW")
+        elif on_cuda:
             try:
                 import bitsandbytes as bnb
 

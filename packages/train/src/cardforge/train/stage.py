@@ -42,7 +42,8 @@ class TrainResult:
     adapter_dir: str
     run_id: str | None
     steps: int
-    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    losses: list[float] = field(default_factory=list)  # one per optimizer step (mean over the ranks)
+    grad_norms: list[float] = field(default_factory=list)  # LoRA gradients' global L2 norm per step (this process's fit)
     lora_targets: dict[str, int] = field(default_factory=dict)  # target -> modules matched
     optimizer: str = ""
     resumed_from_step: int = 0
@@ -118,10 +119,15 @@ def _devices(d: Any) -> Any:
 
 
 def build_strategy(tcfg: DictConfig, model) -> Any:
-    """Lightning strategy. FSDP wraps each decoder layer and keeps original params (LoRA mixes frozen and
-    trainable tensors in one layer, which flat-param FSDP cannot shard)."""
+    """Lightning strategy. `fsdp`: FSDP2 (train/fsdp2.py: per-parameter sharding, the sharding itself happens in
+    DistillModule.configure_model). `fsdp1`: Lightning's FSDP1, which wraps each decoder layer and keeps original
+    params (LoRA mixes frozen and trainable tensors in one layer, which flat-param FSDP cannot shard)."""
     name = str(tcfg.strategy)
-    if name != "fsdp":
+    if name == "fsdp":
+        from cardforge.train.fsdp2 import FSDP2Strategy
+
+        return FSDP2Strategy()
+    if name != "fsdp1":
         return name
     from lightning.pytorch.strategies import FSDPStrategy
 
@@ -228,8 +234,14 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
                            mask_tool_results=bool(OmegaConf.select(cfg, "data.mask_tool_results", default=True)),
                            stats=load_stats)
     log.info("training data: %s", load_stats.summary())
-    fsdp = str(tc.strategy) == "fsdp"
-    base = load_base(path, str(tc.precision), tc.gradient_checkpointing, fsdp)
+    fsdp = str(tc.strategy) == "fsdp1"  # FSDP1: fp32 base, its own activation checkpointing
+    fsdp2 = str(tc.strategy) == "fsdp"  # FSDP2: built on the meta device, each rank loads its shards later
+    if fsdp2:
+        from cardforge.train import distributed
+
+        base = distributed.meta_model(path, tc.gradient_checkpointing)
+    else:
+        base = load_base(path, str(tc.precision), tc.gradient_checkpointing, fsdp)
     model, matched = apply_lora(base, cfg.lora)
     # compiled layers compile once per padded length: geometric buckets (padded_length(n, 0)) unless set
     pad_multiple = tc.pad_to_multiple_of or (0 if tc.compile_layers else 1)
@@ -278,13 +290,20 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
     )
     per_epoch = -(-len(samples) // (tc.batch_size * trainer.world_size))
     total_steps = tc.max_steps if tc.max_steps > 0 else -(-per_epoch // tc.grad_accum) * tc.max_epochs
-    module = DistillModule(model, tc, total_steps)
-    resume = ckpt.last_path if ckpt.last_path.is_file() else None
+    shard = None
+    if fsdp2:
+        from cardforge.train import fsdp2 as fsdp2_mod
+
+        def shard(m):  # DistillModule.configure_model, on every rank once the process group is up
+            return fsdp2_mod.shard_and_load(model, path, m.device_mesh["data_parallel"],
+                                            m.trainer.strategy.root_device, tc.seed, tc.kernels == "cardforge")
+    module = DistillModule(model, tc, total_steps, shard=shard)
+    resume = ckpt.last_path if ckpt.last_path.exists() else None
     resumed_from = 0
     if resume:
-        import torch
+        from cardforge.train.fsdp2 import checkpoint_step
 
-        resumed_from = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"])
+        resumed_from = checkpoint_step(resume)
         log.warning("resuming from %s (step %d)", resume, resumed_from)
     log.info("LoRA targets (%s): %s", cfg.lora.target_modules, {t: len(v) for t, v in matched.items()})
     on_cuda = trainer.strategy.root_device.type == "cuda"
@@ -298,11 +317,17 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
 
     # every rank takes part in gathering the weights (FSDP); rank 0 writes them
-    state = {k.removeprefix("model."): v for k, v in trainer.strategy.lightning_module_state_dict().items()}
+    if fsdp2:
+        from cardforge.train.fsdp2 import full_lora_state
+
+        gathered = full_lora_state(module)
+    else:
+        gathered = trainer.strategy.lightning_module_state_dict()
+    state = {k.removeprefix("model."): v for k, v in gathered.items()}
     adapter_dir = TrainOutputs(out_dir).adapter
     result = TrainResult(
         adapter_dir=str(adapter_dir), run_id=run_id, steps=trainer.global_step,
-        losses=[loss for _, loss in history.history], lora_targets={t: len(v) for t, v in matched.items()},
+        losses=[loss for _, loss in history.history], grad_norms=list(module.grad_norms), lora_targets={t: len(v) for t, v in matched.items()},
         optimizer=module.optimizer_name, resumed_from_step=resumed_from,
         tokens_per_s=module.tokens_total / max(module.train_seconds, 1e-9),
         trained_token_fraction=module.target_total / max(module.tokens_total, 1),
@@ -313,6 +338,7 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
     if trainer.is_global_zero:
         with atomic_dir(adapter_dir) as tmp:
             save_adapter(model, state, tmp)
+        log.info("rank %d wrote the adapter (%d tensors) to %s", trainer.global_rank, len(state), adapter_dir)
         plot_loss(history.history, out_dir / "loss_curve.png", f"{cfg.model.name} LoRA r={cfg.lora.r}")
         shutil.rmtree(ckpt.dirpath, ignore_errors=True)  # finished: a rerun trains afresh
         with contextlib.suppress(OSError):
