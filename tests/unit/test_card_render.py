@@ -103,7 +103,7 @@ FRACTION = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 POSITIVE = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False)
 
 
-def _synthetic(acc, ci, n, ppl, gb, tok, speed, loss):
+def _synthetic(acc, ci, n, ppl, gb, tok, speed, loss, extra=None):
     tier = "m-MTP-Q4_K_M-imatrix"
     ev = _run("eval", run_id="e" * 32, metrics={
         "distill.mmlu.accuracy": acc, "distill.mmlu.ci95_low": ci[0], "distill.mmlu.ci95_high": ci[1],
@@ -112,7 +112,7 @@ def _synthetic(acc, ci, n, ppl, gb, tok, speed, loss):
         "delta.mmlu.ci95_high": ci[1], "delta.mmlu.n": float(n), "delta.mmlu.mcnemar_p": ci[0],
         f"mtp.{tier}.coding.n0.tok_s_median": tok, f"mtp.{tier}.coding.n0.speedup": 1.0,
         f"mtp.{tier}.coding.n3.tok_s_median": tok * speed, f"mtp.{tier}.coding.n3.speedup": speed,
-        f"mtp.{tier}.coding.n3.accept_rate": acc},
+        f"mtp.{tier}.coding.n3.accept_rate": acc, **(extra or {})},
         params={"serve.mtp.n_max": "3", "eval.temperature": "0.6", "eval.max_tokens": str(n * 7),
                 "eval.thinking": "True", "eval.compare_base": "True", "model.embedded": "True"})
     ev.tags = {"eval.distill.format": "Q4_K_M-imatrix", "eval.base.format": "BF16",
@@ -188,3 +188,22 @@ def test_n_max_not_benched_is_said_not_relabelled():
     lines = "\n".join(render.quant(c, ctx, "en"))
     assert "the largest n-max benched (the served `serve.mtp.n_max` = \x02" in lines  # marked value: 4
     assert "serve.mtp.n_max`) " not in lines
+
+
+def test_eval_tiers_get_their_own_audited_rows():
+    """eval.tiers (issue 19: the gate at BF16 and Q4_K_M-imatrix): metrics tier.<TIER>.* render as 'suite · TIER'
+    rows next to the main tier's row (named by its served format), every number audited against the run."""
+    tier = {"tier.BF16.distill.mmlu.accuracy": 0.71, "tier.BF16.distill.mmlu.ci95_low": 0.61,
+            "tier.BF16.distill.mmlu.ci95_high": 0.79, "tier.BF16.distill.mmlu.correct": 71.0,
+            "tier.BF16.distill.mmlu.n": 100.0, "tier.BF16.base.mmlu.accuracy": 0.02,
+            "tier.BF16.delta.mmlu.delta": 0.69, "tier.BF16.delta.mmlu.ci95_low": 0.6,
+            "tier.BF16.delta.mmlu.ci95_high": 0.78, "tier.BF16.delta.mmlu.n": 100.0,
+            "tier.BF16.delta.mmlu.mcnemar_p": 3.1e-19}
+    run = _run("eval", tier, run_id="e" * 32)
+    assert collect.tier_suite_stats(run)["BF16"]["mmlu"]["delta"]["mcnemar_p"] == 3.1e-19
+    assert collect.suite_stats(run) == {}  # tier metrics never leak into the main tier's rows
+    text, values, store = _synthetic(0.5, (0.1, 0.9), 8, 300.0, 0.1, 20.0, 0.6, 1.5, extra=tier)
+    rows = [line for line in text.splitlines() if line.startswith("| mmlu")]
+    assert rows[0].startswith("| mmlu · Q4_K_M-imatrix |") and rows[1].startswith("| mmlu · BF16 | 71.0%")
+    assert "+69.0 pp" in rows[1] and "3.1e-19" in rows[1]
+    audit.audit(text, values, store)

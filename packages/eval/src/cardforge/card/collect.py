@@ -201,10 +201,22 @@ def collect(cfg: DictConfig, work_dir: Path) -> Collected:
 # --- metric views the tables are built from (names as the stages log them) ---
 
 
-def suite_stats(run: StageRun) -> dict[str, dict[str, dict[str, float]]]:
-    """suite -> label (distill | base | delta) -> stat -> value."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+TIER_PREFIX = re.compile(r"^tier\.(?P<tier>.+?)\.(?P<rest>(?:distill|base|delta)\..+)$")
+
+
+def tier_suite_stats(run: StageRun) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """eval.tiers: tier -> suite_stats of the metrics the eval stage logged as `tier.<TIER>.<label>.<suite>.*`."""
+    keyed: dict[str, dict[str, float]] = {}
     for key, val in run.metrics.items():
+        if m := TIER_PREFIX.match(key):
+            keyed.setdefault(m["tier"], {})[m["rest"]] = val
+    return {t: s for t, ms in sorted(keyed.items()) if (s := suite_stats(run, ms))}
+
+
+def suite_stats(run: StageRun, metrics: dict[str, float] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """suite -> label (distill | base | delta) -> stat -> value (of `metrics`, default the run's own)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for key, val in (run.metrics if metrics is None else metrics).items():
         if m := SUITE_METRIC.match(key):
             out.setdefault(m["suite"], {}).setdefault(m["label"], {})[m["stat"]] = val
         elif m := DELTA_METRIC.match(key):

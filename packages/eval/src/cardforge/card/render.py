@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cardforge.card.collect import MTP_METRIC, Collected, StageRun, mtp_rows, quant_files, suite_stats
+from cardforge.card.collect import (MTP_METRIC, Collected, StageRun, mtp_rows, quant_files, suite_stats,
+                                    tier_suite_stats)
 from cardforge.card.plots import DELTA_PLOT
 from cardforge.card.text import TEXT
 from cardforge.core.artifacts import QuantOutputs, QuantResults, is_base
@@ -234,24 +235,31 @@ def evaluation(c: Collected, ctx: Context, lang: str) -> list[str]:
         return out + [T["no_rows"].format(stage="eval", run=ev.run_id[:8], what=WHAT[lang]["eval"]), ""]
     M = lambda k, f: ctx.metric(ev, k, f, lang)  # noqa: E731
     out += [_served(ev, ctx, lang) + " " + T["eval_method"], "", T["acc_head"], "|---|---|---|---|---|---|"]
-    for suite, per in suites.items():
+    # the main tier's rows, then each eval.tiers tier's (metrics tier.<TIER>.*: the same suites, distill vs base
+    # at that GGUF tier), named "suite · TIER"
+    tiers = tier_suite_stats(ev)
+    main = f" · {ev.tags['eval.distill.format']}" if tiers and ev.tags.get("eval.distill.format") else ""
+    rows = [(suite + main, "", per) for suite, per in suites.items()]
+    rows += [(f"{suite} · {tier}", f"tier.{tier}.", per) for tier, st in tiers.items() for suite, per in st.items()]
+    for name, pre, per in rows:
+        suite = name.split(" · ")[0]
         cells = []
         for label in ("distill", "base"):
             if label not in per:
                 cells.append(NOT_MEASURED[lang] if label == "distill" or ev.params.get("eval.compare_base", "True")
                              .lower() == "true" else NA)
                 continue
-            k = f"{label}.{suite}."
+            k = f"{pre}{label}.{suite}."
             cells.append(f"{M(k + 'accuracy', 'pct')} [{M(k + 'ci95_low', 'pct')}, {M(k + 'ci95_high', 'pct')}] "
                          f"({M(k + 'correct', 'int')}/{M(k + 'n', 'int')})")
         if "delta" in per:
-            k = f"delta.{suite}."
+            k = f"{pre}delta.{suite}."
             cells.append(f"{M(k + 'delta', 'pp')} pp [{M(k + 'ci95_low', 'pp')}, {M(k + 'ci95_high', 'pp')}] "
                          f"({M(k + 'n', 'int')} {T['paired']})")
             cells.append(M(k + "mcnemar_p", "p"))
         else:
             cells += [NA, NA]
-        out.append(f"| {suite} | " + " | ".join(cells) + f" | {ev.ref} |")
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {ev.ref} |")
     out += ["", f"{T['finish']}:", "", T["fin_head"], "|---|---|---|---|---|---|---|---|"]
     for suite, per in suites.items():
         for label in ("distill", "base"):
