@@ -1,7 +1,7 @@
 """The sandbox's hostile-call suite (tests/support/hostile.py) through the coding runner of every
 language: each case's program is compiled and run by `run_program` (run_solution's script and per-language
 limits, compile step included) and must be contained: blocked, killed or stopped within bounds, nothing left
-on the host (HostWatch: no uid-65534 process, no file outside, no connection to a host listener).
+on the host (HostWatch: no process left in the call's pid namespace, no file outside, no connection to a host listener).
 
 Default tier: a smoke set per language (SMOKE: the process limit and the network, ~25 s for all ten);
 the whole matrix is `slow` (~2 min: a compile per case; typescript and go alone take ~30 s each).

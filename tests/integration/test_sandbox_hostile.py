@@ -17,7 +17,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from cardforge.core.sandbox import SANDBOX_UID, run_sandboxed
+from cardforge.core.sandbox import run_sandboxed
+from cardforge.core.sandbox.uids import in_pool
 from support.hostile import HostWatch, cases_for, missing_need, namespace_processes, run_case
 
 
@@ -50,7 +51,9 @@ def test_sandboxed_code_cannot_see_host_python_or_env(monkeypatch):
             "os.path.exists('/root/.pyenv'), 'host-secret' in str(os.environ))")
     r = run_sandboxed(["python3", "-c", code])
     assert r.exit_code == 0, r.stderr
-    assert r.stdout.split() == ["/usr/bin/python3", "/usr/bin/python3", str(SANDBOX_UID), "False", "False"]
+    out = r.stdout.split()
+    assert out[:2] == ["/usr/bin/python3", "/usr/bin/python3"] and out[3:] == ["False", "False"], out
+    assert in_pool(int(out[2])) if os.geteuid() == 0 else int(out[2]) == os.geteuid()
 
 
 def test_two_sandboxes_at_once_stay_apart():

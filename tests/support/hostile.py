@@ -38,7 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from cardforge.core.sandbox import SANDBOX_UID, SandboxResult, run_sandboxed
+from cardforge.core.sandbox import SandboxResult, run_sandboxed
+from cardforge.core.sandbox.uids import in_pool
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hostile"
 EXT = {"python": "py", "bash": "sh", "javascript": "js", "typescript": "ts", "java": "java", "cpp": "cpp",
@@ -100,6 +101,13 @@ def _expect(*, out: tuple[str, ...] = (), not_out: tuple[str, ...] = (), timed_o
             problems += extra(r)
         return [f"{p} (stdout={r.stdout[-300:]!r}, stderr={r.stderr[-300:]!r})" for p in problems]
     return check
+
+
+def _sandbox_uid(r: SandboxResult) -> list[str]:
+    """The program ran as a uid of the call's own (uids.py pool) when we are root, else as our own uid."""
+    seen = [int(u) for u in re.findall(r"\buid (\d+)", r.stdout + r.stderr)]
+    ok = in_pool if os.geteuid() == 0 else (lambda u: u == os.geteuid())
+    return [] if seen and all(ok(u) for u in seen) else [f"expected the call's own sandbox uid, printed {seen}"]
 
 
 def _number(r: SandboxResult, key: str) -> int:
@@ -194,8 +202,8 @@ PY_CASES: list[HostileCase] = [
         _expect(not_out=("ESCAPED /root", "ESCAPED /usr", "ESCAPED /etc", "ESCAPED /cf-", "ESCAPED /work/.."))),
     HostileCase(
         "read_secrets", "read /etc/shadow, /root, the host python and the host environment",
-        _expect(out=("BLOCKED /etc/shadow", "BLOCKED /root", "executable /usr/bin/python3", f"uid {SANDBOX_UID}"),
-                not_out=("ESCAPED /etc", "ESCAPED /root", "ESCAPED /home", "CARDFORGE_CANARY"))),
+        _expect(out=("BLOCKED /etc/shadow", "BLOCKED /root", "executable /usr/bin/python3"),
+                not_out=("ESCAPED /etc", "ESCAPED /root", "ESCAPED /home", "CARDFORGE_CANARY"), extra=_sandbox_uid)),
     HostileCase(
         "memory_hog", "allocate 2 GB at once, then grow a list until memory runs out",
         _expect(out=("BLOCKED big alloc", "BLOCKED growth"), not_out=("ALLOCATED",)),
@@ -299,8 +307,8 @@ _UNSUPPORTED = {
 }
 # read_secrets: only Python can say which interpreter ran (the host's pyenv one must not): the rest print
 # their uid and environment
-_SECRETS = _expect(out=("BLOCKED /etc/shadow", "BLOCKED /root", f"uid {SANDBOX_UID}"),
-                   not_out=("ESCAPED /etc", "ESCAPED /root", "ESCAPED /home", "CARDFORGE_CANARY"))
+_SECRETS = _expect(out=("BLOCKED /etc/shadow", "BLOCKED /root"),
+                   not_out=("ESCAPED /etc", "ESCAPED /root", "ESCAPED /home", "CARDFORGE_CANARY"), extra=_sandbox_uid)
 
 
 def _go_oom(r: SandboxResult) -> list[str]:
@@ -410,22 +418,6 @@ def _kill_all(procs: list[tuple[int, str]]) -> None:
             os.kill(pid, 9)
         except OSError:
             pass
-
-
-def uid_processes(uid: int) -> list[tuple[int, str]]:
-    """(pid, cmdline) of live processes whose real uid is `uid` (zombies are dead: not counted)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-            if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
-                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
-        except (OSError, KeyError, ValueError):
-            continue  # it exited while we looked
-    return found
 
 
 def python_runner(source: str, limits: dict) -> SandboxResult:

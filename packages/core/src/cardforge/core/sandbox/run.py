@@ -4,7 +4,9 @@ Layers, each closing a hole the others leave open (docs/sandbox.md has the threa
 promised):
 * a cgroup per call (cgroup.py), joined before anything of the call runs: memory of the whole call
   (processes, memfds, tmpfs files), its process count, and a kill that reaches every process of the call.
-* setpriv -> uid/gid 65534, no groups, no inheritable caps (when we are root).
+* setpriv -> a uid/gid of its own per call (uids.py: leased from a pool, so pipe pages, epoll watches,
+  pending signals and other per-uid kernel counters are never shared between calls), no groups, no
+  inheritable caps (when we are root).
 * bwrap --unshare-all (net, pid, ipc, uts, cgroup, user): no network device but a down loopback;
   --disable-userns stops nested namespaces; --clearenv; a new session (no terminal to inject into).
 * seccomp (seccomp.py, compiled by libseccomp, loaded by bwrap --seccomp): ptrace, process_vm_*, keyrings,
@@ -49,10 +51,11 @@ from pathlib import Path
 from cardforge.core.sandbox import seccomp, workspace
 from cardforge.core.sandbox.cgroup import CallCgroup, Layout, owner_alive, owner_tag
 from cardforge.core.sandbox.text import escape_controls
+from cardforge.core.sandbox.uids import UID_BASE, UID_SLOTS, UidLease
 
 log = logging.getLogger(__name__)
 
-SANDBOX_UID = 65534  # nobody
+SANDBOX_UID = 65534  # nobody: the default of the helpers below; run_sandboxed runs each call as its own uid (uids.py)
 OUTPUT_KILL_FACTOR = 16
 TRUNCATION_MARKER = "\n[... output truncated by the sandbox: {dropped} more bytes ...]\n"
 ENV = {"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": "/work", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
@@ -109,11 +112,12 @@ def check_available() -> str:
         seccomp.filter_bpf()
     except seccomp.SeccompUnavailable as e:
         raise SandboxUnavailable(str(e)) from None
-    with tempfile.TemporaryDirectory(prefix="cf-sbx-probe-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cf-sbx-probe-") as tmp, UidLease() as uid:
         os.chmod(tmp, 0o777)
         sec = seccomp.filter_fd()
         try:
-            argv = _command(["/usr/bin/true"], Path(tmp), 5, 64, 8, 1 << 20, 16, seccomp_fd=sec, status_fd=None)
+            argv = _command(["/usr/bin/true"], Path(tmp), 5, 64, 8, 1 << 20, 16, seccomp_fd=sec, status_fd=None,
+                            uid=uid)
             proc = subprocess.run(argv, capture_output=True, timeout=30, check=False, pass_fds=(sec,))
         finally:
             os.close(sec)
@@ -129,15 +133,17 @@ def limits_in_force() -> str:
     """Which mechanisms bound a call on this machine, in words (docs/sandbox.md explains each)."""
     ws = "workspace: size-capped tmpfs" if os.geteuid() == 0 else "workspace: plain directory (per-file cap only)"
     walk = "read-back: openat2" if workspace.have_openat2() else "read-back: O_NOFOLLOW walk"
-    return f"{Layout.probe().describe()}; {ws}; {walk}; seccomp: libseccomp deny list"
+    uid = (f"uid: one per call ({UID_BASE}+slot, {UID_SLOTS} slots)" if os.geteuid() == 0
+           else "uid: this user's own (per-uid kernel counters shared)")
+    return f"{Layout.probe().describe()}; {ws}; {walk}; seccomp: libseccomp deny list; {uid}"
 
 
 def _command(cmd: list[str], workdir: Path, timeout_s: float, mem_mb: int, max_procs: int, max_file_bytes: int,
              tmp_mb: int, env: dict[str, str] | None = None, ro_binds: list[str] | None = None, *,
-             seccomp_fd: int, status_fd: int | None) -> list[str]:
+             seccomp_fd: int, status_fd: int | None, uid: int = SANDBOX_UID) -> list[str]:
     drop = []
     if os.geteuid() == 0:  # as non-root we already are an unprivileged uid
-        drop = ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+        drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                 "--inh-caps=-all", "--"]
     args = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--clearenv", "--seccomp", str(seccomp_fd)]
@@ -291,21 +297,30 @@ def run_sandboxed(
         total_mem_mb = mem_mb + 2 * tmp_mb + workspace_mb
     data = stdin.encode("utf-8", "replace") if isinstance(stdin, str) else stdin
     _sweep()  # what a killed host left: its calls' processes and cgroups, then its workspaces
-    # the owner (pid and start time) in the name: whose it is, should one be left (the next call's sweep)
-    workdir = tempfile.mkdtemp(prefix=f"cf-sbx-{owner_tag()}-")
-    mounted = False
+    lease = UidLease()  # this call's own host uid (uids.py): no per-uid kernel counter shared with another call
+    breach = False
     try:
-        if os.geteuid() == 0:
-            mounted = workspace.mount_tmpfs(workdir, workspace_mb << 20, WORKSPACE_INODES, SANDBOX_UID)
-        problem = _seed(Path(workdir), good)
-        if problem:
-            return _refused(problem, good)
-        return _run(list(cmd), Path(workdir), data, timeout_s=timeout_s, mem_mb=mem_mb, max_procs=max_procs,
-                    max_output=max_output, max_file_bytes=max_file_bytes, tmp_mb=tmp_mb, env=env,
-                    ro_binds=ro_binds, read_back=read_back, max_read_back=max_read_back,
-                    total_mem_mb=total_mem_mb, mounted=mounted, deadline_after=deadline_after)
+        # the owner (pid and start time) in the name: whose it is, should one be left (the next call's sweep)
+        workdir = tempfile.mkdtemp(prefix=f"cf-sbx-{owner_tag()}-")
+        mounted = False
+        try:
+            if os.geteuid() == 0:
+                mounted = workspace.mount_tmpfs(workdir, workspace_mb << 20, WORKSPACE_INODES, lease.uid)
+            problem = _seed(Path(workdir), good, lease.uid)
+            if problem:
+                return _refused(problem, good)
+            return _run(list(cmd), Path(workdir), data, timeout_s=timeout_s, mem_mb=mem_mb, max_procs=max_procs,
+                        max_output=max_output, max_file_bytes=max_file_bytes, tmp_mb=tmp_mb, env=env,
+                        ro_binds=ro_binds, read_back=read_back, max_read_back=max_read_back,
+                        total_mem_mb=total_mem_mb, mounted=mounted, deadline_after=deadline_after, uid=lease.uid)
+        finally:
+            _remove_workspace(workdir, mounted)
+    except SandboxBreach:
+        breach = True  # processes of this uid may still run: the uid is never handed to another call
+        raise
     finally:
-        _remove_workspace(workdir, mounted)
+        if not breach:
+            lease.release()
 
 
 def _sweep() -> None:
@@ -340,10 +355,10 @@ def _remove_workspace(workdir: str, mounted: bool) -> None:
         raise
 
 
-def _seed(workdir: Path, files: dict[str, bytes]) -> str | None:
+def _seed(workdir: Path, files: dict[str, bytes], uid: int = SANDBOX_UID) -> str | None:
     root = os.geteuid() == 0
     if root:  # the sandbox user must own its workspace (mkdtemp made it root's and private)
-        os.chown(workdir, SANDBOX_UID, SANDBOX_UID)
+        os.chown(workdir, uid, uid)
     workdir.chmod(0o755)
     try:
         for rel, data in files.items():
@@ -352,12 +367,12 @@ def _seed(workdir: Path, files: dict[str, bytes]) -> str | None:
                 if not parent.is_dir():
                     parent.mkdir()
                     if root:
-                        os.chown(parent, SANDBOX_UID, SANDBOX_UID)
+                        os.chown(parent, uid, uid)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             if root:  # the sandbox user may modify its inputs
-                os.chown(path, SANDBOX_UID, SANDBOX_UID)
+                os.chown(path, uid, uid)
     except OSError as e:  # ENOSPC (over the workspace size), a name both a file and a directory, ...
         return f"the files cannot be laid out in the workspace ({e.strerror}: {_show(e.filename)})"
     return None
@@ -456,7 +471,8 @@ class _Call:
 
 def _run(cmd: list[str], workdir: Path, stdin: bytes | None, *, timeout_s: float, mem_mb: int, max_procs: int,
          max_output: int, max_file_bytes: int, tmp_mb: int, env, ro_binds, read_back: bool, max_read_back: int,
-         total_mem_mb: int, mounted: bool, deadline_after: tuple[str, float] | None = None) -> SandboxResult:
+         total_mem_mb: int, mounted: bool, deadline_after: tuple[str, float] | None = None,
+         uid: int = SANDBOX_UID) -> SandboxResult:
     layout = Layout.probe()
     notes = [] if mounted or os.geteuid() != 0 else ["workspace: not a tmpfs (mount refused): total size not capped"]
     cg, proc, call, ended = None, None, None, False
@@ -466,7 +482,7 @@ def _run(cmd: list[str], workdir: Path, stdin: bytes | None, *, timeout_s: float
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         sec = seccomp.filter_fd()
         argv = _command(cmd, workdir, timeout_s, mem_mb, max_procs, max_file_bytes, tmp_mb, env, ro_binds,
-                        seccomp_fd=sec, status_fd=status_w)
+                        seccomp_fd=sec, status_fd=status_w, uid=uid)
         if cg is not None:  # join the call's cgroups first, then become setpriv/bwrap (same pid)
             joins = cg.procs_files()
             argv = ["/bin/sh", "-c", _JOIN, "cf-sandbox", *joins, "--", *argv]
