@@ -99,9 +99,11 @@ def test_a_dead_hosts_workspace_is_unmounted_and_removed_by_the_next_call(tmp_pa
     assert not found[0].exists() and f" {found[0]} " not in mounts
 
 
-def test_owner_tags_tell_a_reused_pid_from_the_owner():
+def test_owner_tags_tell_a_reused_pid_from_the_owner_and_leave_other_namespaces_alone():
     me = owner_tag()
-    pid, start = me.split("-")
+    pid, start, ns = me.split("-")
     assert owner_alive(f"{me}-abcdef") and owner_alive(f"{pid}-abcdef")  # ours; an older name without start time
-    assert not owner_alive(f"{pid}-{int(start) + 1}-abcdef")  # the same pid, another process: its owner is gone
-    assert not owner_alive("4999999-1-abcdef") and owner_alive("notapid-x")
+    assert not owner_alive(f"{pid}-{int(start) + 1}-{ns}-abcdef")  # the same pid, another process: owner gone
+    assert not owner_alive(f"4999999-1-{ns}-abcdef") and not owner_alive("4999999-abcdef")
+    # a host in another pid namespace (a container sharing the cgroup tree or /tmp): never judged dead here
+    assert owner_alive(f"4999999-1-{int(ns) + 1}-abcdef") and owner_alive("notapid-x")

@@ -55,15 +55,17 @@ def test_the_sweep_ends_a_dead_owners_v2_call_and_leaves_live_owners_alone(tmp_p
     victims = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
     bystander = subprocess.Popen(["sleep", "60"])
     try:
-        dead = fs.add("call-4999999-1-0123456789", [p.pid for p in victims])  # owner gone
-        reused = fs.add(f"call-{cgroup.owner_tag().split('-')[0]}-1-aaaaaaaaaa", [])  # our pid, another start time
+        pid, _, ns = cgroup.owner_tag().split("-")
+        dead = fs.add(f"call-4999999-1-{ns}-0123456789", [p.pid for p in victims])  # owner gone
+        reused = fs.add(f"call-{pid}-1-{ns}-aaaaaaaaaa", [])  # our pid, another start time
+        foreign = fs.add(f"call-4999997-1-{int(ns) + 1}-dddddddddd", [bystander.pid])  # another pid namespace
         live = fs.add(f"call-{cgroup.owner_tag()}-bbbbbbbbbb", [bystander.pid])  # ours, running
         with fs.kernel():
             assert layout.sweep() == []
-        assert not dead.exists() and not reused.exists() and live.exists()
+        assert not dead.exists() and not reused.exists() and live.exists() and foreign.exists()
         assert all(p.wait(5) == -9 for p in victims) and bystander.poll() is None
         # a dead owner's cgroup that cannot be emptied is reported, not ignored
-        stuck = fs.add("call-4999998-1-cccccccccc", [bystander.pid])
+        stuck = fs.add(f"call-4999998-1-{ns}-cccccccccc", [bystander.pid])
         left = layout.sweep(timeout_s=0.2)  # no kernel thread: the kill is not obeyed
         assert len(left) == 1 and str(stuck) in left[0] and "survive" in left[0]
     finally:

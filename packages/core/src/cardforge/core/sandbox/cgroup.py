@@ -320,26 +320,36 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def _pid_ns() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 @functools.lru_cache(maxsize=None)
 def _own_tag(pid: int) -> str:
-    return f"{pid}-{_start_time(pid) or 0}"
+    return f"{pid}-{_start_time(pid) or 0}-{_pid_ns()}"
 
 
 def owner_tag() -> str:
-    """`PID-STARTTIME` of this process: in every call cgroup's (and workspace's) name, so a sweep can tell a
-    dead owner from a live one whose pid was merely reused."""
+    """`PID-STARTTIME-PIDNS` of this process: in every call cgroup's (and workspace's) name, so a sweep can
+    tell a dead owner from a live one whose pid was merely reused, and never judges (nor kills) the calls
+    of a host process in another pid namespace (a container sharing the cgroup tree or /tmp), whose pids
+    mean nothing here."""
     return _own_tag(os.getpid())
 
 
 def owner_alive(tag: str) -> bool:
-    """Whether the host process named by `tag` (`PID-STARTTIME-...`; older names `PID-...`) still runs."""
+    """Whether the host process named by `tag` (`PID-STARTTIME-PIDNS-...`; older names `PID-...`) may still
+    run: True unless it is provably gone (a pid of our namespace that no longer runs, or runs with another
+    start time)."""
     parts = tag.split("-")
     if not parts[0].isdigit():
         return True  # not one of ours: leave it
-    pid = int(parts[0])
-    start = _start_time(pid)
-    if start is None:
-        return False
-    if len(parts) >= 3 and parts[1].isdigit():
-        return parts[1] == start
-    return True  # an older name without a start time: the pid runs, assume it is the owner
+    if len(parts) >= 4 and parts[1].isdigit() and parts[2].isdigit():
+        if int(parts[2]) != _pid_ns():
+            return True  # another pid namespace's host: not ours to judge
+        return _start_time(int(parts[0])) == parts[1]
+    # an older name (PID-...): its namespace is unknown; gone only if no process has that pid here
+    return _start_time(int(parts[0])) is not None
