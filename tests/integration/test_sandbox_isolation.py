@@ -126,3 +126,16 @@ def test_a_concurrent_call_is_untouched_by_a_hog_of_every_shared_resource():
     uids = [int(r.stdout.split("uid ", 1)[1].split()[0]) for r in (h, v)]
     if os.geteuid() == 0:
         assert all(in_pool(u) for u in uids) and uids[0] != uids[1], uids
+
+
+def test_no_call_can_take_the_hosts_pseudo_terminals():
+    """Attack found in the follow-up: every devpts instance but the host's draws on one host-wide pool
+    (kernel.pty.max - kernel.pty.reserve, 3072 by default); 30 processes of one call opened /dev/ptmx 3071
+    times and a concurrent call's (or any container's) openpty failed. ptmx is masked now: not openable."""
+    src = ("import os\nn = 0\nfor path in ('/dev/ptmx', '/dev/pts/ptmx'):\n    try:\n"
+           "        os.open(path, os.O_RDWR | os.O_NOCTTY)\n        n += 1\n    except OSError as e:\n"
+           "        print('BLOCKED', path, e.errno)\nprint('opened', n)\n")
+    before = int(open("/proc/sys/kernel/pty/nr").read())
+    r = run_sandboxed(["python3", "-c", src], timeout_s=10)
+    assert "opened 0" in r.stdout and r.stdout.count("BLOCKED") == 2, r
+    assert int(open("/proc/sys/kernel/pty/nr").read()) <= before

@@ -165,6 +165,10 @@ def _command(cmd: list[str], workdir: Path, timeout_s: float, mem_mb: int, max_p
              # was killed then outlived it. Masked (host /dev/null on a nodev mount: not even openable)
              "--ro-bind", "/dev/null", "/proc/1/mem", "--ro-bind", "/dev/null", "/proc/1/task/1/mem",
              "--dev", "/dev",
+             # no pseudo-terminals: every devpts instance but the host's draws on one host-wide pool
+             # (kernel.pty.max - pty.reserve = 3072 here); one call opened all of them and a concurrent call's
+             # (or a container's) openpty failed (#17 follow-up). Masked like /proc/1/mem: not openable
+             "--ro-bind", "/dev/null", "/dev/pts/ptmx",
              "--size", str(tmp_mb << 20), "--tmpfs", "/tmp", "--size", str(tmp_mb << 20), "--tmpfs", "/dev/shm",
              "--bind", str(workdir), "/work", "--chdir", "/work",
              # bwrap's own root and /dev are unsized tmpfs: read-only, else files there would eat host RAM
