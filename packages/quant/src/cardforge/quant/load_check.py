@@ -1,7 +1,6 @@
 """Each GGUF tier must load in llama-server and answer: start it, ask one short question, stop it.
 
-`check_one` is one file (the stage runs several side by side, see cardforge.quant.schedule); `check_all` runs
-them one after another.
+`check_one` is one file (the stage runs several side by side, see cardforge.quant.schedule).
 """
 
 from __future__ import annotations
@@ -122,12 +121,3 @@ def _process_cpu(pid: int | None) -> float:
 def log_path(out: Path, key: str) -> Path:
     return Path(out) / "logs" / f"load-{key.replace(':', '_')}.log"
 
-
-def check_all(cfg: DictConfig, results: dict, out: Path | None = None) -> None:
-    serve = serve_options(cfg)
-    for key, info in results.items():
-        path = Path(info["path"])
-        if path.suffix != ".gguf":
-            continue
-        logs = Path(out) if out else path.parent.parent
-        info.update(check_one(serve, path, log_path(logs, key)))

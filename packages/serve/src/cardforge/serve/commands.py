@@ -108,8 +108,3 @@ def inference_commands(cfg: DictConfig, gguf_name: str | None = None) -> dict[st
             serve["port"] = 8080  # a published command needs a concrete port
         out[backend] = shlex.join(build_command(model_ref(cfg, backend, gguf_name), serve))
     return out
-
-
-def render_markdown(commands: dict[str, str]) -> str:
-    names = {"llama_cpp": "llama.cpp", "vllm": "vLLM", "sglang": "SGLang"}
-    return "\n".join(f"{names.get(k, k)}:\n\n```bash\n{v}\n```\n" for k, v in commands.items())

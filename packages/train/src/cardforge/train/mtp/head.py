@@ -66,11 +66,3 @@ def positions_embeddings(trunk, length: int, batch: int, device, dtype) -> tuple
     pos = torch.arange(length, device=device).view(1, 1, -1).expand(3, batch, -1)
     probe = torch.empty(0, device=device, dtype=dtype)
     return rotary(probe, pos)
-
-
-def step_logits(head: MtpHead, trunk, hidden: torch.Tensor, next_ids: torch.Tensor, pe) -> tuple[torch.Tensor,
-                                                                                                   torch.Tensor]:
-    """One draft step for every position: (head output, logits over the vocabulary)."""
-    emb = trunk.get_input_embeddings()(next_ids)
-    out = head(hidden, emb, pe)
-    return out, trunk.get_output_embeddings()(out)
