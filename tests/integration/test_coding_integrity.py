@@ -134,3 +134,28 @@ def test_a_coding_solution_that_reads_the_marker_still_cannot_pass():
              f"def {p.function}(*a):\n    return 7\n")
     r = run_solution("python", p, forge)
     assert not r.passed and r.status == "wrong_answer" and r.tests_passed < r.tests_total, r
+
+
+def test_the_agentic_slugify_checker_cannot_be_passed_by_printing_or_exiting():
+    from cardforge.eval.agentic.task import run_check
+    from cardforge.eval.agentic import BY_ID
+
+    task = BY_ID["implement-slugify"]
+    cheat = "import os, sys\nprint('ok\\n' * 7, end='', flush=True)\nos._exit(0)\n"
+    assert "hidden tests" in (run_check(task, {"text_utils.py": cheat.encode()}) or "passed")
+    snoop = SNOOP + "def slugify(text):\n    return 'x'\n"
+    why = run_check(task, {"text_utils.py": snoop.encode()})
+    assert why and "hidden tests" in why, why
+    oracle = ("import re\n\n\ndef slugify(text: str) -> str:\n"
+              "    return re.sub(r'[^a-z0-9]+', '-', text.lower()).strip('-')\n")
+    assert run_check(task, {"text_utils.py": oracle.encode()}) is None
+
+
+@pytest.mark.xfail(strict=True, reason="NOT fixed (#17 follow-up): fix-failing-tests runs unittest in the process "
+                                       "that imports the model's module and trusts its exit status")
+def test_the_agentic_unittest_checker_cannot_be_passed_by_exiting():
+    from cardforge.eval.agentic.task import run_check
+    from cardforge.eval.agentic import BY_ID
+
+    task = BY_ID["fix-failing-tests"]
+    assert run_check(task, {"inventory.py": b"import os\nos._exit(0)\n"}) is not None

