@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import typing
 from dataclasses import fields, is_dataclass
 from typing import Any, Iterable
 
@@ -187,11 +188,10 @@ def _keys_of(dotted: str) -> list[str]:
 
     node: Any = CardforgeConfig
     for part in [p for p in dotted.split(".") if p]:
-        f = {f.name: f for f in fields(node)}.get(part) if is_dataclass(node) else None
-        if f is None:
+        # the schemas carry no default instances (every field is MISSING): a section's type is its annotation
+        node = typing.get_type_hints(node).get(part) if is_dataclass(node) else None
+        if node is None:
             return []
-        node = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        node = type(node) if is_dataclass(node) else node
     return [f.name for f in fields(node)] if is_dataclass(node) else []
 
 

@@ -1,79 +1,54 @@
-"""Typed config schemas for every section of the one Hydra tree (registered in Hydra's ConfigStore).
+"""Typed config schemas for every section of the one Hydra tree (registered in Hydra's ConfigStore), one module per
+stage: data (teacher, data), train (lora, trainer), model, mtp, quant, serve, eval, card (card, release).
 
-Each primary config (conf/<stage>.yaml) starts from `cardforge_schema`, so a typo'd key or a value of
-the wrong type fails at composition with the key's name. Enums list the allowed values in that error.
-`__post_init__` checks cross-field rules and names the override the user must change.
+The schemas hold types and checks only; every value lives once in YAML: conf/defaults/<section>.yaml (each knob with
+its default and a comment), conf/base.yaml (the top-level knobs), the group options conf/<group>/*.yaml. Every field
+is MISSING here (tests/unit/test_config_defaults.py holds it so), so a schema default can never disagree with conf/.
+Each primary config (conf/<stage>.yaml) starts from `cardforge_schema`, so a typo'd key or a value of the wrong type
+fails at composition with the key's name; enums list the allowed values in that error; `__post_init__` checks
+cross-field rules and names the override the user must change.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from cardforge.core.config.schemas.card import (  # noqa: F401 - re-exported
-    CardReference,
+from cardforge.core.config.schemas.card import (
     CardConfig,
+    CardReference,
     LinkMode,
+    ReleaseConfig,
     ReleaseRepoIds,
     ReleaseRepos,
-    ReleaseConfig,
 )
-
-from cardforge.core.config.schemas.eval import (  # noqa: F401 - re-exported
-    EVAL_SUITES,
-    CODING_LANGUAGES,
-    EvalConfig,
-)
-
-from cardforge.core.config.schemas.serve import (  # noqa: F401 - re-exported
-    Backend,
-    MtpSpecConfig,
-    AnthropicServeConfig,
-    ServeConfig,
-)
-
-from cardforge.core.config.schemas.mtp import (  # noqa: F401 - re-exported
-    MtpTrainConfig,
-)
-
-from cardforge.core.config.schemas.model import (  # noqa: F401 - re-exported
-    Arch,
-    ModelConfig,
-)
-
-from cardforge.core.config.schemas.train import (  # noqa: F401 - re-exported
-    Optimizer,
-    Scheduler,
-    LIGHTNING_PRECISIONS,
-    LoraConfig,
-    TrainerConfig,
-)
-
-from cardforge.core.config.schemas.data import (  # noqa: F401 - re-exported
-    ToolResults,
-    TeacherKind,
-    PriceConfig,
+from cardforge.core.config.schemas.checks import SOURCE_SYNTAX, check_choice, check_sources
+from cardforge.core.config.schemas.data import (
     BudgetConfig,
-    TeacherConfig,
     DataConfig,
+    PriceConfig,
+    TeacherConfig,
+    TeacherKind,
+    ToolResults,
 )
+from cardforge.core.config.schemas.eval import CODING_LANGUAGES, EVAL_SUITES, EvalConfig
+from cardforge.core.config.schemas.model import Arch, ModelConfig
+from cardforge.core.config.schemas.mtp import MtpTrainConfig
+from cardforge.core.config.schemas.quant import GgufTier, GgufTierConfig, NvFp4Tier, QuantConfig, QuantFormat
+from cardforge.core.config.schemas.serve import AnthropicServeConfig, Backend, MtpSpecConfig, ServeConfig
+from cardforge.core.config.schemas.train import LIGHTNING_PRECISIONS, LoraConfig, Optimizer, Scheduler, TrainerConfig
 
-from cardforge.core.config.schemas.quant import (  # noqa: F401 - re-exported
-    GgufTier,
-    NvFp4Tier,
-    QuantFormat,
-    GgufTierConfig,
-    QuantConfig,
-)
-
-from cardforge.core.config.schemas.checks import (  # noqa: F401 - re-exported
-    SOURCE_SYNTAX,
-    check_choice,
-    check_sources,
-)
+__all__ = [
+    "AnthropicServeConfig", "Arch", "Backend", "BudgetConfig", "CODING_LANGUAGES", "CardConfig", "CardReference",
+    "CardforgeConfig", "DataConfig", "EVAL_SUITES", "EvalConfig", "GgufTier", "GgufTierConfig", "LIGHTNING_PRECISIONS",
+    "LinkMode", "LoggerConfig", "LoraConfig", "ModelConfig", "MtpSpecConfig", "MtpTrainConfig", "NvFp4Tier",
+    "Optimizer", "PIPELINE_STAGES", "PathsConfig", "PriceConfig", "QuantConfig", "QuantFormat", "ReleaseConfig",
+    "ReleaseRepoIds", "ReleaseRepos", "SOURCE_SYNTAX", "Scheduler", "ServeConfig", "Stage", "TeacherConfig",
+    "TeacherKind", "ToolResults", "TrainerConfig", "check_choice", "check_sources", "register_configs",
+]
 
 
 class Stage(str, Enum):
@@ -97,51 +72,59 @@ class Stage(str, Enum):
         return format(self.value, spec)
 
 
-# --- allowed values of str / list[str] keys whose owners live in other packages (core imports none of them);
-# tests/unit/test_config_allowed.py keeps each list equal to its source of truth ---
-
-# cardforge.pipeline.run.STAGES, in chain order; `force=[...]` also takes `all`
+# cardforge.pipeline.run.STAGES, in chain order; `force=[...]` also takes `all`. Allowed values of keys whose
+# owners live in other packages (core imports none of them; tests/unit/test_config_allowed.py keeps each list equal
+# to its source of truth): this one, EVAL_SUITES (eval.py), LIGHTNING_PRECISIONS (train.py), GgufTier (quant.py)
 PIPELINE_STAGES = ("models", "data", "train", "merge", "mtp", "quant", "eval", "card")
+
+
 @dataclass
 class PathsConfig:
-    root: str = MISSING  # the repo checkout
-    outputs: str = MISSING  # stage outputs (artifacts live under here, keyed by experiment)
-    cache: str = MISSING  # shared cache outside the repo (llama.cpp build, embedded models)
+    """paths.*: conf/paths/default.yaml."""
+
+
+    root: str = MISSING
+    outputs: str = MISSING
+    cache: str = MISSING
 
 
 @dataclass
 class LoggerConfig:
-    _target_: str = "lightning.pytorch.loggers.MLFlowLogger"
-    experiment_name: str = "cardforge"
-    tracking_uri: Optional[str] = None  # None -> MLFLOW_TRACKING_URI or the repo's sqlite store
-    log_model: bool = False
+    """logger.*: conf/logger/mlflow.yaml."""
+
+
+    _target_: str = MISSING
+    experiment_name: str = MISSING
+    tracking_uri: Optional[str] = MISSING
+    log_model: bool = MISSING
 
 
 @dataclass
 class CardforgeConfig:
-    """The whole tree. Every primary config composes every group, so any stage sees the full picture."""
+    """The whole tree. Every primary config composes every group, so any stage sees the full picture; the
+    top-level knobs' values: conf/base.yaml."""
 
     stage: Stage = MISSING
-    experiment: str = MISSING  # the experiment preset's name; tags every MLflow run
-    run_name: Optional[str] = None
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    mtp: MtpTrainConfig = field(default_factory=MtpTrainConfig)
-    quant: QuantConfig = field(default_factory=QuantConfig)
-    serve: ServeConfig = field(default_factory=ServeConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    card: CardConfig = field(default_factory=CardConfig)
-    release: ReleaseConfig = field(default_factory=ReleaseConfig)
-    force: list[str] = field(default_factory=list)  # stages to rerun although their inputs are unchanged
-    format: Optional[QuantFormat] = None  # quant stage only: build just this format (`format=gguf`)
-    until: Optional[str] = None  # pipeline only: stop after this stage (`until=train`)
-    plan: bool = False  # pipeline only: print the plan (stages, commands, GPU/disk needs, what is missing)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, for stage-specific experiments
+    experiment: str = MISSING
+    run_name: Optional[str] = MISSING
+    paths: PathsConfig = MISSING
+    logger: LoggerConfig = MISSING
+    model: ModelConfig = MISSING
+    teacher: TeacherConfig = MISSING
+    data: DataConfig = MISSING
+    lora: LoraConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    mtp: MtpTrainConfig = MISSING
+    quant: QuantConfig = MISSING
+    serve: ServeConfig = MISSING
+    eval: EvalConfig = MISSING
+    card: CardConfig = MISSING
+    release: ReleaseConfig = MISSING
+    force: list[str] = MISSING
+    format: Optional[QuantFormat] = MISSING
+    until: Optional[str] = MISSING
+    plan: bool = MISSING
+    extra: dict[str, Any] = MISSING
 
     def __post_init__(self) -> None:
         for name in self.force:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
@@ -16,22 +16,20 @@ class CardReference:
     name: str = MISSING
     authors: str = MISSING
     year: int = MISSING
-    ref: str = ""  # arXiv id or venue
-    used_for: str = ""  # what the recipe takes from it, English
-    used_for_zh: str = ""  # the same, Chinese
+    ref: str = MISSING
+    used_for: str = MISSING
+    used_for_zh: str = MISSING
 
 
 @dataclass
 class CardConfig:
     title: str = MISSING
-    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
-    license: str = "apache-2.0"
-    hf_repo: Optional[str] = None
-    modelscope_repo: Optional[str] = None
-    # the pipeline run to compile; null: the pipeline run this process is part of, else the latest
-    # FINISHED pipeline run of `experiment` (a killed or failed one is never picked by default)
-    parent_run_id: Optional[str] = None
-    attribution: list[CardReference] = field(default_factory=list)
+    languages: list[str] = MISSING
+    license: str = MISSING
+    hf_repo: Optional[str] = MISSING
+    modelscope_repo: Optional[str] = MISSING
+    parent_run_id: Optional[str] = MISSING
+    attribution: list[CardReference] = MISSING
 
     def __post_init__(self) -> None:
         unknown = [lang for lang in self.languages if lang not in ("en", "zh")]
@@ -48,34 +46,34 @@ class LinkMode(str, Enum):
 class ReleaseRepoIds:
     """Where one repository goes: OWNER/NAME per hub; null: <hub>_namespace/<repo name>, else not uploaded."""
 
-    hf: Optional[str] = None
-    modelscope: Optional[str] = None
+    hf: Optional[str] = MISSING
+    modelscope: Optional[str] = MISSING
 
 
 @dataclass
 class ReleaseRepos:
-    main: ReleaseRepoIds = field(default_factory=ReleaseRepoIds)  # card + BF16 safetensors + gguf/
-    fp8: ReleaseRepoIds = field(default_factory=ReleaseRepoIds)  # FP8 block-128
-    nvfp4: ReleaseRepoIds = field(default_factory=ReleaseRepoIds)  # NVFP4 W4A16 at the root + w4a4/
+    main: ReleaseRepoIds = MISSING
+    fp8: ReleaseRepoIds = MISSING
+    nvfp4: ReleaseRepoIds = MISSING
 
 
 @dataclass
 class ReleaseConfig:
     """The release bundle (python -m cardforge.card.release; conf/release.yaml)."""
 
-    out_dir: Optional[str] = None  # null: <paths.outputs>/release (not interpolated: the config hash ignores paths)
-    dry_run: bool = False  # list what would be uploaded, write nothing
-    link: LinkMode = LinkMode.hardlink
-    parent_run_id: Optional[str] = None  # the pipeline run to release; null: as the card stage picks it
-    name: Optional[str] = None  # main repo name (FP8/NVFP4 add -FP8/-NVFP4); null: card.title
-    gguf_name: Optional[str] = None  # GGUF file prefix (<gguf_name>-MTP-<TIER>.gguf); null: the quant stage's names
-    gguf_tiers: list[str] = field(default_factory=list)  # quant_results keys to ship; empty: the quant run's tiers
-    hf_namespace: Optional[str] = None
-    modelscope_namespace: Optional[str] = None
-    repos: ReleaseRepos = field(default_factory=ReleaseRepos)
-    hf_cli: str = "hf"  # hf | huggingface-cli (same arguments)
-    license: Optional[str] = None  # null: card.license
-    attribution: list[CardReference] = field(default_factory=list)  # empty: card.attribution
+    out_dir: Optional[str] = MISSING
+    dry_run: bool = MISSING
+    link: LinkMode = MISSING
+    parent_run_id: Optional[str] = MISSING
+    name: Optional[str] = MISSING
+    gguf_name: Optional[str] = MISSING
+    gguf_tiers: list[str] = MISSING
+    hf_namespace: Optional[str] = MISSING
+    modelscope_namespace: Optional[str] = MISSING
+    repos: ReleaseRepos = MISSING
+    hf_cli: str = MISSING
+    license: Optional[str] = MISSING
+    attribution: list[CardReference] = MISSING
 
     def __post_init__(self) -> None:
         if self.hf_cli not in ("hf", "huggingface-cli"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
@@ -25,9 +25,9 @@ class TeacherKind(str, Enum):
 @dataclass
 class PriceConfig:
     """teacher.price: what the teacher's API charges per million tokens (null: unknown, no money is counted)."""
-    input_per_m: Optional[float] = None  # prompt tokens
-    output_per_m: Optional[float] = None  # completion tokens (reasoning included: billed as output)
-    currency: str = "USD"
+    input_per_m: Optional[float] = MISSING
+    output_per_m: Optional[float] = MISSING
+    currency: str = MISSING
 
     def __post_init__(self) -> None:
         for k in ("input_per_m", "output_per_m"):
@@ -39,8 +39,8 @@ class PriceConfig:
 class BudgetConfig:
     """data.budget: the data stage stops starting samples once the teacher spent this much (null: no limit);
     a re-run with a larger budget resumes where it stopped."""
-    tokens: Optional[int] = None  # prompt + completion tokens of every teacher request, all runs together
-    cost: Optional[float] = None  # in teacher.price.currency (needs teacher.price)
+    tokens: Optional[int] = MISSING
+    cost: Optional[float] = MISSING
 
     def __post_init__(self) -> None:
         if self.tokens is not None and self.tokens < 0:
@@ -51,20 +51,20 @@ class BudgetConfig:
 
 @dataclass
 class TeacherConfig:
-    kind: TeacherKind = TeacherKind.embedded
-    model: str = MISSING  # served model name, or the embedded model's name
-    base_url: Optional[str] = None  # required for kind=endpoint
-    api_key_env: str = "OPENAI_API_KEY"
-    thinking: bool = True
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = 4096
-    concurrency: int = 4
-    timeout_s: float = 600.0
-    ctx_size: int = 4096  # kind=embedded: llama-server context per slot
-    threads: int = 0  # kind=embedded: llama-server -t (0: llama.cpp decides)
-    idle_timeout_s: float = 300.0  # no byte for this long: the request is retried (timeout_s caps the whole)
-    price: PriceConfig = field(default_factory=PriceConfig)
+    kind: TeacherKind = MISSING
+    model: str = MISSING
+    base_url: Optional[str] = MISSING
+    api_key_env: str = MISSING
+    thinking: bool = MISSING
+    temperature: float = MISSING
+    top_p: float = MISSING
+    max_tokens: int = MISSING
+    concurrency: int = MISSING
+    timeout_s: float = MISSING
+    ctx_size: int = MISSING
+    threads: int = MISSING
+    idle_timeout_s: float = MISSING
+    price: PriceConfig = MISSING
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -76,32 +76,27 @@ class TeacherConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    num_samples: int = 16
-    tool_results: ToolResults = ToolResults.simulate
-    max_steps: int = 6  # ReAct loop bound per trajectory
-    judge: bool = False  # rejection sampling by a judge (needs tool_results=execute)
-    seed: int = 0
-    max_seq_len: int = 1024
-    eval_fraction: float = 0.05
-    # task sources (cardforge.data.tasks): builtin | humaneval | bfcl:FILE | jsonl:FILE
-    sources: list[str] = field(default_factory=lambda: ["builtin"])
-    samples_per_task: int = 1  # k teacher samples per task (rejection sampling keeps the judged-good ones)
-    retries: int = 3  # per teacher request, with exponential backoff; then the sample is recorded as an error
-    retry_errors: bool = True  # a re-run asks again for samples rejected as teacher_error / simulator_error ...
-    max_retries: int = 3  # ... on at most this many later runs each; then the rejection stays
-    tool_timeout_s: float = 10.0  # wall clock per sandboxed tool call
-    simulator_url: Optional[str] = None  # tool_results=simulate: who role-plays the runtime (null: the teacher)
-    simulator_model: Optional[str] = None
-    judge_url: Optional[str] = None  # an OpenAI-compatible LLM judge for tasks no rule can verify (data.judge=true)
-    judge_model: Optional[str] = None
-    min_accepted: int = 1  # fewer accepted samples stops the stage (never train on nothing)
-    budget: BudgetConfig = field(default_factory=BudgetConfig)  # teacher spend limit (tokens or money)
-    # how the train stage renders a trajectory: template = the student's chat template on the structured
-    # messages; react_wire = the exact text the ReAct loop exchanges with a model (tools in the system prompt,
-    # calls as Qwen3 XML text, results as <tool_response> user turns), rendered by the student's template:
-    # what the eval actor sends, for templates without tool support (SmolLM2)
-    train_format: str = "template"
-    mask_tool_results: bool = True  # false: tool results are trained on too (the card's method question)
+    num_samples: int = MISSING
+    tool_results: ToolResults = MISSING
+    max_steps: int = MISSING
+    judge: bool = MISSING
+    seed: int = MISSING
+    max_seq_len: int = MISSING
+    eval_fraction: float = MISSING
+    sources: list[str] = MISSING
+    samples_per_task: int = MISSING
+    retries: int = MISSING
+    retry_errors: bool = MISSING
+    max_retries: int = MISSING
+    tool_timeout_s: float = MISSING
+    simulator_url: Optional[str] = MISSING
+    simulator_model: Optional[str] = MISSING
+    judge_url: Optional[str] = MISSING
+    judge_model: Optional[str] = MISSING
+    min_accepted: int = MISSING
+    budget: BudgetConfig = MISSING
+    train_format: str = MISSING
+    mask_tool_results: bool = MISSING
 
     def __post_init__(self) -> None:
         if self.judge and self.tool_results != ToolResults.execute:

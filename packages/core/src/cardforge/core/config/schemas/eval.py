@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
+
+from omegaconf import MISSING
 
 from cardforge.core.config.schemas.checks import check_choice
 from cardforge.core.config.schemas.quant import GgufTier
@@ -19,59 +21,48 @@ CODING_LANGUAGES = ("python", "javascript", "typescript", "java", "cpp", "c", "r
 
 @dataclass
 class EvalConfig:
-    suites: list[str] = field(default_factory=lambda: ["gpqa_diamond", "mmlu"])
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = 32768
-    stream: bool = True
-    concurrency: int = 4
-    timeout_s: float = 1800.0
-    retries: int = 2
-    seed: int = 1234
-    limit: Optional[int] = None  # cap questions per suite (tiny runs)
-    mmlu_subset: int = 500
-    mmlu_shots: int = 5
-    compare_base: bool = True  # distill vs base at the same quant
-    mtp_n_max: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # speed bench; 0 = speculation off
-    thinking: bool = True  # chat_template_kwargs.enable_thinking
-    # data: an HF dataset id ("owner/name:config", needs network) or a local file/folder of the same schema
-    gpqa_source: str = "Idavidrein/gpqa:gpqa_diamond"
-    mmlu_source: str = "cais/mmlu:all"
-    # what to evaluate: a GGUF (served here by llama-server) or an endpoint already serving it
-    distill_model: Optional[str] = None  # null: <outputs>/quant's eval.quant_tier GGUF
-    base_model: Optional[str] = None  # null: model.path converted to a BF16 GGUF (as the serve stage does)
-    endpoint: Optional[str] = None  # OpenAI-compatible base URL of the distilled model (overrides distill_model)
-    base_endpoint: Optional[str] = None
-    quant_tier: str = "Q4_K_M"
-    # MTP speed bench: {tier label: GGUF}; empty: the distilled GGUF only
-    bench_models: dict[str, str] = field(default_factory=dict)
-    bench_repeats: int = 3  # median over repeats
-    bench_max_tokens: int = 128
-    # lm-eval generate_until tasks run through our streaming client (`cardforge-stream`)
-    lm_eval_tasks: list[str] = field(default_factory=list)
-    lm_eval_include_path: Optional[str] = None
-    progress: bool = True
-    # bfcl suite: BFCL v4 sets of the bfcl-eval package (or question files in its layout), AST-matched
-    bfcl_sets: list[str] = field(default_factory=lambda: ["simple_python", "multiple", "parallel",
-                                                          "parallel_multiple", "irrelevance"])
-    bfcl_limit: Optional[int] = None  # a seeded sample of N items per set; null: every item
-    # agentic suite: our multi-step tasks with real tools in the sandbox, checked on the final workspace
-    agentic_limit: Optional[int] = None  # the first N tasks; null: all
-    agentic_max_steps: Optional[int] = None  # model turns per task, overriding each task's own budget
-    agentic_tool_timeout_s: float = 10.0  # per sandboxed tool call
-    proof_tasks: int = 100  # the proof suite: held-out tasks (new values + the second surface form)
-    proof_probe: bool = True  # the proof suite: also ask each task's first step without stop strings
-    # extra GGUF tiers evaluated side by side (quant_results keys' prefixes, e.g. [BF16, Q4_K_M]); empty: only
-    # eval.quant_tier. Each tier's records go under <outputs>/eval/tiers/<TIER>/, metrics as tier.<TIER>.*
-    tiers: list[str] = field(default_factory=list)
-    judge_url: Optional[str] = None  # an OpenAI-compatible LLM judge beside the agentic checkers (judge_accuracy)
-    judge_model: Optional[str] = None
-    # coding suites (humaneval, coding): answers compiled and run in the sandbox against hidden tests
-    coding_languages: list[str] = field(default_factory=lambda: list(CODING_LANGUAGES))
-    coding_problems: Optional[int] = None  # the first N of the 10 coding problems per language; null: all
-    # seconds per run of an answer's tests, by language (humaneval uses python's); the compile step has its own
-    coding_timeout_s: dict[str, float] = field(default_factory=lambda: {lang: 10.0 for lang in CODING_LANGUAGES})
-    coding_compile_timeout_s: float = 60.0
+    suites: list[str] = MISSING
+    temperature: float = MISSING
+    top_p: float = MISSING
+    max_tokens: int = MISSING
+    stream: bool = MISSING
+    concurrency: int = MISSING
+    timeout_s: float = MISSING
+    retries: int = MISSING
+    seed: int = MISSING
+    limit: Optional[int] = MISSING
+    mmlu_subset: int = MISSING
+    mmlu_shots: int = MISSING
+    compare_base: bool = MISSING
+    mtp_n_max: list[int] = MISSING
+    thinking: bool = MISSING
+    gpqa_source: str = MISSING
+    mmlu_source: str = MISSING
+    distill_model: Optional[str] = MISSING
+    base_model: Optional[str] = MISSING
+    endpoint: Optional[str] = MISSING
+    base_endpoint: Optional[str] = MISSING
+    quant_tier: str = MISSING
+    bench_models: dict[str, str] = MISSING
+    bench_repeats: int = MISSING
+    bench_max_tokens: int = MISSING
+    lm_eval_tasks: list[str] = MISSING
+    lm_eval_include_path: Optional[str] = MISSING
+    progress: bool = MISSING
+    bfcl_sets: list[str] = MISSING
+    bfcl_limit: Optional[int] = MISSING
+    agentic_limit: Optional[int] = MISSING
+    agentic_max_steps: Optional[int] = MISSING
+    agentic_tool_timeout_s: float = MISSING
+    proof_tasks: int = MISSING
+    proof_probe: bool = MISSING
+    tiers: list[str] = MISSING
+    judge_url: Optional[str] = MISSING
+    judge_model: Optional[str] = MISSING
+    coding_languages: list[str] = MISSING
+    coding_problems: Optional[int] = MISSING
+    coding_timeout_s: dict[str, float] = MISSING
+    coding_compile_timeout_s: float = MISSING
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

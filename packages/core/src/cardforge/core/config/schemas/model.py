@@ -15,10 +15,10 @@ class Arch(str, Enum):
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # short name used in file names (no slashes)
-    path: str = MISSING  # local directory or an HF model id (users with network)
-    arch: Arch = Arch.qwen3_5
-    dtype: str = "bfloat16"
-    has_mtp: bool = True  # the checkpoint carries an `mtp.*` head that must survive merge/quant
-    params_b: float = 0.0  # size in billions, for plans and disk estimates
-    embedded: bool = False  # built locally by cardforge (no download)
+    name: str = MISSING
+    path: str = MISSING
+    arch: Arch = MISSING
+    dtype: str = MISSING
+    has_mtp: bool = MISSING
+    params_b: float = MISSING
+    embedded: bool = MISSING

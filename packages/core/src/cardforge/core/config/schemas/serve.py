@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
+
+from omegaconf import MISSING
 
 
 class Backend(str, Enum):
@@ -15,11 +17,11 @@ class Backend(str, Enum):
 
 @dataclass
 class MtpSpecConfig:
-    enabled: bool = True
-    n_max: int = 3
-    p_min: float = 0.0
-    min_accept_rate: float = 0.05  # the serve start check warns (and tags MLflow) below this
-    probe_tokens: int = 16  # tokens the start check generates to read draft_n / draft_n_accepted
+    enabled: bool = MISSING
+    n_max: int = MISSING
+    p_min: float = MISSING
+    min_accept_rate: float = MISSING
+    probe_tokens: int = MISSING
 
     def __post_init__(self) -> None:
         if self.enabled and self.n_max < 1:
@@ -32,31 +34,29 @@ class MtpSpecConfig:
 class AnthropicServeConfig:
     """serve.anthropic: the Anthropic Messages API for Claude Code. The engine serves /v1/messages itself;
     with guard=true the stage also starts our guard in front of it (the measured gaps, docs/serving.md)."""
-    guard: bool = True
-    port: int = 0  # 0: a free port
-    api_key_env: Optional[str] = None  # the guard requires this variable's value as x-api-key (null: open)
+    guard: bool = MISSING
+    port: int = MISSING
+    api_key_env: Optional[str] = MISSING
 
 
 @dataclass
 class ServeConfig:
-    backend: Backend = Backend.llama_cpp
-    host: str = "127.0.0.1"
-    port: int = 0  # 0: pick a free port
-    ctx_size: int = 4096
-    threads: int = 0  # 0: llama.cpp decides
-    mtp: MtpSpecConfig = field(default_factory=MtpSpecConfig)
-    served_model_name: Optional[str] = None  # defaults to model.name; must not contain '/'
-    reasoning_parser: str = "qwen3"
-    tool_call_parser: str = "qwen3_xml"
-    tensor_parallel_size: int = 1
-    max_model_len: int = 32768
-    startup_timeout_s: float = 120.0
-    # what to serve: a GGUF (llama_cpp) or an HF dir/id (vllm, sglang); None: model.path (llama_cpp converts
-    # it to a BF16 GGUF once, under <outputs>/serve/)
-    model_path: Optional[str] = None
-    quantization: Optional[str] = None  # vllm/sglang --quantization; None: the engine reads config.json
-    keep_running: bool = True  # the stage serves until Ctrl-C; false: start, check, log, stop (tests, CI)
-    anthropic: AnthropicServeConfig = field(default_factory=AnthropicServeConfig)
+    backend: Backend = MISSING
+    host: str = MISSING
+    port: int = MISSING
+    ctx_size: int = MISSING
+    threads: int = MISSING
+    mtp: MtpSpecConfig = MISSING
+    served_model_name: Optional[str] = MISSING
+    reasoning_parser: str = MISSING
+    tool_call_parser: str = MISSING
+    tensor_parallel_size: int = MISSING
+    max_model_len: int = MISSING
+    startup_timeout_s: float = MISSING
+    model_path: Optional[str] = MISSING
+    quantization: Optional[str] = MISSING
+    keep_running: bool = MISSING
+    anthropic: AnthropicServeConfig = MISSING
 
     def __post_init__(self) -> None:
         if self.served_model_name and "/" in self.served_model_name:

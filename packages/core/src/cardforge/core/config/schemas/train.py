@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional
+
+from omegaconf import MISSING
 
 from cardforge.core.config.schemas.checks import check_choice
 
@@ -27,69 +29,47 @@ LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-
 
 @dataclass
 class LoraConfig:
-    _target_: str = "peft.LoraConfig"
-    r: int = 64
-    lora_alpha: int = 128
-    lora_dropout: float = 0.05
-    # attention + MLP + Gated DeltaNet projections (qwen3_5 names); resolved and listed by the train stage
-    target_modules: list[str] = field(
-        default_factory=lambda: [
-            "q_proj", "k_proj", "v_proj", "o_proj",
-            "gate_proj", "up_proj", "down_proj",
-            "in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj",
-        ]
-    )
-    bias: str = "none"
-    task_type: str = "CAUSAL_LM"
+    _target_: str = MISSING
+    r: int = MISSING
+    lora_alpha: int = MISSING
+    lora_dropout: float = MISSING
+    target_modules: list[str] = MISSING
+    bias: str = MISSING
+    task_type: str = MISSING
 
 
 @dataclass
 class TrainerConfig:
-    optimizer: Optimizer = Optimizer.paged_adamw_8bit
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    scheduler: Scheduler = Scheduler.cosine
-    warmup_ratio: float = 0.03
-    max_epochs: int = 1
-    max_steps: int = -1  # -1: run max_epochs
-    batch_size: int = 1
-    grad_accum: int = 1
-    precision: str = "bf16-mixed"  # CPU runs use 32-true
-    accelerator: str = "auto"
-    gradient_checkpointing: bool = True
-    seed: int = 42
-    log_every_n_steps: int = 1
-    val_check_interval: float = 1.0
-    # scale-out (Lightning): strategy auto | ddp | fsdp (FSDP2, cardforge.train.distributed) | fsdp1 (Lightning's
-    # FSDP1, fp32 base, GPU only) or any Lightning strategy name; devices per node
-    strategy: str = "auto"
-    devices: Any = "auto"  # "auto", a count, or a list of device indices
-    num_nodes: int = 1
-    ckpt_every_n_steps: int = 10  # atomic last.ckpt for exact resume after a kill
-    # the JSONL the stage trains on (trajectories or pre-tokenized rows); null: <outputs>/data/trajectories.jsonl
-    data_file: Optional[str] = None
-    skip_bad_lines: bool = True  # a line that is not a valid sample is skipped and counted (file:line); false: refused
-    # cardforge: our Gated DeltaNet kernel, LoRA forward and chunked cross-entropy (cardforge.train.fast; same
-    # loss and gradients, tested); transformers: transformers' + PEFT's own forward
-    kernels: str = "cardforge"
-    compile_gdn: bool = False  # kernels=cardforge: the GDN core through torch.compile (~30-45 s once per length)
-    no_recompute_layers: int = 0  # with gradient checkpointing: the last N decoder layers keep activations
-    # kernels=cardforge: every decoder layer through torch.compile (norms, casts, SwiGLU, dropout, residual adds and
-    # the GDN core fused; compiles once per layer kind and padded length, ~45 s each for the 27B on an H200)
-    compile_layers: bool = False
-    # right-pad batches to a multiple of this; None: with compile_layers, geometric buckets (multiples of 512 up to
-    # 4k, then of 1/8 of the next power of two: < 512 pads to 4k, < 25% above, 20 lengths up to 32k), else none
-    pad_to_multiple_of: Optional[int] = None
-    tf32: bool = False  # CUDA fp32 matmuls on TF32 (under bf16-mixed only the few autocast keeps in fp32)
-    # compile_layers: no gradient checkpointing; compile's partitioner keeps this fraction of each layer's
-    # activations and recomputes the rest (0.1 at seq 4096 on the 27B: 71 GiB, 2617 tok/s vs 2354 with full
-    # recompute; memory grows with the sequence length). None: gradient checkpointing as configured
-    activation_memory_budget: Optional[float] = None
-    # pack several samples into rows of exactly this many tokens (exact sample boundaries: block-diagonal attention,
-    # GDN state and conv1d reset per sample; one compiled shape); None: one sample per row, right-padded
-    pack_length: Optional[int] = None
-    # checkpointed decoder-layer inputs kept in pinned host memory (long packed rows: 20 GiB at 32k on the 27B)
-    offload_checkpoints: bool = False
+    optimizer: Optimizer = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    scheduler: Scheduler = MISSING
+    warmup_ratio: float = MISSING
+    max_epochs: int = MISSING
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    grad_accum: int = MISSING
+    precision: str = MISSING
+    accelerator: str = MISSING
+    gradient_checkpointing: bool = MISSING
+    seed: int = MISSING
+    log_every_n_steps: int = MISSING
+    val_check_interval: float = MISSING
+    strategy: str = MISSING
+    devices: Any = MISSING
+    num_nodes: int = MISSING
+    ckpt_every_n_steps: int = MISSING
+    data_file: Optional[str] = MISSING
+    skip_bad_lines: bool = MISSING
+    kernels: str = MISSING
+    compile_gdn: bool = MISSING
+    no_recompute_layers: int = MISSING
+    compile_layers: bool = MISSING
+    pad_to_multiple_of: Optional[int] = MISSING
+    tf32: bool = MISSING
+    activation_memory_budget: Optional[float] = MISSING
+    pack_length: Optional[int] = MISSING
+    offload_checkpoints: bool = MISSING
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmup_ratio < 1.0:
