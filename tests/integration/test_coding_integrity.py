@@ -151,11 +151,21 @@ def test_the_agentic_slugify_checker_cannot_be_passed_by_printing_or_exiting():
     assert run_check(task, {"text_utils.py": oracle.encode()}) is None
 
 
-@pytest.mark.xfail(strict=True, reason="NOT fixed (#17 follow-up): fix-failing-tests runs unittest in the process "
-                                       "that imports the model's module and trusts its exit status")
-def test_the_agentic_unittest_checker_cannot_be_passed_by_exiting():
-    from cardforge.eval.agentic.task import run_check
+def test_the_agentic_unittest_checker_cannot_be_passed_by_exiting_or_printing():
+    """fix-failing-tests ran unittest in the process that imported the model's module and trusted its exit
+    status: os._exit(0) at import passed. Now the tests run in the judge against proxies."""
     from cardforge.eval.agentic import BY_ID
+    from cardforge.eval.agentic.code import INVENTORY
+    from cardforge.eval.agentic.task import run_check
 
     task = BY_ID["fix-failing-tests"]
-    assert run_check(task, {"inventory.py": b"import os\nos._exit(0)\n"}) is not None
+    cheats = ["import os\nos._exit(0)\n", "import sys\nprint('Ran 5 tests\\n\\nOK')\nsys.exit(0)\n",
+              SNOOP + INVENTORY]
+    for cheat in cheats:
+        why = run_check(task, {"inventory.py": cheat.encode()})
+        assert why and "tests fail" in why, (cheat[:40], why)
+    fixed = INVENTORY.replace("self.items[name] = (qty, price)\n        else", "self.items[name] = (old_qty + qty, price)\n"
+                              "        else").replace("self.items[name] = (have - qty, price)",
+                                                    "self.items[name] = (have - qty, price)\n"
+                                                    "        if have == qty:\n            del self.items[name]")
+    assert run_check(task, {"inventory.py": fixed.encode()}) is None

@@ -32,12 +32,15 @@ import json as _json
 import math as _math
 
 MAX_LINE = 8 << 20
+REFS = None  # the candidate's object table (id -> object); None in the judge, which never resolves a ref
 
 
 def enc(v, depth=0):
     if depth > 200:
         raise ValueError("value nested too deeply")
     t = type(v)
+    if t.__name__ == "Remote" and t.__module__ == "__main__" and REFS is None:  # the judge's proxy of a candidate object
+        return {"$": "ref", "v": object.__getattribute__(v, "_cf_ref")}
     if v is None or t is bool or t is str:
         return v
     if t is int:
@@ -79,6 +82,8 @@ def dec(v, depth=0):
             return complex(float(body[0]), float(body[1]))
         if tag == "bytes" and isinstance(body, str):
             return bytes.fromhex(body)
+        if tag == "ref" and REFS is not None and isinstance(body, int) and body in REFS:
+            return REFS[body]
     raise ValueError("malformed value")
 
 
@@ -106,7 +111,7 @@ _rf, _wf = os.fdopen(_r, "r"), os.fdopen(_w, "w")
 sys.argv = ["solution.py"]
 try:
     import solution as _solution
-    _fn = getattr(_solution, _name)
+    _fn = getattr(_solution, _name) if _name != "*" else None  # "*": the whole module, objects by reference
 except BaseException as e:  # noqa: BLE001 - whatever stops the import is the answer's failure
     send(_wf, {"import_error": f"{type(e).__name__}: {e}"[:500]})
     raise
@@ -117,10 +122,19 @@ while True:
     except EOFError:
         break
     try:
-        args = dec(req["args"])
-        out = {"value": enc(_fn(*args))}
+        if _fn is not None:
+            out = {"value": enc(_fn(*dec(req["args"])))}
+        else:
+            REFS = REFS if REFS is not None else {0: _solution}
+            obj = REFS[req["ref"]]
+            v = getattr(obj, req["name"]) if req["op"] == "get" else obj(*dec(req["args"]))
+            try:
+                out = {"value": enc(v)}
+            except (TypeError, ValueError):
+                REFS[len(REFS)] = v
+                out = {"ref": len(REFS) - 1}
     except BaseException as e:  # noqa: BLE001
-        out = {"error": f"{type(e).__name__}: {e}"[:500]}
+        out = {"error": f"{type(e).__name__}: {e}"[:500], "type": type(e).__name__}
     send(_wf, out)
 '''
 
@@ -183,6 +197,73 @@ def candidate(*args, **kwargs):
         raise CandidateError(f"malformed answer ({type(e).__name__})") from None
 
 
+def remote(req):
+    """One request of the object mode: a value, or a Remote proxy of an object that cannot cross."""
+    try:
+        send(to_f, req)
+        out = recv(from_f)
+    except (OSError, EOFError, ValueError) as e:
+        raise CandidateError(f"the answer stopped answering ({type(e).__name__})") from None
+    if not isinstance(out, dict):
+        raise CandidateError("malformed answer")
+    if "error" in out:
+        name = out.get("type")
+        exc = getattr(__builtins__, name, None) if isinstance(name, str) else None
+        if isinstance(exc, type) and issubclass(exc, Exception):  # builtin exceptions only (assertRaises)
+            raise exc(str(out["error"])[:300])
+        raise CandidateError(str(out["error"])[:300])
+    if isinstance(out.get("ref"), int):
+        return Remote(out["ref"])
+    try:
+        return dec(out["value"])
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
+        raise CandidateError(f"malformed answer ({type(e).__name__})") from None
+
+
+class Remote:
+    """An object of the answer's, held by the candidate process: attributes and calls are requests."""
+
+    def __init__(self, ref):
+        object.__setattr__(self, "_cf_ref", ref)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return remote({"op": "get", "ref": object.__getattribute__(self, "_cf_ref"), "name": name})
+
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            raise CandidateError("keyword arguments are not supported")
+        return remote({"op": "call", "ref": object.__getattribute__(self, "_cf_ref"), "args": enc(list(args))})
+
+
+if "unittest" in spec:  # unit tests importing the answer's module (by name) run here, against Remote objects
+    import types
+    import unittest
+
+    class _Module(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return remote({"op": "get", "ref": 0, "name": name})
+
+    sys.modules[spec["unittest"]["module"]] = _Module(spec["unittest"]["module"])
+    suite = unittest.TestSuite()
+    for name, source in spec["unittest"]["tests"].items():
+        mod = types.ModuleType(name)
+        sys.modules[name] = mod
+        try:
+            exec(compile(source, name + ".py", "exec"), mod.__dict__)
+        except CandidateError as e:
+            verdict(False, f"RuntimeError: {e}")
+        suite.addTests(unittest.defaultTestLoader.loadTestsFromModule(mod))
+    result = unittest.TextTestRunner(stream=sys.stderr, verbosity=0).run(suite)
+    if result.wasSuccessful() and result.testsRun == spec["unittest"]["count"]:
+        verdict(True)
+    bad = (result.failures + result.errors)[:1]
+    verdict(False, f"{len(result.failures)} failed, {len(result.errors)} errors of {result.testsRun}: " +
+            (bad[0][0].id() + ": " + bad[0][1].strip().splitlines()[-1] if bad else "tests did not all run"))
+
 ns = {"__name__": "cf_judge_ns"}
 try:
     exec(compile(spec["prompt"], "prompt.py", "exec"), ns)  # the problem's helpers (e.g. poly for find_zero)
@@ -203,14 +284,18 @@ verdict(True)
 
 
 def judge(module: str, entry_point: str, test: str, prompt: str = "", *, timeout_s: float = 10.0,
-          mem_mb: int = 512):
+          mem_mb: int = 512, unittest: dict | None = None):
     """Run `test` (Python defining `check(candidate)`, HumanEval style) against `entry_point` of `module`
     (the untrusted source) in one sandbox call: (passed, detail, SandboxResult). `prompt`: trusted code run
-    in the judge first (helpers the tests use). Blocking."""
+    in the judge first (helpers the tests use). `unittest={"module": NAME, "tests": {name: source},
+    "count": N}` instead (entry_point "*", test ""): unittest modules that import NAME run in the judge,
+    every object of the answer's a proxy served by the candidate; passed when all N tests ran and passed.
+    Blocking."""
     from cardforge.core.sandbox import run_sandboxed
 
     nonce = f"CF_HE_{secrets.token_hex(16)}"
-    spec = json.dumps({"nonce": nonce, "prompt": prompt, "test": test, "entry_point": entry_point})
+    spec = json.dumps({"nonce": nonce, "prompt": prompt, "test": test, "entry_point": entry_point,
+                       **({"unittest": unittest} if unittest else {})})
     r = run_sandboxed(["python3", "cf_judge.py"], stdin=spec, timeout_s=timeout_s, mem_mb=mem_mb, read_back=False,
                       files={"solution.py": module, "cf_judge.py": JUDGE, "cf_candidate.py": CANDIDATE})
     verdicts = [line[len(nonce) + 1:] for line in r.stdout.splitlines() if line.startswith(nonce + " ")]

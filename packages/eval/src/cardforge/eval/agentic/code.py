@@ -127,11 +127,15 @@ class Hidden(unittest.TestCase):
 
 
 def _check_inventory(files: dict[str, bytes]) -> None:
-    # the seed's tests, not the workspace's: editing the tests cannot make them pass
-    fresh = {"inventory.py": text(files, "inventory.py"), "test_inventory.py": INVENTORY_TESTS,
-             "test_hidden.py": HIDDEN_INVENTORY_TESTS}
-    r = sandboxed(fresh, "python3 -m unittest -q test_inventory test_hidden")
-    expect(r.exit_code == 0, f"tests fail: {(r.stderr.strip().splitlines() or ['?'])[-1][:200]}")
+    # the seed's tests, not the workspace's: editing the tests cannot make them pass. They run in a judge
+    # process the model's module cannot read or fake (core.humaneval_judge, unittest mode: the module's
+    # objects are proxies served by another process); before, os._exit(0) at import passed
+    from cardforge.core.humaneval_judge import judge
+
+    passed, detail, _ = judge(text(files, "inventory.py"), "*", "", unittest={
+        "module": "inventory", "tests": {"test_inventory": INVENTORY_TESTS, "test_hidden": HIDDEN_INVENTORY_TESTS},
+        "count": 5})
+    expect(passed, f"tests fail: {detail[:200]}")
 
 
 # --- primes ---
