@@ -46,9 +46,15 @@ def _cmd(out: Path, extra: list[str], experiment: str) -> list[str]:
             f"logger.experiment_name={experiment}"]
 
 
+# dynamo + AOTAutograd + inductor's min-cut partitioner (where activation_memory_budget applies), no C++ codegen:
+# with inductor's CPU kernels the first step took > 13 min on the loaded 2-core machine (fast.compile_backend)
+ENV = {**os.environ, "CARDFORGE_COMPILE_BACKEND": "aot_eager_decomp_partition"}
+
+
 def _run(out: Path, extra: list[str], experiment: str) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.run(_cmd(out, extra, experiment), capture_output=True, text=True, cwd=out, timeout=1200)
+    proc = subprocess.run(_cmd(out, extra, experiment), capture_output=True, text=True, cwd=out, timeout=1500,
+                          env=ENV)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     return {"out": out, "log": log, "wall_s": time.perf_counter() - t0,
@@ -71,7 +77,8 @@ def runs(tiny_model_dir, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("fsdp2_stage")
     samples = write_tiny_train_samples(tiny_model_dir, tmp / "samples.jsonl")
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
+    # the session's temporary store when the conftest set one, else this module's own (never ./mlruns)
+    ENV.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
     one = _run(_outputs(tmp, "one", samples), ONE, "fsdp2-one")
     two = _run(_outputs(tmp, "two", samples), TWO, "fsdp2-two")
     print(json.dumps({"wall_s": {"one": one["wall_s"], "two": two["wall_s"]}, "losses": [one["result"]["losses"],
@@ -117,7 +124,7 @@ def test_sigkill_after_a_distributed_checkpoint_resumes_to_the_same_adapter(runs
     cfg = compose("train", COMMON + TWO + [f"paths.outputs={out}"])
     ckpt = out / "train" / "checkpoints" / stage.tracking.config_hash(cfg, stage.TRAIN_SECTIONS) / "last.ckpt"
     proc = subprocess.Popen(_cmd(out, TWO, mlflow_experiment), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            cwd=out, start_new_session=True)
+                            cwd=out, start_new_session=True, env=ENV)
     deadline = time.time() + 900
     while _ckpt_step(ckpt) < 1:  # step 1 of 3 checkpointed: a folder of both ranks' shards + meta.pt
         assert proc.poll() is None, proc.stderr.read().decode()[-4000:]
