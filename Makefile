@@ -59,7 +59,7 @@ test-full: setup ## run every CPU test, slow ones included (installs chromium fo
 bench-train: setup ## GPU: LoRA step throughput, 27B architecture (random weights), plain transformers+PEFT vs cardforge (ARGS="--seq 4096")
 	$(VPY) -m cardforge.train.bench $(ARGS)
 
-bench-scaling: setup ## GPUs: the train stage on 1 and 2 devices (FSDP), tokens/s and scaling efficiency (ARGS="--devices 1 2")
+bench-scaling: setup ## GPUs: the train stage on 1 and 2 devices (FSDP2), tokens/s and scaling efficiency (ARGS="--devices 1 2")
 	$(VPY) -m cardforge.train.scaling $(ARGS)
 
 test-gpu: setup ## run the gpu-marked tests (needs CUDA)
