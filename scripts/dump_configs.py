@@ -3,9 +3,14 @@
     .venv/bin/python scripts/dump_configs.py OUT_DIR
 
 Used to check that a config refactor changes nothing: dump before, dump after, `diff -r`. The checkout whose
-conf/ and code are read is the one `cardforge.core` imports from (CARDFORGE_HOME / PYTHONPATH pick another);
-its absolute path is written as <ROOT> so two checkouts compare equal. The hydra node is left out (as
-`--cfg job` does).
+conf/ and code are read is the one `cardforge.core` imports from; another checkout T (e.g. a clone at the commit
+before the change), with this venv:
+
+    cd T && CARDFORGE_HOME=$PWD PYTHONPATH=$(ls -d $PWD/packages/*/src | paste -sd:) \
+        /path/to/.venv/bin/python /path/to/scripts/dump_configs.py OUT_DIR
+
+The checkout's absolute path is written as <ROOT> so two checkouts compare equal. The hydra node is left out
+(as `--cfg job` does).
 """
 
 from __future__ import annotations
