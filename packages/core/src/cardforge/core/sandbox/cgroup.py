@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "cardforge-sandbox"
-# the controllers a call cgroup uses -> the v1 file that shows a child of that hierarchy is usable
-_CONTROLLERS = {"memory": "memory.limit_in_bytes", "pids": "pids.max", "cpu": "cpu.shares"}
 
 
 def _mounts() -> list[tuple[str, str, set[str]]]:
@@ -72,8 +70,8 @@ def _write(path: Path, value: str) -> bool:
 class Layout:
     """Where this process can create per-call cgroups, and which limits those will carry."""
     v2_parent: Path | None = None  # a v2 directory we may create leaves in (cgroup.kill, events)
-    v2_controllers: frozenset[str] = frozenset()  # of memory, pids, cpu: enabled for leaves of v2_parent
-    v1_parents: dict[str, Path] = field(default_factory=dict)  # "memory"/"pids"/"cpu" -> a v1 directory
+    v2_controllers: frozenset[str] = frozenset()  # of memory, pids: enabled for leaves of v2_parent
+    v1_parents: dict[str, Path] = field(default_factory=dict)  # "memory"/"pids" -> a v1 directory
 
     @property
     def memory(self) -> str | None:
@@ -88,22 +86,13 @@ class Layout:
         return "cgroup v1 pids.max" if "pids" in self.v1_parents else None
 
     @property
-    def cpu(self) -> str | None:
-        """A cpu cgroup per call: the scheduler shares CPU between calls (default weight each), not between
-        their threads, so a call running 30 busy processes slows a concurrent one-thread call no more than
-        another one-thread call would (#17 follow-up). No quota: an idle machine's cores stay usable."""
-        if "cpu" in self.v2_controllers:
-            return "cgroup v2 cpu (a fair share per call)"
-        return "cgroup v1 cpu (a fair share per call)" if "cpu" in self.v1_parents else None
-
-    @property
     def kill(self) -> str | None:
         return "cgroup v2 cgroup.kill" if self.v2_parent else ("cgroup v1 procs" if self.v1_parents else None)
 
     def describe(self) -> str:
         if not (self.v2_parent or self.v1_parents):
             return "no cgroup (not writable here): pid-namespace kill, per-process limits only"
-        return "; ".join(x for x in (self.kill, self.memory, self.pids, self.cpu) if x)
+        return "; ".join(x for x in (self.kill, self.memory, self.pids) if x)
 
     @staticmethod
     @functools.lru_cache(maxsize=1)
@@ -136,15 +125,15 @@ class Layout:
                     # has (fails with EBUSY where the parent holds processes and is not the root: then only
                     # the kill applies there, and the root is tried next)
                     up = parent.parent
-                    want = set((up / "cgroup.controllers").read_text().split()) & set(_CONTROLLERS)
+                    want = set((up / "cgroup.controllers").read_text().split()) & {"memory", "pids"}
                     missing = want - set((up / "cgroup.subtree_control").read_text().split())
                     if missing:
                         _write(up / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
-                    avail = set((parent / "cgroup.controllers").read_text().split()) & set(_CONTROLLERS)
+                    avail = set((parent / "cgroup.controllers").read_text().split()) & {"memory", "pids"}
                     have = set((parent / "cgroup.subtree_control").read_text().split())
                     for c in sorted(avail - have):  # parent holds no process: delegating to its leaves is allowed
                         _write(parent / "cgroup.subtree_control", f"+{c}")
-                    enabled = set((parent / "cgroup.subtree_control").read_text().split()) & set(_CONTROLLERS)
+                    enabled = set((parent / "cgroup.subtree_control").read_text().split()) & {"memory", "pids"}
                 except OSError:
                     continue
                 if v2_parent is None or enabled > v2_ctrls:
@@ -152,7 +141,7 @@ class Layout:
                 if {"memory", "pids"} <= enabled:
                     break
         v1 = {}
-        for ctrl in _CONTROLLERS:
+        for ctrl in ("memory", "pids"):
             if ctrl in v2_ctrls:
                 continue
             for point, fstype, opts in mounts:
@@ -161,7 +150,7 @@ class Layout:
                     probe = parent / f"{PREFIX}-probe-{os.getpid()}"
                     try:
                         probe.mkdir()
-                        ok = (probe / _CONTROLLERS[ctrl]).exists()
+                        ok = (probe / ("memory.limit_in_bytes" if ctrl == "memory" else "pids.max")).exists()
                         probe.rmdir()
                     except OSError:
                         ok = False
@@ -227,9 +216,8 @@ class CallCgroup:
                 if ctrl == "memory":
                     (d / "memory.limit_in_bytes").write_text(str(mem_bytes))
                     _write(d / "memory.memsw.limit_in_bytes", str(mem_bytes))  # no swap either
-                elif ctrl == "pids":
+                else:
                     (d / "pids.max").write_text(str(max_procs))
-                # cpu: the group itself is the point (its default weight); nothing to write
         except OSError:
             self.remove()
             raise
