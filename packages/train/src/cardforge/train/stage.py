@@ -207,26 +207,13 @@ def save_adapter(peft_model, state: dict, out: Path, adapter_name: str = "defaul
     return out
 
 
-def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None = None) -> TrainResult:
-    """Fit, save the adapter, plot the loss. `run_id`: the MLflow run Lightning's logger writes into."""
-    import lightning.pytorch as pl
-    import torch
-    from hydra.utils import instantiate
+def load_training_data(cfg: DictConfig, path: Path, samples_path: Path):
+    """(tokenizer, samples rendered with the model's chat template, LoadStats: kept / skipped / truncated)."""
     from transformers import AutoTokenizer
 
-    from cardforge.core.io import atomic_dir, atomic_write_json
-    from cardforge.train.callbacks import AtomicLastCheckpoint, LossHistory, plot_loss, progress_bar
-    from cardforge.core.chat.template import template_identity
-    from cardforge.train.data import LoadStats, TrainDataModule, load_samples
-    from cardforge.train.lora import apply_lora
-    from cardforge.train.module import DistillModule
+    from cardforge.train.data import LoadStats, load_samples
 
-    t0 = time.perf_counter()
-    tc = cfg.trainer
-    pl.seed_everything(tc.seed, workers=True, verbose=False)
-    path = model_path(cfg)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     load_stats = LoadStats()
     samples = load_samples(samples_path, tokenizer, cfg.data.max_seq_len,
                            bool(OmegaConf.select(cfg, "trainer.skip_bad_lines", default=True)),
@@ -234,6 +221,25 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
                            mask_tool_results=bool(OmegaConf.select(cfg, "data.mask_tool_results", default=True)),
                            stats=load_stats)
     log.info("training data: %s", load_stats.summary())
+    return tokenizer, samples, load_stats
+
+
+@dataclass
+class Student:
+    """The base model with LoRA applied, set up for the configured kernels, checkpointing and sharding."""
+    model: Any  # base + LoRA
+    base: Any
+    matched: dict  # LoRA target -> the modules it matched
+    pad_multiple: int  # batches padded to a multiple of this (0: geometric length buckets)
+    fsdp2: bool  # FSDP2: built on the meta device, each rank loads its shards in configure_model
+
+
+def build_student(cfg: DictConfig, path: Path) -> Student:
+    import torch
+
+    from cardforge.train.lora import apply_lora
+
+    tc = cfg.trainer
     fsdp = str(tc.strategy) == "fsdp1"  # FSDP1: fp32 base, its own activation checkpointing
     fsdp2 = str(tc.strategy) == "fsdp"  # FSDP2: built on the meta device, each rank loads its shards later
     if fsdp2:
@@ -272,40 +278,65 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
         from cardforge.train.fast import offload as offload_mod
 
         offload_mod.enable(model, compile=tc.compile_layers)
-    strategy = build_strategy(tc, base)
+    return Student(model, base, matched, pad_multiple, fsdp2)
 
-    datamodule = TrainDataModule(samples, pad_id, tc.batch_size, tc.seed, pad_multiple=pad_multiple,
-                                 pack_length=OmegaConf.select(cfg, "trainer.pack_length", default=None) or 0)
+
+def build_trainer(cfg: DictConfig, strategy: Any, out_dir: Path, run_id: str | None):
+    """(Lightning Trainer, its LossHistory, its AtomicLastCheckpoint)."""
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+
+    from cardforge.train.callbacks import AtomicLastCheckpoint, LossHistory, progress_bar
+
+    tc = cfg.trainer
+    history = LossHistory()
+    ckpt = AtomicLastCheckpoint(out_dir / "checkpoints" / tracking.config_hash(cfg, TRAIN_SECTIONS),
+                                tc.ckpt_every_n_steps)
     trainer = pl.Trainer(
         accelerator=tc.accelerator, devices=_devices(tc.devices), num_nodes=tc.num_nodes, strategy=strategy,
         precision=tc.precision, max_epochs=tc.max_epochs if tc.max_steps < 1 else -1, max_steps=tc.max_steps,
         accumulate_grad_batches=tc.grad_accum, log_every_n_steps=tc.log_every_n_steps,
         logger=instantiate(cfg.logger, run_id=run_id, tracking_uri=tracking.tracking_uri(cfg)) if run_id else False,
         # LossHistory first: the checkpoint taken in the same on_train_batch_end must include this step's loss
-        callbacks=[progress_bar(tracking.default_run_name(cfg, "train")), history := LossHistory(), ckpt := AtomicLastCheckpoint(
-            out_dir / "checkpoints" / tracking.config_hash(cfg, TRAIN_SECTIONS), tc.ckpt_every_n_steps)],
+        callbacks=[progress_bar(tracking.default_run_name(cfg, "train")), history, ckpt],
         enable_checkpointing=False,  # our AtomicLastCheckpoint replaces ModelCheckpoint
         use_distributed_sampler=False,  # ResumableSampler shards by rank itself
         limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(out_dir), enable_model_summary=False,
     )
-    per_epoch = -(-len(samples) // (tc.batch_size * trainer.world_size))
+    return trainer, history, ckpt
+
+
+def build_module(cfg: DictConfig, student: Student, path: Path, trainer, n_samples: int):
+    """The LightningModule; under FSDP2 it shards and loads the weights once the process group is up."""
+    from cardforge.train.module import DistillModule
+
+    tc = cfg.trainer
+    per_epoch = -(-n_samples // (tc.batch_size * trainer.world_size))
     total_steps = tc.max_steps if tc.max_steps > 0 else -(-per_epoch // tc.grad_accum) * tc.max_epochs
     shard = None
-    if fsdp2:
+    if student.fsdp2:
         from cardforge.train import fsdp2 as fsdp2_mod
 
         def shard(m):  # DistillModule.configure_model, on every rank once the process group is up
-            return fsdp2_mod.shard_and_load(model, path, m.device_mesh["data_parallel"],
+            return fsdp2_mod.shard_and_load(student.model, path, m.device_mesh["data_parallel"],
                                             m.trainer.strategy.root_device, tc.seed, tc.kernels == "cardforge")
-    module = DistillModule(model, tc, total_steps, shard=shard)
-    resume = ckpt.last_path if ckpt.last_path.exists() else None
-    resumed_from = 0
-    if resume:
-        from cardforge.train.fsdp2 import checkpoint_step
+    return DistillModule(student.model, tc, total_steps, shard=shard)
 
-        resumed_from = checkpoint_step(resume)
-        log.warning("resuming from %s (step %d)", resume, resumed_from)
-    log.info("LoRA targets (%s): %s", cfg.lora.target_modules, {t: len(v) for t, v in matched.items()})
+
+def resume_point(ckpt) -> tuple[Path | None, int]:
+    """(the last checkpoint of an interrupted run of this config, its step), or (None, 0)."""
+    resume = ckpt.last_path if ckpt.last_path.exists() else None
+    if not resume:
+        return None, 0
+    from cardforge.train.fsdp2 import checkpoint_step
+
+    resumed_from = checkpoint_step(resume)
+    log.warning("resuming from %s (step %d)", resume, resumed_from)
+    return resume, resumed_from
+
+
+def fit(trainer, module, datamodule, resume: Path | None) -> bool:
+    """trainer.fit; whether it ran on CUDA (its peak memory is measured over the fit)."""
     on_cuda = trainer.strategy.root_device.type == "cuda"
     if on_cuda:
         import torch
@@ -315,36 +346,76 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
         # TrainDataModule restores the sampler position itself, so Lightning's generic warning does not apply
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    return on_cuda
 
-    # every rank takes part in gathering the weights (FSDP); rank 0 writes them
+
+def gather_lora(trainer, module, fsdp2: bool) -> dict:
+    """The LoRA weights, whole: every rank takes part in gathering them (FSDP); rank 0 writes them."""
     if fsdp2:
         from cardforge.train.fsdp2 import full_lora_state
 
         gathered = full_lora_state(module)
     else:
         gathered = trainer.strategy.lightning_module_state_dict()
-    state = {k.removeprefix("model."): v for k, v in gathered.items()}
-    adapter_dir = TrainOutputs(out_dir).adapter
+    return {k.removeprefix("model."): v for k, v in gathered.items()}
+
+
+def save_outputs(cfg: DictConfig, result: TrainResult, student: Student, state: dict, history, ckpt,
+                 out_dir: Path, t0: float) -> None:
+    """Rank 0: the adapter, the loss curve and train_result.json; the finished run's checkpoints removed."""
+    from cardforge.core.io import atomic_dir, atomic_write_json
+    from cardforge.train.callbacks import plot_loss
+
+    adapter_dir = Path(result.adapter_dir)
+    with atomic_dir(adapter_dir) as tmp:
+        save_adapter(student.model, state, tmp)
+    log.info("rank 0 wrote the adapter (%d tensors) to %s", len(state), adapter_dir)
+    plot_loss(history.history, out_dir / "loss_curve.png", f"{cfg.model.name} LoRA r={cfg.lora.r}")
+    shutil.rmtree(ckpt.dirpath, ignore_errors=True)  # finished: a rerun trains afresh
+    with contextlib.suppress(OSError):
+        ckpt.dirpath.parent.rmdir()  # only when no other config's run is in flight
+    result.wall_s = time.perf_counter() - t0
+    atomic_write_json(TrainOutputs(out_dir).result, {**asdict(result), "lora_modules": student.matched})
+
+
+def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None = None) -> TrainResult:
+    """Fit, save the adapter, plot the loss. `run_id`: the MLflow run Lightning's logger writes into."""
+    import lightning.pytorch as pl
+
+    from cardforge.core.chat.template import template_identity
+    from cardforge.train.data import TrainDataModule
+
+    t0 = time.perf_counter()
+    tc = cfg.trainer
+    pl.seed_everything(tc.seed, workers=True, verbose=False)
+    path = model_path(cfg)
+    tokenizer, samples, load_stats = load_training_data(cfg, path, samples_path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    student = build_student(cfg, path)
+    strategy = build_strategy(tc, student.base)
+    datamodule = TrainDataModule(samples, pad_id, tc.batch_size, tc.seed, pad_multiple=student.pad_multiple,
+                                 pack_length=OmegaConf.select(cfg, "trainer.pack_length", default=None) or 0)
+    trainer, history, ckpt = build_trainer(cfg, strategy, out_dir, run_id)
+    module = build_module(cfg, student, path, trainer, len(samples))
+    resume, resumed_from = resume_point(ckpt)
+    targets = {t: len(v) for t, v in student.matched.items()}
+    log.info("LoRA targets (%s): %s", cfg.lora.target_modules, targets)
+    on_cuda = fit(trainer, module, datamodule, resume)
+    state = gather_lora(trainer, module, student.fsdp2)
     result = TrainResult(
-        adapter_dir=str(adapter_dir), run_id=run_id, steps=trainer.global_step,
-        losses=[loss for _, loss in history.history], grad_norms=list(module.grad_norms), lora_targets={t: len(v) for t, v in matched.items()},
+        adapter_dir=str(TrainOutputs(out_dir).adapter), run_id=run_id, steps=trainer.global_step,
+        losses=[loss for _, loss in history.history], grad_norms=list(module.grad_norms), lora_targets=targets,
         optimizer=module.optimizer_name, resumed_from_step=resumed_from,
         tokens_per_s=module.tokens_total / max(module.train_seconds, 1e-9),
         trained_token_fraction=module.target_total / max(module.tokens_total, 1),
         data=asdict(load_stats), chat_template=template_identity(getattr(tokenizer, "chat_template", None)),
     )
     if on_cuda:
+        import torch
+
         result.peak_cuda_mem_gib = torch.cuda.max_memory_allocated(trainer.strategy.root_device) / 2**30
     if trainer.is_global_zero:
-        with atomic_dir(adapter_dir) as tmp:
-            save_adapter(model, state, tmp)
-        log.info("rank %d wrote the adapter (%d tensors) to %s", trainer.global_rank, len(state), adapter_dir)
-        plot_loss(history.history, out_dir / "loss_curve.png", f"{cfg.model.name} LoRA r={cfg.lora.r}")
-        shutil.rmtree(ckpt.dirpath, ignore_errors=True)  # finished: a rerun trains afresh
-        with contextlib.suppress(OSError):
-            ckpt.dirpath.parent.rmdir()  # only when no other config's run is in flight
-        result.wall_s = time.perf_counter() - t0
-        atomic_write_json(TrainOutputs(out_dir).result, {**asdict(result), "lora_modules": matched})
+        save_outputs(cfg, result, student, state, history, ckpt, out_dir, t0)
     return result
 
 
