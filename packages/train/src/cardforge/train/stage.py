@@ -306,12 +306,14 @@ def build_trainer(cfg: DictConfig, strategy: Any, out_dir: Path, run_id: str | N
     return trainer, history, ckpt
 
 
-def build_module(cfg: DictConfig, student: Student, path: Path, trainer, n_samples: int):
-    """The LightningModule; under FSDP2 it shards and loads the weights once the process group is up."""
+def build_module(cfg: DictConfig, student: Student, path: Path, trainer, n_items: int):
+    """The LightningModule; under FSDP2 it shards and loads the weights once the process group is up.
+    `n_items`: the training set's items as the loader draws them (`len(datamodule.train_set)`): packed rows
+    with trainer.pack_length, not samples, or the LR schedule's length is off by the samples per row."""
     from cardforge.train.module import DistillModule
 
     tc = cfg.trainer
-    per_epoch = -(-n_samples // (tc.batch_size * trainer.world_size))
+    per_epoch = -(-n_items // (tc.batch_size * trainer.world_size))
     total_steps = tc.max_steps if tc.max_steps > 0 else -(-per_epoch // tc.grad_accum) * tc.max_epochs
     shard = None
     if student.fsdp2:
@@ -396,7 +398,7 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
     datamodule = TrainDataModule(samples, pad_id, tc.batch_size, tc.seed, pad_multiple=student.pad_multiple,
                                  pack_length=OmegaConf.select(cfg, "trainer.pack_length", default=None) or 0)
     trainer, history, ckpt = build_trainer(cfg, strategy, out_dir, run_id)
-    module = build_module(cfg, student, path, trainer, len(samples))
+    module = build_module(cfg, student, path, trainer, len(datamodule.train_set))  # packed rows, if packing
     resume, resumed_from = resume_point(ckpt)
     targets = {t: len(v) for t, v in student.matched.items()}
     log.info("LoRA targets (%s): %s", cfg.lora.target_modules, targets)
