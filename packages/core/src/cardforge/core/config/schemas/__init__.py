@@ -1,12 +1,14 @@
-"""Typed config schemas for every section of the one Hydra tree (registered in Hydra's ConfigStore), one module per
-stage: data (teacher, data), train (lora, trainer), model, mtp, quant, serve, eval, card (card, release).
+"""Typed config schemas for every section of the one Hydra tree (registered in Hydra's ConfigStore), one
+module per stage: data (teacher, data), train (lora, trainer), model, mtp, quant, serve, eval, card (card,
+release).
 
-The schemas hold types and checks only; every value lives once in YAML: conf/defaults/<section>.yaml (each knob with
-its default and a comment), conf/base.yaml (the top-level knobs), the group options conf/<group>/*.yaml. Every field
-is MISSING here (tests/unit/test_config_defaults.py holds it so), so a schema default can never disagree with conf/.
-Each primary config (conf/<stage>.yaml) starts from `cardforge_schema`, so a typo'd key or a value of the wrong type
-fails at composition with the key's name; enums list the allowed values in that error; `__post_init__` checks
-cross-field rules and names the override the user must change.
+The schemas hold types and checks only; every value lives once in YAML: conf/defaults/<section>.yaml (each
+knob with its default and a comment), conf/base.yaml (the top-level knobs), the group options
+conf/<group>/*.yaml. Every field is MISSING here (tests/unit/test_config_defaults.py holds it so), so a schema
+default can never disagree with conf/. Each primary config (conf/<stage>.yaml) starts from
+`cardforge_schema`, so a typo'd key or a value of the wrong type fails at composition with the key's name;
+enums list the allowed values in that error; `__post_init__` checks cross-field rules and names the override
+the user must change.
 """
 
 from __future__ import annotations
@@ -39,15 +41,22 @@ from cardforge.core.config.schemas.model import Arch, ModelConfig
 from cardforge.core.config.schemas.mtp import MtpTrainConfig
 from cardforge.core.config.schemas.quant import GgufTier, GgufTierConfig, NvFp4Tier, QuantConfig, QuantFormat
 from cardforge.core.config.schemas.serve import AnthropicServeConfig, Backend, MtpSpecConfig, ServeConfig
-from cardforge.core.config.schemas.train import LIGHTNING_PRECISIONS, LoraConfig, Optimizer, Scheduler, TrainerConfig
+from cardforge.core.config.schemas.train import (
+    LIGHTNING_PRECISIONS,
+    LoraConfig,
+    Optimizer,
+    Scheduler,
+    TrainerConfig,
+)
 
 __all__ = [
-    "AnthropicServeConfig", "Arch", "Backend", "BudgetConfig", "CODING_LANGUAGES", "CardConfig", "CardReference",
-    "CardforgeConfig", "DataConfig", "EVAL_SUITES", "EvalConfig", "GgufTier", "GgufTierConfig", "LIGHTNING_PRECISIONS",
-    "LinkMode", "LoggerConfig", "LoraConfig", "ModelConfig", "MtpSpecConfig", "MtpTrainConfig", "NvFp4Tier",
-    "Optimizer", "PIPELINE_STAGES", "PathsConfig", "PriceConfig", "QuantConfig", "QuantFormat", "ReleaseConfig",
-    "ReleaseRepoIds", "ReleaseRepos", "SOURCE_SYNTAX", "Scheduler", "ServeConfig", "Stage", "TeacherConfig",
-    "TeacherKind", "ToolResults", "TrainerConfig", "check_choice", "check_sources", "register_configs",
+    "AnthropicServeConfig", "Arch", "Backend", "BudgetConfig", "CODING_LANGUAGES", "CardConfig",
+    "CardReference", "CardforgeConfig", "DataConfig", "EVAL_SUITES", "EvalConfig", "GgufTier",
+    "GgufTierConfig", "LIGHTNING_PRECISIONS", "LinkMode", "LoggerConfig", "LoraConfig", "ModelConfig",
+    "MtpSpecConfig", "MtpTrainConfig", "NvFp4Tier", "Optimizer", "PIPELINE_STAGES", "PathsConfig",
+    "PriceConfig", "QuantConfig", "QuantFormat", "ReleaseConfig", "ReleaseRepoIds", "ReleaseRepos",
+    "SOURCE_SYNTAX", "Scheduler", "ServeConfig", "Stage", "TeacherConfig", "TeacherKind", "ToolResults",
+    "TrainerConfig", "check_choice", "check_sources", "register_configs",
 ]
 
 

@@ -1,4 +1,7 @@
-"""card.* and release.*: the card and release schemas (values: conf/card/default.yaml, conf/defaults/release.yaml)."""
+"""card.* and release.*: the card and release schemas.
+
+Values: conf/card/default.yaml, conf/defaults/release.yaml.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""teacher.* and data.*: the data stage's schemas (values: conf/defaults/{teacher,data}.yaml, conf/{teacher,data}/)."""
+"""teacher.* and data.*: the data stage's schemas.
+
+Values: conf/defaults/{teacher,data}.yaml, conf/teacher/*.yaml, conf/data/*.yaml.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""lora.* and trainer.*: the train stage's schemas (values: conf/defaults/trainer.yaml, conf/{lora,trainer}/)."""
+"""lora.* and trainer.*: the train stage's schemas.
+
+Values: conf/defaults/trainer.yaml, conf/trainer/*.yaml, conf/lora/*.yaml.
+"""
 
 from __future__ import annotations
 
