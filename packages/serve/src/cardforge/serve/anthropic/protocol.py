@@ -248,15 +248,38 @@ def validation_message(e: ValidationError) -> str:
 RequestT = TypeVar("RequestT", CountTokensRequest, MessagesRequest)
 
 
+MAX_JSON_DEPTH = 100  # nesting of the request's JSON; deeper (a few KB of `[[[[...`) overflowed the Python stack
+
+
+def json_depth(obj: Any) -> int:
+    """How deeply `obj` (parsed JSON) nests: 0 for a scalar, 1 for a flat list/object; iterative (no recursion)."""
+    depth, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = list(o.values())
+        elif not isinstance(o, list):
+            continue
+        depth = max(depth, d)
+        stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
+    return depth
+
+
 def parse_request(raw: bytes, schema: type[RequestT]) -> tuple[dict, RequestT]:
     """(the client's JSON object, kept whole for forwarding; the validated request), or ApiError 400
-    invalid_request_error."""
+    invalid_request_error (a body nested deeper than MAX_JSON_DEPTH included: it would overflow the stack of
+    json.loads, pydantic or the forwarding deepcopy, a 500 instead of a 400)."""
     try:
         payload = json.loads(raw)
     except ValueError as e:
         raise ApiError.of(400, "invalid_request_error", f"request body is not valid JSON: {e}") from e
+    except RecursionError:
+        raise ApiError.of(400, "invalid_request_error",
+                          f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(payload, dict):
         raise ApiError.of(400, "invalid_request_error", "request body must be a JSON object")
+    if json_depth(payload) > MAX_JSON_DEPTH:
+        raise ApiError.of(400, "invalid_request_error", f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         return payload, schema.model_validate(payload)
     except ValidationError as e:

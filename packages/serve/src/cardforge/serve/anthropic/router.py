@@ -3,7 +3,8 @@
 
 A route only checks the key, parses the body (protocol.parse_request) and hands the request to the service.
 Errors use Anthropic's body `{"type": "error", "error": {"type": ..., "message": ...}}`: 400
-invalid_request_error for malformed requests, 401 authentication_error, 404 not_found_error, 502 api_error
+invalid_request_error for malformed requests, 401 authentication_error, 404 not_found_error, 413
+request_too_large for a body over MAX_BODY_BYTES (Anthropic's 32 MB), 502 api_error
 when the engine is unreachable, the engine's own status (re-shaped) when it refuses.
 """
 
@@ -32,11 +33,32 @@ def authorized(api_key: str | None, request: Request) -> bool:
     return hmac.compare_digest(given.encode(), api_key.encode())
 
 
+MAX_BODY_BYTES = 32 * 10**6  # Anthropic's own limit on a Messages request (32 MB): 413 request_too_large above it
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError.of(413, "request_too_large", f"request body exceeds the maximum size of {limit} bytes")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, read at most `limit` bytes far: a bigger one (declared or streamed) is a 413 before it is held in
+    memory whole (request.body() would buffer any size a client sends)."""
+    declared = request.headers.get("content-length") or ""
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
 async def parse(request: Request, schema: type[RequestT]) -> tuple[dict, RequestT]:
-    """The key first (a 401 before any 400), then the body."""
+    """The key first (a 401 before any 400), then the body (at most app.state.max_body_bytes: else a 413)."""
     if not authorized(request.app.state.api_key, request):
         raise ApiError.of(401, "authentication_error", "invalid or missing API key (x-api-key or Bearer)")
-    return parse_request(await request.body(), schema)
+    return parse_request(await read_body(request, request.app.state.max_body_bytes), schema)
 
 
 def service(request: Request) -> MessagesService:
@@ -75,11 +97,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 def create_app(backend: str, *, api_key: str | None = None, backend_api_key: str | None = None,
-               model: str | None = None, timeout_s: float = 1800.0, idle_timeout_s: float = 600.0) -> FastAPI:
-    """The guard in front of `backend` (the engine's base URL); `api_key`: required from clients (None: open).
-    The other arguments go to MessagesService."""
+               model: str | None = None, timeout_s: float = 1800.0, idle_timeout_s: float = 600.0,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The guard in front of `backend` (the engine's base URL); `api_key`: required from clients (None: open);
+    `max_body_bytes`: the largest request body (413 above). The other arguments go to MessagesService."""
     app = FastAPI(title="cardforge Anthropic guard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api_key = api_key
+    app.state.max_body_bytes = int(max_body_bytes)
     app.state.service = MessagesService(backend, backend_api_key=backend_api_key, model=model,
                                         timeout_s=timeout_s, idle_timeout_s=idle_timeout_s)
     app.router.on_shutdown.append(app.state.service.aclose)
