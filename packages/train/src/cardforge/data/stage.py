@@ -169,19 +169,121 @@ def _student_tokenizer(cfg: DictConfig):
     return load_tokenizer(str(cfg.model.name if cfg.model.embedded else cfg.model.path))
 
 
-def run(cfg: DictConfig) -> DataResult:
+def budget_of(cfg: DictConfig) -> tuple:
+    """(data.budget.tokens, data.budget.cost); a cost budget needs the teacher's price."""
+    budget = (OmegaConf.select(cfg, "data.budget.tokens"), OmegaConf.select(cfg, "data.budget.cost"))
+    if budget[1] is not None and OmegaConf.select(cfg, "teacher.price.input_per_m") is None:
+        raise UserError("data.budget.cost needs teacher.price (per million tokens): set "
+                        "teacher.price.input_per_m= and teacher.price.output_per_m=, or use data.budget.tokens")
+    return budget
+
+
+def generate(cfg: DictConfig, out: Path, todo: list, mode: str, accepted: Path, rejected: Path, spend,
+             budget: tuple) -> dict:
+    """Ask the teacher for every (task, k) in `todo`, appending to the accepted / rejected files as they come;
+    {"stopped_by_budget": why or None, "not_started": n}."""
+    from cardforge.data import llm_judge
+    from cardforge.data.react import Options
+    from cardforge.data.teacher import Teacher, open_teacher
+
+    d = cfg.data
+    stop = {"stopped_by_budget": spend.reached(*budget), "not_started": 0}
+    if stop["stopped_by_budget"] and todo:
+        _log(f"budget reached ({stop['stopped_by_budget']}): nothing asked; raise data.budget to resume")
+        stop["not_started"] = len(todo)
+        return stop
+    if not todo:
+        return stop
+    opts = Options(mode, int(d.max_steps), bool(d.judge), float(d.tool_timeout_s))
+    if d.judge and d.judge_url:
+        opts.llm_judge = Teacher(str(d.judge_url).rstrip("/").removesuffix("/v1"), d.judge_model,
+                                 llm_judge.JUDGE_SAMPLING, float(cfg.teacher.timeout_s), int(d.retries),
+                                 int(cfg.teacher.concurrency), label=str(d.judge_model or "judge"))
+    if mode == "execute":
+        from cardforge.core.sandbox import check_available
+
+        check_available()  # fail before the teacher starts, with the fix in the message
+    with open_teacher(cfg, out, spend) as teacher:
+        simulator = None
+        if mode == "simulate" and d.simulator_url:
+            simulator = Teacher(str(d.simulator_url).rstrip("/").removesuffix("/v1"),
+                                d.simulator_model, teacher.sampling, teacher.timeout_s, teacher.retries,
+                                teacher.concurrency, label=str(d.simulator_model or "simulator"))
+        return asyncio.run(_generate(todo, teacher, opts, accepted, rejected, simulator, budget))
+
+
+def write_manifest(cfg: DictConfig, out: Path, accepted: Path, rejected: Path, mode: str, spend, budget: tuple,
+                   stop: dict, t0: float) -> tuple[dict, list, dict]:
+    """manifest.json and table.md over both files, logged with the data metrics: (manifest, rejected
+    trajectories, info)."""
     import mlflow
 
     from cardforge.data.manifest import build_manifest, table, token_stats
-    from cardforge.data.react import Options, sample_id
+
+    d = cfg.data
+    if not accepted.exists():  # nothing accepted yet: still the path the next stage reads
+        atomic_write_text(accepted, "")
+    acc = read_jsonl(accepted)[0]
+    rej = read_jsonl(rejected)[0] if rejected.exists() else []
+    try:
+        tokens = token_stats(acc, _student_tokenizer(cfg), int(d.max_seq_len))
+    except Exception as e:  # noqa: BLE001 - no local student tokenizer (e.g. the 27B card without weights)
+        tokens = {"error": f"{type(e).__name__}: {e}"[:300]}
+    info = {"teacher": str(cfg.teacher.model), "tool_results": mode, "judge": bool(d.judge),
+            "sources": list(d.sources), "samples_per_task": int(d.samples_per_task),
+            "resume_key": resume_key(cfg), "wall_s": round(time.monotonic() - t0, 1)}
+    manifest = build_manifest(accepted, acc, rej, tokens=tokens, info=info)
+    manifest["spend"] = {**spend.as_dict(), "currency": str(OmegaConf.select(cfg, "teacher.price.currency")
+                                                             or "USD"),
+                         "priced": OmegaConf.select(cfg, "teacher.price.input_per_m") is not None,
+                         "budget": {"tokens": budget[0], "cost": budget[1]}, **stop}
+    atomic_write_json(DataOutputs(out).manifest, manifest)
+    atomic_write_text(out / "table.md", table(manifest))
+    _log(table(manifest))
+    metrics = {f"data.{k}": float(v) for k, v in manifest["counts"].items()}
+    metrics.update({f"data.rejected.{r}": float(n) for r, n in manifest["rejections"].items()})
+    metrics.update({f"data.tokens.{k}": float(v) for k, v in (tokens or {}).items()
+                    if isinstance(v, (int, float))})
+    metrics["data.wall_s"] = info["wall_s"]
+    metrics.update({f"data.spend.{k}": float(v) for k, v in spend.as_dict().items()})
+    metrics["data.spend.stopped_by_budget"] = float(bool(stop["stopped_by_budget"]))
+    mlflow.log_metrics(metrics)
+    mlflow.set_tag("data.sha256", str(manifest["sha256"]))
+    for p in (accepted, rejected, DataOutputs(out).manifest, out / "table.md", DataOutputs(out).spend):
+        if p.exists():
+            mlflow.log_artifact(str(p), "data")
+    return manifest, rej, info
+
+
+def check_accepted(cfg: DictConfig, out: Path, manifest: dict, rej: list, rejected: Path, stop: dict) -> None:
+    """Fewer than data.min_accepted samples accepted: one error line, saying why (an outage, the budget, or
+    the rejections by reason)."""
+    import mlflow
+
+    d, c = cfg.data, manifest["counts"]
+    if note := outage_note(cfg, rej, out):
+        _log(note)
+        mlflow.set_tag("data.outage", note[:5000])
+    if c["accepted"] < int(d.min_accepted) and note and 2 * len(
+            [t for t in rej if t.extra.get("reason") in TRANSIENT]) >= max(1, c["samples"] - c["accepted"]):
+        raise UserError(f"only {c['accepted']} of {c['samples']} samples were accepted (data.min_accepted="
+                        f"{d.min_accepted}): {note}")
+    if c["accepted"] < int(d.min_accepted):
+        raise UserError(f"only {c['accepted']} of {c['samples']} samples were accepted (data.min_accepted="
+                        f"{d.min_accepted}); rejections by reason: {manifest['rejections']} — see {rejected}; "
+                        "try more data.samples_per_task, easier data.sources or a stronger teacher="
+                        + (f"; the budget stopped the stage ({stop['stopped_by_budget']}): raise data.budget"
+                           if stop["stopped_by_budget"] else ""))
+
+
+def run(cfg: DictConfig) -> DataResult:
+    from cardforge.core.io import preflight_output
+    from cardforge.data.react import sample_id
     from cardforge.data.tasks import load_tasks
-    from cardforge.data import llm_judge
-    from cardforge.data.teacher import Spend, Teacher, open_teacher
+    from cardforge.data.teacher import Spend
 
     t0 = time.monotonic()
     d, out = cfg.data, out_dir(cfg)
-    from cardforge.core.io import preflight_output
-
     # before the teacher starts: a read-only or full disk is one line, not a traceback after the first sample
     preflight_output(out, 16 << 20, stage="data")
     with tracking.stage_run(cfg, "data") as run_:
@@ -194,74 +296,8 @@ def run(cfg: DictConfig) -> DataResult:
         _log(f"{len(tasks)} tasks x {d.samples_per_task} samples: {len(todo)} to ask, {len(done)} already done "
              f"(tool_results={mode}, judge={bool(d.judge)})")
         spend = Spend.load(DataOutputs(out).spend)  # what earlier runs spent counts against the budget
-        budget = (OmegaConf.select(cfg, "data.budget.tokens"), OmegaConf.select(cfg, "data.budget.cost"))
-        if budget[1] is not None and OmegaConf.select(cfg, "teacher.price.input_per_m") is None:
-            raise UserError("data.budget.cost needs teacher.price (per million tokens): set "
-                            "teacher.price.input_per_m= and teacher.price.output_per_m=, or use data.budget.tokens")
-        stop = {"stopped_by_budget": spend.reached(*budget), "not_started": 0}
-        if stop["stopped_by_budget"] and todo:
-            _log(f"budget reached ({stop['stopped_by_budget']}): nothing asked; raise data.budget to resume")
-            stop["not_started"] = len(todo)
-        elif todo:
-            opts = Options(mode, int(d.max_steps), bool(d.judge), float(d.tool_timeout_s))
-            if d.judge and d.judge_url:
-                opts.llm_judge = Teacher(str(d.judge_url).rstrip("/").removesuffix("/v1"), d.judge_model,
-                                         llm_judge.JUDGE_SAMPLING, float(cfg.teacher.timeout_s), int(d.retries),
-                                         int(cfg.teacher.concurrency), label=str(d.judge_model or "judge"))
-            if mode == "execute":
-                from cardforge.core.sandbox import check_available
-
-                check_available()  # fail before the teacher starts, with the fix in the message
-            with open_teacher(cfg, out, spend) as teacher:
-                simulator = None
-                if mode == "simulate" and d.simulator_url:
-                    simulator = Teacher(str(d.simulator_url).rstrip("/").removesuffix("/v1"),
-                                        d.simulator_model, teacher.sampling, teacher.timeout_s, teacher.retries,
-                                        teacher.concurrency, label=str(d.simulator_model or "simulator"))
-                stop = asyncio.run(_generate(todo, teacher, opts, accepted, rejected, simulator, budget))
-        if not accepted.exists():  # nothing accepted yet: still the path the next stage reads
-            atomic_write_text(accepted, "")
-        acc = read_jsonl(accepted)[0]
-        rej = read_jsonl(rejected)[0] if rejected.exists() else []
-        try:
-            tokens = token_stats(acc, _student_tokenizer(cfg), int(d.max_seq_len))
-        except Exception as e:  # noqa: BLE001 - no local student tokenizer (e.g. the 27B card without weights)
-            tokens = {"error": f"{type(e).__name__}: {e}"[:300]}
-        info = {"teacher": str(cfg.teacher.model), "tool_results": mode, "judge": bool(d.judge),
-                "sources": list(d.sources), "samples_per_task": int(d.samples_per_task),
-                "resume_key": resume_key(cfg), "wall_s": round(time.monotonic() - t0, 1)}
-        manifest = build_manifest(accepted, acc, rej, tokens=tokens, info=info)
-        manifest["spend"] = {**spend.as_dict(), "currency": str(OmegaConf.select(cfg, "teacher.price.currency")
-                                                                 or "USD"),
-                             "priced": OmegaConf.select(cfg, "teacher.price.input_per_m") is not None,
-                             "budget": {"tokens": budget[0], "cost": budget[1]}, **stop}
-        atomic_write_json(DataOutputs(out).manifest, manifest)
-        atomic_write_text(out / "table.md", table(manifest))
-        _log(table(manifest))
-        c = manifest["counts"]
-        metrics = {f"data.{k}": float(v) for k, v in c.items()}
-        metrics.update({f"data.rejected.{r}": float(n) for r, n in manifest["rejections"].items()})
-        metrics.update({f"data.tokens.{k}": float(v) for k, v in (tokens or {}).items()
-                        if isinstance(v, (int, float))})
-        metrics["data.wall_s"] = info["wall_s"]
-        metrics.update({f"data.spend.{k}": float(v) for k, v in spend.as_dict().items()})
-        metrics["data.spend.stopped_by_budget"] = float(bool(stop["stopped_by_budget"]))
-        mlflow.log_metrics(metrics)
-        mlflow.set_tag("data.sha256", str(manifest["sha256"]))
-        for p in (accepted, rejected, DataOutputs(out).manifest, out / "table.md", DataOutputs(out).spend):
-            if p.exists():
-                mlflow.log_artifact(str(p), "data")
-        if note := outage_note(cfg, rej, out):
-            _log(note)
-            mlflow.set_tag("data.outage", note[:5000])
-        if c["accepted"] < int(d.min_accepted) and note and 2 * len(
-                [t for t in rej if t.extra.get("reason") in TRANSIENT]) >= max(1, c["samples"] - c["accepted"]):
-            raise UserError(f"only {c['accepted']} of {c['samples']} samples were accepted (data.min_accepted="
-                            f"{d.min_accepted}): {note}")
-        if c["accepted"] < int(d.min_accepted):
-            raise UserError(f"only {c['accepted']} of {c['samples']} samples were accepted (data.min_accepted="
-                            f"{d.min_accepted}); rejections by reason: {manifest['rejections']} — see {rejected}; "
-                            "try more data.samples_per_task, easier data.sources or a stronger teacher="
-                            + (f"; the budget stopped the stage ({stop['stopped_by_budget']}): raise data.budget"
-                               if stop["stopped_by_budget"] else ""))
+        budget = budget_of(cfg)
+        stop = generate(cfg, out, todo, mode, accepted, rejected, spend, budget)
+        manifest, rej, info = write_manifest(cfg, out, accepted, rejected, mode, spend, budget, stop, t0)
+        check_accepted(cfg, out, manifest, rej, rejected, stop)
         return DataResult(str(accepted), str(rejected), manifest, run_.info.run_id, info["wall_s"])
