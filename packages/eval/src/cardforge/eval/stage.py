@@ -98,10 +98,13 @@ def _base_at(cfg: DictConfig, fmt: str, out_dir: Path) -> Path:
         raise UserError(f"eval.compare_base: the distilled model is {fmt} but the quant stage's imatrix "
                         f"({imatrix}) is missing, so the base cannot be quantized the same way; {fix}")
     src = base_model_dir(cfg)  # one line when the base checkpoint is not on disk
-    name = f"{cfg.model.name}-base"
     gdir = EvalOutputs(out_dir).base_gguf_dir
     gdir.mkdir(parents=True, exist_ok=True)
-    out = gdir / f"{name}-{fmt}.gguf"
+    # the files are named by what they are built from (the checkpoint's files, the imatrix, llama.cpp), so a new
+    # base checkpoint or a re-made imatrix builds anew instead of reusing a stale file of the same format
+    source = _base_source_key(src)
+    name = f"{cfg.model.name}-base-{source}"
+    out = gdir / f"{name}{f'-im{sha256_file(imatrix)[:8]}' if imat else ''}-{fmt}.gguf"
     if out.is_file():
         return out
     bf16 = base_gguf_cache(cfg, src) or gdir / f"{name}-BF16.gguf"
@@ -117,6 +120,19 @@ def _base_at(cfg: DictConfig, fmt: str, out_dir: Path) -> Path:
     threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     return qgguf.quantize(bf16, out, want, imatrix if imat else None, threads,
                           out_dir / "logs" / f"quantize-base-{fmt}.log")
+
+
+def _base_source_key(src: Path) -> str:
+    """12 hex digits over the llama.cpp release and the base checkpoint's path and files (name, size, mtime)."""
+    import hashlib
+
+    from cardforge.core import llama_cpp
+
+    h = hashlib.sha256(f"{llama_cpp.VERSION}\n{Path(src).resolve()}".encode())
+    for f in sorted(p for p in Path(src).iterdir() if p.is_file()):
+        st = f.stat()
+        h.update(f"\n{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
 
 
 @dataclass
