@@ -108,10 +108,6 @@ def model_path(cfg: DictConfig) -> Path:
     return Path(check_model_path(str(cfg.model.path)))
 
 
-def _value(x: Any) -> Any:
-    return getattr(x, "value", x)
-
-
 def _devices(d: Any) -> Any:
     if isinstance(d, str) and d.strip().isdigit():
         return int(d)
