@@ -193,6 +193,15 @@ def plan(cfg: DictConfig) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _existing(path: Path) -> Path:
+    """`path` or its nearest existing parent: the filesystem paths.outputs will be written on (its mount, not
+    the root filesystem's: a data disk mounted at /data is where a 27B chain's 300 GB go)."""
+    p = Path(os.path.expanduser(str(path))).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
 def problems(cfg: DictConfig) -> list[str]:
     """What stops this preset here, each a line naming the fix."""
     out = []
@@ -226,7 +235,7 @@ def problems(cfg: DictConfig) -> list[str]:
         need = sum(v for k, v in size.items()) / 1e9
     else:
         need = 2 * cfg.model.params_b * 6  # weights, merged copy, GGUF source + tiers, FP8, NVFP4
-    free = shutil.disk_usage(Outputs(cfg).root.anchor or "/").free / 1e9
+    free = shutil.disk_usage(_existing(Outputs(cfg).root)).free / 1e9
     if need > free:
         out.append(f"disk: ~{need:.0f} GB needed under paths.outputs, {free:.0f} GB free")
     return out
