@@ -161,7 +161,17 @@ class DistillModule(pl.LightningModule):
         return super().load_state_dict(state_dict, strict=False, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # every rank's RNG (LoRA dropout): rank 0 alone writes the checkpoint's metadata (one file, or FSDP2's
+        # meta.pt), and each rank's stream has moved differently (its own samples' lengths)
         checkpoint["cardforge_rng"] = _rng_state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, checkpoint["cardforge_rng"])
+            checkpoint["cardforge_rng_ranks"] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._rng_to_restore = checkpoint.get("cardforge_rng")
+        dist = torch.distributed
+        on = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
+        ranks = checkpoint.get("cardforge_rng_ranks")  # this rank's own stream when the world size is the same
+        self._rng_to_restore = ranks[rank] if ranks and len(ranks) == world else checkpoint.get("cardforge_rng")
