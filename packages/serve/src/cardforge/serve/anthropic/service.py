@@ -57,15 +57,27 @@ class MessagesService:
             raise ApiError(*engine_error(resp.status_code, _engine_json(resp)))
         return resp
 
+    @staticmethod
+    def _malformed(what: str, body: object) -> ApiError:
+        """The engine said 200 but its body is not what the Messages API answers: a 502, never a bare 500."""
+        return ApiError.of(502, "api_error", f"the engine's {what} answer is malformed: {str(body)[:200]}")
+
     async def count_tokens(self, payload: dict, req: CountTokensRequest) -> dict:
         resp = await self._post("/v1/messages/count_tokens", native_body(payload, req, self.model))
-        return {"input_tokens": int(resp.json()["input_tokens"])}
+        body = _engine_json(resp)
+        try:
+            return {"input_tokens": int(body["input_tokens"])}  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            raise self._malformed("count_tokens", body) from None
 
     async def create(self, payload: dict, req: MessagesRequest) -> dict:
         """A non-streaming answer, as the Messages API gives it."""
         resp = await self._post("/v1/messages", native_body(payload, req, self.model),
                                 timeout=httpx2.Timeout(self.timeout_s, connect=10.0))
-        return fix_message(resp.json(), req)
+        body = _engine_json(resp)
+        if not isinstance(body, dict) or not all(isinstance(b, dict) for b in body.get("content") or []):
+            raise self._malformed("messages", body)
+        return fix_message(body, req)
 
     async def stream(self, payload: dict, req: MessagesRequest) -> AsyncIterator[str]:
         """The answer's SSE text, event by event. The engine's stream is opened here, before the caller

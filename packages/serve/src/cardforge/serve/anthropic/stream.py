@@ -45,6 +45,9 @@ class StreamGuard:
         return cand[len(self.prefill):] if cand.startswith(self.prefill) else cand
 
     def feed(self, name: str, data: dict) -> list[Event]:
+        if not isinstance(data, dict):  # `data: 5`, `data: []`: not an event of the Messages stream
+            self.failed = True
+            return [("error", error_body("api_error", f"the engine sent a malformed stream event: {str(data)[:200]}"))]
         kind = data.get("type", name)
         if kind == "content_block_start" and (data.get("content_block") or {}).get("type") == "text" \
                 and self.text_index is None:
