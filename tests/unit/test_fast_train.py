@@ -299,7 +299,7 @@ def test_scaling_harness_runs_the_stage_on_1_and_2_ranks(tmp_path, monkeypatch):
     assert two["global_tok_s"] == pytest.approx(2 * two["rank_tok_s"]) and one["efficiency"] == pytest.approx(1.0)
     assert two["efficiency"] == pytest.approx(two["global_tok_s"] / (2 * one["global_tok_s"]))
     # each rank trained its own share: the 2-rank run's stage saw twice the samples
-    rows = (tmp_path / "w" / "ddp-2" / "data" / "trajectories.jsonl").read_text().splitlines()
+    rows = (tmp_path / "w" / "fsdp-2" / "data" / "trajectories.jsonl").read_text().splitlines()
     assert len(rows) == 2 * 3 and all(len(json.loads(r)["input_ids"]) == 64 for r in rows)
 
 
