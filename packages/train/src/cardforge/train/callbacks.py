@@ -11,6 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 LAST = "last.ckpt"
+DATA_KEY = "data_key"  # beside last.ckpt: the samples it was trained on
 
 
 class AtomicLastCheckpoint(pl.Callback):
@@ -19,13 +20,19 @@ class AtomicLastCheckpoint(pl.Callback):
     A SIGKILL at any moment leaves either the previous complete checkpoint or the new one, never half a file.
     """
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int):
+    def __init__(self, dirpath: str | Path, every_n_steps: int, data_key: str | None = None):
         self.dirpath, self.every_n_steps = Path(dirpath), max(1, int(every_n_steps))
+        self.data_key = data_key  # what the checkpoints were trained on (train.stage.samples_key); None: unstamped
         self._saved_at = -1
 
     @property
     def last_path(self) -> Path:
         return self.dirpath / LAST
+
+    @property
+    def data_key_path(self) -> Path:
+        """The stamp beside last.ckpt naming the training samples it was trained on (train.stage.resume_point)."""
+        return self.dirpath / DATA_KEY
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         step = trainer.global_step
@@ -63,6 +70,10 @@ class AtomicLastCheckpoint(pl.Callback):
                 _remove(before)
         else:
             os.replace(tmp, last)
+        if self.data_key is not None:  # after the checkpoint: a kill in between leaves a stamp that refuses it
+            from cardforge.core.io import atomic_write_text
+
+            atomic_write_text(self.data_key_path, self.data_key + "\n")
 
 
 def _remove(path: Path) -> None:

@@ -4,8 +4,8 @@ Run as: python -m cardforge.train [hydra overrides]      (make train EXP=tiny AR
 
 Reads  <outputs>/data/trajectories.jsonl (run `make data` first)
 Writes <outputs>/train/adapter/ (standard PEFT directory), loss_curve.png, train_result.json;
-       <outputs>/train/checkpoints/<hash>/last.ckpt while running (an interrupted run resumes from it; removed
-       when the run finishes). A Hydra multirun job writes under <outputs>/train/runs/<hash>/ instead, so
+       <outputs>/train/checkpoints/<hash>/last.ckpt while running (an interrupted run resumes from it when its
+       `data_key` stamp matches the samples; removed when the run finishes). A Hydra multirun job writes under <outputs>/train/runs/<hash>/ instead, so
        sweep jobs never overwrite each other.
 MLflow: the stage's nested run (loss, lr, tokens/s, trained-token fraction per step through Lightning's
        MLFlowLogger; the loss-curve PNG; the adapter under `adapter/`).
@@ -321,11 +321,32 @@ def build_module(cfg: DictConfig, student: Student, path: Path, trainer, n_items
     return DistillModule(student.model, tc, total_steps, shard=shard)
 
 
-def resume_point(ckpt) -> tuple[Path | None, int]:
-    """(the last checkpoint of an interrupted run of this config, its step), or (None, 0)."""
+def samples_key(samples) -> str:
+    """16 hex digits over the training samples (token ids and loss masks, in order): what a checkpoint was
+    trained on, beside the config (the checkpoint folder's name)."""
+    import hashlib
+    from array import array
+
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(array("q", s.input_ids).tobytes() + b"|" + array("b", s.loss_mask).tobytes() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def resume_point(ckpt, data_key: str | None = None) -> tuple[Path | None, int]:
+    """(the last checkpoint of an interrupted run of this config, its step), or (None, 0). With `data_key`
+    (samples_key of this run's samples), a checkpoint whose stamp names other samples, or none, is not resumed:
+    the same config over a data file that changed since (the data stage re-run, more samples accepted) trains
+    afresh instead of continuing another dataset's run at a sampler position that no longer means anything."""
     resume = ckpt.last_path if ckpt.last_path.exists() else None
     if not resume:
         return None, 0
+    if data_key is not None:
+        stamp = ckpt.data_key_path.read_text().strip() if ckpt.data_key_path.is_file() else None
+        if stamp != data_key:
+            log.warning("not resuming from %s: it was trained on other samples (data key %s, now %s); training "
+                        "afresh", resume, stamp or "unknown", data_key)
+            return None, 0
     from cardforge.train.fsdp2 import checkpoint_step
 
     resumed_from = checkpoint_step(resume)
@@ -395,7 +416,8 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
                                  pack_length=OmegaConf.select(cfg, "trainer.pack_length", default=None) or 0)
     trainer, history, ckpt = build_trainer(cfg, strategy, out_dir, run_id)
     module = build_module(cfg, student, path, trainer, len(datamodule.train_set))  # packed rows, if packing
-    resume, resumed_from = resume_point(ckpt)
+    ckpt.data_key = samples_key(samples)  # stamped beside every checkpoint; a resume needs the same samples
+    resume, resumed_from = resume_point(ckpt, ckpt.data_key)
     targets = {t: len(v) for t, v in student.matched.items()}
     log.info("LoRA targets (%s): %s", cfg.lora.target_modules, targets)
     on_cuda = fit(trainer, module, datamodule, resume)
