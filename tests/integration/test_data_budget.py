@@ -69,3 +69,23 @@ def test_a_money_budget_needs_a_price(tmp_path, mlflow_uri, mlflow_experiment, t
                   "teacher.price.input_per_m=null")
     with pytest.raises(UserError, match="data.budget.cost needs teacher.price"):
         run(cfg)
+
+
+def test_a_stream_that_breaks_off_is_spent_all_the_same(tmp_path, mlflow_uri, mlflow_experiment, tiny_model_dir):
+    # the first answer breaks off after two streamed chunks (the server generated and bills them, no usage comes);
+    # the retry completes: the ledger counts both attempts' output and the prompt read twice
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"id": "t0", "prompt": "QID=t0 ANSWER=B FAULT=drop_once Which letter?",
+                                 "verifier": {"type": "word", "word": "B"}}) + "\n")
+    out = tmp_path / "out"
+    with FakeServer() as srv:
+        cfg = cfg_for(srv.base_url, tasks, out, mlflow_experiment)
+        cfg.data.retries = 1
+        res = run(cfg)
+        assert srv.counts["t0"] == 2
+    s = res.manifest["spend"]
+    words = 5  # the fake server's prompt_tokens: the words of the user message
+    assert (s["requests"], s["prompt_tokens"], s["completion_tokens"]) == (1, 2 * words, 12 + 2)
+    assert s["cost"] == pytest.approx((2 * words * 2.0 + 14 * 8.0) / 1e6)
+    (line,) = read_records(out / "data" / "spend.jsonl")
+    assert (line["dropped_tokens"], line["dropped_attempts"]) == (2, 1)

@@ -7,6 +7,7 @@ Behaviour is chosen per request by tags in the last user message, so one run can
   ANSWER=X          the final answer "Answer: X" (default: a letter derived from the message hash)
   FAULT=slow:S      sleep S seconds before the first byte        FAULT=http500      always HTTP 500
   FAULT=http500_once  HTTP 500 on the first request, then fine   FAULT=drop         close mid-answer
+  FAULT=drop_once   close mid-answer (after 2 chunks) on the first request, then fine
   FAULT=badjson     an invalid JSON chunk mid-stream             FAULT=length       think only, then length
   FAULT=http429_once:RA / http503_once:RA   that status with `Retry-After: RA` on the first request, then fine
   FAULT=trickle:N:S  the thought in N chunks, S seconds apart (a slow but healthy stream)
@@ -130,7 +131,7 @@ class FakeServer:
             await resp.write(_chunk({"content": f"<think>\n{thought}\n</think>\n\n"}))
         else:
             await resp.write(_chunk({"reasoning_content": thought}))
-        if fault == "drop":
+        if fault == "drop" or (fault == "drop_once" and self.counts[key] == 1):
             await resp.write(_chunk({"content": "The best"}))
             request.transport.close()  # the connection dies mid-answer: no finish_reason, no [DONE]
             return resp

@@ -94,6 +94,11 @@ class Completion:
     error: str | None = None
     attempts: int = 0
     errors: list[str] = field(default_factory=list)  # one line per failed attempt
+    # what failed attempts streamed before they broke off: the server generated (and a paid API bills) those tokens
+    # although no usage arrives for them; one per streamed chunk (llama.cpp, vLLM and SGLang stream a token per
+    # chunk), so an estimate. dropped_attempts: attempts that streamed at least one chunk (their prompt was read).
+    dropped_tokens: int = 0
+    dropped_attempts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,8 +181,10 @@ def _read_usage(out: Completion, usage: dict) -> None:
 
 
 async def _one_attempt(session: Session, url: str, body: dict, headers: dict[str, str],
-                       idle_s: float | None) -> Completion:
-    out = Completion()
+                       idle_s: float | None, out: Completion | None = None) -> Completion:
+    """One streamed request into `out` (the caller keeps it: when the stream breaks off, `out.dropped_tokens`
+    counts the chunks that arrived)."""
+    out = out if out is not None else Completion()
     content, reasoning = [], []
     reasoning_chunks = 0
     t0 = time.monotonic()
@@ -216,6 +223,7 @@ async def _one_attempt(session: Session, url: str, body: dict, headers: dict[str
                 if (piece_r or piece_c) and out.ttft_s is None:
                     out.ttft_s = time.monotonic() - t0
                 reasoning_chunks += bool(piece_r)
+                out.dropped_tokens += bool(piece_r or piece_c)  # reset to 0 once the stream completes
                 reasoning.append(piece_r)
                 content.append(piece_c)
                 if choice.get("finish_reason"):
@@ -224,6 +232,7 @@ async def _one_attempt(session: Session, url: str, body: dict, headers: dict[str
             how = "after [DONE]" if done else "(connection closed mid-answer)"
             raise StreamError(f"stream ended without a finish_reason {how}")
     out.latency_s = time.monotonic() - t0
+    out.dropped_tokens = 0  # complete: the server's usage (or the caller's count) covers these chunks
     out.content, out.reasoning = "".join(content), "".join(reasoning)
     if out.reasoning_tokens is None and reasoning_chunks:
         out.reasoning_tokens = reasoning_chunks
@@ -252,14 +261,17 @@ async def complete(session: Session, base_url: str, messages: list[dict], sampli
     url = base_url.rstrip("/") + "/v1/chat/completions"
     idle = min(float(idle_timeout_s if idle_timeout_s is not None else session.idle_timeout_s), float(timeout_s))
     errors: list[str] = []
+    dropped_tokens = dropped_attempts = 0
     for attempt in range(retries + 1):
         wait = None
         final = False
+        partial = Completion()
         try:
             async with session.slots:  # the concurrency cap holds per attempt, not across backoff sleeps
                 async with asyncio.timeout(timeout_s):
-                    result = await _one_attempt(session, url, body, headers, idle)
+                    result = await _one_attempt(session, url, body, headers, idle, partial)
             result.attempts, result.errors = attempt + 1, errors
+            result.dropped_tokens, result.dropped_attempts = dropped_tokens, dropped_attempts
             return split_reasoning(result, think_open=think_open)
         except TimeoutError:  # asyncio.timeout: the total cap
             errors.append(f"total timeout: the request ran past {timeout_s:g} s")
@@ -274,8 +286,12 @@ async def complete(session: Session, base_url: str, messages: list[dict], sampli
             errors.append(f"connection closed mid-answer: {type(e).__name__}: {e}"[:300])
         except Exception as e:  # noqa: BLE001 - anything else a server can provoke is recorded, never raised
             errors.append(f"{type(e).__name__}: {e}"[:300])
+        if partial.dropped_tokens or partial.completion_tokens:  # it broke off after generating: spent all the same
+            dropped_tokens += max(partial.dropped_tokens, partial.completion_tokens or 0)
+            dropped_attempts += 1
         if final:
             break
         if attempt < retries:
             await asyncio.sleep(min(wait, RETRY_AFTER_MAX_S) if wait is not None else backoff_s(attempt))
-    return Completion(finish_reason="error", error=errors[-1], attempts=len(errors), errors=errors)
+    return Completion(finish_reason="error", error=errors[-1], attempts=len(errors), errors=errors,
+                      dropped_tokens=dropped_tokens, dropped_attempts=dropped_attempts)

@@ -63,11 +63,17 @@ class Spend:
         self.cost += float(r.get("cost") or 0.0)
 
     def add(self, c: Completion, price: Price | None, label: str = "") -> dict:
-        """Count one answer (an error counts the request, with the tokens the server reported: none)."""
+        """Count one answer with every attempt it took: the tokens the server reported, plus what attempts that
+        broke off mid-stream had generated (`dropped_tokens`, estimated one per chunk) and, where the answer's
+        usage tells the prompt's size, that prompt once more per such attempt (the server read it each time)."""
+        prompt = (c.prompt_tokens or 0) * (1 + c.dropped_attempts)
+        completion = (c.completion_tokens or 0) + c.dropped_tokens
         r = {"t": round(time.time(), 3), "label": label, "finish_reason": c.finish_reason,
-             "prompt_tokens": c.prompt_tokens or 0, "completion_tokens": c.completion_tokens or 0,
+             "prompt_tokens": prompt, "completion_tokens": completion,
              "reasoning_tokens": c.reasoning_tokens or 0, "cached_tokens": c.cached_tokens or 0,
-             "cost": price.cost(c.prompt_tokens, c.completion_tokens) if price else 0.0}
+             "cost": price.cost(prompt, completion) if price else 0.0}
+        if c.dropped_attempts:
+            r["dropped_tokens"], r["dropped_attempts"] = c.dropped_tokens, c.dropped_attempts
         self._count(r)
         if self.ledger is not None:
             append_record(self.ledger, r)
