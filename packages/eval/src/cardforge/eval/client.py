@@ -257,10 +257,20 @@ async def complete(session: Session, base_url: str, messages: list[dict], sampli
     body = {"messages": messages, "stream": True, "stream_options": {"include_usage": True}, **sampling.body()}
     if model:
         body["model"] = model
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    key = (api_key or "").strip()  # a trailing newline from a key file or an env file is not part of the key
+    errors: list[str] = []
+
+    def note(message: str, limit: int | None = None) -> None:  # the key never lands in an error (records,
+        message = message.replace(key, "[api key]") if key else message  # rejections, MLflow, logs): redacted,
+        errors.append(message[:limit])  # then cut (a cut first could leave part of the key)
+
+    if key and not all(0x21 <= ord(ch) <= 0x7E for ch in key):
+        note("the API key has characters an HTTP header cannot carry (spaces, control or non-ASCII characters); "
+             "check the variable's value")
+        return Completion(finish_reason="error", error=errors[-1], attempts=0, errors=errors)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     url = base_url.rstrip("/") + "/v1/chat/completions"
     idle = min(float(idle_timeout_s if idle_timeout_s is not None else session.idle_timeout_s), float(timeout_s))
-    errors: list[str] = []
     dropped_tokens = dropped_attempts = 0
     for attempt in range(retries + 1):
         wait = None
@@ -268,24 +278,24 @@ async def complete(session: Session, base_url: str, messages: list[dict], sampli
         partial = Completion()
         try:
             async with session.slots:  # the concurrency cap holds per attempt, not across backoff sleeps
-                async with asyncio.timeout(timeout_s):
-                    result = await _one_attempt(session, url, body, headers, idle, partial)
+                # wait_for, not asyncio.timeout (3.11+): the packages declare Python >= 3.10
+                result = await asyncio.wait_for(_one_attempt(session, url, body, headers, idle, partial), timeout_s)
             result.attempts, result.errors = attempt + 1, errors
             result.dropped_tokens, result.dropped_attempts = dropped_tokens, dropped_attempts
             return split_reasoning(result, think_open=think_open)
-        except TimeoutError:  # asyncio.timeout: the total cap
-            errors.append(f"total timeout: the request ran past {timeout_s:g} s")
+        except (TimeoutError, asyncio.TimeoutError):  # wait_for: the total cap (distinct classes on 3.10)
+            note(f"total timeout: the request ran past {timeout_s:g} s")
         except httpx2.TimeoutException as e:
             kind = "connect" if isinstance(e, httpx2.ConnectTimeout) else "idle"
-            errors.append(f"{kind} timeout: no byte for {idle:g} s" if kind == "idle"
-                          else f"connect timeout after {min(session.connect_timeout_s, idle):g} s")
+            note(f"{kind} timeout: no byte for {idle:g} s" if kind == "idle"
+                 else f"connect timeout after {min(session.connect_timeout_s, idle):g} s")
         except StreamError as e:
-            errors.append(str(e))
+            note(str(e))
             wait, final = e.retry_after, e.final
         except (httpx2.RemoteProtocolError, httpx2.ReadError) as e:
-            errors.append(f"connection closed mid-answer: {type(e).__name__}: {e}"[:300])
+            note(f"connection closed mid-answer: {type(e).__name__}: {e}", 300)
         except Exception as e:  # noqa: BLE001 - anything else a server can provoke is recorded, never raised
-            errors.append(f"{type(e).__name__}: {e}"[:300])
+            note(f"{type(e).__name__}: {e}", 300)
         if partial.dropped_tokens or partial.completion_tokens:  # it broke off after generating: spent all the same
             dropped_tokens += max(partial.dropped_tokens, partial.completion_tokens or 0)
             dropped_attempts += 1

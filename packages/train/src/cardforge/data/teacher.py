@@ -185,7 +185,10 @@ def open_teacher(cfg: DictConfig, log_dir: Path, spend: Spend | None = None) -> 
             yield replace(base, base_url=url)
         return
     if kind == "endpoint":
-        key = os.environ.get(str(t.api_key_env))
+        key = (os.environ.get(str(t.api_key_env)) or "").strip() or None  # an env file's trailing newline
+        if key and not all(0x21 <= ord(ch) <= 0x7E for ch in key):  # one line naming the variable, never the value
+            raise UserError(f"${t.api_key_env}: the API key has spaces, control or non-ASCII characters (a pasted "
+                            "line break?), which an HTTP header cannot carry; fix the variable's value")
         if not key and not str(t.base_url).startswith(("http://127.0.0.1", "http://localhost")):
             raise UserError(f"teacher.api_key_env: set ${t.api_key_env} to the API key of {t.base_url}")
         yield replace(base, base_url=_strip_v1(str(t.base_url)), api_key=key)
