@@ -52,3 +52,24 @@ def test_a_stream_event_that_is_not_an_object_ends_in_an_error_event():
     assert events[0].startswith("event: message_start")
     assert events[-1].startswith("event: error") and "malformed stream event" in events[-1], events
     assert sum(e.startswith("event: error") for e in events) == 1  # said once, not again by finish()
+
+
+def test_the_backend_key_never_reaches_a_client():
+    """Before: CARDFORGE_BACKEND_API_KEY with a trailing newline made every request fail in h11 with
+    "Illegal header value b'sk-...\\n'", and the 502 body sent that text, key included, to whoever asked the guard
+    (open by default). Now the key is stripped, a key no header can carry is refused at start, and an error that
+    quotes the key is redacted."""
+    seen = []
+
+    def engine(request):
+        seen.append(request.headers.get("x-api-key"))
+        raise httpx2.ConnectError(f"refused with {request.headers['authorization']}")
+
+    svc = MessagesService("http://engine.invalid", backend_api_key="sk-BACKEND-SECRET\n")
+    svc.client = httpx2.AsyncClient(transport=httpx2.MockTransport(engine), headers=svc.client.headers)
+    with pytest.raises(ApiError) as e:
+        asyncio.run(svc.create(dict(REQ), MessagesRequest.model_validate(REQ)))
+    assert seen == ["sk-BACKEND-SECRET"] and e.value.status == 502
+    assert "SECRET" not in repr(e.value.body) and "[backend key]" in e.value.body["error"]["message"]
+    with pytest.raises(ValueError, match="cannot carry"):
+        MessagesService("http://engine.invalid", backend_api_key="sk-BACKEND SECRET")

@@ -37,8 +37,13 @@ class MessagesService:
         self.base = backend.rstrip("/").removesuffix("/v1")
         self.model = model
         self.timeout_s = timeout_s
-        headers = {"x-api-key": backend_api_key, "Authorization": f"Bearer {backend_api_key}"} \
-            if backend_api_key else {}
+        # an env file's trailing newline is not part of the key; a key a header cannot carry is refused here, once
+        # (h11 would refuse it per request with the key in its message, which _unreachable sends to the client)
+        self._key = (backend_api_key or "").strip()
+        if self._key and not all(0x21 <= ord(ch) <= 0x7E for ch in self._key):
+            raise ValueError("the backend API key has spaces, control or non-ASCII characters (a pasted line "
+                             "break?), which an HTTP header cannot carry")
+        headers = {"x-api-key": self._key, "Authorization": f"Bearer {self._key}"} if self._key else {}
         self.client = httpx2.AsyncClient(
             timeout=httpx2.Timeout(connect=10.0, read=idle_timeout_s, write=60.0, pool=None), headers=headers)
 
@@ -46,7 +51,8 @@ class MessagesService:
         await self.client.aclose()
 
     def _unreachable(self, e: Exception) -> ApiError:
-        return ApiError.of(502, "api_error", f"engine {self.base} unreachable: {e}")
+        why = str(e).replace(self._key, "[backend key]") if self._key else str(e)  # never the key to a client
+        return ApiError.of(502, "api_error", f"engine {self.base} unreachable: {why[:300]}")
 
     async def _post(self, path: str, body: dict, **kw) -> httpx2.Response:
         try:
