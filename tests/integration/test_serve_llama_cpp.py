@@ -198,3 +198,35 @@ def test_cli_prints_the_vllm_command_when_vllm_is_missing(tmp_path):
         "--tensor-parallel-size 1 --max-model-len 32768 --reasoning-parser qwen3 --enable-auto-tool-choice "
         "--tool-call-parser qwen3_xml --speculative-config '{\"method\":\"mtp\",\"num_speculative_tokens\":3}'")
     assert "vllm is not installed here" in out.stderr
+
+
+def test_stage_serves_images_for_a_vision_language_model(tmp_path, mlflow_uri, mlflow_experiment):
+    # the default tiny model has Qwen3.6's vision tower: the stage converts its projector and passes --mmproj, so an
+    # image request reaches the model (its image tokens show in the prompt count)
+    from cardforge.core.config.compose import compose
+    from cardforge.quant.load_check import ask_image, tiny_png
+    from cardforge.serve.stage import run
+
+    cfg = compose("serve", ["serve.keep_running=false", "serve.threads=2", "serve.mtp.enabled=false",
+                            f"paths.outputs={tmp_path}", f"logger.experiment_name={mlflow_experiment}"])
+    assert cfg.model.name == "tiny-qwen36-vl-mtp"
+    result = run(cfg)
+    i = result.command.index("--mmproj")
+    mmproj = Path(result.command[i + 1])
+    assert mmproj.is_file() and mmproj.name.startswith("mmproj-") and mmproj.parent == tmp_path / "serve"
+    with llama_server(result.command[result.command.index("-m") + 1], {**SERVE, "mmproj": str(mmproj)}) as srv:
+        with_image, text_only = ask_image(srv.base_url, tiny_png()), ask_image(srv.base_url, None)
+    assert with_image["usage"]["prompt_tokens"] > text_only["usage"]["prompt_tokens"]
+
+
+def test_a_gguf_is_served_with_the_projector_beside_it(tmp_path):
+    from cardforge.core.config.compose import compose
+    from cardforge.serve.stage import resolve_mmproj
+
+    text = tmp_path / "model-Q4_K_M.gguf"
+    text.write_bytes(b"GGUF")
+    cfg = compose("serve", [f"serve.model_path={text}"])
+    assert resolve_mmproj(cfg, text) is None  # a text-only release: no --mmproj
+    (tmp_path / "mmproj-model-BF16.gguf").write_bytes(b"GGUF")
+    assert resolve_mmproj(cfg, text) == tmp_path / "mmproj-model-BF16.gguf"
+    assert resolve_mmproj(compose("serve", [f"serve.model_path={text}", "serve.mmproj=null"]), text) is None

@@ -129,6 +129,50 @@ def resolve_gguf(cfg: DictConfig) -> Path:
     return out
 
 
+def has_vision_tower(model_dir: str | Path) -> bool:
+    """An HF checkpoint whose config.json carries a vision tower (Qwen3.5/3.6's unified VL layout)."""
+    cfg_file = Path(model_dir) / "config.json"
+    try:
+        return bool(json.loads(cfg_file.read_text()).get("vision_config"))
+    except (OSError, ValueError):
+        return False
+
+
+def resolve_mmproj(cfg: DictConfig, gguf: Path) -> Path | None:
+    """The vision projector llama-server needs for image requests (`--mmproj`), or None for a text-only model.
+
+    serve.mmproj: a path (checked), null (text only) or auto: for a GGUF passed as serve.model_path, the
+    `mmproj-*.gguf` beside it (where the quant stage writes it, llama.cpp's naming convention); for an HF dir
+    with a vision tower (converted here to GGUF), its projector, converted once beside the text GGUF."""
+    choice = option(cfg.serve, "mmproj", "auto")
+    if choice is None or str(choice).lower() in {"null", "none", "off", "false"}:
+        return None
+    if str(choice) != "auto":
+        from cardforge.core.io import check_gguf
+
+        return check_gguf(choice, "serve.mmproj")
+    src = option(cfg.serve, "model_path")
+    if src and str(src).endswith(".gguf"):
+        found = sorted(p for p in Path(src).parent.glob("mmproj*.gguf") if p.is_file())
+        if len(found) > 1:
+            _say(f"several vision projectors beside {Path(src).name}: using {found[0].name}")
+        return found[0] if found else None
+    model_dir = src or (None if cfg.model.embedded else cfg.model.path)
+    if model_dir is None:
+        from cardforge.core.models import prepare
+
+        model_dir = prepare(cfg.model.name)
+    if not has_vision_tower(model_dir):
+        return None
+    from cardforge.core.llama_cpp import convert_hf_to_gguf
+
+    out = gguf.parent / f"mmproj-{Path(model_dir).name}-BF16.gguf"
+    if not out.is_file():
+        _say(f"converting the vision projector of {model_dir} -> {out} (once)")
+        convert_hf_to_gguf(model_dir, out, outtype="bf16", extra_args=["--mmproj"])
+    return out
+
+
 def _wait_for_interrupt() -> None:
     """Block until Ctrl-C or SIGTERM; both end in a clean stop (the callers' finally blocks run)."""
     if threading.current_thread() is threading.main_thread():
@@ -166,6 +210,8 @@ def _run_llama_cpp(cfg: DictConfig, result: ServeResult) -> ServeResult:
     out_dir = Outputs(cfg).serve.dir
     gguf = resolve_gguf(cfg)
     serve = serve_options(cfg)
+    mmproj = resolve_mmproj(cfg, gguf)
+    serve["mmproj"] = str(mmproj) if mmproj is not None else None
     log_path = out_dir / "llama-server.log"
     log_path.unlink(missing_ok=True)
     with contextlib.ExitStack() as stack:

@@ -24,6 +24,9 @@ def llama_server_command(model: str | Path, serve: Any, *, host: str = "127.0.0.
            "-c", str(option(serve, "ctx_size", 4096)),
            "--metrics",  # /metrics carries the spec-decode counters the eval stage reads
            "--no-webui"]
+    mmproj = option(serve, "mmproj", None)  # a path (the serve stage resolves serve.mmproj=auto to one, or None)
+    if mmproj and str(mmproj) != "auto":  # the vision projector of a VL model: image requests reach the model
+        cmd += ["--mmproj", str(mmproj)]
     threads = int(option(serve, "threads", 0) or 0)
     if threads > 0:  # 0 leaves the choice to llama.cpp (all physical cores)
         cmd += ["-t", str(threads)]

@@ -54,6 +54,7 @@ class ServeConfig:
     max_model_len: int = MISSING
     startup_timeout_s: float = MISSING
     model_path: Optional[str] = MISSING
+    mmproj: Optional[str] = MISSING
     quantization: Optional[str] = MISSING
     keep_running: bool = MISSING
     anthropic: AnthropicServeConfig = MISSING
