@@ -68,6 +68,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+# weight files in any format: a derived checkpoint (merged, FP8, NVFP4) carries the non-weight files of its source
+# byte for byte, never these (a base's pytorch_model.bin next to the merged safetensors would be the UN-merged
+# model, shipped by release as part of the distilled repo)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".npz")
+
+
+def is_weight_file(path: str | os.PathLike) -> bool:
+    return Path(path).name.lower().endswith(WEIGHT_SUFFIXES)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cardforge.core.errors import UserError
-from cardforge.core.io import atomic_write_json
+from cardforge.core.io import atomic_write_json, is_weight_file
 
 INDEX = "model.safetensors.index.json"
 # Every file of the source travels with the weights unchanged (tokenizer, chat template, generation defaults,
@@ -90,7 +90,7 @@ class ShardWriter:
 
 def side_files(src: Path) -> list[Path]:
     """The non-weight files of a checkpoint dir that a derived checkpoint carries byte for byte."""
-    return sorted(p for p in Path(src).iterdir() if p.is_file() and p.suffix != ".safetensors"
+    return sorted(p for p in Path(src).iterdir() if p.is_file() and not is_weight_file(p)
                   and p.name not in NOT_SIDE_FILES and not p.name.startswith(("mtp_manifest", ".")))
 
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from cardforge.core import tracking
 from cardforge.core.artifacts import Outputs
-from cardforge.core.io import atomic_dir, atomic_write_json
+from cardforge.core.io import atomic_dir, atomic_write_json, is_weight_file
 from cardforge.core.models import MANIFEST, mtp
 
 log = logging.getLogger("cardforge.merge")
@@ -123,7 +123,7 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
     targets = {checkpoint_key(mod, set(shard_of)): ab for mod, ab in deltas.items()}
     with atomic_dir(out_dir) as tmp:
         for f in sorted(p for p in base_dir.iterdir() if p.is_file()):
-            if f.name == MANIFEST or f.suffix == ".safetensors":
+            if f.name == MANIFEST or is_weight_file(f):  # the merge writes the weights; no other format travels
                 continue
             shutil.copyfile(f, tmp / f.name)  # config, index, tokenizer, template, processor configs
         for shard in sorted(set(shard_of.values())):
