@@ -20,7 +20,7 @@ from cardforge.core.config.compose import compose
 from cardforge.core.llama_cpp import gguf_header
 from cardforge.core.models.mtp import mtp_manifest
 from cardforge.quant import lineage, nvfp4
-from cardforge.quant.stage import run
+from cardforge.quant.stage import QuantResult, run
 
 
 def calibration_text(path: Path) -> Path:
@@ -41,7 +41,8 @@ def quant_run(tiny_vl_model_dir, tmp_path_factory, _mlflow_store):
         t0 = time.perf_counter()
         result = run(cfg)
         seconds = time.perf_counter() - t0
-    return cfg, result, Path(tmp) / "quant", seconds
+    assert isinstance(result, QuantResult)
+    return cfg, result.files, Path(tmp) / "quant", seconds
 
 
 def test_gguf_tiers_named_like_the_card_with_mtp(quant_run):

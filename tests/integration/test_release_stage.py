@@ -155,13 +155,13 @@ def test_layout_is_the_cards_repositories(released, files):
     assert f"pipeline run `{released.ids['parent']}` (quant run `{released.ids['quant']}`)" in readme
     assert "The native MTP head is kept in BF16 and checked bit-exact" in readme
     assert "The vision tower (`model.visual.*`) stays BF16" in readme
-    assert released.result["skipped"] == {}
+    assert released.result.skipped == {}
     assert not list(out.parent.glob(".release.*"))  # the temporary assembly dir was renamed, nothing left
 
 
 def test_manifest_matches_the_files_sizes_sha256_runs_and_links(released):
     man, out, ids = released.man, released.out, released.ids
-    rid = released.result["run_id"]
+    rid = released.result.run_id
     assert man["parent_run_id"] == ids["parent"] and man["release_run_id"] == rid
     assert man["license"] == "apache-2.0" and man["attribution"][0]["name"] == "ReAct"
     for key, repo in man["repos"].items():
@@ -205,7 +205,7 @@ def test_manifest_records_the_llama_cpp_release_of_every_gguf(released):
 
 
 def test_release_run_nests_under_the_pipeline_and_logs_the_manifest(released):
-    run = released.client.get_run(released.result["run_id"])
+    run = released.client.get_run(released.result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == released.ids["parent"]
     assert run.data.tags["cardforge.stage"] == "release"
@@ -217,7 +217,7 @@ def test_release_run_nests_under_the_pipeline_and_logs_the_manifest(released):
 
 
 def test_upload_commands_are_printed_not_run(released):
-    out, cmds = released.out, released.result["upload"]
+    out, cmds = released.out, released.result.upload
     assert cmds[0] == (f"hf upload acme/tiny-qwen36-vl-mtp-Distill {out}/main . --repo-type model --commit-message "
                        f"'tiny-qwen36-vl-mtp-Distill: cardforge release of pipeline run {released.ids['parent'][:8]}'")
     assert cmds[1].startswith(f"modelscope upload acme-ms/Tiny-Distill {out}/main --repo-type model")
@@ -235,7 +235,7 @@ def test_rerun_replaces_the_release_and_hashes_only_new_inodes(mlflow_uri, relea
     monkeypatch.setattr(release, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
     again = release.run(released.cfg)
     man = json.loads((released.out / "manifest.json").read_text())
-    assert again["run_id"] != released.result["run_id"] and man["release_run_id"] == again["run_id"]
+    assert again.run_id != released.result.run_id and man["release_run_id"] == again.run_id
     strip = lambda m: {k: [(e["path"], e["sha256"], e["bytes"]) for e in r["files"]] for k, r in m["repos"].items()}  # noqa: E731
     assert strip(man) == strip(before)
     # hard links keep their inode: only the files written afresh (card files, READMEs) are hashed again
@@ -257,7 +257,7 @@ def test_dry_run_lists_and_writes_nothing(mlflow_uri, released, capsys):
     assert "(dry run: nothing written)" in text and f"gguf/{NAME}-MTP-Q8_0.gguf" in text
     assert "w4a4/hf_quant_config.json" in text and "MTP lineage: 5 checks passed on the source files" in text
     assert f"hf upload acme/tiny-qwen36-vl-mtp-Distill {out}/main . --repo-type model" in text
-    assert result["repos"]["main"] == [e["path"] for e in released.man["repos"]["main"]["files"]]
+    assert result.repos["main"] == [e["path"] for e in released.man["repos"]["main"]["files"]]
 
 
 def test_repositories_whose_format_was_not_produced_are_skipped(mlflow_uri, files, released, capsys):
@@ -266,9 +266,9 @@ def test_repositories_whose_format_was_not_produced_are_skipped(mlflow_uri, file
     ids = log_pipeline(cfg, files.merged, gguf_only, files.head, released.tmp / "work-gguf-only")
     result = release.run(cfg)
     q = ids["quant"][:8]
-    assert result["skipped"] == {"fp8": f"quant run {q} produced no FP8-block128 (format=gguf)",
+    assert result.skipped == {"fp8": f"quant run {q} produced no FP8-block128 (format=gguf)",
                                  "nvfp4": f"quant run {q} produced no NVFP4-W4A16 / NVFP4-W4A4 (format=gguf)"}
-    assert list(result["repos"]) == ["main"] and len(result["upload"]) == 2
+    assert list(result.repos) == ["main"] and len(result.upload) == 2
     text = capsys.readouterr().out
     assert f"fp8    SKIPPED: quant run {q} produced no FP8-block128 (format=gguf)" in text
 
@@ -276,7 +276,7 @@ def test_repositories_whose_format_was_not_produced_are_skipped(mlflow_uri, file
 def test_gguf_names_license_and_stale_outputs(mlflow_uri, files, released, capsys):
     dry = ("release.dry_run=true", f"release.parent_run_id={released.ids['parent']}")
     res = release.run(_cfg("t-release", released.tmp / "n", *dry, "release.gguf_name=Qwen3.6-27B-DSV4Pro-Distill"))
-    assert [p for p in res["repos"]["main"] if p.startswith("gguf/")] == [
+    assert [p for p in res.repos["main"] if p.startswith("gguf/")] == [
         "gguf/Qwen3.6-27B-DSV4Pro-Distill-MTP-Q8_0.gguf", "gguf/mmproj-Qwen3.6-27B-DSV4Pro-Distill-BF16.gguf"]
     with pytest.raises(UserError, match=r"release\.license=mit but the card run \w{8} says license: apache-2\.0"):
         release.run(_cfg("t-release", released.tmp / "n", *dry, "release.license=mit"))

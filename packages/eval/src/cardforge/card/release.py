@@ -214,7 +214,8 @@ def _readme(plan: Plan, repo: Repo, main: Repo, what: str) -> bytes:
     return ("\n".join(lines).rstrip() + "\n").encode()
 
 
-def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
+def pipeline_runs(cfg: DictConfig, client) -> tuple[Any, dict[str, StageRun]]:
+    """The pipeline parent and its merge, (mtp), quant and card runs; a missing one is one error line."""
     parent = find_parent(cfg, client)
     runs = {s: r for s, r in stage_runs(cfg, parent, client).items() if s in ("merge", "mtp", "quant")}
     card = card_run(client, parent)
@@ -224,14 +225,21 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
             raise UserError(f"pipeline run {pid} has no finished {stage} run: run `make reproduce "
                             f"EXP={cfg.experiment}` (or `make {stage}`) first, or set release.parent_run_id")
     runs["card"] = card
-    merge, quant = runs["merge"], runs["quant"]
+    return parent, runs
+
+
+def quant_results(cfg: DictConfig, quant: StageRun, tmp: Path) -> dict:
+    """The quant run's quant_results.json (as it logged it), which must list files."""
     qres = _json(_artifact(cfg, quant, QuantOutputs.RESULTS_ARTIFACT, tmp))
     if not qres.get("files"):
         raise UserError(f"quant run {quant.run_id[:8]} logged no quant/quant_results.json with files: rerun the quant stage")
-    files: dict[str, dict] = qres["files"]
+    return qres
 
-    # the head every file must carry: the one in the checkpoint the quant run quantized (merge's grafted head,
-    # or the mtp stage's retrained one), else the merge run's record of the base head
+
+def expected_head(cfg: DictConfig, runs: dict[str, StageRun], qres: dict, tmp: Path) -> dict:
+    """The MTP head every file must carry: the one in the checkpoint the quant run quantized (merge's grafted
+    head, or the mtp stage's retrained one), else the merge run's record of the base head."""
+    merge, quant = runs["merge"], runs["quant"]
     expected = qres.get("mtp_manifest") or _json(_artifact(cfg, merge, MergeOutputs.BASE_MANIFEST_ARTIFACT, tmp)) or {}
     if "tensors" not in expected:
         if merge.params.get("model.has_mtp") == "False" or quant.tags.get("quant.mtp_head") == "False":
@@ -239,14 +247,11 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
         else:
             raise UserError(f"neither merge run {merge.run_id[:8]} nor quant run {quant.run_id[:8]} recorded an MTP "
                             "manifest: the lineage check has nothing to compare with; rerun the merge and quant stages")
-    lic = cfg.release.license or cfg.card.license
-    attr = OmegaConf.to_container(cfg.release.attribution or cfg.card.attribution, resolve=True)
-    name = cfg.release.name or cfg.card.title
-    plan = Plan(parent=StageRun.from_run(parent), runs=runs, repos=[], skipped={}, expected_mtp=expected,
-                license=str(lic), attribution=attr, gguf_llama_cpp=gguf_llama_cpp(qres, quant))
+    return expected
 
-    # main: the card (README + plots), the merged BF16 checkpoint, gguf/
-    main = Repo("main", name, *_repo_ids(cfg, "main", name))
+
+def add_card(cfg: DictConfig, main: Repo, plan: Plan, card: StageRun, tmp: Path) -> None:
+    """main/: the card run's `card/` artifacts (README + plots), its license the release's."""
     card_dir = _artifact(cfg, card, CardOutputs.ARTIFACT, tmp)
     readme = card_dir / "README.md" if card_dir else None
     if readme is None or not readme.is_file():
@@ -258,11 +263,16 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
     for f in _files(card_dir):
         if f.name != "card.json":  # the card's own run bookkeeping; manifest.json says the same
             main.items.append(Item(f.relative_to(card_dir).as_posix(), "card", card.run_id, data=f.read_bytes()))
+
+
+def add_checkpoint(cfg: DictConfig, main: Repo, plan: Plan, qres: dict, tmp: Path) -> Path:
+    """main/: the merged BF16 checkpoint (or the mtp stage's, with the retrained head, when the quant run
+    quantized that one), with its tokenizer and chat template; returns its directory."""
+    merge, mtp_run = plan.runs["merge"], plan.runs.get("mtp")
     merged_dir = Path(_json(_artifact(cfg, merge, MergeOutputs.RESULT_ARTIFACT, tmp)).get("model_dir")
                       or Outputs(cfg).merge.model)
     model_dir, producer = merged_dir, merge
     source = qres.get("source")
-    mtp_run = runs.get("mtp")
     if mtp_run is not None and source and Path(source).is_dir() and Path(source).resolve() != merged_dir.resolve():
         model_dir, producer = Path(source), mtp_run  # the merged checkpoint with the retrained MTP head
         plan.notes.append(f"main/: the checkpoint with the MTP head retrained by mtp run {mtp_run.run_id[:8]}")
@@ -283,8 +293,12 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
     main.checks.append(("safetensors", ""))
     if source and Path(source).resolve() != model_dir.resolve():
         plan.notes.append(f"the quant run quantized {source}, not the merge output {model_dir}")
+    return model_dir
 
-    prefix = cfg.release.gguf_name
+
+def add_ggufs(cfg: DictConfig, main: Repo, plan: Plan, qres: dict, vision: bool) -> None:
+    """main/gguf/: the shipped tiers (shipped_tiers), named like the card, and the vision projector."""
+    quant, prefix = plan.runs["quant"], cfg.release.gguf_name
     ggufs = QuantResults.from_dict(qres).ggufs()
     if not ggufs:
         main.notes.append(f"gguf/: no GGUF produced by quant run {quant.run_id[:8]} ({_why_not(quant, 'gguf')})")
@@ -298,7 +312,6 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
         fname = src.name if not prefix else f"{prefix}{'-MTP' if '-MTP-' in src.name else ''}-{Tier.parse(key).key}.gguf"
         main.items.append(Item(f"gguf/{fname}", "quant", quant.run_id, source=src))
         main.checks.append(("gguf", f"gguf/{fname}"))
-    vision = _has_vision(model_dir)
     if vision and ggufs:
         mmproj = (qres.get("mmproj") or {}).get("path")
         if not mmproj or not Path(mmproj).is_file():
@@ -312,38 +325,47 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
             plan.notes.append(f"gguf/{fname}: the vision projector (llama-server -m <tier>.gguf --mmproj {fname})"
                               + ("; quant run answered an image request with it" if qres["mmproj"].get("vision_ok")
                                  else ""))
-    plan.repos.append(main)
 
-    # FP8 and NVFP4: the quant stage's checkpoint dirs, each a repository of its own
-    def checkpoint(repo: Repo, key: str, sub: str) -> bool:
-        info = files.get(key)
-        if info is None or not Path(info["path"]).is_dir():
-            return False
-        d = Path(info["path"])
-        _recorded_size(key, info, sum(p.stat().st_size for p in d.rglob("*") if p.is_file()), quant)
-        taken = {i.dest for i in repo.items}
-        for f in _files(d):
-            if (dest := f"{sub}{f.relative_to(d).as_posix()}") not in taken:  # the repo's README wins
-                repo.items.append(Item(dest, "quant", quant.run_id, source=f))
-        repo.checks.append(("safetensors", sub.rstrip("/")))
-        return True
 
-    for key, fmt, tiers, what in (
-        ("fp8", "fp8", [("FP8-block128", "")],
-         "FP8 block-128 of the distilled model, as vLLM / SGLang load it: e4m3 weights with one `weight_scale_inv` "
-         "per 128x128 block, dynamic activation scales; embeddings, `lm_head`, norms, `conv1d`, GDN `in_proj_a/b` "
-         "and the MTP head (if any) in BF16."),
-        ("nvfp4", "nvfp4", [("NVFP4-W4A16", ""), ("NVFP4-W4A4", "w4a4/")],
-         "NVFP4 (ModelOpt checkpoint layout) of the distilled model for vLLM / SGLang. **W4A16** at the root: the "
-         "MLP projections in FP4 (quality first). **W4A4** in `w4a4/`: MLP, attention and GDN projections, "
-         "activations too (speed / memory first); `conv1d` in BF16."),
-    ):
+# the safetensors repositories: (repo key, quant format, [(quant_results key, folder in the repo)], README text)
+CHECKPOINT_REPOS = (
+    ("fp8", "fp8", [("FP8-block128", "")],
+     "FP8 block-128 of the distilled model, as vLLM / SGLang load it: e4m3 weights with one `weight_scale_inv` "
+     "per 128x128 block, dynamic activation scales; embeddings, `lm_head`, norms, `conv1d`, GDN `in_proj_a/b` "
+     "and the MTP head (if any) in BF16."),
+    ("nvfp4", "nvfp4", [("NVFP4-W4A16", ""), ("NVFP4-W4A4", "w4a4/")],
+     "NVFP4 (ModelOpt checkpoint layout) of the distilled model for vLLM / SGLang. **W4A16** at the root: the "
+     "MLP projections in FP4 (quality first). **W4A4** in `w4a4/`: MLP, attention and GDN projections, "
+     "activations too (speed / memory first); `conv1d` in BF16."),
+)
+
+
+def _add_quant_dir(repo: Repo, quant: StageRun, files: dict[str, dict], key: str, sub: str) -> bool:
+    """One quant checkpoint dir (quant_results key `key`) into `repo` under `sub`; False if not produced."""
+    info = files.get(key)
+    if info is None or not Path(info["path"]).is_dir():
+        return False
+    d = Path(info["path"])
+    _recorded_size(key, info, sum(p.stat().st_size for p in d.rglob("*") if p.is_file()), quant)
+    taken = {i.dest for i in repo.items}
+    for f in _files(d):
+        if (dest := f"{sub}{f.relative_to(d).as_posix()}") not in taken:  # the repo's README wins
+            repo.items.append(Item(dest, "quant", quant.run_id, source=f))
+    repo.checks.append(("safetensors", sub.rstrip("/")))
+    return True
+
+
+def add_checkpoint_repos(cfg: DictConfig, plan: Plan, main: Repo, name: str, files: dict[str, dict],
+                         vision: bool) -> None:
+    """FP8 and NVFP4: the quant stage's checkpoint dirs, each a repository of its own (or skipped, said why)."""
+    quant = plan.runs["quant"]
+    for key, fmt, tiers, what in CHECKPOINT_REPOS:
         rname = name + SUFFIX[key]
         repo = Repo(key, rname, *_repo_ids(cfg, key, rname))
         if vision:  # the card: "attention / Mamba / vision / embeddings / lm_head ... kept high-precision"
             what += " The vision tower (`model.visual.*`) stays BF16 and is listed as unquantized."
         repo.items.append(Item("README.md", "release", None, data=_readme(plan, repo, main, what)))
-        built = [k for k, sub in tiers if checkpoint(repo, k, sub)]
+        built = [k for k, sub in tiers if _add_quant_dir(repo, quant, files, k, sub)]
         if not built:
             plan.skipped[key] = (f"quant run {quant.run_id[:8]} produced no {' / '.join(k for k, _ in tiers)} "
                                  f"({_why_not(quant, fmt)})")
@@ -351,6 +373,25 @@ def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
         repo.notes += [f"{k} ({sub or 'root'}): not produced by quant run {quant.run_id[:8]}"
                        for k, sub in tiers if k not in built]
         plan.repos.append(repo)
+
+
+def plan_release(cfg: DictConfig, client, tmp: Path) -> Plan:
+    """What each repository holds, from the runs' records (never from the current config)."""
+    parent, runs = pipeline_runs(cfg, client)
+    qres = quant_results(cfg, runs["quant"], tmp)
+    lic = cfg.release.license or cfg.card.license
+    attr = OmegaConf.to_container(cfg.release.attribution or cfg.card.attribution, resolve=True)
+    name = cfg.release.name or cfg.card.title
+    plan = Plan(parent=StageRun.from_run(parent), runs=runs, repos=[], skipped={},
+                expected_mtp=expected_head(cfg, runs, qres, tmp), license=str(lic), attribution=attr,
+                gguf_llama_cpp=gguf_llama_cpp(qres, runs["quant"]))
+    main = Repo("main", name, *_repo_ids(cfg, "main", name))
+    add_card(cfg, main, plan, runs["card"], tmp)
+    model_dir = add_checkpoint(cfg, main, plan, qres, tmp)
+    vision = _has_vision(model_dir)
+    add_ggufs(cfg, main, plan, qres, vision)
+    plan.repos.append(main)
+    add_checkpoint_repos(cfg, plan, main, name, qres["files"], vision)
     return plan
 
 
@@ -496,8 +537,101 @@ def _summary(plan: Plan, out_dir: Path, dry: bool) -> None:
         print(f"  note: {n}")
 
 
-def run(cfg: DictConfig) -> dict:
+@dataclass
+class ReleaseResult:
+    dry_run: bool
+    out_dir: str
+    parent_run_id: str
+    skipped: dict[str, str]  # repo key -> why it is not released
+    upload: list[str]  # the upload commands (printed, never run)
+    run_id: str | None = None  # the release run (none in a dry run)
+    manifest: str | None = None  # manifest.json (none in a dry run)
+    hardlinks: int = 0
+    copies: int = 0
+    repos: dict[str, list[str]] = field(default_factory=dict)  # dry run: what each repository would hold
+    lineage: list[dict] = field(default_factory=list)  # dry run: the MTP checks passed on the source files
+
+
+def dry_run(plan: Plan, out_dir: Path, commands: list[str]) -> ReleaseResult:
+    """release.dry_run=true: the lineage check on the source files and what would be uploaded; writes nothing."""
+    lineage = check_lineage(plan, _source_root)
+    _summary(plan, out_dir, dry=True)
+    print(f"MTP lineage: {len(lineage)} checks passed on the source files")
+    print("upload commands (printed, not run; the folders exist after `make release`):")
+    print("\n".join(f"  {c}" for c in commands))
+    return ReleaseResult(True, str(out_dir), plan.parent.run_id, plan.skipped, commands,
+                         repos={r.key: [i.dest for i in r.items] for r in plan.repos}, lineage=lineage)
+
+
+@dataclass
+class Assembled:
+    how: dict[tuple[str, str], str]  # (repo key, dest) -> hardlink | copy | written
+    lineage: list[dict]
+    manifest: dict
+
+
+def assemble(cfg: DictConfig, plan: Plan, root: Path, out_dir: Path, mode: str, rid: str, commands: list[str],
+             cache: dict) -> Assembled:
+    """Into `root` (the temporary sibling of out_dir): every item placed, the MTP lineage checked, every file
+    hashed; manifest.json / manifest.md / upload_commands.sh and the sha256 cache written."""
+    _log(f"assembling {sum(len(r.items) for r in plan.repos)} files in {root} ({mode})")
+    how: dict[tuple[str, str], str] = {}
+    for repo in plan.repos:
+        for item in repo.items:
+            if item.stage == "release":
+                item.run_id = rid
+            how[repo.key, item.dest] = place(item, root / repo.key / item.dest, mode)
+    lineage = check_lineage(plan, lambda repo, dest: root / repo.key / dest)
+    paths = [root / repo.key / i.dest for repo in plan.repos for i in repo.items]
+    _log(f"MTP lineage: {len(lineage)} checks passed; sha256 of {len(paths)} files")
+    digests = hash_files(paths, cache)
+    checked = {(c["repo"], c["path"]): c["mtp_check"] for c in lineage}
+    man: dict[str, Any] = {
+        "parent_run_id": plan.parent.run_id, "release_run_id": rid, "experiment": str(cfg.experiment),
+        "runs": {s: {"run_id": r.run_id, "reused": r.reused} for s, r in plan.runs.items()},
+        "license": plan.license, "attribution": plan.attribution, "link": mode,
+        "repos": {}, "skipped": plan.skipped, "notes": plan.notes, "lineage": lineage, "upload": commands}
+    for repo in plan.repos:
+        entries = []
+        for i in repo.items:
+            p = root / repo.key / i.dest
+            unit = i.dest if i.dest.endswith(".gguf") else (i.dest.rpartition("/")[0] or ".")
+            entries.append({"path": i.dest, **_gb(p.stat().st_size), "sha256": digests[p],
+                            "stage": i.stage, "run_id": i.run_id, "link": how[repo.key, i.dest],
+                            "source": str(i.source) if i.source else None,
+                            "mtp_check": checked.get((repo.key, unit))
+                            if i.dest.endswith((".safetensors", ".gguf")) else None,
+                            **({"llama_cpp": plan.gguf_llama_cpp}
+                               if i.dest.endswith(".gguf") else {})})
+        man["repos"][repo.key] = {"name": repo.name, "hf": repo.hf, "modelscope": repo.modelscope,
+                                  "dir": str(out_dir / repo.key), "files": entries,
+                                  **_gb(sum(e["bytes"] for e in entries)), "not_produced": repo.notes}
+    atomic_write_json(root / "manifest.json", man)
+    atomic_write_text(root / "manifest.md", manifest_md(man))
+    atomic_write_text(root / "upload_commands.sh", "# printed by `cardforge release`, not run by it\n"
+                      + "\n".join(commands) + "\n")
+    live = {_stat_key(p) for p in paths}
+    atomic_write_json(root / CACHE, {k: v for k, v in cache.items() if k in live})
+    return Assembled(how, lineage, man)
+
+
+def log_release(plan: Plan, out_dir: Path, done: Assembled) -> None:
     import mlflow
+
+    for name in ("manifest.json", "manifest.md", "upload_commands.sh"):
+        mlflow.log_artifact(str(out_dir / name), "release")
+    how = done.how
+    mlflow.set_tags({"release.parent_run_id": plan.parent.run_id,
+                     "release.repos": ",".join(r.key for r in plan.repos),
+                     "release.skipped": ",".join(plan.skipped), "release.out_dir": str(out_dir)})
+    mlflow.log_metrics({"release.files": float(len(how)),
+                        "release.hardlinks": float(sum(v == "hardlink" for v in how.values())),
+                        "release.copies": float(sum(v == "copy" for v in how.values())),
+                        **{f"release.{k}.{u}": float(v[u]) for k, v in done.manifest["repos"].items()
+                           for u in ("GB", "GiB")}})
+
+
+def run(cfg: DictConfig) -> ReleaseResult:
     from mlflow import MlflowClient
 
     t0 = time.perf_counter()
@@ -507,14 +641,7 @@ def run(cfg: DictConfig) -> dict:
         plan = plan_release(cfg, client, Path(tmp))
     commands = upload_commands(plan, out_dir, cfg.release.hf_cli)
     if cfg.release.dry_run:
-        lineage = check_lineage(plan, _source_root)
-        _summary(plan, out_dir, dry=True)
-        print(f"MTP lineage: {len(lineage)} checks passed on the source files")
-        print("upload commands (printed, not run; the folders exist after `make release`):")
-        print("\n".join(f"  {c}" for c in commands))
-        return {"dry_run": True, "out_dir": str(out_dir), "parent_run_id": plan.parent.run_id,
-                "repos": {r.key: [i.dest for i in r.items] for r in plan.repos}, "skipped": plan.skipped,
-                "lineage": lineage, "upload": commands}
+        return dry_run(plan, out_dir, commands)
 
     mode = cfg.release.link.value if hasattr(cfg.release.link, "value") else str(cfg.release.link)
     for old in out_dir.parent.glob(f".{out_dir.name}.*.tmp"):  # left by a killed release: links only
@@ -524,67 +651,21 @@ def run(cfg: DictConfig) -> dict:
     with tracking.stage_run(cfg, "release", parent_run_id=plan.parent.run_id) as active:
         rid = active.info.run_id
         with atomic_dir(out_dir) as root:
-            _log(f"assembling {sum(len(r.items) for r in plan.repos)} files in {root} ({mode})")
-            how: dict[tuple[str, str], str] = {}
-            for repo in plan.repos:
-                for item in repo.items:
-                    if item.stage == "release":
-                        item.run_id = rid
-                    how[repo.key, item.dest] = place(item, root / repo.key / item.dest, mode)
-            lineage = check_lineage(plan, lambda repo, dest: root / repo.key / dest)
-            paths = [root / repo.key / i.dest for repo in plan.repos for i in repo.items]
-            _log(f"MTP lineage: {len(lineage)} checks passed; sha256 of {len(paths)} files")
-            digests = hash_files(paths, cache)
-            checked = {(c["repo"], c["path"]): c["mtp_check"] for c in lineage}
-            man: dict[str, Any] = {
-                "parent_run_id": plan.parent.run_id, "release_run_id": rid, "experiment": str(cfg.experiment),
-                "runs": {s: {"run_id": r.run_id, "reused": r.reused} for s, r in plan.runs.items()},
-                "license": plan.license, "attribution": plan.attribution, "link": mode,
-                "repos": {}, "skipped": plan.skipped, "notes": plan.notes, "lineage": lineage, "upload": commands}
-            for repo in plan.repos:
-                entries = []
-                for i in repo.items:
-                    p = root / repo.key / i.dest
-                    unit = i.dest if i.dest.endswith(".gguf") else (i.dest.rpartition("/")[0] or ".")
-                    entries.append({"path": i.dest, **_gb(p.stat().st_size), "sha256": digests[p],
-                                    "stage": i.stage, "run_id": i.run_id, "link": how[repo.key, i.dest],
-                                    "source": str(i.source) if i.source else None,
-                                    "mtp_check": checked.get((repo.key, unit))
-                                    if i.dest.endswith((".safetensors", ".gguf")) else None,
-                                    **({"llama_cpp": plan.gguf_llama_cpp}
-                                       if i.dest.endswith(".gguf") else {})})
-                man["repos"][repo.key] = {"name": repo.name, "hf": repo.hf, "modelscope": repo.modelscope,
-                                          "dir": str(out_dir / repo.key), "files": entries,
-                                          **_gb(sum(e["bytes"] for e in entries)), "not_produced": repo.notes}
-            atomic_write_json(root / "manifest.json", man)
-            atomic_write_text(root / "manifest.md", manifest_md(man))
-            atomic_write_text(root / "upload_commands.sh", "# printed by `cardforge release`, not run by it\n"
-                              + "\n".join(commands) + "\n")
-            live = {_stat_key(p) for p in paths}
-            atomic_write_json(root / CACHE, {k: v for k, v in cache.items() if k in live})
-        for name in ("manifest.json", "manifest.md", "upload_commands.sh"):
-            mlflow.log_artifact(str(out_dir / name), "release")
-        links = sum(v == "hardlink" for v in how.values())
-        copies = sum(v == "copy" for v in how.values())
-        mlflow.set_tags({"release.parent_run_id": plan.parent.run_id,
-                         "release.repos": ",".join(r.key for r in plan.repos),
-                         "release.skipped": ",".join(plan.skipped), "release.out_dir": str(out_dir)})
-        mlflow.log_metrics({"release.files": float(len(how)), "release.hardlinks": float(links),
-                            "release.copies": float(copies),
-                            **{f"release.{k}.{u}": float(v[u]) for k, v in man["repos"].items()
-                               for u in ("GB", "GiB")}})
+            done = assemble(cfg, plan, root, out_dir, mode, rid, commands, cache)
+        log_release(plan, out_dir, done)
+    links = sum(v == "hardlink" for v in done.how.values())
+    copies = sum(v == "copy" for v in done.how.values())
     _summary(plan, out_dir, dry=False)
-    print(f"MTP lineage: {len(lineage)} checks passed ("
-          + ", ".join(f"{c['repo']}/{c['path']}: {c['mtp_check']}" for c in lineage) + ")")
+    print(f"MTP lineage: {len(done.lineage)} checks passed ("
+          + ", ".join(f"{c['repo']}/{c['path']}: {c['mtp_check']}" for c in done.lineage) + ")")
     print(f"files: {links} hard links, {copies} copies"
           + (" (another filesystem)" if copies and mode == "hardlink" else "")
-          + f", {len(how) - links - copies} written; manifest {out_dir / 'manifest.json'}; "
+          + f", {len(done.how) - links - copies} written; manifest {out_dir / 'manifest.json'}; "
           f"release run {rid[:8]}; {time.perf_counter() - t0:.1f} s")
     print("upload commands (printed, not run):")
     print("\n".join(f"  {c}" for c in commands))
-    return {"dry_run": False, "out_dir": str(out_dir), "parent_run_id": plan.parent.run_id, "run_id": rid,
-            "manifest": str(out_dir / "manifest.json"), "skipped": plan.skipped, "upload": commands,
-            "hardlinks": links, "copies": copies}
+    return ReleaseResult(False, str(out_dir), plan.parent.run_id, plan.skipped, commands, run_id=rid,
+                         manifest=str(out_dir / "manifest.json"), hardlinks=links, copies=copies)
 
 
 def main() -> None:

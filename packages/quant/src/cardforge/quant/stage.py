@@ -440,8 +440,24 @@ def disk_need(cfg: DictConfig, src: Path, fmts) -> int:
     return max(64 << 20, int(size * ratio) - existing)
 
 
-def run(cfg: DictConfig) -> dict:
-    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
+@dataclass
+class QuantResult:
+    """What the stage hands on (quant_results.json holds more: timings, sources, lineage)."""
+    # quant_results.json's "files" without wall seconds: a rerun's timing changes no fingerprint downstream
+    files: dict[str, dict]
+
+
+@dataclass
+class Inputs:
+    """What the stage reads, checked before anything is written (one line each when it is wrong)."""
+    src: Path  # the checkpoint to quantize
+    head: Head | None  # its MTP head (model.has_mtp)
+    base: tuple[Path, Head | None] | None  # the base checkpoint and its head, for quant.base_tiers
+    fmts: list[str]
+    calibration: list[Path]
+
+
+def check_inputs(cfg: DictConfig) -> Inputs:
     src = source_dir(cfg)
     shard_files(src)  # fails with one line if src is not a checkpoint
     read_config(src)
@@ -453,112 +469,161 @@ def run(cfg: DictConfig) -> dict:
         base = (bdir, base_head(cfg, bdir) if cfg.model.has_mtp else None)
     files = calibration_files(cfg)
     calibration.require(files)
-    out = Outputs(cfg).quant.dir
+    return Inputs(src, head, base, fmts, files)
+
+
+def prepare_output(cfg: DictConfig, inp: Inputs) -> Path:
+    """<outputs>/quant, after checking it can take what the stage will write (read-only or full: one line,
+    before hours of work)."""
     from cardforge.core.io import preflight_output
 
-    preflight_output(out, disk_need(cfg, src, fmts), stage="quant")  # read-only or full: one line, before hours
+    out = Outputs(cfg).quant.dir
+    preflight_output(out, disk_need(cfg, inp.src, inp.fmts), stage="quant")
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "gguf").mkdir(parents=True, exist_ok=True)
+    return out
 
-    threads = int(cfg.quant.threads or os.cpu_count() or 1)
-    slots = parallel_slots(src, threads)
-    step_threads = max(1, threads // slots)
-    texts: dict[str, Texts] = {}
 
-    def calib() -> list[str]:
-        return texts["t"].calib
+class Schedule:
+    """Every step of this run (calibration, the GGUF plan, FP8/NVFP4 tiers) and how many run side by side."""
 
-    def tok():
-        return texts["t"].tokenizer
+    def __init__(self, cfg: DictConfig, inp: Inputs, out: Path):
+        self.cfg, self.inp, self.out = cfg, inp, out
+        threads = int(cfg.quant.threads or os.cpu_count() or 1)
+        self.slots = parallel_slots(inp.src, threads)
+        self.step_threads = max(1, threads // self.slots)
+        self.texts: Texts | None = None  # set by the calibration step
+        self._torch_threads: int | None = None  # torch's own setting, restored after the steps
+        manifest = inp.head.manifest if inp.head else None
+        self.middle: list[Step] = []
+        if "fp8" in inp.fmts:  # after calibration: its imports of torch/transformers then happen in one thread
+            self.middle.append(Step("fp8", _safetensors_tier(cfg, "fp8", inp.src, out, self._calib, manifest),
+                                    ("calibration",), "fp8"))
+        if "nvfp4" in inp.fmts:
+            for t in cfg.quant.nvfp4:
+                self.middle.append(Step(f"nvfp4_{t.value}", _safetensors_tier(cfg, t.value, inp.src, out, self._calib,
+                                                                              manifest, self._tokenizer),
+                                        ("calibration",), "nvfp4"))
+        self.plan: GgufPlan | None = None
+        if "gguf" in inp.fmts:
+            from cardforge.quant.load_check import serve_options
 
-    torch_threads: list[int] = []
+            self.plan = GgufPlan(cfg, inp.src, out, inp.head, inp.base, self.step_threads,
+                                 serve_options(cfg, self.step_threads if self.slots > 1 else None))
+            self.steps = [Step("calibration", self._calibrate) if s.name == "calibration" else s
+                          for s in self.plan.steps(self.middle)]
+        else:
+            self.steps = [Step("calibration", self._calibrate), *self.middle]
 
-    def calibrate() -> None:
-        texts["t"] = calibration_step(cfg, src, out, files)()
-        if slots > 1:  # in-process torch work (FP8, NVFP4 calibration) shares the cores with the other steps
+    def _calib(self) -> list[str]:
+        return self.texts.calib
+
+    def _tokenizer(self):
+        return self.texts.tokenizer
+
+    def _calibrate(self) -> None:
+        self.texts = calibration_step(self.cfg, self.inp.src, self.out, self.inp.calibration)()
+        if self.slots > 1:  # in-process torch work (FP8, NVFP4 calibration) shares the cores with the other steps
             import torch
 
-            torch_threads.append(torch.get_num_threads())
-            torch.set_num_threads(step_threads)
+            self._torch_threads = torch.get_num_threads()
+            torch.set_num_threads(self.step_threads)
 
-    manifest = head.manifest if head else None
-    middle: list[Step] = []
-    if "fp8" in fmts:  # after calibration: its imports of torch/transformers then happen in one thread
-        middle.append(Step("fp8", _safetensors_tier(cfg, "fp8", src, out, calib, manifest), ("calibration",), "fp8"))
-    if "nvfp4" in fmts:
-        for t in cfg.quant.nvfp4:
-            middle.append(Step(f"nvfp4_{t.value}", _safetensors_tier(cfg, t.value, src, out, calib, manifest, tok),
-                               ("calibration",), "nvfp4"))
-    plan = None
-    if "gguf" in fmts:
-        from cardforge.quant.load_check import serve_options
+    def execute(self) -> Outcome:
+        from cardforge.core.progress import Progress
 
-        plan = GgufPlan(cfg, src, out, head, base, step_threads, serve_options(cfg, step_threads if slots > 1 else None))
-        steps = [Step("calibration", calibrate) if s.name == "calibration" else s for s in plan.steps(middle)]
-    else:
-        steps = [Step("calibration", calibrate), *middle]
-
-    with tracking.stage_run(cfg, "quant"):
-        origin = ("retrained" if (src / RETRAINED_MANIFEST).is_file() else "grafted") if head else "none"
-        mlflow.set_tags({"quant.source": str(src), "quant.mtp_head": str(bool(head and head.present)),
-                         "quant.mtp_head_origin": origin, "quant.mtp_head_sha256": (manifest or {}).get("shard_sha256") or "",
-                         "quant.mtp_manifest": head.origin if head else "none",
-                         "quant.parallel": f"{slots} steps x {step_threads} thread(s)"})
-        t_setup = time.perf_counter() - t_start
-        _log(f"{len(steps)} steps, {slots} at a time, {step_threads} thread(s) each")
+        _log(f"{len(self.steps)} steps, {self.slots} at a time, {self.step_threads} thread(s) each")
         try:
-            from cardforge.core.progress import Progress
-
-            bar = Progress(len(steps), "quant", "steps", every_s=0)
-            bar.start(f"{slots} at a time")
-            outcome = run_steps(steps, slots, on_done=lambda name, s: bar.step(note=f"{name} in {s:.1f} s"))
+            bar = Progress(len(self.steps), "quant", "steps", every_s=0)
+            bar.start(f"{self.slots} at a time")
+            return run_steps(self.steps, self.slots, on_done=lambda name, s: bar.step(note=f"{name} in {s:.1f} s"))
         finally:
-            if torch_threads:
+            if self._torch_threads is not None:
                 import torch
 
-                torch.set_num_threads(torch_threads[0])
-        results: dict[str, dict] = plan.collect(outcome) if plan else {}
-        mmproj = plan.vision_summary(outcome) if plan else None
-        for s in middle:
-            key, info = outcome.results[s.name]
+                torch.set_num_threads(self._torch_threads)
+
+    def collect(self, o: Outcome) -> tuple[dict[str, dict], dict | None]:
+        """quant_results.json's "files" (GGUF tiers, then FP8/NVFP4) and its "mmproj"."""
+        results: dict[str, dict] = self.plan.collect(o) if self.plan else {}
+        mmproj = self.plan.vision_summary(o) if self.plan else None
+        for s in self.middle:
+            key, info = o.results[s.name]
             results[key] = info
-        held_out = texts["t"].held_out
+        return results, mmproj
+
+
+def tag_source(inp: Inputs, sched: Schedule) -> None:
+    head, manifest = inp.head, inp.head.manifest if inp.head else None
+    origin = ("retrained" if (inp.src / RETRAINED_MANIFEST).is_file() else "grafted") if head else "none"
+    mlflow.set_tags({"quant.source": str(inp.src), "quant.mtp_head": str(bool(head and head.present)),
+                     "quant.mtp_head_origin": origin,
+                     "quant.mtp_head_sha256": (manifest or {}).get("shard_sha256") or "",
+                     "quant.mtp_manifest": head.origin if head else "none",
+                     "quant.parallel": f"{sched.slots} steps x {sched.step_threads} thread(s)"})
+
+
+def log_timings(sched: Schedule, o: Outcome, t_setup: float, total: float, cpu_start: float) -> tuple[dict, dict]:
+    """(quant_results.json's "timings", the MLflow metrics logged: per-step wall and CPU seconds, totals)."""
+    # CPU per step: the step's thread plus the llama.cpp processes it ran (the converter runs in
+    # cardforge.core, which does not report it, so the convert steps show their thread's share only)
+    timings = {name: {"start": round(t.start + t_setup, 2), "seconds": round(t.seconds, 2),
+                      "cpu_seconds": None if name.startswith("convert") else round(t.cpu, 2)}
+               for name, t in o.timings.items()}
+    metrics = {_metric(name): t.seconds for name, t in o.timings.items()}
+    metrics.update({f"quant.cpu.{name.replace(':', '_')}_s": t.cpu for name, t in o.timings.items()
+                    if not name.startswith("convert")})
+    metrics.update({_metric("setup"): t_setup, _metric("total"): total, "quant.time.cpu_s": _cpu_seconds() - cpu_start,
+                    "quant.parallel_slots": sched.slots})
+    for fmt in sched.inp.fmts:
+        metrics[f"quant.{fmt}.seconds"] = o.span(fmt, sched.steps)
+    mlflow.log_metrics(metrics)
+    return timings, metrics
+
+
+def write_results(sched: Schedule, o: Outcome, results: dict, mmproj: dict | None, timings: dict,
+                  total: float) -> None:
+    """quant_results.json and quant_table.md, written and logged with the per-file metrics."""
+    inp, held_out = sched.inp, sched.texts.held_out
+    for key, r in results.items():
+        for metric in ("GB", "GiB", "kld_mean", "kld_p99", "ppl", "same_top_p", "seconds"):
+            if metric in r:
+                mlflow.log_metric(f"{key}.{metric}", r[metric])
+    summary = {"source": str(inp.src), "llama_cpp": llama_cpp.release_info(), "files": results,
+               "kld_text": "held-out" if held_out else "calibration (too few texts to hold any out)",
+               "mtp_manifest": inp.head.manifest if inp.head else None,
+               "mtp_manifest_source": inp.head.origin if inp.head else None,
+               "base_mtp_manifest_source": inp.base[1].origin if inp.base and inp.base[1] else None,
+               "base_bf16": o.results.get("convert_base"),
+               "parallel": {"slots": sched.slots, "threads_per_step": sched.step_threads},
+               "mmproj": mmproj, "timings": timings, "total_seconds": round(total, 2)}
+    if mmproj:
+        mlflow.log_metrics({"mmproj.GB": mmproj["GB"], "mmproj.vision_ok": float(mmproj.get("vision_ok", False))})
+    written = QuantOutputs(sched.out)
+    atomic_write_json(written.results_file, summary)
+    atomic_write_text(written.table, table(results) + vision_line(mmproj))
+    mlflow.log_artifact(str(written.results_file), "quant")
+    mlflow.log_artifact(str(written.table), "quant")
+
+
+def run(cfg: DictConfig) -> QuantResult:
+    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
+    inp = check_inputs(cfg)
+    out = prepare_output(cfg, inp)
+    sched = Schedule(cfg, inp, out)  # an unknown tier fails here, before the MLflow run
+    with tracking.stage_run(cfg, "quant"):
+        tag_source(inp, sched)
+        t_setup = time.perf_counter() - t_start
+        outcome = sched.execute()
+        results, mmproj = sched.collect(outcome)
+        held_out = sched.texts.held_out
         mlflow.set_tag("quant.kld_on", "held-out text" if held_out else "calibration text (too few to hold out)")
-        if plan and plan.need_imatrix:
-            mlflow.log_artifact(str(plan.imatrix_file), "quant")
+        if sched.plan and sched.plan.need_imatrix:
+            mlflow.log_artifact(str(sched.plan.imatrix_file), "quant")
         total = time.perf_counter() - t_start
-        # CPU per step: the step's thread plus the llama.cpp processes it ran (the converter runs in
-        # cardforge.core, which does not report it, so the convert steps show their thread's share only)
-        timings = {name: {"start": round(t.start + t_setup, 2), "seconds": round(t.seconds, 2),
-                          "cpu_seconds": None if name.startswith("convert") else round(t.cpu, 2)}
-                   for name, t in outcome.timings.items()}
-        metrics = {_metric(name): t.seconds for name, t in outcome.timings.items()}
-        metrics.update({f"quant.cpu.{name.replace(':', '_')}_s": t.cpu for name, t in outcome.timings.items()
-                        if not name.startswith("convert")})
-        metrics.update({_metric("setup"): t_setup, _metric("total"): total, "quant.time.cpu_s": _cpu_seconds() - cpu_start,
-                        "quant.parallel_slots": slots})
-        for fmt in fmts:
-            metrics[f"quant.{fmt}.seconds"] = outcome.span(fmt, steps)
-        mlflow.log_metrics(metrics)
-        for key, r in results.items():
-            for metric in ("GB", "GiB", "kld_mean", "kld_p99", "ppl", "same_top_p", "seconds"):
-                if metric in r:
-                    mlflow.log_metric(f"{key}.{metric}", r[metric])
-        summary = {"source": str(src), "llama_cpp": llama_cpp.release_info(), "files": results,
-                   "kld_text": "held-out" if held_out else "calibration (too few texts to hold any out)",
-                   "mtp_manifest": manifest, "mtp_manifest_source": head.origin if head else None,
-                   "base_mtp_manifest_source": base[1].origin if base and base[1] else None,
-                   "base_bf16": outcome.results.get("convert_base"),
-                   "parallel": {"slots": slots, "threads_per_step": step_threads},
-                   "mmproj": mmproj, "timings": timings, "total_seconds": round(total, 2)}
-        if mmproj:
-            mlflow.log_metrics({"mmproj.GB": mmproj["GB"], "mmproj.vision_ok": float(mmproj.get("vision_ok", False))})
-        written = QuantOutputs(out)
-        atomic_write_json(written.results_file, summary)
-        atomic_write_text(written.table, table(results) + vision_line(mmproj))
-        mlflow.log_artifact(str(written.results_file), "quant")
-        mlflow.log_artifact(str(written.table), "quant")
+        timings, metrics = log_timings(sched, outcome, t_setup, total, cpu_start)
+        write_results(sched, outcome, results, mmproj, timings, total)
         _log("\n" + table(results))
         _log(f"quant stage: {total:.1f} s wall, {metrics['quant.time.cpu_s']:.1f} s CPU "
-             f"({slots} steps at a time)")
-    return {k: {m: v for m, v in r.items() if m != "seconds"} for k, r in results.items()}
+             f"({sched.slots} steps at a time)")
+    return QuantResult({k: {m: v for m, v in r.items() if m != "seconds"} for k, r in results.items()})

@@ -218,13 +218,135 @@ def _bench(cfg: DictConfig, grafted: Path, retrained: Path, out: Path) -> list[d
     return rows
 
 
-def run(cfg: DictConfig) -> MtpResult:
-    import mlflow
-    import torch
+@dataclass
+class Trunk:
+    """The frozen distilled model and its features on the train / held-out prompts' continuations."""
+    model: Any
+    feats_train: list
+    feats_held: list
+
+
+def load_trunk(cfg: DictConfig, src: Path, out: Path, device, dtype, times: dict) -> Trunk:
+    """The frozen trunk, the prompts split into train / held-out, their continuations and trunk features."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cardforge.train.mtp import fit as F
+
+    m = cfg.mtp
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype).to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    items = prompts(cfg, tokenizer)
+    if len(items) < 2:
+        raise UserError(f"mtp.sources={list(m.sources)} gave {len(items)} prompt(s): need at least 2 "
+                        "(one to train on, one held out)")
+    _, held_items = split(items, float(m.heldout_fraction), int(m.seed))
+    seqs = continuations(cfg, src, tokenizer, items, out / "continuations.jsonl", out / "gguf", out / "logs")
+    times["generate_s"] = time.perf_counter() - t0
+    held_ids = {tid for tid, _ in held_items}
+    t1 = time.perf_counter()
+    feats_train = F.trunk_features(model, [s for (tid, _), s in sorted(seqs.items()) if tid not in held_ids])
+    feats_held = F.trunk_features(model, [s for (tid, _), s in sorted(seqs.items()) if tid in held_ids])
+    times["features_s"] = time.perf_counter() - t1
+    return Trunk(model, feats_train, feats_held)
+
+
+def grafted_head(src: Path, trunk: Trunk, device, dtype):
+    """The head merge grafted from the base, as a trainable module."""
     from cardforge.train.mtp.head import MtpHead
+
+    head = MtpHead(trunk.model.config)
+    head.load_mtp_tensors(mtp_io.read_mtp_tensors(src))
+    return head.to(device=device, dtype=dtype)
+
+
+def accept(label: str, head, trunk: Trunk, n_max: int, feats: list) -> dict[str, float]:
+    """Teacher-forced draft accept stats of `head` on `feats`, logged as mtp.offline.<label>.*."""
+    import mlflow
+
+    from cardforge.train.mtp import fit as F
+
+    stats = F.accept_stats(head, trunk.model, feats, n_max)
+    mlflow.log_metrics({f"mtp.offline.{label}.{k}": v for k, v in stats.items()})
+    return stats
+
+
+def fit_head(cfg: DictConfig, head, trunk: Trunk, times: dict) -> list[float]:
+    """Trains `head` in place on the train prompts' features; the per-step losses."""
+    import mlflow
+    from tqdm import tqdm
+
+    from cardforge.train.mtp import fit as F
+
+    m = cfg.mtp
+    bar = tqdm(total=int(m.steps), desc="mtp: fit", file=sys.stderr)
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if step % 10 == 0:
+            mlflow.log_metrics({"mtp/loss": loss, "mtp/lr": lr}, step=step)
+
+    t2 = time.perf_counter()
+    losses = F.fit(head, trunk.model, trunk.feats_train, steps=int(m.steps), lr=float(m.lr),
+                   weight_decay=float(m.weight_decay), unroll=int(m.unroll),
+                   step_weights=list(m.step_weights)[: int(m.unroll)], warmup_ratio=float(m.warmup_ratio),
+                   seed=int(m.seed), positions_per_step=int(m.positions_per_step) or None, on_step=on_step)
+    bar.close()
+    times["fit_s"] = time.perf_counter() - t2
+    return losses
+
+
+def save_head(cfg: DictConfig, src: Path, dst: Path, head, grafted_manifest: dict) -> None:
+    """<outputs>/mtp/model: the merged checkpoint with the retrained head, both heads' manifests beside it."""
+    import mlflow
+    import torch
+
+    ckpt_dtype = getattr(torch, str(cfg.merge_dtype)) if "merge_dtype" in cfg else torch.bfloat16
+    tensors = {k: v.cpu() for k, v in head.mtp_tensors(ckpt_dtype).items()}
+    retrained_manifest = write_checkpoint(src, dst, tensors, grafted_manifest)
+    mlflow.set_tags({"mtp.head_sha256": retrained_manifest["shard_sha256"] or "",
+                     "mtp.grafted_head_sha256": grafted_manifest["shard_sha256"] or ""})
+
+
+def bench_online(cfg: DictConfig, src: Path, dst: Path, out: Path, times: dict) -> list[dict]:
+    """llama-server draft-mtp, grafted vs retrained vs off (mtp.bench): rows, mtp_bench.* files, metrics."""
+    import mlflow
+
+    from cardforge.eval import mtp_bench
+
+    t3 = time.perf_counter()
+    rows = _bench(cfg, src, dst, out)
+    times["bench_s"] = time.perf_counter() - t3
+    mtp_bench.write(rows, out)
+    for r in rows:
+        for k in ("tok_s_median", "speedup", "accept_rate", "mean_accept_len"):
+            if r.get(k) is not None:
+                mlflow.log_metric(f"mtp.online.{r['head']}.{r['prompt_type']}.n{r['n_max']}.{k}", float(r[k]))
+    return rows
+
+
+def report(result: MtpResult, out: Path, dst: Path) -> None:
+    """mtp_result.json, the loss plot and the bench files, written and logged to MLflow."""
+    import mlflow
+
+    from cardforge.train.callbacks import plot_loss
+
+    atomic_write_json(out / "mtp_result.json", asdict(result))
+    plot_loss(list(enumerate(result.losses)), out / "mtp_loss.png", "MTP head retraining (one sequence per step)")
+    mlflow.log_artifact(str(out / "mtp_result.json"), "mtp")
+    mlflow.log_artifact(str(out / "mtp_loss.png"), "mtp")
+    for f in ("mtp_bench.json", "mtp_bench.md", "mtp_bench.png"):
+        if (out / f).is_file():
+            mlflow.log_artifact(str(out / f), "mtp")
+    mlflow.log_artifact(str(dst / RETRAINED_MANIFEST), "mtp")
+
+
+def run(cfg: DictConfig) -> MtpResult:
+    import mlflow
+    import torch
 
     if not cfg.model.has_mtp:
         raise UserError("model.has_mtp=false: this model has no MTP head to retrain (set mtp.enabled=false)")
@@ -232,90 +354,25 @@ def run(cfg: DictConfig) -> MtpResult:
     out.mkdir(parents=True, exist_ok=True)
     m, times = cfg.mtp, {}
     torch.manual_seed(int(m.seed))
-    device = _device(cfg)
-    dtype = getattr(torch, str(m.dtype))
+    device, dtype = _device(cfg), getattr(torch, str(m.dtype))
+    n_max, dst = int(m.n_max), Outputs(cfg).mtp.model
     with tracking.stage_run(cfg, "mtp"):
         mlflow.set_tags({"mtp.source": str(src), "mtp.device": str(device)})
-        t0 = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(src)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype).to(device).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        items = prompts(cfg, tokenizer)
-        if len(items) < 2:
-            raise UserError(f"mtp.sources={list(m.sources)} gave {len(items)} prompt(s): need at least 2 "
-                            "(one to train on, one held out)")
-        train_items, held_items = split(items, float(m.heldout_fraction), int(m.seed))
-        seqs = continuations(cfg, src, tokenizer, items, out / "continuations.jsonl", out / "gguf", out / "logs")
-        times["generate_s"] = time.perf_counter() - t0
-        held_ids = {tid for tid, _ in held_items}
-        t1 = time.perf_counter()
-        feats_train = F.trunk_features(model, [s for (tid, _), s in sorted(seqs.items()) if tid not in held_ids])
-        feats_held = F.trunk_features(model, [s for (tid, _), s in sorted(seqs.items()) if tid in held_ids])
-        times["features_s"] = time.perf_counter() - t1
-
+        trunk = load_trunk(cfg, src, out, device, dtype, times)
         grafted_manifest = mtp_io.mtp_manifest(src)
-        head = MtpHead(model.config)
-        head.load_mtp_tensors(mtp_io.read_mtp_tensors(src))
-        head = head.to(device=device, dtype=dtype)
-        n_max = int(m.n_max)
-        before = F.accept_stats(head, model, feats_held, n_max)
+        head = grafted_head(src, trunk, device, dtype)
+        before = accept("grafted", head, trunk, n_max, trunk.feats_held)
         _say(f"grafted head, held-out: accept {before['accept_rate']:.3f} at n-max {n_max}")
-        mlflow.log_metrics({f"mtp.offline.grafted.{k}": v for k, v in before.items()})
-
-        from tqdm import tqdm
-
-        bar = tqdm(total=int(m.steps), desc="mtp: fit", file=sys.stderr)
-
-        def on_step(step: int, loss: float, lr: float) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
-            if step % 10 == 0:
-                mlflow.log_metrics({"mtp/loss": loss, "mtp/lr": lr}, step=step)
-
-        t2 = time.perf_counter()
-        losses = F.fit(head, model, feats_train, steps=int(m.steps), lr=float(m.lr),
-                       weight_decay=float(m.weight_decay), unroll=int(m.unroll),
-                       step_weights=list(m.step_weights)[: int(m.unroll)], warmup_ratio=float(m.warmup_ratio),
-                       seed=int(m.seed), positions_per_step=int(m.positions_per_step) or None, on_step=on_step)
-        bar.close()
-        times["fit_s"] = time.perf_counter() - t2
-        after = F.accept_stats(head, model, feats_held, n_max)
-        train_after = F.accept_stats(head, model, feats_train, n_max)
+        losses = fit_head(cfg, head, trunk, times)
+        after = accept("retrained", head, trunk, n_max, trunk.feats_held)
+        train_after = accept("retrained_train", head, trunk, n_max, trunk.feats_train)
         _say(f"retrained head, held-out: accept {after['accept_rate']:.3f} (was {before['accept_rate']:.3f}); "
              f"train prompts {train_after['accept_rate']:.3f}")
-        mlflow.log_metrics({f"mtp.offline.retrained.{k}": v for k, v in after.items()})
-        mlflow.log_metrics({f"mtp.offline.retrained_train.{k}": v for k, v in train_after.items()})
-
-        ckpt_dtype = getattr(torch, str(cfg.merge_dtype)) if "merge_dtype" in cfg else torch.bfloat16
-        tensors = {k: v.cpu() for k, v in head.mtp_tensors(ckpt_dtype).items()}
-        dst = out / "model"
-        retrained_manifest = write_checkpoint(src, dst, tensors, grafted_manifest)
-        mlflow.set_tags({"mtp.head_sha256": retrained_manifest["shard_sha256"] or "",
-                         "mtp.grafted_head_sha256": grafted_manifest["shard_sha256"] or ""})
-        del model
-        rows: list[dict] = []
-        if m.bench:
-            t3 = time.perf_counter()
-            rows = _bench(cfg, src, dst, out)
-            times["bench_s"] = time.perf_counter() - t3
-            from cardforge.eval import mtp_bench
-
-            mtp_bench.write(rows, out)
-            for r in rows:
-                for k in ("tok_s_median", "speedup", "accept_rate", "mean_accept_len"):
-                    if r.get(k) is not None:
-                        mlflow.log_metric(f"mtp.online.{r['head']}.{r['prompt_type']}.n{r['n_max']}.{k}", float(r[k]))
-        result = MtpResult(str(dst), before, after, train_after, losses, rows, len(feats_train), len(feats_held),
-                           int(sum(len(f.ids) - f.prompt_len for f in feats_train)), times)
-        atomic_write_json(out / "mtp_result.json", asdict(result))
-        from cardforge.train.callbacks import plot_loss
-
-        plot_loss(list(enumerate(losses)), out / "mtp_loss.png", "MTP head retraining (one sequence per step)")
-        mlflow.log_artifact(str(out / "mtp_result.json"), "mtp")
-        mlflow.log_artifact(str(out / "mtp_loss.png"), "mtp")
-        for f in ("mtp_bench.json", "mtp_bench.md", "mtp_bench.png"):
-            if (out / f).is_file():
-                mlflow.log_artifact(str(out / f), "mtp")
-        mlflow.log_artifact(str(dst / RETRAINED_MANIFEST), "mtp")
+        save_head(cfg, src, dst, head, grafted_manifest)
+        n_train, n_held = len(trunk.feats_train), len(trunk.feats_held)
+        tokens_train = int(sum(len(f.ids) - f.prompt_len for f in trunk.feats_train))
+        del trunk  # the model's memory, before llama-server runs the bench
+        rows = bench_online(cfg, src, dst, out, times) if m.bench else []
+        result = MtpResult(str(dst), before, after, train_after, losses, rows, n_train, n_held, tokens_train, times)
+        report(result, out, dst)
     return result
