@@ -16,7 +16,7 @@ renders at eval from the same wire. Reasoning (`reasoning_content`) is dropped, 
 from __future__ import annotations
 
 from cardforge.core.chat import Trajectory
-from cardforge.data.teacher import call_xml, tools_prompt
+from cardforge.agent.teacher import call_xml, tools_prompt
 
 TOOL_RESPONSE_OPEN = "<tool_response>"
 
