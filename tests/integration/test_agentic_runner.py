@@ -15,12 +15,12 @@ import pytest
 
 from cardforge.core.chat import ToolCall, read_jsonl
 from cardforge.core.config.compose import compose
-from cardforge.data.teacher import Teacher, call_xml
-from cardforge.data import llm_judge
+from cardforge.agent.teacher import Teacher, call_xml
+from cardforge.agent import llm_judge
 from cardforge.eval import stats
 from cardforge.eval.agentic import BY_ID
 from cardforge.eval.agentic.runner import AgenticOptions, run_tasks
-from cardforge.eval.client import Sampling
+from cardforge.agent.client import Sampling
 from support.fake_server import FakeServer
 from cardforge.eval.harness import HarnessOptions
 from cardforge.eval.records import read_records

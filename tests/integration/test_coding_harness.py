@@ -14,7 +14,7 @@ import mlflow
 from cardforge.core.config.compose import compose
 from cardforge.eval import harness, stats
 from cardforge.eval.benchmarks import coding, humaneval
-from cardforge.eval.client import Sampling
+from cardforge.agent.client import Sampling
 from support.fake_server import FakeServer
 from cardforge.eval.harness import HarnessOptions, Question, run_questions
 from cardforge.eval.records import read_records

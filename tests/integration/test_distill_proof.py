@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cardforge.data import proof_tasks, scripted_teacher
-from cardforge.data.react import Options, run_sample
-from cardforge.data.teacher import Teacher
-from cardforge.data.verify import verify
+from cardforge.agent import proof_tasks, scripted_teacher
+from cardforge.agent.react import Options, run_sample
+from cardforge.agent.teacher import Teacher
+from cardforge.agent.verify import verify
 from cardforge.eval import stats
-from cardforge.eval.client import Sampling, complete, new_session
+from cardforge.agent.client import Sampling, complete, new_session
 from cardforge.eval.harness import HarnessOptions
 
 
@@ -126,7 +126,7 @@ def test_simulated_results_are_invented_like_a_role_player():
     item = proof_tasks.proof_split("train", 1)[0]
     code = "print(%d * %d)" % (item.params["a"], item.params["b"])
     call = f"Tool: python\nArguments: {json.dumps({'code': code})}\nOutput:"
-    from cardforge.data.tools import SIMULATOR_SYSTEM
+    from cardforge.agent.tools import SIMULATOR_SYSTEM
 
     out = scripted_teacher.respond([{"role": "system", "content": SIMULATOR_SYSTEM}, {"role": "user", "content": call}])
     exact = str(item.answer)
@@ -142,7 +142,7 @@ def test_mask_tool_results_knob(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
     from cardforge.core.chat import Message, Trajectory, ToolCall, write_jsonl
-    from cardforge.data.tools import tool_schemas
+    from cardforge.agent.tools import tool_schemas
     from cardforge.train.data import load_samples
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)  # our Qwen3-style tool template

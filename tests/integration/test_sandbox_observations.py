@@ -1,6 +1,6 @@
 """Issue #17 follow-up: what a sandboxed program prints or leaves in a file reaches the model only escaped.
 
-Through the real bubblewrap sandbox and the data engine's own tools (`cardforge.data.tools.execute`, which
+Through the real bubblewrap sandbox and the data engine's own tools (`cardforge.agent.tools.execute`, which
 the eval's agentic suite runs too through `react.run_sample`): a program writes a file and prints text
 full of terminal escapes, NULs, bidi overrides and chat-template markup (`</tool_response>`, `<|im_end|>`,
 `<tool_call>` ...) that would forge turns in the transcript; every observation (read_file, shell, python)
@@ -16,11 +16,11 @@ import pytest
 from cardforge.core.chat import ToolCall, check_messages
 from cardforge.core.sandbox import SandboxUnavailable, check_available
 from cardforge.core.sandbox.text import escape_controls, neutralise_markup, observation
-from cardforge.data.react import SPECIAL_TOKENS, Options, run_sample
-from cardforge.data.tasks import Task
-from cardforge.data.teacher import Teacher
-from cardforge.data.tools import Workspace, execute, tool_schemas
-from cardforge.eval.client import Completion, Sampling
+from cardforge.agent.react import SPECIAL_TOKENS, Options, run_sample
+from cardforge.agent.tasks import Task
+from cardforge.agent.teacher import Teacher
+from cardforge.agent.tools import Workspace, execute, tool_schemas
+from cardforge.agent.client import Completion, Sampling
 
 try:
     check_available()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from cardforge.core.chat import ToolCall
-from cardforge.data.tools import TOOLS, Workspace, execute
+from cardforge.agent.tools import TOOLS, Workspace, execute
 from cardforge.eval.agentic import BY_ID, TASKS, run_check
 from cardforge.eval.agentic.runner import data_task, task_hash
 

@@ -211,7 +211,7 @@ def test_smollm2_template_no_tools_no_think():
 def test_react_wire_form_carries_calls_as_text_and_is_not_refused(qwen):
     from cardforge.core.chat.template import qwen35_template
 
-    from cardforge.data.wire import react_wire
+    from cardforge.agent.wire import react_wire
 
     tools = [{"type": "function", "function": {"name": "python", "parameters": {"type": "object", "properties": {
         "code": {"type": "string"}}}}}]

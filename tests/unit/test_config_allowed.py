@@ -50,7 +50,7 @@ def test_gguf_tiers_are_ones_llama_quantize_is_given():
 @pytest.mark.parametrize("spec", ["nope", "bfcl", "jsonl", "bfcl:", "jsonl:", "Builtin", ""])
 def test_sources_the_schema_refuses_the_loader_refuses_too(spec):
     from cardforge.core.errors import UserError
-    from cardforge.data.tasks import load_source
+    from cardforge.agent.tasks import load_source
 
     with pytest.raises(ValueError, match="unknown source"):
         schemas.check_sources("data.sources", [spec])
@@ -59,7 +59,7 @@ def test_sources_the_schema_refuses_the_loader_refuses_too(spec):
 
 
 def test_sources_the_loader_takes_the_schema_takes(tmp_path):
-    from cardforge.data.tasks import load_source
+    from cardforge.agent.tasks import load_source
 
     tasks = tmp_path / "t.jsonl"
     tasks.write_text('{"id": "a", "prompt": "say hi"}\n')
@@ -90,11 +90,11 @@ def test_hydra_dirs_render_the_stage_value():
 
 
 def _script_target() -> str:
-    return tomllib.loads((ROOT / "packages/core/pyproject.toml").read_text())["project"]["scripts"]["cardforge"]
+    return tomllib.loads((ROOT / "packages/pipeline/pyproject.toml").read_text())["project"]["scripts"]["cardforge"]
 
 
 def test_console_script_target_exists_and_every_stage_module_does():
-    from cardforge.core import cli
+    from cardforge.pipeline import cli
 
     module, _, fn = _script_target().partition(":")
     assert callable(getattr(importlib.import_module(module), fn))
@@ -106,7 +106,7 @@ def test_console_script_target_exists_and_every_stage_module_does():
 
 
 def test_help_lists_every_stage(capsys):
-    from cardforge.core import cli
+    from cardforge.pipeline import cli
 
     with pytest.raises(SystemExit) as e:
         cli.cardforge_main(["--help"])
@@ -131,7 +131,7 @@ def test_help_lists_every_stage(capsys):
 def test_dispatch_runs_the_stage_module_with_its_arguments(argv, module, args, monkeypatch):
     import runpy
 
-    from cardforge.core import cli
+    from cardforge.pipeline import cli
 
     seen = {}
     monkeypatch.setattr(sys, "argv", ["cardforge"])
@@ -144,7 +144,7 @@ def test_dispatch_runs_the_stage_module_with_its_arguments(argv, module, args, m
 def test_console_script_runs_a_stage_end_to_end(tmp_path):
     exe = Path(sys.executable).with_name("cardforge")
     if not exe.is_file():
-        pytest.skip("the cardforge console script is not installed in this venv (pip install -e packages/core)")
+        pytest.skip("the cardforge console script is not installed in this venv (pip install -e packages/pipeline)")
     proc = subprocess.run([str(exe), "train", "trainer.optimizer=sgd"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
     assert proc.returncode == 2
@@ -152,22 +152,66 @@ def test_console_script_runs_a_stage_end_to_end(tmp_path):
         "cardforge train: config error: trainer.optimizer: Invalid value 'sgd', expected one of [paged_adamw_8bit, adamw]"]
 
 
-# --- packages declare the siblings they import ---
+# --- the package graph: one package per namespace, exactly the siblings it uses declared, no cycle ---
 
-DIST = {"core": "core", "pipeline": "core", "data": "train", "train": "train", "quant": "quant", "serve": "serve",
-        "eval": "eval", "card": "eval"}
+PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").is_file())
 IMPORT = re.compile(r"^\s*(?:from|import)\s+cardforge\.(\w+)", re.M)
+# a module named in a string is used too: the pipeline's stage targets ("cardforge.train.stage:run"), the code
+# it fingerprints, `python -m` dispatch ("cardforge.train"); tags and logger names are no namespace, so ignored
+NAMED = re.compile(r"""["']cardforge\.(\w+)(?:\.\w+)*(?::\w+)?["']""")
 
 
-@pytest.mark.parametrize("package", ["core", "train", "quant", "serve", "eval"])
-def test_each_package_depends_on_the_siblings_it_imports(package):
-    src = ROOT / "packages" / package / "src"
-    imported = {DIST[m] for f in src.rglob("*.py") for m in IMPORT.findall(f.read_text())} - {package}
+def _namespaces(package: str) -> set[str]:
+    src = ROOT / "packages" / package / "src" / "cardforge"
+    return {d.name for d in src.iterdir() if d.is_dir() and (d / "__init__.py").is_file()}
+
+
+def _used(package: str) -> set[str]:
+    """The sibling packages whose namespaces this package's source imports or names as a module."""
+    found = set()
+    for f in (ROOT / "packages" / package / "src").rglob("*.py"):
+        text = f.read_text()
+        found |= set(IMPORT.findall(text)) | (set(NAMED.findall(text)) & set(PACKAGES))
+    unknown = found - set(PACKAGES)
+    assert not unknown, f"packages/{package} imports cardforge.{sorted(unknown)}, which no package provides"
+    return found - {package}
+
+
+def _declared(package: str) -> set[str]:
     deps = tomllib.loads((ROOT / "packages" / package / "pyproject.toml").read_text())["project"]["dependencies"]
-    declared = {re.split(r"[\s\[<>=!~;@]", d, maxsplit=1)[0].removeprefix("cardforge-") for d in deps
-                if d.startswith("cardforge-")}
-    assert imported <= declared, f"packages/{package} imports cardforge-{sorted(imported - declared)} undeclared"
+    return {re.split(r"[\s\[<>=!~;@]", d, maxsplit=1)[0].removeprefix("cardforge-") for d in deps
+            if d.startswith("cardforge-")}
+
+
+def test_each_package_is_the_namespace_it_is_named_after():
+    assert {p: _namespaces(p) for p in PACKAGES} == {p: {p} for p in PACKAGES}
+    for p in PACKAGES:
+        name = tomllib.loads((ROOT / "packages" / p / "pyproject.toml").read_text())["project"]["name"]
+        assert name == f"cardforge-{p}"
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_declares_exactly_the_siblings_it_uses(package):
+    used, declared = _used(package), _declared(package)
+    assert used <= declared, f"packages/{package} uses cardforge-{sorted(used - declared)} undeclared"
+    assert declared <= used, f"packages/{package} declares cardforge-{sorted(declared - used)} it never uses"
     assert "core" in declared or package == "core"
+
+
+def test_the_package_graph_is_a_dag_with_core_at_the_bottom_and_pipeline_on_top():
+    import graphlib
+
+    graph = {p: _declared(p) for p in PACKAGES}
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"the package graph has a cycle: {' -> '.join(e.args[1])}")
+    assert order[0] == "core" and graph["core"] == set()
+    assert order[-1] == "pipeline" and graph["pipeline"] == set(PACKAGES) - {"pipeline"}
+    assert not any("pipeline" in deps for deps in graph.values())
+    # the agent runtime is shared by data and eval, neither of which depends on the other
+    assert "agent" in graph["data"] and "agent" in graph["eval"]
+    assert "data" not in graph["eval"] and "eval" not in graph["data"]
 
 
 # --- the Makefile ---

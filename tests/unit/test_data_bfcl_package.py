@@ -7,7 +7,7 @@ import pytest
 
 from cardforge.core.chat import ToolCall
 from cardforge.core.errors import UserError
-from cardforge.data.bfcl import bfcl_tasks, match_calls
+from cardforge.agent.bfcl import bfcl_tasks, match_calls
 
 
 def _calls_from_truth(truth: list[dict]) -> list[ToolCall]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from cardforge.core.chat import Message, ToolCall
-from cardforge.data import llm_judge
-from cardforge.data.react import Options, _End, _judge
-from cardforge.data.tasks import Task
+from cardforge.agent import llm_judge
+from cardforge.agent.react import Options, _End, _judge
+from cardforge.agent.tasks import Task
 
 
 def test_parse_verdicts():
@@ -30,8 +30,8 @@ def test_transcript_keeps_real_tool_output_and_the_end():
 
 def test_unverifiable_task_is_decided_by_a_real_llm_judge():
     from cardforge.core.models.smollm2 import gguf_path
-    from cardforge.data.teacher import Teacher
-    from cardforge.eval.client import new_session
+    from cardforge.agent.teacher import Teacher
+    from cardforge.agent.client import new_session
     from cardforge.serve.launchers.llama_cpp import llama_server
 
     task = Task("user/poem", "jsonl", "Write one line about the sea.")  # verifier "none": no rule applies

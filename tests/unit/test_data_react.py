@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from cardforge.core.chat import Trajectory, write_jsonl
-from cardforge.data.react import Options, run_sample
-from cardforge.data.tasks import BUILTIN, Task
-from cardforge.data.teacher import Teacher
-from cardforge.eval.client import Completion, Sampling
+from cardforge.agent.react import Options, run_sample
+from cardforge.agent.tasks import BUILTIN, Task
+from cardforge.agent.teacher import Teacher
+from cardforge.agent.client import Completion, Sampling
 
 CALL = "<tool_call>\n<function={name}>\n<parameter={arg}>\n{value}\n</parameter>\n</function>\n</tool_call>"
 

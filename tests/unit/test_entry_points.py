@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cardforge.core.cli import COMMANDS
+from cardforge.pipeline.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def test_show_mask_module_help_and_missing_file():
                                           ("show-mask", "cardforge.data.show_mask")])
 def test_cardforge_command_runs_the_module(name, module):
     assert COMMANDS[name][:2] == (module, ())
-    r = _run("-c", "from cardforge.core.cli import cardforge_main; cardforge_main()", name, "--help")
+    r = _run("-c", "from cardforge.pipeline.cli import cardforge_main; cardforge_main()", name, "--help")
     assert r.returncode == 0, r.stderr
     assert ("cardforge release:" in r.stdout) if name == "release" else ("--index" in r.stdout)
 
@@ -55,8 +55,8 @@ def test_makefile_targets_run_the_modules():
     assert "-m cardforge.data.show_mask $(" in text
 
 
-@pytest.mark.parametrize("main", ["packages/eval/src/cardforge/card/__main__.py",
-                                  "packages/train/src/cardforge/data/__main__.py"])
+@pytest.mark.parametrize("main", ["packages/card/src/cardforge/card/__main__.py",
+                                  "packages/data/src/cardforge/data/__main__.py"])
 def test_stage_mains_do_not_sniff_argv(main):
     tree = ast.parse((ROOT / main).read_text())
     sniffed = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "argv"]

@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 
 from cardforge.core.chat import ToolCall
 from cardforge.core.errors import UserError
-from cardforge.data.teacher import call_xml
+from cardforge.agent.teacher import call_xml
 from cardforge.eval import stats
 from cardforge.eval.benchmarks import bfcl
-from cardforge.eval.client import Completion, Sampling
+from cardforge.agent.client import Completion, Sampling
 from support.fake_server import FakeServer
 from cardforge.eval.harness import HarnessOptions
 from cardforge.eval.records import read_records

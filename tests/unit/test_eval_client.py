@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from cardforge.eval import client
-from cardforge.eval.client import Price, Sampling, backoff_s, complete, new_session, retry_after_s
+from cardforge.agent import client
+from cardforge.agent.client import Price, Sampling, backoff_s, complete, new_session, retry_after_s
 from support.fake_server import FakeServer
 
 
@@ -130,8 +130,8 @@ def test_retry_after_property(seconds, now_offset):
        st.floats(0, 100), st.floats(0, 100))
 def test_spend_ledger_survives_a_reload(tmp_path_factory, answers, pin, pout):
     """The teacher's spend: what add() counted equals what a later run loads from the ledger."""
-    from cardforge.data.teacher import Spend
-    from cardforge.eval.client import Completion
+    from cardforge.agent.teacher import Spend
+    from cardforge.agent.client import Completion
 
     ledger = tmp_path_factory.mktemp("spend") / "spend.jsonl"
     price, spend = Price(pin, pout), Spend.load(ledger)

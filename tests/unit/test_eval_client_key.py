@@ -13,7 +13,7 @@ import asyncio
 import httpx2
 import pytest
 
-from cardforge.eval.client import Sampling, Session, complete
+from cardforge.agent.client import Sampling, Session, complete
 
 SECRET = "sk-SECRET-0123456789abcdef"
 SSE = (b'data: {"choices": [{"delta": {"content": "hi"}, "finish_reason": null}]}\n\n'

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from cardforge.eval.benchmarks.letters import parse_letter
-from cardforge.eval.client import Sampling
+from cardforge.agent.client import Sampling
 from support.fake_server import FakeServer
 from cardforge.eval.harness import HarnessOptions, Question, run_questions
 from cardforge.eval.records import append_record, read_records

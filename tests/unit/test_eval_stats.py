@@ -71,7 +71,7 @@ from types import SimpleNamespace  # noqa: E402
 from cardforge.core.config.compose import compose  # noqa: E402
 from cardforge.core.errors import UserError  # noqa: E402
 from cardforge.eval import mtp_bench, stage  # noqa: E402
-from cardforge.eval.client import Completion  # noqa: E402
+from cardforge.agent.client import Completion  # noqa: E402
 
 
 def test_stream_false_is_refused_not_ignored():

@@ -177,7 +177,7 @@ def test_deep_trees_and_odd_entries_come_back_bounded_and_leave_nothing(monkeypa
 
 def test_execute_turns_bad_tool_calls_into_observations():
     from cardforge.core.chat import ToolCall
-    from cardforge.data.tools import Workspace, execute
+    from cardforge.agent.tools import Workspace, execute
 
     ws = Workspace({"keep.txt": b"kept"})
     for call in (ToolCall("shell", {"command": "echo a\0b"}), ToolCall("shell", {"command": "echo " + "x" * 200_000}),

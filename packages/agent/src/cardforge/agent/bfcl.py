@@ -22,7 +22,7 @@ from typing import Any
 
 from cardforge.core.chat import ToolCall
 from cardforge.core.errors import UserError
-from cardforge.data.tasks import Task
+from cardforge.agent.tasks import Task
 
 SYSTEM = "You are an expert in composing function calls. Answer the request with the right function call(s)."
 _TYPES = {"dict": "object", "float": "number", "tuple": "array", "list": "array", "int": "integer",

@@ -6,7 +6,7 @@ The answer is the completed function; the verifier runs it with the problem's ow
 from __future__ import annotations
 
 from cardforge.core.humaneval import data_file, problems
-from cardforge.data.tasks import Task
+from cardforge.agent.tasks import Task
 
 PROMPT = ("Complete this Python function. You may test it with the python tool. Finish with the complete "
           "function (signature and body) as the answer.\n\n```python\n{prompt}```")

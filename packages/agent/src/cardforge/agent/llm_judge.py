@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 
 from cardforge.core.chat import Message
-from cardforge.data.tasks import Task
-from cardforge.eval.client import Sampling
+from cardforge.agent.tasks import Task
+from cardforge.agent.client import Sampling
 
 JUDGE_SAMPLING = Sampling(temperature=0.0, top_p=1.0, max_tokens=256, thinking=False)
 MAX_TRANSCRIPT = 8000  # characters: the end of a long transcript matters most (the outcome)

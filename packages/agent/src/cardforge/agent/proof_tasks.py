@@ -17,7 +17,7 @@ Splits (`proof_split(name, n)`), seeded and stable:
 `data.sources: [proof:train:N]` gives the data stage N training tasks; `eval.suites: [proof]` with
 `eval.proof_tasks: N` runs N held-out tasks (cardforge.eval.benchmarks.proof). Every task carries its
 answer as an `integer` verifier (exact, no float rounding: a 24-digit product must match every digit).
-The scripted teacher (cardforge.data.scripted_teacher) reads the question text, never the answer key.
+The scripted teacher (cardforge.agent.scripted_teacher) reads the question text, never the answer key.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import random
 from dataclasses import dataclass
 
 from cardforge.core.errors import UserError
-from cardforge.data.tasks import Task
-from cardforge.data.tools import tool_schemas
+from cardforge.agent.tasks import Task
+from cardforge.agent.tools import tool_schemas
 
 KINDS = ("mul", "count", "sum", "grep")
 FORMS = ("A", "B")

@@ -22,12 +22,12 @@ from typing import Any
 from cardforge.core.chat import EncodeError, Message, Timings, Trajectory, Verdict, check_messages, parse_assistant
 from cardforge.core.chat.parse import nfc
 from cardforge.core.sandbox.text import observation
-from cardforge.data.tasks import Task
-from cardforge.data.teacher import Teacher, call_xml, tools_prompt
-from cardforge.data import llm_judge
-from cardforge.data.tools import FINISH, ToolError, Workspace, check_call, execute, simulate_prompt
-from cardforge.data.verify import verify
-from cardforge.eval.client import Sampling
+from cardforge.agent.tasks import Task
+from cardforge.agent.teacher import Teacher, call_xml, tools_prompt
+from cardforge.agent import llm_judge
+from cardforge.agent.tools import FINISH, ToolError, Workspace, check_call, execute, simulate_prompt
+from cardforge.agent.verify import verify
+from cardforge.agent.client import Sampling
 
 # the Qwen3.5/3.6 special tokens a message may not spell out (the student's tokenizer would read them as such)
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>",

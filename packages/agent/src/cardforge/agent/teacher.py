@@ -1,4 +1,4 @@
-"""The teacher: any OpenAI-compatible endpoint, reached through `cardforge.eval.client`, the one client of
+"""The teacher: any OpenAI-compatible endpoint, reached through `cardforge.agent.client`, the one client of
 teacher and eval (streaming, thinking on, retries with jittered backoff and Retry-After, an idle timeout
 apart from the request's total cap; a request that fails for good comes back as finish_reason="error" and
 never raises, so the run goes on).
@@ -10,7 +10,7 @@ starting samples once `data.budget` (tokens or cost) is reached.
 
 `teacher=local_smollm2` (kind: embedded): `open_teacher` starts llama-server on 127.0.0.1 with the embedded
 SmolLM2 GGUF for the block and stops it after. `kind: endpoint`: base_url + the key from `api_key_env`.
-`teacher=scripted_expert` (kind: scripted): the scripted expert test double (cardforge.data.scripted_teacher),
+`teacher=scripted_expert` (kind: scripted): the scripted expert test double (cardforge.agent.scripted_teacher),
 served on 127.0.0.1 for the block: the teacher that is strictly better than the student on the proof tasks.
 
 Tool calls are prompted, not native: the tool schemas go into the system prompt in the same words our
@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from cardforge.core.chat import ToolCall
 from cardforge.core.errors import UserError
 from cardforge.core.chat.jsonl import append_record, read_records
-from cardforge.eval.client import Completion, Price, Sampling, complete
+from cardforge.agent.client import Completion, Price, Sampling, complete
 
 STOP = ("</tool_call>", "<tool_response>")
 
@@ -178,8 +178,8 @@ def open_teacher(cfg: DictConfig, log_dir: Path, spend: Spend | None = None) -> 
                    int(t.concurrency), label=str(t.model), idle_timeout_s=float(idle) if idle else None,
                    price=price_of(t), spend=spend)
     kind = str(t.kind.value if hasattr(t.kind, "value") else t.kind)
-    if kind == "scripted":  # the scripted expert, a documented test double (cardforge.data.scripted_teacher)
-        from cardforge.data.scripted_teacher import serve
+    if kind == "scripted":  # the scripted expert, a documented test double (cardforge.agent.scripted_teacher)
+        from cardforge.agent.scripted_teacher import serve
 
         with serve() as url:
             yield replace(base, base_url=url)

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 
 from cardforge.core.chat import ToolCall
-from cardforge.data.tasks import Task
-from cardforge.data.tools import Workspace
+from cardforge.agent.tasks import Task
+from cardforge.agent.tools import Workspace
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _INTEGER = re.compile(r"-?\d+")
@@ -42,7 +42,7 @@ def verify(task: Task, answer: str | None, calls: list[ToolCall], ws: Workspace 
     if kind == "none":
         return Check(None, "no verifier")
     if kind == "bfcl":
-        from cardforge.data.bfcl import match_calls
+        from cardforge.agent.bfcl import match_calls
 
         why = match_calls(calls, v["ground_truth"])
         return Check(why is None, why or "calls match a possible answer")

@@ -125,7 +125,7 @@ def _record_run(cfg: DictConfig, client, stage: str, parent):
     """The earlier run a skipped stage's pipeline record points to, if it is one this parent could reuse."""
     from mlflow.exceptions import MlflowException
 
-    from cardforge.pipeline.run import load_record
+    from cardforge.core.pipeline_record import load_record
 
     rec = load_record(cfg, stage)
     if not rec or not rec.get("run_id"):

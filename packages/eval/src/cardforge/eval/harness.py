@@ -28,7 +28,7 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from cardforge.eval import records as rec
-from cardforge.eval.client import Completion, Sampling, complete, new_session
+from cardforge.agent.client import Completion, Sampling, complete, new_session
 
 
 @dataclass

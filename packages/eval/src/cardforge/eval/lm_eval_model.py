@@ -23,7 +23,7 @@ from typing import Any
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from cardforge.eval.client import Sampling
+from cardforge.agent.client import Sampling
 from cardforge.eval.harness import HarnessOptions, Question, run_questions
 
 

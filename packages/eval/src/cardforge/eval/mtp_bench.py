@@ -29,7 +29,7 @@ from typing import Any
 import httpx2
 
 from cardforge.core.io import atomic_write_bytes
-from cardforge.eval.client import Sampling, complete, new_session
+from cardforge.agent.client import Sampling, complete, new_session
 
 # llama-server's Prometheus counters (GET /metrics with --metrics): cumulative over the server's life
 SPEC_COUNTERS = {"draft_steps": "llamacpp:spec_decode_num_drafts_total",

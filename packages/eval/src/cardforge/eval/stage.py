@@ -36,7 +36,7 @@ from cardforge.core.artifacts import EvalOutputs, Outputs, Tier
 from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json, atomic_write_text, sha256_file
 from cardforge.eval import benchmarks, stats
-from cardforge.eval.client import Sampling
+from cardforge.agent.client import Sampling
 from cardforge.eval.harness import HarnessOptions, run_questions
 
 CHANCE = {"gpqa_diamond": 0.25, "mmlu": 0.25}

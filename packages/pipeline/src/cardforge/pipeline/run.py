@@ -39,6 +39,7 @@ from cardforge.core.artifacts import Outputs
 from cardforge.core.cli import StageNotImplemented
 from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json
+from cardforge.core.pipeline_record import load_record, record_path
 from cardforge.pipeline import fingerprints, plan
 from cardforge.pipeline.memory import PeakRss
 
@@ -56,19 +57,19 @@ class StageSpec:
     packages: tuple[str, ...] = ("cardforge.core",)  # the code that runs it: part of its cache key
 
 
-TRAIN_CODE = ("cardforge.core", "cardforge.train")
+TRAIN_CODE = ("cardforge.core", "cardforge.agent", "cardforge.train")  # agent: the ReAct wire it trains on
 STAGES: list[StageSpec] = [
     StageSpec("models", "cardforge.core.models.stage:run", 2, ("model", "teacher")),
     StageSpec("data", "cardforge.data.stage:run", 3, ("model", "teacher", "data"),
-              packages=("cardforge.core", "cardforge.data")),
+              packages=("cardforge.core", "cardforge.agent", "cardforge.data")),
     StageSpec("train", "cardforge.train.stage:run", 4, ("model", "data", "lora", "trainer"), packages=TRAIN_CODE),
     StageSpec("merge", "cardforge.train.merge.stage:run", 4, ("model",), packages=TRAIN_CODE),
     StageSpec("mtp", "cardforge.train.mtp.stage:run", 11, ("model", "mtp"), enabled_by="mtp.enabled",
-              packages=(*TRAIN_CODE, "cardforge.serve", "cardforge.quant")),
+              packages=(*TRAIN_CODE, "cardforge.eval", "cardforge.serve", "cardforge.quant")),
     StageSpec("quant", "cardforge.quant.stage:run", 5, ("model", "quant"),
               packages=("cardforge.core", "cardforge.quant", "cardforge.serve")),
     StageSpec("eval", "cardforge.eval.stage:run", 7, ("model", "serve", "eval"),
-              packages=("cardforge.core", "cardforge.eval", "cardforge.serve", "cardforge.quant")),
+              packages=("cardforge.core", "cardforge.agent", "cardforge.eval", "cardforge.serve", "cardforge.quant")),
     StageSpec("card", "cardforge.card.stage:run", 9, ("card",), always=True,
               packages=("cardforge.core", "cardforge.card", "cardforge.serve")),
 ]
@@ -131,18 +132,6 @@ def _tag_run(stage: str, run_id: str | None, tags: dict[str, str]) -> None:
             client.set_tag(run_id, key, val)
     except Exception as e:  # noqa: BLE001 - bookkeeping must not fail a finished stage
         print(f"[pipeline] {stage}: could not tag run {run_id[:8]}: {e}", file=sys.stderr)
-
-
-def record_path(cfg: DictConfig, stage: str) -> Path:
-    return Outputs(cfg).pipeline_record(stage)
-
-
-def load_record(cfg: DictConfig, stage: str) -> dict | None:
-    p = record_path(cfg, stage)
-    try:
-        return json.loads(p.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def _log_stage_metrics(stage: str, child_id: str | None, parent_id: str, metrics: dict[str, float]) -> None:

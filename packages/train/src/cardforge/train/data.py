@@ -234,7 +234,7 @@ def load_samples(path: str | Path, tokenizer, max_len: int | None = None, skip_b
     trajectories (the data stage's accepted set) go through `cardforge.core.chat.encode_all` (one or more
     sequences each, every trained turn in its serving context).
     `train_format="react_wire"` (data.train_format): each trajectory is first turned into the ReAct wire
-    (cardforge.data.wire: what the eval actor sends), then rendered by the student's template.
+    (cardforge.agent.wire: what the eval actor sends), then rendered by the student's template.
     `mask_tool_results=False` (data.mask_tool_results): the tool-result turns are trained on too.
     One bad record never aborts the load: it is skipped and counted per reason in `stats` (a bad LINE is
     refused instead with skip_bad_lines=False); truncations are counted too."""
@@ -271,7 +271,7 @@ def load_samples(path: str | Path, tokenizer, max_len: int | None = None, skip_b
             conv: Any = traj
             try:
                 if train_format == "react_wire":
-                    from cardforge.data.wire import react_wire
+                    from cardforge.agent.wire import react_wire
 
                     conv = react_wire(traj)
                 enc = chat.encode_all(conv, tokenizer, max_len=max_len, wire=train_format == "react_wire")
@@ -313,7 +313,7 @@ def unmask_tool_results(enc, conversation, tokenizer, tools: list[dict] | None) 
     query, left them in the sequence of their own query)."""
     from cardforge.core.chat.mask import as_template_messages
     from cardforge.core.chat.parse import nfc
-    from cardforge.data.wire import is_tool_result
+    from cardforge.agent.wire import is_tool_result
 
     msgs = nfc(as_template_messages(conversation))
     tools = nfc(tools) if tools else None

@@ -157,7 +157,7 @@ def encode_all(
     **template_kwargs: Any,
 ) -> Encoding:
     """Token ids + loss mask for one conversation (tools default to the trajectory's own), as one or more
-    training sequences (see the module docstring). `wire=True`: the ReAct wire form (cardforge.data.wire), where
+    training sequences (see the module docstring). `wire=True`: the ReAct wire form (cardforge.agent.wire), where
     an assistant turn carries its call as Qwen3 XML text in `content` and tool results are user turns of
     <tool_response> text: such content is not refused, and a turn must parse like its content does."""
     messages = nfc(as_template_messages(conversation))
@@ -270,7 +270,7 @@ def encode(
 def check_messages(messages: list[dict], special: Sequence[str] = ("<|im_start|>", "<|im_end|>"), *,
                    wire: bool = False) -> None:
     """Raise EncodeError(reason) for a message the Qwen3 XML chat format cannot carry unambiguously.
-    `wire`: calls are content text and tool results user text (cardforge.data.wire): those are allowed."""
+    `wire`: calls are content text and tool results user text (cardforge.agent.wire): those are allowed."""
     for i, m in enumerate(messages):
         role = m.get("role")
         content = m.get("content") if isinstance(m.get("content"), str) else ""

@@ -1,7 +1,7 @@
 """The agentic suite's tasks and runner (`eval.suites=[agentic]`, benchmarks/agentic.py).
 
 22 multi-step tasks of our own (files, shell, python, data wrangling) that the evaluated model performs
-with real tools in the bubblewrap sandbox, through the data engine's ReAct loop (`runner.py`); each is
+with real tools in the bubblewrap sandbox, through the agent runtime's ReAct loop (`runner.py`); each is
 scored by a checker of the final workspace (`task.py`). Task ids are unique and stable: records resume
 by id.
 """

@@ -1,8 +1,8 @@
-"""Run agentic tasks with the evaluated model as the actor of the data engine's ReAct loop.
+"""Run agentic tasks with the evaluated model as the actor of the agent runtime's ReAct loop.
 
     records = run_tasks(tasks, base_url, harness_opts, out_path, label="distill", suite="agentic")
 
-Each task runs `cardforge.data.react.run_sample` in execute mode: the model sees the tools in its system
+Each task runs `cardforge.agent.react.run_sample` in execute mode: the model sees the tools in its system
 prompt exactly as the teacher does (`data.teacher.tools_prompt`), writes Qwen3 XML calls that
 `parse_assistant` reads, and each call really runs in the bubblewrap sandbox on the task's workspace
 (`data.tools.execute`). Every request goes through the streaming client (`client.complete`, retries,
@@ -35,14 +35,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cardforge.core.chat import Trajectory, append_jsonl
-from cardforge.data import llm_judge
-from cardforge.data.react import Options, run_sample
-from cardforge.data.tasks import Task
-from cardforge.data.teacher import STOP, Teacher
-from cardforge.data.tools import FINISH, Workspace, tool_schemas
+from cardforge.agent import llm_judge
+from cardforge.agent.react import Options, run_sample
+from cardforge.agent.tasks import Task
+from cardforge.agent.teacher import STOP, Teacher
+from cardforge.agent.tools import FINISH, Workspace, tool_schemas
 from cardforge.eval import records as rec
 from cardforge.eval.agentic.task import AgenticTask, run_check
-from cardforge.eval.client import Completion, new_session
+from cardforge.agent.client import Completion, new_session
 from cardforge.eval.harness import HarnessOptions
 
 SYSTEM = ("You are an autonomous agent working in a Linux sandbox: the working directory is /work, there is no "

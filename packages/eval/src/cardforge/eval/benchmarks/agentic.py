@@ -5,7 +5,7 @@ The card's "Agentic SOLO (20 complex tasks)" was judged by the harness author; h
 programmatic checker, and `eval.judge_url` adds an LLM judge's verdict beside it (judge_accuracy).
 Keys: eval.agentic_limit (first N tasks), eval.agentic_max_steps (override every task's budget),
 eval.agentic_tool_timeout_s, eval.judge_url / eval.judge_model.
-Needs the data engine (cardforge.data, packages/train): the same tools, sandbox and ReAct loop the
+Runs on the agent runtime (cardforge.agent, packages/agent): the same tools, sandbox and ReAct loop the
 training trajectories come from.
 """
 
@@ -30,8 +30,8 @@ def judge_from(ev: Any):
     """The LLM judge at eval.judge_url (OpenAI-compatible), or None."""
     if not ev.get("judge_url"):
         return None
-    from cardforge.data import llm_judge
-    from cardforge.data.teacher import Teacher
+    from cardforge.agent import llm_judge
+    from cardforge.agent.teacher import Teacher
 
     url = str(ev.judge_url).rstrip("/").removesuffix("/v1")
     return Teacher(url, ev.get("judge_model"), llm_judge.JUDGE_SAMPLING, float(ev.timeout_s), int(ev.retries), 1,

@@ -3,7 +3,7 @@
 The model sees the item's functions the way the data engine shows tools to the teacher (their JSON
 schemas in the system prompt, `data.teacher.tools_prompt`) and answers with Qwen3 XML tool calls; its
 answer is read by `cardforge.core.chat.parse_assistant` (the parser serve and the data engine use), typed
-by the functions' schemas, and matched by `cardforge.data.bfcl.match_calls` against the shipped possible
+by the functions' schemas, and matched by `cardforge.agent.bfcl.match_calls` against the shipped possible
 answers (names, required / unknown parameters, allowed values after BFCL's normalisation, parallel calls
 in any order). Irrelevance sets have no possible answers: correct iff the model calls nothing.
 Malformed call markup is a parse failure (wrong), never repaired.
@@ -23,7 +23,7 @@ from typing import Any
 
 from cardforge.core.chat import parse_assistant
 from cardforge.core.errors import UserError
-from cardforge.eval.client import Completion
+from cardforge.agent.client import Completion
 from cardforge.eval.harness import HarnessOptions, Question, run_questions
 
 AST_SETS = ("simple_python", "multiple", "parallel", "parallel_multiple", "live_simple", "live_multiple",
@@ -35,10 +35,10 @@ SYSTEM_EXTRA = " If none of the functions fits the request, say so and call noth
 
 def _data():
     try:
-        from cardforge.data import bfcl
-        from cardforge.data.teacher import tools_prompt
-    except ImportError as e:  # pragma: no cover - the monorepo installs both
-        raise UserError(f"eval.suites: bfcl reuses the data engine (cardforge.data, packages/train): {e}") from None
+        from cardforge.agent import bfcl
+        from cardforge.agent.teacher import tools_prompt
+    except ImportError as e:  # pragma: no cover - cardforge-eval depends on cardforge-agent
+        raise UserError(f"eval.suites: bfcl reuses the agent runtime (cardforge.agent, packages/agent): {e}") from None
     return bfcl, tools_prompt
 
 

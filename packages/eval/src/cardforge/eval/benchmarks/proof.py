@@ -1,4 +1,4 @@
-"""Proof: the held-out split of the proof task family (issue 19; cardforge.data.proof_tasks), run by the
+"""Proof: the held-out split of the proof task family (issue 19; cardforge.agent.proof_tasks), run by the
 agentic runner: the evaluated model acts in the ReAct loop, its python/shell calls really run in the
 bubblewrap sandbox, and its final answer must be the exact integer.
 
@@ -30,8 +30,8 @@ MAX_STEPS = 4  # one call, its observation, the answer; spare turns for a retry
 
 def _check_answer(want: int, answer: str | None) -> None:
     """The data stage's own `integer` rule (the judge of rejection sampling) on the final answer."""
-    from cardforge.data.tasks import Task
-    from cardforge.data.verify import verify
+    from cardforge.agent.tasks import Task
+    from cardforge.agent.verify import verify
     from cardforge.eval.agentic.task import Fail
 
     check = verify(Task("x", "proof", "", {"type": "integer", "value": str(want)}), answer, [], None)
@@ -44,7 +44,7 @@ def _no_files_check(_files: dict[str, bytes]) -> None:
 
 
 def tasks(n: int) -> list:
-    from cardforge.data.proof_tasks import SYSTEM, TOOLS, proof_split
+    from cardforge.agent.proof_tasks import SYSTEM, TOOLS, proof_split
     from cardforge.eval.agentic.task import AgenticTask
 
     return [AgenticTask(it.id, it.kind, it.prompt, _no_files_check, files=dict(it.files), tools=TOOLS,
@@ -62,9 +62,9 @@ def _form(task_id: str) -> str:
 
 
 async def _probe_all(questions: list, base_url: str, opts: HarnessOptions) -> dict[str, dict]:
-    from cardforge.data.teacher import tools_prompt
-    from cardforge.data.tools import FINISH, tool_schemas
-    from cardforge.eval.client import complete, new_session
+    from cardforge.agent.teacher import tools_prompt
+    from cardforge.agent.tools import FINISH, tool_schemas
+    from cardforge.agent.client import complete, new_session
 
     sem = asyncio.Semaphore(max(1, opts.concurrency))
     sampling = replace(opts.sampling, stop=())

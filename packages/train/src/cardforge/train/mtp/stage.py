@@ -70,7 +70,7 @@ def out_dir(cfg: DictConfig) -> Path:
 
 def prompts(cfg: DictConfig, tokenizer) -> list[tuple[str, list[int]]]:
     """(task id, prompt ids rendered with the model's chat template, thinking on) for mtp.sources."""
-    from cardforge.data.tasks import load_tasks
+    from cardforge.agent.tasks import load_tasks
 
     tasks = load_tasks(list(cfg.mtp.sources), int(cfg.mtp.num_prompts), int(cfg.mtp.seed))
     out = []

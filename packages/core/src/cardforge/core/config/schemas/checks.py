@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-# task sources (cardforge.data.tasks.load_source): builtin | humaneval | bfcl:NAME | proof:SPLIT:N | jsonl:PATH
+# task sources (cardforge.agent.tasks.load_source): builtin | humaneval | bfcl:NAME | proof:SPLIT:N | jsonl:PATH
 SOURCE_SYNTAX = "builtin, humaneval, bfcl:NAME (a BFCL set or question file), proof:SPLIT:N or jsonl:PATH"
 
 

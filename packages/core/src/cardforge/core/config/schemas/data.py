@@ -22,7 +22,7 @@ class ToolResults(str, Enum):
 class TeacherKind(str, Enum):
     embedded = "embedded"  # llama-server started by us on an embedded model
     endpoint = "endpoint"  # any OpenAI-compatible URL
-    scripted = "scripted"  # the scripted expert (cardforge.data.scripted_teacher), a test double started by us
+    scripted = "scripted"  # the scripted expert (cardforge.agent.scripted_teacher), a test double started by us
 
 
 @dataclass
