@@ -189,7 +189,7 @@ def llama_cpp_tags() -> dict[str, str]:
 def run_tags(cfg: DictConfig, stage: str) -> dict[str, str]:
     tags = {
         "cardforge.stage": stage,
-        "cardforge.experiment": str(OmegaConf.select(cfg, "experiment", default="unknown")),
+        "cardforge.experiment": str(cfg.experiment),
         "cardforge.config_hash": config_hash(cfg),
     }
     tags.update(git_info())
@@ -234,7 +234,7 @@ def _steps(n: Any, epochs: Any) -> str:
 
 def default_run_name(cfg: DictConfig, stage: str) -> str:
     """What the run computes, in a few words (`train r=16 steps=80`): runs of one stage are told apart."""
-    sel = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
+    sel = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
     val = lambda x: getattr(x, "value", x)  # noqa: E731
     try:
         if stage == "train":
@@ -497,10 +497,12 @@ def stage_run(cfg: DictConfig, stage: str, run_name: str | None = None, parent_r
     import mlflow
 
     uri = tracking_uri(cfg)
-    exp_name = OmegaConf.select(cfg, "logger.experiment_name", default="cardforge")
+    exp_name = cfg.logger.experiment_name
     exp_id = get_or_create_experiment(exp_name, uri)
-    outputs = OmegaConf.select(cfg, "paths.outputs", default=None)
-    outputs = str(Path(outputs).resolve()) if outputs else None
+    from cardforge.core.artifacts import Outputs
+
+    # the outputs root (tagged: the reaper removes a killed run's temp files under it); none in a bare config
+    outputs = str(Outputs(cfg).root.resolve()) if OmegaConf.select(cfg, "paths.outputs") else None
     reap_dead_runs(exp_id, uri, outputs)
     active = mlflow.active_run()
     parent = active.info.run_id if active else (parent_run_id or os.environ.get(PARENT_ENV) or _sweep_parent_id())
@@ -561,10 +563,10 @@ class MlflowSweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri = tracking_uri(config)
-        exp_id = get_or_create_experiment(OmegaConf.select(config, "logger.experiment_name", default="cardforge"), uri)
+        exp_id = get_or_create_experiment(config.logger.experiment_name, uri)
         overrides = list(config.hydra.overrides.task)
         client = mlflow.MlflowClient(uri)
-        stage = OmegaConf.select(config, "stage", default="sweep")
+        stage = config.stage
         stage = getattr(stage, "value", stage)  # the Stage enum's name, not "Stage.train"
         run = client.create_run(
             exp_id,
@@ -573,7 +575,7 @@ class MlflowSweepCallback(Callback):
                 "cardforge.stage": stage,
                 "cardforge.sweep": "true",
                 "cardforge.sweep.overrides": " ".join(overrides)[:5000],
-                "cardforge.experiment": str(OmegaConf.select(config, "experiment", default="unknown")),
+                "cardforge.experiment": str(config.experiment),
                 **git_info(),
                 **owner_tags(),
             },
