@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +62,10 @@ def test_faults_are_recorded_and_rerun_asks_again_only_for_outages_up_to_the_cap
         assert before["retry"] == 2 and before["http500"] == 2  # retries: 1 + data.retries
         # what happened and what to do, in one line
         err = capfd.readouterr().err
+        # progress (issue 25 item 7): a line per sample against the total, an ETA until the last
+        bars = [ln for ln in err.splitlines() if re.match(r"\[cardforge\.data\] \d+/\d+ samples \(", ln)]
+        assert bars[-1].startswith("[cardforge.data] 7/7 samples (100%) ") and "ETA" not in bars[-1]
+        assert any(ln.startswith("[cardforge.data] 1/7 samples (14%) ") and ", ETA " in ln for ln in bars), bars
         note = next(line for line in err.splitlines() if "did not answer" in line)
         assert "4 sample(s) failed because the teacher/simulator did not answer" in note
         assert "the next run asks again for 4 of them (data.max_retries=1" in note and "teacher.base_url" in note

@@ -284,3 +284,29 @@ def test_busy_port_is_one_line_suggesting_port_0(tmp_path):
     assert str(err.value) == (f"127.0.0.1:{port} is already in use (Address already in use); stop what listens "
                               "there or set serve.port=0 to pick a free port")
     assert not (tmp_path / "srv.log").exists()  # refused before anything started
+
+
+# --- a missing model path in the other stages that read model.path (not only train) ---
+
+
+def test_data_stage_missing_model_path_is_one_line_not_the_hub_error():
+    from cardforge.data.stage import _student_tokenizer
+
+    cfg = compose("data", ["model.embedded=false", "model.path=/no/such/dir"])
+    with pytest.raises(UserError) as err:
+        _student_tokenizer(cfg)
+    assert str(err.value).startswith("model.path=/no/such/dir: does not exist; set model.path to a local checkpoint")
+    assert "Repo id" not in str(err.value)
+
+
+def test_serve_missing_model_folder_is_one_line_naming_the_key(tmp_path):
+    from cardforge.serve.stage import resolve_gguf
+
+    cfg = compose("serve", ["model.embedded=false", "model.path=/no/such/dir", f"paths.outputs={tmp_path}"])
+    with pytest.raises(UserError) as err:
+        resolve_gguf(cfg)
+    assert str(err.value).startswith("model.path=/no/such/dir: no such folder; set serve.model_path to a .gguf")
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"x")
+    with pytest.raises(UserError, match=rf"^serve.model_path={f}: a file, not a folder; "):
+        resolve_gguf(compose("serve", [f"serve.model_path={f}", f"paths.outputs={tmp_path}"]))

@@ -98,3 +98,21 @@ def test_a_repeated_lightning_notice_is_shown_once(caplog):
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs.count("`weights_only` was not set, defaulting to `False`.") <= 1
     assert "Restored all states from the checkpoint" in msgs
+
+
+def test_eval_bar_has_the_total_rate_and_eta(tmp_path, capfd):
+    """The eval harness's bar (tqdm on stderr): questions answered against the total, the rate, the time left."""
+    from cardforge.agent.client import Sampling
+    from cardforge.eval.benchmarks.letters import parse_letter
+    from cardforge.eval.harness import HarnessOptions, Question, run_questions
+    from support.fake_server import FakeServer
+
+    qs = [Question(f"q{i}", [{"role": "user", "content": f"QID=q{i} ANSWER=B"}], "B") for i in range(4)]
+    opts = HarnessOptions(Sampling(max_tokens=16), concurrency=1, timeout_s=5.0, retries=0, progress=True)
+    with FakeServer() as srv:
+        run_questions(qs, srv.base_url, parse_letter, opts, tmp_path / "r.jsonl", label="m", suite="s")
+    frames = [ln for ln in capfd.readouterr().err.replace("\r", "\n").splitlines() if ln.startswith("m/s:")]
+    assert frames and all("/4 " in f for f in frames), frames  # the total from the first frame on
+    last = frames[-1]
+    assert "4/4" in last and "100%" in last and "acc=1.000" in last
+    assert "<" in last and ("it/s" in last or "s/it" in last)  # elapsed<remaining, rate

@@ -165,8 +165,12 @@ async def _generate(todo, teacher, opts, accepted: Path, rejected: Path, simulat
 
 def _student_tokenizer(cfg: DictConfig):
     from cardforge.core.chat import load_tokenizer
+    from cardforge.core.io import check_model_path
 
-    return load_tokenizer(str(cfg.model.name if cfg.model.embedded else cfg.model.path))
+    if cfg.model.embedded:
+        return load_tokenizer(str(cfg.model.name))
+    # a folder that does not exist is one line naming model.path, not the hub's "Repo id must be in the form"
+    return load_tokenizer(str(check_model_path(str(cfg.model.path))))
 
 
 def budget_of(cfg: DictConfig) -> tuple:

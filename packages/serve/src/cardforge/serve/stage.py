@@ -120,8 +120,12 @@ def resolve_gguf(cfg: DictConfig) -> Path:
         else:
             src = cfg.model.path
     if not Path(src).is_dir():
-        raise FileNotFoundError(f"serve.model_path / model.path={src}: need a local HF dir or a .gguf file "
-                                "for backend=llama_cpp")
+        from cardforge.core.errors import UserError
+
+        key = "serve.model_path" if cfg.serve.model_path else "model.path"
+        raise UserError(f"{key}={src}: {'a file, not a folder' if Path(src).exists() else 'no such folder'}; set "
+                        f"serve.model_path to a .gguf file or a local HF checkpoint folder (config.json + "
+                        "*.safetensors) for backend=llama_cpp")
     out = Outputs(cfg).serve.dir / f"{Path(src).name}-bf16.gguf"
     if not out.is_file():
         _say(f"converting {src} -> {out} (BF16, once)")
