@@ -41,7 +41,7 @@ from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_json
 from cardforge.core.pipeline_record import load_record, record_path
 from cardforge.pipeline import fingerprints, plan
-from cardforge.pipeline.memory import PeakRss
+from cardforge.pipeline.memory import Peak, PeakRss
 
 CODE_ENV = "CARDFORGE_CODE_VERSION"  # read by tracking.run_tags: the stage's run is tagged with it
 
@@ -146,32 +146,20 @@ def _log_stage_metrics(stage: str, child_id: str | None, parent_id: str, metrics
 
 
 def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResult:
-    stages = STAGES if stages is None else stages
-    names = [s.name for s in stages]
-    until = cfg.get("until")
-    if until is not None and until not in names:
-        raise UserError(f"until={until}: no such stage; choose one of: {', '.join(names)}")
-    if until is not None:
-        stages = stages[: names.index(until) + 1]
-    if cfg.get("plan"):
+    """The chain: the stages up to `until`, the plan only (`plan=true`), the machine check, then under one parent
+    run each stage in turn: left out (off), missing (the chain stops), unchanged (its record reused) or run and
+    recorded."""
+    stages = selected_stages(cfg, STAGES if stages is None else stages)
+    if cfg.plan:
         print(plan.report(cfg))
         return PipelineResult(run_id="", stopped_at=None, reason="plan=true: nothing was run")
-    if plan.needs_gpu(cfg) and (missing := plan.problems(cfg)):
-        print(f"[pipeline] plan for experiment={cfg.experiment}:\n{plan.render(cfg)}", file=sys.stderr)
-        raise UserError(f"experiment={cfg.experiment} cannot run on this machine: " + "; ".join(missing)
-                        + ". Everything else was validated (config, targets, llama.cpp); nothing was run.")
-    force = set(cfg.get("force") or [])
+    check_machine(cfg)
+    force = set(cfg.force or [])
     with tracking.pipeline_run(cfg) as parent:
         result = PipelineResult(run_id=parent.info.run_id)
-
-        def tags(**extra: str) -> None:
-            mlflow.set_tags({"cardforge.stages_done": ",".join(result.done),
-                             "cardforge.stages_skipped": ",".join(result.skipped),
-                             "cardforge.stopped_at": result.stopped_at or "", **extra})
-
-        upstream: list[str] = []
+        upstream: list[str] = []  # the fingerprints of the stages before: part of each stage's key
         for spec in stages:
-            if spec.enabled_by and not OmegaConf.select(cfg, spec.enabled_by, default=False):
+            if spec.enabled_by and not OmegaConf.select(cfg, spec.enabled_by):
                 print(f"[pipeline] {spec.name}: off ({spec.enabled_by}=false)", file=sys.stderr)
                 upstream.append(f"{spec.name}:off")  # switching it on or off changes what comes after
                 continue
@@ -182,71 +170,129 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
                 break
             code = fingerprints.code_version(spec.packages)
             key = stage_key(cfg, spec, upstream, code)
-            rec = load_record(cfg, spec.name)
-            outputs = Outputs(cfg).root
-            if rec and rec.get("key") == key and not spec.always and not ({spec.name, "all"} & force):
-                drift = fingerprints.changed_outputs(rec.get("outputs") or {}, outputs)
-                if not drift:
-                    print(f"[pipeline] {spec.name}: unchanged (run {rec['run_id'][:8]}), skipped", file=sys.stderr)
-                    result.skipped.append(spec.name)
-                    result.results[spec.name] = rec.get("result")
-                    upstream.append(rec["fingerprint"])
-                    continue
-                more = f" and {len(drift) - 1} more" if len(drift) > 1 else ""
-                print(f"[pipeline] {spec.name}: outputs no longer what run {rec['run_id'][:8]} recorded "
-                      f"({drift[0]}{more}; written by another run?), rerunning", file=sys.stderr)
-            elif rec and rec.get("key") != key and rec.get("code") not in (None, code) and not spec.always:
-                print(f"[pipeline] {spec.name}: code changed since run {rec['run_id'][:8]} "
-                      f"({rec['code']} -> {code}), rerunning", file=sys.stderr)
-            elif rec and rec.get("key") != key and rec.get("upstream") not in (None, upstream) and not spec.always:
-                print(f"[pipeline] {spec.name}: an earlier stage's result changed since run {rec['run_id'][:8]}, "
-                      "rerunning", file=sys.stderr)
-            print(f"[pipeline] {spec.name} ...", file=sys.stderr)
-            started = time.time()
-            before = tracking.last_stage_run_id(spec.name)
-            mem = PeakRss()
-            prev_code = os.environ.get(CODE_ENV)
-            os.environ[CODE_ENV] = code
-            try:
-                with mem:
-                    out = fn(cfg)
-            except StageNotImplemented as e:
-                result.stopped_at, result.reason = spec.name, e.message
+            if (rec := reusable_record(cfg, spec, key, code, upstream, force)) is not None:
+                print(f"[pipeline] {spec.name}: unchanged (run {rec['run_id'][:8]}), skipped", file=sys.stderr)
+                result.skipped.append(spec.name)
+                result.results[spec.name] = rec.get("result")
+                upstream.append(rec["fingerprint"])
+                continue
+            ran = run_stage(cfg, spec, fn, code, result)
+            if ran is None:  # the stage said it is not implemented (StageNotImplemented): the chain stops there
                 break
-            except BaseException as e:
-                # the stage's own run is FAILED/KILLED already (stage_run); say where the chain broke
-                failed = tracking.last_stage_run_id(spec.name)
-                failed = failed if failed != before else None
-                if mem.peak is not None:
-                    _log_stage_metrics(spec.name, failed, parent.info.run_id, mem.peak.metrics(spec.name))
-                tags(**{"cardforge.failed_at": spec.name,
-                        "cardforge.failure": f"{type(e).__name__}: {e}"[:4000]})
-                raise
-            finally:
-                if prev_code is None:
-                    os.environ.pop(CODE_ENV, None)
-                else:
-                    os.environ[CODE_ENV] = prev_code
-            seconds = round(time.time() - started, 1)
-            child_id = tracking.last_stage_run_id(spec.name)
-            child_id = child_id if child_id != before else None
-            peak = mem.peak
-            _log_stage_metrics(spec.name, child_id, parent.info.run_id,
-                               {**peak.metrics(spec.name), f"{spec.name}.seconds": seconds})
-            result.peak_rss_gib[spec.name] = round(peak.gib, 4)
-            print(f"[pipeline] {spec.name}: done in {seconds:.0f} s, peak RSS {peak.gib:.2f} GiB",
-                  file=sys.stderr)
-            fp, plain = fingerprint(out), jsonable(out)
-            files = fingerprints.hash_outputs(plain, outputs)
-            _tag_run(spec.name, child_id, {"cardforge.code_version": code,
-                                           "cardforge.outputs_sha256": fingerprints.outputs_digest(files)})
-            atomic_write_json(record_path(cfg, spec.name), {
-                "key": key, "fingerprint": fp, "result": plain, "seconds": seconds,
-                "peak_rss_gib": round(peak.gib, 4), "run_id": child_id or parent.info.run_id,
-                "code": code, "upstream": list(upstream), "outputs": files,
-            })
-            result.results[spec.name] = plain
-            result.done.append(spec.name)
-            upstream.append(fp)
-        tags()
+            upstream.append(record_stage(cfg, spec, ran, key, code, upstream, result))
+        tag_parent(result)
     return result
+
+
+def selected_stages(cfg: DictConfig, stages: list[StageSpec]) -> list[StageSpec]:
+    """The stages up to `until` (all when it is null)."""
+    names = [s.name for s in stages]
+    until = cfg.until
+    if until is not None and until not in names:
+        raise UserError(f"until={until}: no such stage; choose one of: {', '.join(names)}")
+    return stages if until is None else stages[: names.index(until) + 1]
+
+
+def check_machine(cfg: DictConfig) -> None:
+    """A GPU experiment stops before anything runs when this machine lacks what it needs (plan.problems)."""
+    if plan.needs_gpu(cfg) and (missing := plan.problems(cfg)):
+        print(f"[pipeline] plan for experiment={cfg.experiment}:\n{plan.render(cfg)}", file=sys.stderr)
+        raise UserError(f"experiment={cfg.experiment} cannot run on this machine: " + "; ".join(missing)
+                        + ". Everything else was validated (config, targets, llama.cpp); nothing was run.")
+
+
+def reusable_record(cfg: DictConfig, spec: StageSpec, key: str, code: str, upstream: list[str],
+                    force: set[str]) -> dict[str, Any] | None:
+    """The stage's record when the stage can be skipped: same key, outputs still as recorded, not forced and not
+    an `always` stage. Otherwise None, saying why a recorded stage reruns."""
+    rec = load_record(cfg, spec.name)
+    if rec and rec.get("key") == key and not spec.always and not ({spec.name, "all"} & force):
+        drift = fingerprints.changed_outputs(rec.get("outputs") or {}, Outputs(cfg).root)
+        if not drift:
+            return rec
+        more = f" and {len(drift) - 1} more" if len(drift) > 1 else ""
+        print(f"[pipeline] {spec.name}: outputs no longer what run {rec['run_id'][:8]} recorded "
+              f"({drift[0]}{more}; written by another run?), rerunning", file=sys.stderr)
+    elif rec and rec.get("key") != key and rec.get("code") not in (None, code) and not spec.always:
+        print(f"[pipeline] {spec.name}: code changed since run {rec['run_id'][:8]} "
+              f"({rec['code']} -> {code}), rerunning", file=sys.stderr)
+    elif rec and rec.get("key") != key and rec.get("upstream") not in (None, upstream) and not spec.always:
+        print(f"[pipeline] {spec.name}: an earlier stage's result changed since run {rec['run_id'][:8]}, "
+              "rerunning", file=sys.stderr)
+    return None
+
+
+@dataclass
+class StageRun:
+    """One stage run in this invocation: what it returned, its MLflow run (None if it opened none), its cost."""
+    out: Any
+    child_id: str | None
+    seconds: float
+    peak: Peak
+
+
+def run_stage(cfg: DictConfig, spec: StageSpec, fn: Callable[[DictConfig], Any], code: str,
+              result: PipelineResult) -> StageRun | None:
+    """Run the stage with its code version in the environment (its run's tag), measuring time and peak memory
+    (logged on the parent and the stage's run). None when the stage is not implemented; a failure tags the parent
+    with where the chain broke and is raised."""
+    print(f"[pipeline] {spec.name} ...", file=sys.stderr)
+    started = time.time()
+    before = tracking.last_stage_run_id(spec.name)
+    mem = PeakRss()
+    prev_code = os.environ.get(CODE_ENV)
+    os.environ[CODE_ENV] = code
+    try:
+        with mem:
+            out = fn(cfg)
+    except StageNotImplemented as e:
+        result.stopped_at, result.reason = spec.name, e.message
+        return None
+    except BaseException as e:
+        # the stage's own run is FAILED/KILLED already (stage_run); say where the chain broke
+        failed = tracking.last_stage_run_id(spec.name)
+        failed = failed if failed != before else None
+        if mem.peak is not None:
+            _log_stage_metrics(spec.name, failed, result.run_id, mem.peak.metrics(spec.name))
+        tag_parent(result, **{"cardforge.failed_at": spec.name,
+                              "cardforge.failure": f"{type(e).__name__}: {e}"[:4000]})
+        raise
+    finally:
+        if prev_code is None:
+            os.environ.pop(CODE_ENV, None)
+        else:
+            os.environ[CODE_ENV] = prev_code
+    seconds = round(time.time() - started, 1)
+    child_id = tracking.last_stage_run_id(spec.name)
+    child_id = child_id if child_id != before else None
+    peak = mem.peak
+    _log_stage_metrics(spec.name, child_id, result.run_id,
+                       {**peak.metrics(spec.name), f"{spec.name}.seconds": seconds})
+    result.peak_rss_gib[spec.name] = round(peak.gib, 4)
+    print(f"[pipeline] {spec.name}: done in {seconds:.0f} s, peak RSS {peak.gib:.2f} GiB", file=sys.stderr)
+    return StageRun(out, child_id, seconds, peak)
+
+
+def record_stage(cfg: DictConfig, spec: StageSpec, ran: StageRun, key: str, code: str, upstream: list[str],
+                 result: PipelineResult) -> str:
+    """Tag the stage's run with its code and outputs' digest, write its record (what the next invocation's skip
+    check reads) and add it to the result. Returns the stage's fingerprint."""
+    fp, plain = fingerprint(ran.out), jsonable(ran.out)
+    files = fingerprints.hash_outputs(plain, Outputs(cfg).root)
+    _tag_run(spec.name, ran.child_id, {"cardforge.code_version": code,
+                                       "cardforge.outputs_sha256": fingerprints.outputs_digest(files)})
+    atomic_write_json(record_path(cfg, spec.name), {
+        "key": key, "fingerprint": fp, "result": plain, "seconds": ran.seconds,
+        "peak_rss_gib": round(ran.peak.gib, 4), "run_id": ran.child_id or result.run_id,
+        "code": code, "upstream": list(upstream), "outputs": files,
+    })
+    result.results[spec.name] = plain
+    result.done.append(spec.name)
+    return fp
+
+
+def tag_parent(result: PipelineResult, **extra: str) -> None:
+    """The parent run's tags: which stages ran, were skipped, where the chain stopped (and failed)."""
+    mlflow.set_tags({"cardforge.stages_done": ",".join(result.done),
+                     "cardforge.stages_skipped": ",".join(result.skipped),
+                     "cardforge.stopped_at": result.stopped_at or "", **extra})
