@@ -310,3 +310,19 @@ def test_serve_missing_model_folder_is_one_line_naming_the_key(tmp_path):
     f.write_bytes(b"x")
     with pytest.raises(UserError, match=rf"^serve.model_path={f}: a file, not a folder; "):
         resolve_gguf(compose("serve", [f"serve.model_path={f}", f"paths.outputs={tmp_path}"]))
+
+
+def test_a_bad_line_in_the_data_stages_own_files_is_one_line_naming_file_and_line(tmp_path):
+    """The data stage reads its trajectories back on every run (what is done already): a corrupt line there (not the
+    torn last line, which is skipped) was a TrajectoryError traceback."""
+    from cardforge.core.chat import TrajectoryError, completed_task_ids
+
+    f = tmp_path / "out" / "data" / "trajectories.jsonl"
+    f.parent.mkdir(parents=True)
+    f.write_text("garbage {\n")
+    with pytest.raises(UserError) as err:
+        completed_task_ids(f)
+    assert isinstance(err.value, TrajectoryError)  # what callers caught before still catches it
+    line = _one_line(_cli("cardforge.data", f"paths.outputs={tmp_path / 'out'}", tmp_path=tmp_path))
+    assert line.startswith(f"cardforge data: error: {f} line 1: not valid JSON (")
+    assert line.endswith("fix or delete that line (only a torn last line, from a killed writer, is skipped by itself)")

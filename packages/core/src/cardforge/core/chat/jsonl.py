@@ -7,7 +7,8 @@ stage), eval records, MTP sequences and the teacher spend ledger all go through 
   `read_records` gives every whole record of such a file (a torn last line skipped).
 * `append_jsonl` is `append_record` for a `Trajectory` (validated first).
 * `read_jsonl` / `load_jsonl` skip a torn last line and report it (the `TornLine` / a `TornLineWarning`);
-  a bad line anywhere else is corruption and raises `TrajectoryError` naming the line.
+  a bad line anywhere else is corruption and raises `BadLineError` (a `TrajectoryError` and a `UserError`:
+  one line from a stage's CLI) naming the line and the fix.
 * `write_jsonl` replaces a whole file atomically (temp file + rename).
 * `completed_task_ids` gives the ids already on disk, so a re-run skips them: no duplicates.
 """
@@ -23,7 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cardforge.core.chat.schema import Trajectory, TrajectoryError
+from cardforge.core.errors import UserError
 from cardforge.core.io import atomic_write_bytes
+
+
+class BadLineError(TrajectoryError, UserError):
+    """A line of a trajectories file that is not a valid record (not the torn last line): a user-fixable file, so
+    a stage reports it in one line (cardforge.core.cli) naming FILE line N and what to do."""
+
+    FIX = "; fix or delete that line (only a torn last line, from a killed writer, is skipped by itself)"
+
+    def __init__(self, e: TrajectoryError):
+        super().__init__(e.where, e.path, e.problem + self.FIX)
 
 
 class TornLineWarning(UserWarning):
@@ -132,10 +144,13 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[Trajectory], TornLine | No
         if not line.strip():
             continue
         try:
-            d = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TrajectoryError(where, "", f"not valid JSON ({e})") from None
-        records.append(Trajectory.from_dict(d, where))
+            try:
+                d = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise TrajectoryError(where, "", f"not valid JSON ({e})") from None
+            records.append(Trajectory.from_dict(d, where))
+        except TrajectoryError as e:
+            raise BadLineError(e) from None
     return records, torn
 
 
