@@ -201,3 +201,114 @@ def test_gguf_tier_list_lives_once():
     assert repeats == []
     assert compose("pipeline", ["experiment=tiny"]).quant.gguf_tiers == compose(
         "pipeline", ["experiment=qwen36_27b_card"]).quant.gguf_tiers
+
+
+# --- no Python fallback for a config value: the composed config holds every key, conf/ holds the value ---
+
+PACKAGES_SRC = Path(__file__).resolve().parents[2] / "packages"
+
+
+def _config_names(tree: "ast.AST") -> set[str]:
+    """Names bound to the config or one of its sections in this module (`ev = cfg.eval`, `t, n = cfg.teacher, 1`)."""
+    import ast
+
+    names = {"cfg", "config"}
+    is_cfg = lambda v: ast.unparse(v).split(".")[0] in names and ast.unparse(v).count("(") == 0  # noqa: E731
+    for _ in range(2):  # `tc = cfg.trainer` then `mtp = tc.mtp`
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                pairs = [(node.targets[0], node.value)]
+                if isinstance(node.targets[0], ast.Tuple) and isinstance(node.value, ast.Tuple):
+                    pairs = list(zip(node.targets[0].elts, node.value.elts))
+                names |= {t.id for t, v in pairs if isinstance(t, ast.Name) and is_cfg(v)}
+    return names
+
+
+def config_fallbacks(source: str) -> list[tuple[int, str]]:
+    """(line, call) of each place a config value gets a default in Python: `option(serve, key, default)`,
+    `OmegaConf.select(cfg, key, default=<not None>)` (hydra.* keys aside: Hydra's, not ours), and `.get(key,
+    <not None>)` / `getattr(section, key, <not None>)` on the config or a section of it."""
+    import ast
+
+    tree = ast.parse(source)
+    names = _config_names(tree)
+    on_config = lambda node: ast.unparse(node).split(".")[0].split("[")[0] in names  # noqa: E731
+    not_none = lambda node: not (isinstance(node, ast.Constant) and node.value is None)  # noqa: E731
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        fn, args = node.func, node.args
+        name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+        bad = False
+        if name == "option" and (len(args) > 2 or node.keywords):
+            bad = True
+        elif name == "select" and ast.unparse(fn).endswith("OmegaConf.select"):
+            default = next((k.value for k in node.keywords if k.arg == "default"), None)
+            key = args[1] if len(args) > 1 else None
+            hydra = isinstance(key, ast.Constant) and str(key.value).startswith("hydra.")
+            bad = default is not None and not_none(default) and not hydra
+        elif name == "get" and isinstance(fn, ast.Attribute) and len(args) == 2:
+            itself = ast.unparse(args[1]) == ast.unparse(fn.value)  # config.get("text_config", config): a model's
+            bad = on_config(fn.value) and not_none(args[1]) and not itself
+        elif name == "getattr" and len(args) == 3:
+            itself = ast.unparse(args[2]) == ast.unparse(args[0])  # getattr(x, "value", x): an enum's value
+            bad = on_config(args[0]) and not_none(args[2]) and not itself
+        if bad:
+            found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_the_fallback_finder_finds_each_form():
+    src = '''
+def f(cfg, serve):
+    ev = cfg.eval
+    t, n = cfg.teacher, 2
+    a = option(serve, "ctx_size", 4096)
+    b = OmegaConf.select(cfg, "data.max_retries", default=3)
+    c = ev.get("stream", True)
+    d = getattr(cfg.trainer, "kernels", "transformers")
+    e = t.get("price", {})
+    ok = [option(serve, "ctx_size"), OmegaConf.select(cfg, "hydra.mode", default=""), cfg.get("x"),
+          OmegaConf.select(cfg, "release.out_dir", default=None), row.get("n", 0),
+          getattr(cfg.kind, "value", cfg.kind), config.get("text_config", config)]
+'''
+    assert [line for line, _ in config_fallbacks(src)] == [5, 6, 7, 8, 9]
+
+
+# files other work owns at the moment (their owner removes the entry with the fallback)
+NOT_YET = {"eval/src/cardforge/eval/benchmarks/proof.py": "#19: ev.get('proof_probe', True), "
+                                                          "ev.get('agentic_tool_timeout_s') or 10.0"}
+
+
+def test_no_python_fallback_for_a_config_value():
+    """Every key is in the composed config (conf/defaults/ + the schema's MISSING), so a default in code is a second
+    home for the value, one that drifts (`option(serve, "tool_call_parser", "qwen3_coder")` vs qwen3_xml in YAML)."""
+    found = [f"{f.relative_to(PACKAGES_SRC)}:{line}: {call}" for f in sorted(PACKAGES_SRC.rglob("*.py"))
+             for line, call in config_fallbacks(f.read_text())
+             if str(f.relative_to(PACKAGES_SRC)) not in NOT_YET]
+    assert not found, ("config values with a Python fallback: read the key (the composed config has it) and keep "
+                       "the value in conf/defaults/<section>.yaml:\n" + "\n".join(found))
+
+
+# groups whose options set only what differs from conf/defaults/<section>.yaml. Not here: serve (each backend's
+# option names its own port and parsers, which serve.commands reads for the published commands of the other
+# backends), teacher / mtp (an option's identity, e.g. teacher.kind, mtp.enabled, is spelled out)
+THIN_GROUPS = ("trainer", "data", "eval")
+
+
+@pytest.mark.parametrize("group", THIN_GROUPS)
+def test_an_option_sets_only_what_differs_from_the_defaults(group):
+    defaults = _load(CONF / "defaults" / f"{group}.yaml")
+
+    def repeats(node: dict, base: dict, prefix: str) -> list[str]:
+        out = []
+        for key, value in node.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                out += repeats(value, base[key], f"{prefix}{key}.")
+            elif key in base and base[key] == value:
+                out.append(f"{prefix}{key}: {value!r}")
+        return out
+
+    found = {p.name: repeats(_load(p), defaults, f"{group}.") for p in sorted((CONF / group).glob("*.yaml"))}
+    assert {k: v for k, v in found.items() if v} == {}, f"conf/{group}/ options repeating conf/defaults/{group}.yaml"

@@ -196,9 +196,9 @@ def open_teacher(cfg: DictConfig, log_dir: Path, spend: Spend | None = None) -> 
     from cardforge.serve.launchers.llama_cpp import llama_server
 
     n, ctx = int(t.concurrency), int(t.ctx_size)
-    serve = {"host": "127.0.0.1", "port": 0, "ctx_size": ctx * n, "mtp": {"enabled": False}, "threads": int(t.threads),
-             "served_model_name": str(t.model), "startup_timeout_s": 120}
+    # the rest (127.0.0.1, a free port, the start timeout) from conf/defaults/serve.yaml (launchers.settings);
     # llama-server splits -c over its --parallel slots: each concurrent request gets teacher.ctx_size
+    serve = {"ctx_size": ctx * n, "mtp": {"enabled": False}, "threads": int(t.threads), "served_model_name": str(t.model)}
     with llama_server(embedded_gguf(str(t.model)), serve, extra_args=["--parallel", str(n)],
                       log_path=log_dir / "teacher-server.log") as srv:
         yield replace(base, base_url=srv.base_url)

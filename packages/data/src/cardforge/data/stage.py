@@ -39,8 +39,8 @@ from cardforge.core.io import atomic_write_json, atomic_write_text
 
 # keys that change how many samples are made or kept, not what one sample is: a re-run with other values
 # resumes instead of starting over
-RESUME_NEUTRAL = ("num_samples", "samples_per_task", "retries", "retry_errors", "min_accepted", "eval_fraction",
-                  "max_seq_len", "judge", "train_format", "mask_tool_results", "budget")
+RESUME_NEUTRAL = ("num_samples", "samples_per_task", "retries", "retry_errors", "min_accepted", "max_seq_len",
+                  "judge", "train_format", "mask_tool_results", "budget")
 TRANSIENT = ("teacher_error", "simulator_error")  # what data.retry_errors=true asks again for
 
 
@@ -82,7 +82,7 @@ def _prepare_files(cfg: DictConfig, out: Path) -> tuple[Path, Path]:
         _log(f"teacher/data config changed ({old} -> {key}): starting over, old files kept as *.stale-{old}")
     # sample id -> how many later runs asked again for it after a teacher/simulator error (capped)
     asked = dict(prev.get("asked_again", {})) if old == key else {}
-    cap = int(OmegaConf.select(cfg, "data.max_retries", default=3))
+    cap = int(cfg.data.max_retries)
     if cfg.data.retry_errors and rejected.exists():
         keep, again = [], []
         for t in read_jsonl(rejected)[0]:
@@ -106,7 +106,7 @@ def outage_note(cfg: DictConfig, rej: list, out: Path) -> str:
         return ""
     state = out / "state.json"
     asked = json.loads(state.read_text()).get("asked_again", {}) if state.exists() else {}
-    cap = int(OmegaConf.select(cfg, "data.max_retries", default=3))
+    cap = int(cfg.data.max_retries)
     spent = sum(asked.get(t.task_id, 0) >= cap for t in failed)
     first = " ".join(str(failed[0].verdict.reason).split())[:120]
     if cfg.data.retry_errors and spent < len(failed):
@@ -295,8 +295,7 @@ def run(cfg: DictConfig) -> DataResult:
         accepted, rejected = _prepare_files(cfg, out)
         done = completed_task_ids(accepted) | completed_task_ids(rejected)
         todo = [(t, k) for t in tasks for k in range(int(d.samples_per_task)) if sample_id(t, k) not in done]
-        mode = str(OmegaConf.select(cfg, "data.tool_results", default="simulate"))
-        mode = mode.split(".")[-1]  # an enum prints as ToolResults.execute
+        mode = str(cfg.data.tool_results).split(".")[-1]  # an enum prints as ToolResults.execute
         _log(f"{len(tasks)} tasks x {d.samples_per_task} samples: {len(todo)} to ask, {len(done)} already done "
              f"(tool_results={mode}, judge={bool(d.judge)})")
         spend = Spend.load(DataOutputs(out).spend)  # what earlier runs spent counts against the budget

@@ -130,7 +130,7 @@ def bench(models: dict[str, Path], n_values: list[int], serve: dict, *, p_min: f
     bar.start(f"{len(models)} model(s) x n_max {list(n_values)}, one llama-server each")
     for tier, gguf in models.items():
         for n in n_values:
-            opts = {**serve, "mtp": {**serve.get("mtp", {}), "enabled": n > 0, "n_max": max(n, 1), "p_min": p_min}}
+            opts = {**serve, "mtp": {**serve["mtp"], "enabled": n > 0, "n_max": max(n, 1), "p_min": p_min}}
             with llama_server(gguf, opts, extra_args=["--parallel", "1"],
                               log_path=log_dir / f"bench-{tier}-n{n}.log") as srv:
                 step = lambda: bar.step(note=f"{tier} n_max={n}")  # noqa: E731

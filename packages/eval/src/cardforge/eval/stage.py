@@ -210,7 +210,7 @@ def serving(t: Target, cfg: DictConfig, log_dir: Path) -> Iterator[str]:
 def options(cfg: DictConfig, model_id: str | None = None) -> HarnessOptions:
     """The harness options of eval.*; `model_id` (model_id(target)) keys resume to the served model."""
     ev = cfg.eval
-    if not bool(ev.get("stream", True)):
+    if not bool(ev.stream):
         raise UserError("the harness streams (SSE): eval.stream=false is not supported. A non-streaming request "
                         "waits for the whole answer, so a long thought looks like a timeout, and finish_reason / "
                         "timings come from the stream (docs/evaluation.md); leave eval.stream=true")

@@ -37,7 +37,7 @@ def _serve_for(cfg: DictConfig, backend: str) -> Any:
             if key in group:
                 serve[key] = group[key]
     serve["backend"] = backend
-    serve["served_model_name"] = serve.get("served_model_name") or release_model_name(cfg)
+    serve["served_model_name"] = serve["served_model_name"] or release_model_name(cfg)
     return serve
 
 
@@ -92,7 +92,7 @@ def local_model(cfg: DictConfig) -> Path | None:
 def model_ref(cfg: DictConfig, backend: str, gguf_name: str | None = None) -> str:
     """What the published command points at: the GGUF file for llama.cpp; for vLLM/SGLang the distilled
     model (serve.model_path, else the published repo, else the released model dir), never model.path."""
-    given = cfg.serve.get("model_path")
+    given = cfg.serve.model_path
     if given and str(given).endswith(".gguf") == (backend == "llama_cpp"):  # a GGUF only fits llama.cpp
         return str(given)
     if backend == "llama_cpp":
@@ -104,7 +104,7 @@ def inference_commands(cfg: DictConfig, gguf_name: str | None = None) -> dict[st
     out = {}
     for backend in COMMANDS:
         serve = _serve_for(cfg, backend)
-        if backend == "llama_cpp" and not serve.get("port"):
+        if backend == "llama_cpp" and not serve["port"]:
             serve["port"] = 8080  # a published command needs a concrete port
         out[backend] = shlex.join(build_command(model_ref(cfg, backend, gguf_name), serve))
     return out

@@ -63,25 +63,25 @@ def anthropic_endpoint(cfg: DictConfig, engine_url: str, out_dir: Path, model: s
     serve.anthropic.guard (a managed subprocess, stopped with the block). Yields the record for serve.json."""
     import os
 
-    opts = OmegaConf.select(cfg, "serve.anthropic") or {}
+    opts = cfg.serve.anthropic
     info: dict[str, Any] = {"native_base_url": engine_url, "native_messages": engine_url + "/v1/messages",
                             "native_count_tokens": engine_url + "/v1/messages/count_tokens", "guard": None}
-    if not opts.get("guard", False):
+    if not opts.guard:
         _say(f"Anthropic Messages API (engine's own): ANTHROPIC_BASE_URL={engine_url}")
         info["base_url"] = engine_url
         yield info
         return
     from cardforge.serve.anthropic.launch import anthropic_bridge
 
-    key_env = opts.get("api_key_env")
+    key_env = opts.api_key_env
     key = os.environ.get(str(key_env)) if key_env else None
     if key_env and not key:
         from cardforge.core.errors import UserError
 
         raise UserError(f"serve.anthropic.api_key_env={key_env}: that variable is not set (set it, or "
                         "serve.anthropic.api_key_env=null for an open guard on 127.0.0.1)")
-    with anthropic_bridge(engine_url, host=str(option(cfg.serve, "host", "127.0.0.1")),
-                          port=int(opts.get("port") or 0), api_key=key, model=model,
+    with anthropic_bridge(engine_url, host=str(cfg.serve.host),
+                          port=int(opts.port or 0), api_key=key, model=model,
                           log_path=out_dir / "anthropic-guard.log") as guard:
         info.update(guard=guard.base_url, base_url=guard.base_url, guard_pid=guard.pid,
                     guard_log=str(out_dir / "anthropic-guard.log"))
@@ -107,7 +107,7 @@ def resolve_gguf(cfg: DictConfig) -> Path:
     """serve.model_path if it is a GGUF; else that HF dir (or model.path) converted once to BF16 GGUF."""
     from cardforge.core.llama_cpp import convert_hf_to_gguf
 
-    src = option(cfg.serve, "model_path")
+    src = cfg.serve.model_path
     if src and str(src).endswith(".gguf"):
         from cardforge.core.io import check_gguf
 
@@ -148,14 +148,14 @@ def resolve_mmproj(cfg: DictConfig, gguf: Path) -> Path | None:
     serve.mmproj: a path (checked), null (text only) or auto: for a GGUF passed as serve.model_path, the
     `mmproj-*.gguf` beside it (where the quant stage writes it, llama.cpp's naming convention); for an HF dir
     with a vision tower (converted here to GGUF), its projector, converted once beside the text GGUF."""
-    choice = option(cfg.serve, "mmproj", "auto")
+    choice = cfg.serve.mmproj
     if choice is None or str(choice).lower() in {"null", "none", "off", "false"}:
         return None
     if str(choice) != "auto":
         from cardforge.core.io import check_gguf
 
         return check_gguf(choice, "serve.mmproj")
-    src = option(cfg.serve, "model_path")
+    src = cfg.serve.model_path
     if src and str(src).endswith(".gguf"):
         found = sorted(p for p in Path(src).parent.glob("mmproj*.gguf") if p.is_file())
         if len(found) > 1:
@@ -241,7 +241,7 @@ def _run_llama_cpp(cfg: DictConfig, result: ServeResult) -> ServeResult:
             "accept_rate": result.probe.accept_rate if result.probe else None,
             "mtp_check": asdict(result.verdict), "inference_commands": result.commands, "anthropic": anthropic})
         mlflow.log_artifact(str(out_dir / "serve.json"), "serve")
-        if option(cfg.serve, "keep_running", True):
+        if cfg.serve.keep_running:
             _wait_for_interrupt()
     mlflow.log_artifact(str(log_path), "serve")
     if (out_dir / "anthropic-guard.log").is_file():
@@ -270,7 +270,7 @@ def engine_installed(backend: str, command: list[str]) -> bool:
 def engine_model(cfg: DictConfig) -> tuple[str, bool]:
     """(what vLLM/SGLang serve, whether it is known to exist): serve.model_path, else the card's published
     repo, else the distilled checkpoint here (released main dir, else merge output); never model.path."""
-    given = option(cfg.serve, "model_path") or published_repo(cfg)
+    given = cfg.serve.model_path or published_repo(cfg)
     if given:
         return str(given), True
     local = local_model(cfg)
@@ -323,7 +323,7 @@ def _run_engine(cfg: DictConfig, backend: str, result: ServeResult) -> ServeResu
                                      "serve.served_models": ",".join(result.served_models)[:5000],
                                      "serve.anthropic_base_url": str(anthropic.get("base_url"))})
                     mlflow.log_metric("serve.startup_s", srv.startup_s)
-                    if option(cfg.serve, "keep_running", True):
+                    if cfg.serve.keep_running:
                         _wait_for_interrupt()
         finally:
             if log_path.is_file():

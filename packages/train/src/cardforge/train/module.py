@@ -72,7 +72,7 @@ class DistillModule(pl.LightningModule):
         self._shard = shard
         self.__dict__["_sharded_loss"] = None  # not a registered submodule: its parameters are self.model's
         self.tcfg = trainer_cfg
-        self._chunked_ce = str(getattr(trainer_cfg, "kernels", "transformers")) == "cardforge"
+        self._chunked_ce = str(trainer_cfg.kernels) == "cardforge"
         self.total_steps = total_steps
         self.optimizer_name = ""  # what actually runs (after the CPU fallback)
         self._rng_to_restore: dict[str, Any] | None = None

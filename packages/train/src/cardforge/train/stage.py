@@ -57,7 +57,7 @@ class TrainResult:
 
 def data_path(cfg: DictConfig) -> Path:
     """trainer.data_file, else the data stage's accepted set."""
-    if f := OmegaConf.select(cfg, "trainer.data_file", default=None):
+    if f := cfg.trainer.data_file:
         return Path(str(f)).expanduser()
     return Outputs(cfg).data.trajectories
 
@@ -144,12 +144,12 @@ def configure_compile(tc, max_seq_len: int, pad_multiple: int) -> None:
 
     lengths = len({padded_length(n, pad_multiple) for n in range(1, max_seq_len + 1)})
     limit = max(8, 4 * lengths + 8)
-    cfg = torch._dynamo.config
-    if hasattr(cfg, "recompile_limit"):
-        cfg.recompile_limit = max(cfg.recompile_limit, limit)
+    dynamo = torch._dynamo.config
+    if hasattr(dynamo, "recompile_limit"):
+        dynamo.recompile_limit = max(dynamo.recompile_limit, limit)
     else:  # torch < 2.6
-        cfg.cache_size_limit = max(cfg.cache_size_limit, limit)
-    cfg.accumulated_recompile_limit = max(getattr(cfg, "accumulated_recompile_limit", 0), 2 * limit)
+        dynamo.cache_size_limit = max(dynamo.cache_size_limit, limit)
+    dynamo.accumulated_recompile_limit = max(getattr(dynamo, "accumulated_recompile_limit", 0), 2 * limit)
     fc = torch._functorch.config
     if tc.activation_memory_budget is not None:  # composition checked that this torch has the knob
         fc.activation_memory_budget = float(tc.activation_memory_budget)
@@ -212,9 +212,8 @@ def load_training_data(cfg: DictConfig, path: Path, samples_path: Path):
     tokenizer = AutoTokenizer.from_pretrained(path)
     load_stats = LoadStats()
     samples = load_samples(samples_path, tokenizer, cfg.data.max_seq_len,
-                           bool(OmegaConf.select(cfg, "trainer.skip_bad_lines", default=True)),
-                           train_format=str(OmegaConf.select(cfg, "data.train_format", default="template")),
-                           mask_tool_results=bool(OmegaConf.select(cfg, "data.mask_tool_results", default=True)),
+                           bool(cfg.trainer.skip_bad_lines), train_format=str(cfg.data.train_format),
+                           mask_tool_results=bool(cfg.data.mask_tool_results),
                            stats=load_stats)
     log.info("training data: %s", load_stats.summary())
     return tokenizer, samples, load_stats
@@ -250,8 +249,8 @@ def build_student(cfg: DictConfig, path: Path) -> Student:
     if tc.kernels == "cardforge":
         from cardforge.train import fast
 
-        pack = OmegaConf.select(cfg, "trainer.pack_length", default=None)
-        offload = bool(OmegaConf.select(cfg, "trainer.offload_checkpoints", default=False))
+        pack = tc.pack_length
+        offload = bool(tc.offload_checkpoints)
         if pack and pack < cfg.data.max_seq_len:
             raise UserError(f"trainer.pack_length={pack} is shorter than data.max_seq_len={cfg.data.max_seq_len}: "
                             "a packed row must hold the longest sample; raise trainer.pack_length")
@@ -270,7 +269,7 @@ def build_student(cfg: DictConfig, path: Path) -> Student:
         layers = base.model.layers
         for i, layer in enumerate(layers):
             layer.gradient_checkpointing = i < len(layers) - keep
-    if tc.kernels == "cardforge" and OmegaConf.select(cfg, "trainer.offload_checkpoints", default=False):
+    if tc.kernels == "cardforge" and tc.offload_checkpoints:
         from cardforge.train.fast import offload as offload_mod
 
         offload_mod.enable(model, compile=tc.compile_layers)
@@ -413,7 +412,7 @@ def train(cfg: DictConfig, samples_path: Path, out_dir: Path, run_id: str | None
     student = build_student(cfg, path)
     strategy = build_strategy(tc, student.base)
     datamodule = TrainDataModule(samples, pad_id, tc.batch_size, tc.seed, pad_multiple=student.pad_multiple,
-                                 pack_length=OmegaConf.select(cfg, "trainer.pack_length", default=None) or 0)
+                                 pack_length=tc.pack_length or 0)
     trainer, history, ckpt = build_trainer(cfg, strategy, out_dir, run_id)
     module = build_module(cfg, student, path, trainer, len(datamodule.train_set))  # packed rows, if packing
     ckpt.data_key = samples_key(samples)  # stamped beside every checkpoint; a resume needs the same samples
@@ -444,7 +443,7 @@ def run(cfg: DictConfig) -> TrainResult:
 
     src = data_path(cfg)
     if not src.is_file():
-        if OmegaConf.select(cfg, "trainer.data_file", default=None):
+        if cfg.trainer.data_file:
             raise MissingInputError(f"trainer.data_file={src}: no such file; point it at a JSONL of trajectories or "
                                     "pre-tokenized rows")
         raise MissingInputError(f"{src} does not exist: run the data stage first "

@@ -28,14 +28,14 @@ def load(ev: Any, root: str | Path | None = None) -> list:
 
 def judge_from(ev: Any):
     """The LLM judge at eval.judge_url (OpenAI-compatible), or None."""
-    if not ev.get("judge_url"):
+    if not ev.judge_url:
         return None
     from cardforge.agent import llm_judge
     from cardforge.agent.teacher import Teacher
 
     url = str(ev.judge_url).rstrip("/").removesuffix("/v1")
-    return Teacher(url, ev.get("judge_model"), llm_judge.JUDGE_SAMPLING, float(ev.timeout_s), int(ev.retries), 1,
-                   label=str(ev.get("judge_model") or "judge"))
+    return Teacher(url, ev.judge_model, llm_judge.JUDGE_SAMPLING, float(ev.timeout_s), int(ev.retries), 1,
+                   label=str(ev.judge_model or "judge"))
 
 
 def run_suite(questions: list, base_url: str, opts: HarnessOptions, out_path: str | Path, *, label: str,
@@ -43,8 +43,8 @@ def run_suite(questions: list, base_url: str, opts: HarnessOptions, out_path: st
     from cardforge.eval.agentic.runner import AgenticOptions, run_tasks
 
     ev = cfg.eval
-    aopts = AgenticOptions(max_steps=ev.get("agentic_max_steps"),
-                           tool_timeout_s=float(ev.get("agentic_tool_timeout_s") or 10.0), judge=judge_from(ev))
+    aopts = AgenticOptions(max_steps=ev.agentic_max_steps, tool_timeout_s=float(ev.agentic_tool_timeout_s),
+                           judge=judge_from(ev))
     return run_tasks(questions, base_url, opts, out_path, label=label, suite=suite, aopts=aopts)
 
 

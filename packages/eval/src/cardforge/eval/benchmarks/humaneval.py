@@ -32,7 +32,7 @@ def load(ev: Any, root: str | Path | None = None) -> list[Question]:
     from cardforge.core.humaneval import problems
 
     _sandbox_ready()
-    timeout = float(dict(ev.coding_timeout_s).get("python", 10.0))
+    timeout = float(ev.coding_timeout_s["python"])
     qs = [Question(p["task_id"], [{"role": "user", "content": PROMPT.format(prompt=p["prompt"])}], "pass",
                    {"problem": p, "timeout_s": timeout}) for p in problems()]
     return qs[: ev.limit] if ev.limit else qs

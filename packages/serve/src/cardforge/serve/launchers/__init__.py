@@ -2,15 +2,24 @@
 
 `COMMANDS` is a lazy registry (backend -> "module:function") so no engine is imported to build a command.
 Every builder has the signature `(model, serve, *, host, port, exe=None) -> list[str]`.
+
+The values live in conf/ only: `serve` is the composed `cfg.serve` (every key present), or a partial mapping (the
+teacher's helper server, tests) whose missing keys come from `conf/defaults/serve.yaml` (`settings`). No builder
+carries a fallback value of its own.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
 import json
+from dataclasses import asdict, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+from omegaconf import OmegaConf
 
 COMMANDS = {
     "llama_cpp": "cardforge.serve.launchers.llama_cpp:llama_server_command",
@@ -21,14 +30,48 @@ COMMANDS = {
 HEALTH_PATHS = {"llama_cpp": "/health", "vllm": "/health", "sglang": "/health"}
 
 
-def option(serve: Any, key: str, default: Any = None) -> Any:
-    """A serve-config value from a DictConfig, a dataclass or a dict; enums as their value."""
-    val = serve.get(key, default) if hasattr(serve, "get") else getattr(serve, key, default)
-    return val.value if isinstance(val, Enum) else val
+def _plain(value: Any) -> Any:
+    """A DictConfig / dataclass / mapping as plain dicts and lists, enums as their values."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    elif OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.value if isinstance(value, Enum) else value
+
+
+def _over(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _over(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _defaults(path: Path) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
+
+
+def settings(serve: Any) -> dict[str, Any]:
+    """`serve` as a plain dict over conf/defaults/serve.yaml: every serve key present, whatever the caller gave."""
+    from cardforge.core.paths import conf_dir
+
+    return _over(copy.deepcopy(_defaults(conf_dir() / "defaults" / "serve.yaml")), _plain(serve) or {})
+
+
+def option(serve: Any, key: str) -> Any:
+    """One serve value (`mtp.n_max` for a nested one) from the composed config or a partial mapping."""
+    value: Any = settings(serve)
+    for part in key.split("."):
+        value = value[part]
+    return value
 
 
 def backend_name(serve: Any) -> str:
-    return str(option(serve, "backend", "llama_cpp"))
+    return str(option(serve, "backend"))
 
 
 def served_name(serve: Any, model: str | Path) -> str:
@@ -72,7 +115,6 @@ def command_builder(backend: str) -> Callable[..., list[str]]:
 
 def build_command(model: str | Path, serve: Any, *, host: str | None = None, port: int | None = None,
                   exe: str | None = None) -> list[str]:
-    backend = backend_name(serve)
-    return command_builder(backend)(
-        model, serve, host=host or option(serve, "host", "127.0.0.1"),
-        port=int(port if port is not None else option(serve, "port", 0)), exe=exe)
+    s = settings(serve)
+    return command_builder(str(s["backend"]))(
+        model, s, host=host or s["host"], port=int(port if port is not None else s["port"]), exe=exe)

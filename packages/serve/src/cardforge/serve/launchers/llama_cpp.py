@@ -12,28 +12,29 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from cardforge.serve.launchers import option, served_name
+from cardforge.serve.launchers import served_name, settings
 from cardforge.serve.process import ManagedServer, ServerStartError, free_port
 
 
 def llama_server_command(model: str | Path, serve: Any, *, host: str = "127.0.0.1", port: int = 8080,
                          exe: str | None = None) -> list[str]:
+    s = settings(serve)
     cmd = [exe or "llama-server", "-m", str(model), "--host", host, "--port", str(port),
-           "--alias", served_name(serve, model),
+           "--alias", served_name(s, model),
            "--jinja",  # the GGUF's own chat template (tools, thinking), not llama.cpp's built-in guess
-           "-c", str(option(serve, "ctx_size", 4096)),
+           "-c", str(s["ctx_size"]),
            "--metrics",  # /metrics carries the spec-decode counters the eval stage reads
            "--no-webui"]
-    mmproj = option(serve, "mmproj", None)  # a path (the serve stage resolves serve.mmproj=auto to one, or None)
+    mmproj = s["mmproj"]  # a path (the serve stage resolves serve.mmproj=auto to one, or None)
     if mmproj and str(mmproj) != "auto":  # the vision projector of a VL model: image requests reach the model
         cmd += ["--mmproj", str(mmproj)]
-    threads = int(option(serve, "threads", 0) or 0)
+    threads = int(s["threads"] or 0)
     if threads > 0:  # 0 leaves the choice to llama.cpp (all physical cores)
         cmd += ["-t", str(threads)]
-    mtp = option(serve, "mtp", {}) or {}
-    if option(mtp, "enabled", False):
-        cmd += ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(option(mtp, "n_max", 3)),
-                "--spec-draft-p-min", str(float(option(mtp, "p_min", 0.0)))]
+    mtp = s["mtp"]
+    if mtp["enabled"]:
+        cmd += ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(mtp["n_max"]),
+                "--spec-draft-p-min", str(float(mtp["p_min"]))]
     return cmd
 
 
@@ -48,10 +49,11 @@ def llama_server(model: str | Path, serve: Any, *, log_path: str | Path | None =
     """
     from cardforge.core.llama_cpp import binary
 
-    host = option(serve, "host", "127.0.0.1")
-    fixed_port = int(option(serve, "port", 0) or 0)
+    serve = settings(serve)
+    host = serve["host"]
+    fixed_port = int(serve["port"] or 0)
     log = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="llama-server-")) / "server.log"
-    timeout = float(timeout_s if timeout_s is not None else option(serve, "startup_timeout_s", 120))
+    timeout = float(timeout_s if timeout_s is not None else serve["startup_timeout_s"])
     from cardforge.core.io import check_gguf, check_port_free
 
     check_gguf(model)  # a corrupt or truncated file is one line, not llama-server's log tail

@@ -12,25 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cardforge.serve.launchers import option, quantization, served_name
+from cardforge.serve.launchers import quantization, served_name, settings
 
 
 def sglang_command(model: str | Path, serve: Any, *, host: str = "127.0.0.1", port: int = 30000,
                    exe: str | None = None) -> list[str]:
+    s = settings(serve)
     cmd = [*(exe.split() if exe else ["python", "-m", "sglang.launch_server"]),
            "--model-path", str(model),
-           "--served-model-name", served_name(serve, model),
+           "--served-model-name", served_name(s, model),
            "--host", host, "--port", str(port),
-           "--tp-size", str(option(serve, "tensor_parallel_size", 1)),
-           "--context-length", str(option(serve, "max_model_len", 32768)),
-           "--reasoning-parser", str(option(serve, "reasoning_parser", "qwen3")),
-           "--tool-call-parser", str(option(serve, "tool_call_parser", "qwen3_coder"))]
-    mtp = option(serve, "mtp", {}) or {}
-    if option(mtp, "enabled", False):
-        n = int(option(mtp, "n_max", 3))
+           "--tp-size", str(s["tensor_parallel_size"]),
+           "--context-length", str(s["max_model_len"]),
+           "--reasoning-parser", str(s["reasoning_parser"]),
+           "--tool-call-parser", str(s["tool_call_parser"])]  # conf/serve/sglang.yaml: qwen3_coder
+    if s["mtp"]["enabled"]:
+        n = int(s["mtp"]["n_max"])
         cmd += ["--speculative-algorithm", "EAGLE", "--speculative-num-steps", str(n),
                 "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", str(n + 1)]
-    quant = quantization(serve, model)
+    quant = quantization(s, model)
     if quant:
         cmd += ["--quantization", str(quant)]
     return cmd

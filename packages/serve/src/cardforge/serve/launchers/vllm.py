@@ -15,23 +15,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cardforge.serve.launchers import option, quantization, served_name
+from cardforge.serve.launchers import quantization, served_name, settings
 
 
 def vllm_command(model: str | Path, serve: Any, *, host: str = "127.0.0.1", port: int = 8000,
                  exe: str | None = None) -> list[str]:
+    s = settings(serve)
     cmd = [exe or "vllm", "serve", str(model),
-           "--served-model-name", served_name(serve, model),
+           "--served-model-name", served_name(s, model),
            "--host", host, "--port", str(port),
-           "--tensor-parallel-size", str(option(serve, "tensor_parallel_size", 1)),
-           "--max-model-len", str(option(serve, "max_model_len", 32768)),
-           "--reasoning-parser", str(option(serve, "reasoning_parser", "qwen3")),
-           "--enable-auto-tool-choice", "--tool-call-parser", str(option(serve, "tool_call_parser", "qwen3_xml"))]
-    mtp = option(serve, "mtp", {}) or {}
-    if option(mtp, "enabled", False):
-        spec = {"method": "mtp", "num_speculative_tokens": int(option(mtp, "n_max", 3))}
+           "--tensor-parallel-size", str(s["tensor_parallel_size"]),
+           "--max-model-len", str(s["max_model_len"]),
+           "--reasoning-parser", str(s["reasoning_parser"]),
+           "--enable-auto-tool-choice", "--tool-call-parser", str(s["tool_call_parser"])]
+    if s["mtp"]["enabled"]:
+        spec = {"method": "mtp", "num_speculative_tokens": int(s["mtp"]["n_max"])}
         cmd += ["--speculative-config", json.dumps(spec, separators=(",", ":"))]
-    quant = quantization(serve, model)
+    quant = quantization(s, model)
     if quant:
         cmd += ["--quantization", str(quant)]
     return cmd

@@ -82,16 +82,17 @@ def lora_deltas(adapter_dir: Path) -> tuple[dict[str, tuple], float]:
     """{module: (A, B)} of a PEFT LoRA adapter and its scale; refuses what a plain W + s*B@A merge cannot fold."""
     from safetensors.torch import load_file
 
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    bad = [k for k, ok in (("peft_type", cfg.get("peft_type") == "LORA"), ("use_dora", not cfg.get("use_dora")),
-                           ("modules_to_save", not cfg.get("modules_to_save")), ("bias", cfg.get("bias", "none") == "none"),
-                           ("rank_pattern", not cfg.get("rank_pattern")), ("alpha_pattern", not cfg.get("alpha_pattern")),
-                           ("fan_in_fan_out", not cfg.get("fan_in_fan_out"))) if not ok]
+    peft = json.loads((adapter_dir / "adapter_config.json").read_text())
+    bad = [k for k, ok in (("peft_type", peft.get("peft_type") == "LORA"), ("use_dora", not peft.get("use_dora")),
+                           ("modules_to_save", not peft.get("modules_to_save")),
+                           ("bias", peft.get("bias", "none") == "none"),
+                           ("rank_pattern", not peft.get("rank_pattern")), ("alpha_pattern", not peft.get("alpha_pattern")),
+                           ("fan_in_fan_out", not peft.get("fan_in_fan_out"))) if not ok]
     if bad:
         raise MergeError(f"{adapter_dir}/adapter_config.json: {', '.join(bad)} not supported by the merge "
                          "(a plain LoRA with lora.bias=none, no DoRA, no modules_to_save)")
-    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
-    scale = alpha / (r ** 0.5 if cfg.get("use_rslora") else r)
+    r, alpha = int(peft["r"]), float(peft["lora_alpha"])
+    scale = alpha / (r ** 0.5 if peft.get("use_rslora") else r)
     pairs: dict[str, dict] = {}
     for key, t in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
         m = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", key)

@@ -129,7 +129,7 @@ def continuations(cfg: DictConfig, src: Path, tokenizer, items: list[tuple[str, 
     serve = OmegaConf.to_container(cfg.serve, resolve=True, enum_to_str=True)
     serve.update(served_model_name=None, model_path=None, mtp={"enabled": False})
     ctx = max(len(ids) for _, _, ids in todo) + int(m.max_new_tokens) + 8
-    serve["ctx_size"] = max(int(serve.get("ctx_size") or 0), ctx)
+    serve["ctx_size"] = max(int(serve["ctx_size"]), ctx)
     bar = tqdm(total=len(todo), desc="mtp: continuations", file=sys.stderr)
     with llama_server(bf16, serve, extra_args=["--parallel", "1"], log_path=log_dir / "generate-server.log") as srv:
         for tid, k, ids in todo:

@@ -85,7 +85,6 @@ class DataConfig:
     judge: bool = MISSING
     seed: int = MISSING
     max_seq_len: int = MISSING
-    eval_fraction: float = MISSING
     sources: list[str] = MISSING
     samples_per_task: int = MISSING
     retries: int = MISSING
