@@ -116,3 +116,23 @@ def test_eval_bar_has_the_total_rate_and_eta(tmp_path, capfd):
     last = frames[-1]
     assert "4/4" in last and "100%" in last and "acc=1.000" in last
     assert "<" in last and ("it/s" in last or "s/it" in last)  # elapsed<remaining, rate
+
+
+def test_quant_schedule_prints_a_line_per_step_against_the_total(capfd):
+    """The quant stage's steps (Schedule.execute, the real run_steps): a first 0/N line, then k/N with an ETA."""
+    import time
+
+    from cardforge.quant.schedule import Step
+    from cardforge.quant.stage import Schedule
+
+    sched = Schedule.__new__(Schedule)  # the steps only: no model, no llama.cpp
+    sched.slots, sched.step_threads, sched._torch_threads = 1, 1, None
+    sched.steps = [Step("convert", lambda: time.sleep(0.05)), Step("imatrix", lambda: time.sleep(0.05), ("convert",)),
+                   Step("quantize_Q4_K_M", lambda: time.sleep(0.05), ("imatrix",))]
+    out = sched.execute()
+    assert set(out.results) == {"convert", "imatrix", "quantize_Q4_K_M"}
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("[quant] ") and " steps (" in ln]
+    assert lines[0] == "[quant] 0/3 steps (0%) 0 s: 1 at a time"
+    assert lines[1].startswith("[quant] 1/3 steps (33%) ") and ", ETA " in lines[1] and lines[1].endswith(
+        ": convert in 0.1 s")
+    assert lines[-1].startswith("[quant] 3/3 steps (100%) ") and "ETA" not in lines[-1]

@@ -84,6 +84,13 @@ def run_steps(steps: list[Step], slots: int, on_done: Callable[[str, float], Non
             result, error = None, e
         end = time.perf_counter() - t0
         cpu = time.thread_time() - cpu0 + _local.child_cpu
+        if on_done and error is None:
+            # before the step counts as finished: run_steps returns only after the last step's report (called
+            # after, the caller could return and print on while this daemon thread had not reported yet)
+            try:
+                on_done(step.name, end - start)
+            except Exception:  # noqa: BLE001 - a progress report must not fail (or hang) the run
+                pass
         with cond:
             running.discard(step.name)
             out.timings[step.name] = Timing(start, end, cpu)
@@ -92,8 +99,6 @@ def run_steps(steps: list[Step], slots: int, on_done: Callable[[str, float], Non
             else:
                 errors.append(error)
             cond.notify_all()
-        if on_done and error is None:
-            on_done(step.name, end - start)
 
     with cond:
         while pending or running:
