@@ -1,7 +1,9 @@
-"""FSDP2 on CPU (gloo, 2 ranks): each rank loads only its shards of a 1.9 GB random bf16 checkpoint, keeps the base
-in bf16 (LoRA fp32, no fp32 copy of the base) and trains two LoRA steps; its peak RSS while loading stays
-<= 0.6 x the checkpoint + a constant. The weight part of cardforge.pipeline.fsdp_memory (what `make plan` prints
-per GPU) is checked here."""
+"""FSDP2 on CPU (gloo, 2 ranks): each rank loads only its shards of a 3.9 GB random bf16 checkpoint
+(distributed.CHECK_ARCH), keeps the base in bf16 (LoRA fp32, no fp32 copy of the base) and trains two LoRA steps.
+Issue 21 item 1: each rank's peak RSS over the whole run (load and steps) <= 0.6 x the checkpoint + a stated
+constant, C = RUNTIME_GIB + the working set of two all-gathered units (`gathered`, fixed by the layer width, not by
+the checkpoint's size); a rank holding the whole base would exceed it. The weight part of
+cardforge.pipeline.fsdp_memory (what `make plan` prints per GPU) is checked here."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import sys
 import pytest
 
 GIB = 2**30
-RUNTIME_GIB = 1.0  # the stated constant: python + torch + transformers + PEFT + gloo + the meta model (0.42 GiB seen)
+RUNTIME_GIB = 1.0  # the stated constant: python + torch + transformers + PEFT + gloo + the meta model (0.40 GiB seen)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def fsdp2_run(tmp_path_factory):
     out = tmp / "ranks"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "cardforge.train.distributed", "--model", str(ckpt), "--out", str(out),
-                           "--steps", "2", "--seq", "64"], capture_output=True, text=True, timeout=1200)
+                           "--steps", "2", "--seq", "64", "--checkpointing"], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     expect = fsdp_memory.rank_weight_bytes(tensors, 2)
@@ -45,7 +47,7 @@ def fsdp2_run(tmp_path_factory):
 @pytest.mark.slow
 def test_fsdp2_rank_loads_and_holds_only_its_shards(fsdp2_run):
     size, tensors, expect, ranks = fsdp2_run
-    assert size > 1.8e9
+    assert size > 3.5e9  # "several GB"
     base_elems = sum(math.prod(s) for s in tensors.values())
     for r in ranks:
         # only this rank's rows were read, and they are all it holds of the base: bf16, half of every tensor
@@ -65,9 +67,13 @@ def test_fsdp2_rank_loads_and_holds_only_its_shards(fsdp2_run):
 @pytest.mark.slow
 def test_fsdp2_training_step_adds_only_the_working_set(fsdp2_run):
     size, _, expect, ranks = fsdp2_run
+    bound = 0.6 * size + expect["gathered"] + RUNTIME_GIB * GIB  # 0.6 x checkpoint + C
     for r in ranks:
+        # the bound can fail: the runtime plus the whole base on one rank would exceed it
+        assert r["rss_built"] + size > bound, (r["rss_built"], size, bound)
         # two LoRA steps add the working set (two gathered units) and the step's own small state, never another
         # copy of the base; needs freed gathered weights returned to the OS (distributed.bounded_malloc: without
         # it glibc kept them, +1.6 GiB per rank over the forward)
         assert r["bounded_malloc"] is True
-        assert r["rss_step"] <= 0.6 * size + expect["gathered"] + RUNTIME_GIB * GIB, r
+        # rss_step is ru_maxrss at the end: the rank's peak over the whole run (load, forward, backward, AdamW)
+        assert r["rss_step"] >= r["rss_load"] and r["rss_step"] <= bound, r

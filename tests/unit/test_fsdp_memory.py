@@ -44,3 +44,27 @@ def test_qwen36_27b_plan_per_gpu():
     assert rows[0]["total"] > rows[1]["total"] > rows[2]["total"]
     assert rows[0]["activations"] == rows[2]["activations"]  # per rank: its own micro-batch
     assert "2 GPUs" in fm.plan_line(rows, 32768) and "8 GPUs" in fm.plan_line(rows, 32768)
+
+
+def test_make_plan_prints_the_27b_per_gpu_split_at_32k_from_these_formulas():
+    """Issue 21 item 3, until a multi-GPU machine is lent: `make plan EXP=qwen36_27b_card` (plan.plan) prints the
+    FSDP2 memory per GPU for the full 27B at data.max_seq_len = 32768 on 2/4/8 GPUs, from plan_rows, whose weight
+    part is rank_weight_bytes: the formula tests/integration/test_fsdp2_memory.py measures on CPU ranks."""
+    from cardforge.core.config.compose import compose
+    from cardforge.core.models import layout
+    from cardforge.pipeline import plan
+
+    cfg = compose("pipeline", ["experiment=qwen36_27b_card"])
+    seq = int(cfg.data.max_seq_len)
+    assert seq == 32768 and layout.known_config(cfg.model) == layout.qwen36_27b_config()
+    train = {stage: needs for stage, _, needs in plan.plan(cfg)}["train"]
+    rows = fm.plan_rows(layout.qwen36_27b_config(), list(cfg.lora.target_modules), int(cfg.lora.r), seq)
+    assert fm.plan_line(rows, seq) in train
+    tensors = fm.text_tensors(layout.inventory(layout.qwen36_27b_config()))
+    assert 26.8e9 < sum(math.prod(s) for s in tensors.values()) < 27.0e9  # the text view the stage loads
+    for r in rows:
+        assert r["base_sharded"] + r["base_gathered"] == fm.rank_weight_bytes(tensors, r["gpus"])["total"]
+    gib = 2**30
+    # what the plan says today (AdamW fp32 LoRA state, checkpointing per layer): 2 GPUs fit an 80 GB H100
+    assert [round(r["total"] / gib, 1) for r in rows] == [64.4, 50.1, 43.0]
+    assert "2 GPUs 64.4 GiB" in train and "4 GPUs 50.1 GiB" in train and "8 GPUs 43.0 GiB" in train

@@ -13,7 +13,7 @@
    gradients reduced in fp32 into the fp32 LoRA shards; the frozen base gets no gradients.
 
 Memory formulas: cardforge.pipeline.fsdp_memory (what `make plan` prints per GPU); the CPU test
-tests/integration/test_fsdp2_memory.py measures each rank's peak RSS against them (2 gloo ranks, a ~2 GB
+tests/integration/test_fsdp2_memory.py measures each rank's peak RSS against them (2 gloo ranks, a 3.9 GB
 random checkpoint).
 """
 
@@ -197,10 +197,11 @@ def materialize(model, model_dir: str | Path, mesh=None, device: str | torch.dev
 
 
 def build_sharded(model_dir: str | Path, lora_cfg: Any = None, mesh=None, device: str = "cpu", seed: int = 0,
-                  marks: dict | None = None):
+                  marks: dict | None = None, gradient_checkpointing: bool = False):
     """The model of `model_dir` with LoRA (`lora_cfg`: a peft.LoraConfig or None), FSDP2-sharded, this rank's
-    shards loaded. Needs an initialized process group (or a `mesh`)."""
-    model = meta_model(model_dir)
+    shards loaded. Needs an initialized process group (or a `mesh`). `gradient_checkpointing`: per decoder layer
+    (non-reentrant), as the train stage runs by default."""
+    model = meta_model(model_dir, gradient_checkpointing)
     if lora_cfg is not None:
         import peft
 
@@ -220,8 +221,9 @@ def dtypes(model) -> dict[str, int]:
     return out
 
 
-# the CPU check's architecture (Qwen3.5 text, GDN + attention layers): 0.95B params, a 1.9 GB bf16 checkpoint
-CHECK_ARCH = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
+# the CPU check's architecture (Qwen3.5 text, GDN + attention layers): 1.97B params, a 3.9 GB bf16 checkpoint (36
+# layers of 102 MB + 262 MB of embeddings and lm_head; 16 layers, 1.9 GB, until issue 21's "several GB")
+CHECK_ARCH = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=36,
                   full_attention_interval=4, num_attention_heads=8, num_key_value_heads=2, head_dim=256,
                   linear_num_key_heads=8, linear_num_value_heads=16, linear_key_head_dim=128,
                   linear_value_head_dim=128, linear_conv_kernel_dim=4, partial_rotary_factor=0.25,
@@ -311,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--r", type=int, default=8)
+    p.add_argument("--checkpointing", action="store_true",
+                   help="activation checkpointing per decoder layer (the train stage's default, what "
+                        "cardforge.pipeline.fsdp_memory assumes): a layer's activations live only while it is "
+                        "recomputed, so the step's RSS does not grow with depth")
     p.add_argument("--grads", type=Path, default=None,
                    help="instead of training: one forward/backward on a fixed global batch of 2 samples (split over "
                         "the ranks), rank 0 writes the loss and the full LoRA gradients here (safetensors)")
@@ -326,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     lora = peft.LoraConfig(r=a.r, lora_alpha=2 * a.r, target_modules=["q_proj", "v_proj", "gate_proj", "down_proj",
                                                                        "in_proj_qkv", "out_proj"], lora_dropout=0.0)
     marks: dict = {}
-    model = build_sharded(a.model, lora, device=device, marks=marks)
+    model = build_sharded(a.model, lora, device=device, marks=marks, gradient_checkpointing=a.checkpointing)
     rss_load = _peak_rss_bytes()
     if a.grads is not None:
         return _grads(model, a, rank, world, device)
@@ -345,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     rss_step = _peak_rss_bytes()
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "world": world, "bounded_malloc": malloc, "rss_import": rss_import, "rss_built": marks["built"], "rss_load": rss_load,
+        "rank": rank, "world": world, "bounded_malloc": malloc, "checkpointing": a.checkpointing, "rss_import": rss_import, "rss_built": marks["built"], "rss_load": rss_load,
         "rss_forward": rss_forward, "rss_step": rss_step, "read_bytes": marks["load"]["bytes"], "tensors": marks["load"]["tensors"],
         "dtypes": dtypes(model), "losses": losses}, indent=1))
     dist.destroy_process_group()
