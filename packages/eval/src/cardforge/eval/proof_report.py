@@ -8,7 +8,8 @@ the main tier (<dir>/<label>/proof.jsonl) and of every eval.tiers entry (<dir>/t
 keeping the newest finished record per task (records are appended; a rerun of a rebuilt model appends anew).
 The first ARM is the reference of the paired tests between arms. Rows: accuracy with its Wilson 95% CI,
 accuracy by surface form (A: trained, B: held-out only), the invented-observation rate, and per comparison
-the paired delta (bootstrap 95% CI), the discordant pairs and the exact sign test (= exact McNemar) p.
+the paired delta (bootstrap 95% CI), the discordant pairs and the exact sign test (= exact McNemar) p; and
+per tier and model, right/asked per task kind (mul, count, sum, grep).
 """
 
 from __future__ import annotations
@@ -50,6 +51,33 @@ def tiers_of(eval_dir: Path, main_tier: str = "main") -> dict[str, Path]:
 def _group(r: dict) -> str:
     """The record's surface form: `group` as the suite returns it, else from the task id (the JSONL lacks it)."""
     return r.get("group") or "form " + str(r["id"]).rsplit("/", 1)[-1].split("-")[1]
+
+
+def _kind(r: dict) -> str:
+    """The task kind (mul, count, sum, grep): the record's category, else from the id (proof/heldout/mul-B-0004)."""
+    return r.get("category") or str(r["id"]).rsplit("/", 1)[-1].split("-")[0]
+
+
+def kind_rows(eval_dir: Path, main_tier: str) -> tuple[list[str], dict]:
+    """Per tier and model, right/asked per task kind: which skills the student learnt (and quantization keeps)."""
+    from cardforge.agent.proof_tasks import KINDS
+
+    rows = ["| tier | model | " + " | ".join(KINDS) + " |", "|---|---|" + "---|" * len(KINDS)]
+    metrics = {}
+    for tier, d in tiers_of(eval_dir, main_tier).items():
+        for label in ("distill", "base"):
+            rs = latest(d / label / "proof.jsonl")
+            if not rs:
+                continue
+            cells = []
+            for kind in KINDS:
+                ks = [r for r in rs if _kind(r) == kind]
+                k = sum(bool(r.get("correct")) for r in ks)
+                cells.append(f"{k}/{len(ks)}" if ks else "-")
+                if ks:
+                    metrics[f"{tier}.{label}.{kind}_accuracy"] = k / len(ks)
+            rows.append(f"| {tier} | {label} | " + " | ".join(cells) + " |")
+    return rows, metrics
 
 
 def _form_acc(records: list[dict], form: str) -> str:
@@ -138,6 +166,9 @@ def report(arms: dict[str, Path], main_tier: str = "Q4_K_M-imatrix") -> tuple[st
     gate, gm = gate_rows(first, main_tier)
     parts = [f"### Gate: distill vs base on the held-out proof tasks ({next(iter(arms))})", "", *gate, ""]
     metrics = {f"gate.{t}.{k}": v for t, m in gm.items() for k, v in m.items()}
+    kinds, km = kind_rows(first, main_tier)
+    parts += ["### Per task kind (right / asked)", "", *kinds, ""]
+    metrics.update({f"kind.{k}": v for k, v in km.items()})
     if len(arms) > 1:
         rows, mm = method_rows(arms, main_tier)
         parts += [f"### Method arms at {main_tier} (same held-out tasks; paired tests against the first arm)", "",
