@@ -320,7 +320,7 @@ def test_a_failing_lineage_check_stops_the_release(mlflow_uri, files, released):
     (run,) = client.search_runs([exp.experiment_id], filter_string="tags.`cardforge.stage` = 'release'")
     assert run.info.status == "FAILED" and run.data.tags["mlflow.parentRunId"] == ids["parent"]
     # the CLI says it in one line and exits 2
-    proc = subprocess.run([sys.executable, "-m", "cardforge.card", "release", f"release.parent_run_id={ids['parent']}",
+    proc = subprocess.run([sys.executable, "-m", "cardforge.card.release", f"release.parent_run_id={ids['parent']}",
                            f"release.out_dir={out}", TIERS, "logger.experiment_name=t-release-tampered"],
                           capture_output=True, text=True, timeout=300, env={**os.environ})
     assert proc.returncode == 2, proc.stderr[-2000:]
