@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -19,14 +22,19 @@ RUNTIME_GIB = 1.0  # the stated constant: python + torch + transformers + PEFT +
 
 
 @pytest.fixture(scope="module")
-def fsdp2_run(tmp_path_factory):
+def check_ckpt(tmp_path_factory):
+    from cardforge.train import distributed
+
+    return distributed.random_checkpoint(tmp_path_factory.mktemp("fsdp2") / "ckpt", distributed.CHECK_ARCH)
+
+
+@pytest.fixture(scope="module")
+def fsdp2_run(check_ckpt):
     from safetensors import safe_open
 
     from cardforge.pipeline import fsdp_memory
-    from cardforge.train import distributed
 
-    tmp = tmp_path_factory.mktemp("fsdp2")
-    ckpt = distributed.random_checkpoint(tmp / "ckpt", distributed.CHECK_ARCH)
+    ckpt, tmp = check_ckpt, check_ckpt.parent
     files = sorted(ckpt.glob("*.safetensors"))
     size = sum(f.stat().st_size for f in files)
     tensors = {}
@@ -77,3 +85,71 @@ def test_fsdp2_training_step_adds_only_the_working_set(fsdp2_run):
         assert r["bounded_malloc"] is True
         # rss_step is ru_maxrss at the end: the rank's peak over the whole run (load, forward, backward, AdamW)
         assert r["rss_step"] >= r["rss_load"] and r["rss_step"] <= bound, r
+
+
+def _peak_rss(marker: str, proc: subprocess.Popen) -> dict[int, int]:
+    """VmHWM (peak RSS, bytes) of every process whose command line holds `marker`, polled until `proc` ends."""
+    peaks: dict[int, int] = {}
+    while proc.poll() is None:
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                if marker.encode() not in (d / "cmdline").read_bytes():
+                    continue
+                hwm = next(line for line in (d / "status").read_text().splitlines() if line.startswith("VmHWM:"))
+            except (OSError, StopIteration):
+                continue
+            peaks[int(d.name)] = max(peaks.get(int(d.name), 0), int(hwm.split()[1]) * 1024)
+        time.sleep(0.5)
+    return peaks
+
+
+@pytest.mark.slow
+def test_train_stage_ranks_stay_within_the_bound(check_ckpt, tiny_model_dir, tmp_path):
+    """The same bound for the train stage itself (`python -m cardforge.train trainer=fsdp`, Lightning starting rank 1,
+    cardforge's kernels, per-layer checkpointing, MLflow on rank 0), one LoRA step on the same checkpoint. Without
+    the stage fixing glibc's mmap threshold (fsdp2.FSDP2Strategy) its ranks peaked at 5.1 and 6.2 GB."""
+    from cardforge.pipeline import fsdp_memory
+    from cardforge.train import distributed, scaling
+
+    model = tmp_path / "model"  # the checkpoint + a tokenizer (the samples are pre-tokenized, ids < 32000)
+    model.mkdir()
+    for f in check_ckpt.iterdir():
+        (model / f.name).symlink_to(f)
+    for name in scaling.TOKENIZER_FILES:
+        if (tiny_model_dir / name).is_file():
+            shutil.copy2(tiny_model_dir / name, model / name)
+    samples = scaling.write_samples(tmp_path / "samples.jsonl", 4, 64, distributed.CHECK_ARCH["vocab_size"])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cardforge.train", f"paths.outputs={out}", "model.embedded=false",
+           f"model.path={model}", "model.name=rss-check", "trainer=fsdp", "trainer.accelerator=cpu",
+           "trainer.devices=2", "trainer.precision=32-true", "trainer.max_steps=1", "trainer.batch_size=1",
+           "trainer.grad_accum=1", "trainer.ckpt_every_n_steps=100000", "data.max_seq_len=64",
+           f"trainer.data_file={samples}", "lora.r=8", "logger.experiment_name=fsdp2-rss",
+           f"hydra.run.dir={tmp_path / 'hydra'}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    import threading
+
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True)
+    reader.start()
+    peaks = _peak_rss(f"paths.outputs={out}", proc)
+    reader.join(timeout=60)
+    text = "".join(log)
+    assert proc.returncode == 0, text[-4000:]
+    size = sum(f.stat().st_size for f in check_ckpt.glob("*.safetensors"))
+    tensors = {}
+    from safetensors import safe_open
+
+    for f in sorted(check_ckpt.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as h:
+            tensors.update({k: tuple(h.get_slice(k).get_shape()) for k in h.keys()})
+    expect = fsdp_memory.rank_weight_bytes(tensors, 2)
+    bound = 0.6 * size + expect["gathered"] + RUNTIME_GIB * GIB
+    print(json.dumps({"checkpoint_bytes": size, "bound": bound, "stage_rank_peaks": sorted(peaks.values())}))
+    assert text.count("glibc mmap threshold fixed at 1 MiB: True") == 2, text[-4000:]
+    assert text.count(f"of this rank's shards read from {model}") == 2
+    assert len(peaks) == 2, peaks  # rank 0 and the rank Lightning started
+    assert all(p <= bound for p in peaks.values()), (peaks, bound)
+    assert "rank 0 wrote the adapter" in text
