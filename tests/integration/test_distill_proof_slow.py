@@ -1,9 +1,11 @@
-"""Issue 19's gate kept honest: a smaller run of the distill_proof preset, every real stage (scripted expert ->
+"""Issue 19's gate kept honest: a smaller run of the distill_proof preset (its training, 40 held-out tasks instead
+of 100, no probe), every real stage (scripted expert ->
 sandboxed execution + judge -> LoRA train -> merge -> GGUF BF16 + Q4_K_M-imatrix -> llama-server -> the agentic
 runner on held-out tasks), must still show a significant distill-over-base gain at BOTH tiers. A broken chat
 template, loss mask, parser or quant step leaves the student at the base's ~0% and fails it.
 
-Slow (about 20-25 min on 2 quiet cores after `make setup`): `pytest -m slow tests/integration/test_distill_proof_slow.py`.
+Slow (measured 27 min on the 2-core machine at load 8-13 with the 48-step variant; the 60-step one: see
+conf/experiment/README.md "distill_proof"): `pytest -m slow tests/integration/test_distill_proof_slow.py`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from cardforge.core.chat.jsonl import read_jsonl
 from cardforge.eval import proof_report, stats
 
 pytestmark = pytest.mark.slow
 
 N_HELDOUT = 40  # 40 paired tasks: p < 0.001 needs >= 10 discordant pairs, all for the distilled model
-# 48 training tasks seen once (48 steps, 2/3 of the preset's 72), 40 held-out tasks, no probe
-SMALL = ["data.sources=[proof:train:48]", "data.min_accepted=40", "trainer.max_steps=48", "eval.proof_tasks=40",
-         "eval.proof_probe=false"]
+# the preset's data and training (160 tasks, 60 steps), a smaller eval: 40 held-out tasks, no probe. A smaller
+# training is below the chain's working point: 48 steps on 48 tasks (measured 2026-12-07) gave +87.5 points at BF16
+# but only 3/20 form-B tasks at Q4_K_M-imatrix, where that student writes </tool_call> for <tool_call> right after
+# its </think>; so the test would measure undertraining, not the chain.
+SMALL = ["eval.proof_tasks=40", "eval.proof_probe=false"]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +46,9 @@ def run(tmp_path_factory):
 def test_teacher_data_is_executed_and_judged(run):
     manifest = json.loads((run / "data" / "manifest.json").read_text())
     assert manifest["counts"]["accepted"] >= 40  # the scripted expert solves its own family
-    first = json.loads((run / "data" / "trajectories.jsonl").read_text().splitlines()[0])
-    assert first["verdict"]["judge"] == "rules" and first["extra"]["tool_results"] == "execute"
+    trajs, torn = read_jsonl(run / "data" / "trajectories.jsonl")  # the stored row keeps `extra` as a JSON string
+    assert torn is None and len(trajs) == manifest["counts"]["accepted"]
+    assert all(t.verdict.judge == "rules" and t.extra["tool_results"] == "execute" for t in trajs)
 
 
 @pytest.mark.parametrize("tier", ["main", "BF16"])
