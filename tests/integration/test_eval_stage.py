@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import mlflow
 import pytest
@@ -16,7 +17,7 @@ from cardforge.eval.stage import run
 
 
 @pytest.mark.slow  # two servers + four bench servers on a shared 2-core CPU: a few minutes
-def test_stage_tiny_vs_smollm2_with_mtp_bench(tmp_path, tiny_gguf, mlflow_uri, mlflow_experiment):
+def test_stage_tiny_vs_smollm2_with_mtp_bench(tmp_path, tiny_gguf, mlflow_uri, mlflow_experiment, capfd):
     cfg = compose("eval", [
         "experiment=tiny", f"eval.distill_model={tiny_gguf}", f"eval.base_model={gguf_path()}",
         "eval.limit=3", "eval.max_tokens=48", "eval.mmlu_shots=1", "eval.mtp_n_max=[2,3]",
@@ -46,4 +47,10 @@ def test_stage_tiny_vs_smollm2_with_mtp_bench(tmp_path, tiny_gguf, mlflow_uri, m
     assert "delta.gpqa_diamond.mcnemar_p" in run_.data.metrics
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_.info.run_id, "eval")}
     assert {"eval/summary.json", "eval/eval_table.md", "eval/mtp_bench.png", "eval/records"} <= arts
+    # the bench is never silent (issue 25 item 7): a first line saying what comes, then requests against the total
+    bars = [ln for ln in capfd.readouterr().err.splitlines() if re.match(r"\[mtp bench\] \d+/\d+ requests", ln)]
+    total = int(re.match(r"\[mtp bench\] 0/(\d+) requests \(0%\) ", bars[0]).group(1))
+    assert re.search(r": \d+ model\(s\) x n_max \[0, 2, 3\], one llama-server each$", bars[0]), bars[0]
+    assert bars[-1].startswith(f"[mtp bench] {total}/{total} requests (100%) ")
+    assert any(", ETA " in ln for ln in bars[1:-1]) or len(bars) == 2, bars
     print(json.dumps(res.bench, indent=1))
