@@ -53,8 +53,8 @@ def tasks(n: int) -> list:
 
 
 def load(ev: Any, root: str | Path | None = None) -> list:
-    out = tasks(int(ev.get("proof_tasks") or 100))
-    return out[: ev.limit] if ev.get("limit") else out
+    out = tasks(int(ev.proof_tasks))
+    return out[: ev.limit] if ev.limit else out
 
 
 def _form(task_id: str) -> str:
@@ -105,12 +105,12 @@ def run_suite(questions: list, base_url: str, opts: HarnessOptions, out_path: st
     from cardforge.eval.agentic.runner import AgenticOptions, run_tasks
 
     ev = cfg.eval
-    aopts = AgenticOptions(max_steps=ev.get("agentic_max_steps"),
-                           tool_timeout_s=float(ev.get("agentic_tool_timeout_s") or 10.0))
+    aopts = AgenticOptions(max_steps=ev.agentic_max_steps,
+                           tool_timeout_s=float(ev.agentic_tool_timeout_s))
     records = run_tasks(questions, base_url, opts, out_path, label=label, suite=suite, aopts=aopts)
     # the probe is for the trained models (the method table); the base's cost would double its eval time
     probes = probe(questions, base_url, opts, Path(out_path).with_name(f"{suite}_probe.json")) \
-        if ev.get("proof_probe", True) and label != "base" else {}
+        if ev.proof_probe and label != "base" else {}
     for r in records:
         r["group"] = _form(r["id"])
         p = probes.get(r["id"])
