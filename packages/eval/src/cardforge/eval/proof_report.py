@@ -5,7 +5,8 @@
 
 EVAL_DIR is an eval stage's output dir (<outputs>/eval). For each dir it reads the proof suite's records of
 the main tier (<dir>/<label>/proof.jsonl) and of every eval.tiers entry (<dir>/tiers/<TIER>/<label>/proof.jsonl),
-keeping the newest finished record per task (records are appended; a rerun of a rebuilt model appends anew).
+keeping the newest finished record per task (records are appended; a rerun of a rebuilt model appends anew),
+and the probe of the same model beside them (<label>/proof_probe.json: did the model write its own observation).
 The first ARM is the reference of the paired tests between arms. Rows: accuracy with its Wilson 95% CI,
 accuracy by surface form (A: trained, B: held-out only), the invented-observation rate, and per comparison
 the paired delta (bootstrap 95% CI), the discordant pairs and the exact sign test (= exact McNemar) p; and
@@ -36,7 +37,27 @@ def latest(path: Path) -> list[dict]:
             continue  # a torn last line of an interrupted run
         if isinstance(r, dict) and r.get("id") and r.get("finish_reason") != "error":
             by[r["id"]] = r
-    return list(by.values())
+    return [_with_probe(r, probes) for probes in [_probes(path)] for r in by.values()]
+
+
+def _probes(path: Path) -> dict[str, dict]:
+    """The probe cache beside the records (<label>/proof_probe.json: {model_id|sampling_hash: {task id: {invented,
+    ...}}}). The suite runs the probe after its records are written, so the JSONL never carries the result."""
+    f = path.with_name(f"{path.stem}_probe.json")
+    try:
+        return json.loads(f.read_text()) if f.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _with_probe(r: dict, probes: dict[str, dict]) -> dict:
+    """The record with `invented_observation` from the probe of the same served model and sampling (None: the
+    task was not probed, or its probe failed)."""
+    if r.get("invented_observation") is not None:
+        return r
+    p = probes.get(f"{r.get('model_id')}|{r.get('sampling_hash')}", {}).get(r["id"])
+    ok = isinstance(p, dict) and p.get("finish_reason") != "error" and p.get("invented") is not None
+    return {**r, "invented_observation": bool(p["invented"]) if ok else None}
 
 
 def tiers_of(eval_dir: Path, main_tier: str = "main") -> dict[str, Path]:
