@@ -237,14 +237,127 @@ def test_train_stage_checks_the_disk_before_loading_the_model(tmp_path, monkeypa
         stage.run(cfg)
 
 
+# --- the mtp and eval stages: the output disk (both write model-sized GGUFs) ---
+
+
+def _full_disk(monkeypatch, free: int = 1 << 20) -> None:
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, free))
+
+
+@pytest.fixture()
+def merged_tiny(tiny_vl_model_dir, tmp_path) -> Path:
+    """<outputs> whose merge/model is the tiny VL+MTP checkpoint (experiment=tiny's model), its files symlinked."""
+    out = tmp_path / "out"
+    (out / "merge" / "model").mkdir(parents=True)
+    for f in tiny_vl_model_dir.iterdir():
+        (out / "merge" / "model" / f.name).symlink_to(f)
+    return out
+
+
+def test_mtp_disk_need_is_what_the_stage_writes(merged_tiny):
+    from cardforge.quant import sizes
+    from cardforge.train.mtp import stage
+
+    src, out = merged_tiny / "merge" / "model", merged_tiny / "mtp"
+    inv = sizes.checkpoint_inventory(src)
+    assert len(inv) > 100 and all(dtype == "BF16" for _, dtype in inv.values())
+    # the headers' shapes are the checkpoint: every tensor's bytes = the shards less their headers
+    shards = sorted(src.glob("*.safetensors"))
+    assert sizes.bf16_bytes(inv) == sum(f.stat().st_size - 8 - int.from_bytes(f.read_bytes()[:8], "little")
+                                        for f in shards)
+    vocab = sizes.tokenizer_bytes(src)
+    bf16, q8, head = sizes.gguf_bytes(inv, "BF16", vocab), sizes.gguf_bytes(inv, "Q8_0", vocab), \
+        sizes.part_bytes(inv, "mtp.")
+    assert sizes.gguf_bytes(inv, "BF16") < sizes.bf16_bytes(inv) and head > 0  # the tower goes to the mmproj
+    cfg = compose("mtp", ["experiment=tiny", f"paths.outputs={merged_tiny}"])
+    need, what = stage.disk_need(cfg, src, out)
+    assert need == bf16 + (bf16 + 2 * q8) + head + (64 << 20)
+    assert what == ("the distilled model's BF16 GGUF for the continuations + 2 GGUF(s) at mtp.bench_tier=Q8_0 and "
+                    "a BF16 one in passing (mtp.bench) + the head shard and records")
+    assert stage.disk_need(compose("mtp", ["experiment=tiny", f"paths.outputs={merged_tiny}", "mtp.bench=false"]),
+                           src, out)[0] == bf16 + head + (64 << 20)
+    (out / "gguf").mkdir(parents=True)  # a rerun: what is there is not written again
+    for name in ("distilled-BF16.gguf", "grafted-Q8_0.gguf", "retrained-Q8_0.gguf"):
+        (out / "gguf" / name).write_bytes(b"")
+    assert stage.disk_need(cfg, src, out) == (head + (64 << 20), "the head shard and records")
+
+
+def test_mtp_stage_checks_the_disk_before_loading_the_trunk(merged_tiny, monkeypatch, mlflow_uri):
+    from cardforge.train.mtp import stage
+
+    cfg = compose("mtp", ["experiment=tiny", f"paths.outputs={merged_tiny}"])
+    need, _ = stage.disk_need(cfg, merged_tiny / "merge" / "model", merged_tiny / "mtp")
+    _full_disk(monkeypatch)
+    monkeypatch.setattr(stage, "load_trunk", lambda *a, **k: pytest.fail("loaded the trunk on a full disk"))
+    with pytest.raises(UserError) as err:
+        stage.run(cfg)
+    msg = str(err.value)
+    assert msg.startswith(f"{merged_tiny / 'mtp'} has 1 MiB free but the mtp stage needs about {io._gib(need)} "
+                          "(the distilled model's BF16 GGUF for the continuations + 2 GGUF(s) at mtp.bench_tier=Q8_0")
+    assert msg.endswith("): free some space or set paths.outputs=A_DIR_WITH_ROOM") and "\n" not in msg
+
+
+def test_cli_mtp_unwritable_outputs_is_one_line(merged_tiny, tmp_path):
+    (merged_tiny / "mtp").write_text("")  # a file where the stage's folder goes: no user (root included) can write
+    line = _one_line(_cli("cardforge.train.mtp", "experiment=tiny", f"paths.outputs={merged_tiny}", tmp_path=tmp_path))
+    assert line.startswith(f"cardforge mtp: error: cannot write to {merged_tiny / 'mtp'} (")
+    assert line.endswith("the mtp stage writes its outputs there; make it writable or set paths.outputs=A_WRITABLE_DIR")
+
+
+@pytest.mark.parametrize("base", ["none", "built under outputs", "BF16 in the cache"])
+def test_eval_stage_checks_the_disk_for_the_base_gguf_it_builds(base, tmp_path, monkeypatch, mlflow_uri,
+                                                                 tiny_vl_model_dir):
+    from gguf import LlamaFileType
+
+    from cardforge.eval import stage as ev
+    from cardforge.quant import gguf as qgguf
+    from cardforge.quant import sizes
+    from cardforge.quant import stage as qstage
+
+    distilled = _tiny_gguf(tmp_path / "distilled.gguf", file_type=LlamaFileType.MOSTLY_Q8_0)
+    out, cache = tmp_path / "out", tmp_path / "cache" / "quant" / "base-gguf"
+    cfg = compose("eval", ["experiment=tiny", f"paths.outputs={out}", f"eval.distill_model={distilled}",
+                           f"eval.compare_base={str(base != 'none').lower()}"])
+    # an embedded base keeps its BF16 GGUF in the cache; else it goes under <outputs>/eval/base-gguf
+    kept = cache / "base-BF16.gguf" if base == "BF16 in the cache" else None
+    monkeypatch.setattr(qstage, "base_gguf_cache", lambda cfg, src: kept)
+    monkeypatch.setattr(qgguf, "convert", lambda *a, **k: pytest.fail("converted the base on a full disk"))
+    monkeypatch.setattr(ev, "_run_suites", lambda *a, **k: pytest.fail("evaluated on a full disk"))
+    inv, vocab = sizes.checkpoint_inventory(tiny_vl_model_dir), sizes.tokenizer_bytes(tiny_vl_model_dir)
+    bf16, q8 = sizes.gguf_bytes(inv, "BF16", vocab), sizes.gguf_bytes(inv, "Q8_0", vocab)
+    want = {"none": [(out / "eval", ev.RECORDS_BYTES, "the records", "paths.outputs")],
+            "built under outputs": [(out / "eval", ev.RECORDS_BYTES + bf16 + q8, "the records + the base's BF16 GGUF "
+                                     "(eval.compare_base) + the base as Q8_0 (eval.compare_base)", "paths.outputs")],
+            "BF16 in the cache": [(out / "eval", ev.RECORDS_BYTES + q8, "the records + the base as Q8_0 "
+                                   "(eval.compare_base)", "paths.outputs"),
+                                  (cache, bf16, "the base's BF16 GGUF (eval.compare_base)", "CARDFORGE_CACHE")]}[base]
+    assert ev.disk_need(cfg, out / "eval") == want
+    _full_disk(monkeypatch)
+    with pytest.raises(UserError) as err:
+        ev.run(cfg)
+    folder, need, what, _ = want[0]  # the outputs are checked first
+    assert str(err.value) == (f"{folder} has 1 MiB free but the eval stage needs about {io._gib(need)} "
+                              f"({what}): free some space or set paths.outputs=A_DIR_WITH_ROOM")
+    if len(want) > 1:  # room in the outputs, none in the cache: that one line names the cache
+        _full_disk(monkeypatch, free=want[0][1] + 1)
+        with pytest.raises(UserError) as err:
+            ev.run(cfg)
+        assert str(err.value).startswith(f"{cache} has ") and str(err.value).endswith(
+            "(the base's BF16 GGUF (eval.compare_base)): free some space or set CARDFORGE_CACHE=A_DIR_WITH_ROOM")
+
+
 # --- serving: a busy port, a corrupt GGUF ---
 
 
-def _tiny_gguf(path: Path) -> Path:
+def _tiny_gguf(path: Path, file_type: int | None = None) -> Path:
     import numpy as np
     from gguf import GGUFWriter
 
     w = GGUFWriter(str(path), "llama")
+    if file_type is not None:  # general.file_type: the format the eval stage serves the base at
+        w.add_file_type(file_type)
     w.add_tensor("t.weight", np.arange(64, dtype=np.float32).reshape(8, 8))
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -107,9 +107,9 @@ def _gib(n: float) -> str:
 
 
 def preflight_output(path: str | os.PathLike, need_bytes: int = 0, *, stage: str = "",
-                     key: str = "paths.outputs") -> Path:
+                     key: str = "paths.outputs", what: str = "") -> Path:
     """`path` can be created and written, and its filesystem has `need_bytes` free: else a `UserError` naming
-    the folder, what is short and the key to change."""
+    the folder, what is short (and `what` the need is made of) and the key to change."""
     from cardforge.core.errors import UserError
 
     path = Path(path)
@@ -124,8 +124,8 @@ def preflight_output(path: str | os.PathLike, need_bytes: int = 0, *, stage: str
                         f"writable or set {key}=A_WRITABLE_DIR") from None
     free = shutil.disk_usage(path).free
     if need_bytes and free < need_bytes:
-        raise UserError(f"{path} has {_gib(free)} free but {who} needs about {_gib(need_bytes)}: free some space "
-                        f"or set {key}=A_DIR_WITH_ROOM")
+        raise UserError(f"{path} has {_gib(free)} free but {who} needs about {_gib(need_bytes)}"
+                        f"{f' ({what})' if what else ''}: free some space or set {key}=A_DIR_WITH_ROOM")
     return path
 
 

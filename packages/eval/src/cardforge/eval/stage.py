@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from cardforge.core import tracking
 from cardforge.core.artifacts import EvalOutputs, Outputs, Tier
 from cardforge.core.errors import UserError
-from cardforge.core.io import atomic_write_json, atomic_write_text, sha256_file
+from cardforge.core.io import atomic_write_json, atomic_write_text, preflight_output, sha256_file
 from cardforge.eval import benchmarks, stats
 from cardforge.agent.client import Sampling
 from cardforge.eval.harness import HarnessOptions, run_questions
@@ -71,17 +71,25 @@ def gguf_format(path: Path) -> str:
     return Tier(name, any(k.startswith("quantize.imatrix") for k in kv)).key
 
 
-def _base_at(cfg: DictConfig, fmt: str, out_dir: Path) -> Path:
-    """The base model's GGUF at `fmt` (the distilled file's format): the quant stage's base file when it has
-    one, else built here from the base checkpoint with the quant stage's converter and llama-quantize (and its
-    imatrix when `fmt` has one). Quantizing is cheap next to an eval; where it cannot be done, one line says
-    which keys fix it."""
+@dataclass
+class _BaseBuild:
+    """What _base_at builds when there is no base file at the distilled model's format yet."""
+    src: Path  # the base checkpoint
+    bf16: Path  # its BF16 GGUF (kept: in the cache for embedded bases, else under <outputs>/eval/base-gguf)
+    out: Path  # the file at the format
+    want: Tier
+    imatrix: Path | None
+
+
+def _base_plan(cfg: DictConfig, fmt: str, out_dir: Path) -> tuple[Path, _BaseBuild | None]:
+    """The base model's GGUF at `fmt` and, when it must be built, what _base_at builds; one line where it
+    cannot be built."""
     want = Tier.parse(fmt)
     tier, imat = want.name, want.imatrix
     quant = Outputs(cfg).quant
     hit = quant.results().gguf(want, base=True)
     if hit and hit[1].is_file() and gguf_format(hit[1]) == fmt:
-        return hit[1]
+        return hit[1], None
     fix = (f"set quant.base_tiers=[{{tier: {tier}, imatrix: {str(imat).lower()}}}] and rerun quant, or "
            "eval.base_model=PATH.gguf / eval.base_endpoint=URL, or eval.compare_base=false")
     try:
@@ -99,27 +107,86 @@ def _base_at(cfg: DictConfig, fmt: str, out_dir: Path) -> Path:
                         f"({imatrix}) is missing, so the base cannot be quantized the same way; {fix}")
     src = base_model_dir(cfg)  # one line when the base checkpoint is not on disk
     gdir = EvalOutputs(out_dir).base_gguf_dir
-    gdir.mkdir(parents=True, exist_ok=True)
     # the files are named by what they are built from (the checkpoint's files, the imatrix, llama.cpp), so a new
     # base checkpoint or a re-made imatrix builds anew instead of reusing a stale file of the same format
     source = _base_source_key(src)
     name = f"{cfg.model.name}-base-{source}"
     out = gdir / f"{name}{f'-im{sha256_file(imatrix)[:8]}' if imat else ''}-{fmt}.gguf"
     if out.is_file():
-        return out
+        return out, None
     bf16 = base_gguf_cache(cfg, src) or gdir / f"{name}-BF16.gguf"
-    if not bf16.is_file():
-        _say(f"base: converting {src} to BF16 GGUF (the base is served as {fmt}, like the distilled model)")
-        tmp = bf16.with_name(f".{bf16.name}.tmp")
-        qgguf.convert(src, tmp)
-        tmp.replace(bf16)
-    if tier == "BF16":
-        return bf16
+    if tier == "BF16" and bf16.is_file():
+        return bf16, None
+    return (bf16 if tier == "BF16" else out), _BaseBuild(src, bf16, out, want, imatrix if imat else None)
+
+
+def _base_at(cfg: DictConfig, fmt: str, out_dir: Path) -> Path:
+    """The base model's GGUF at `fmt` (the distilled file's format): the quant stage's base file when it has
+    one, else built here from the base checkpoint with the quant stage's converter and llama-quantize (and its
+    imatrix when `fmt` has one). Quantizing is cheap next to an eval; where it cannot be done, one line says
+    which keys fix it."""
+    path, build = _base_plan(cfg, fmt, out_dir)
+    if build is None:
+        return path
+    from cardforge.quant import gguf as qgguf
+
+    build.out.parent.mkdir(parents=True, exist_ok=True)
+    if not build.bf16.is_file():
+        _say(f"base: converting {build.src} to BF16 GGUF (the base is served as {fmt}, like the distilled model)")
+        tmp = build.bf16.with_name(f".{build.bf16.name}.tmp")
+        qgguf.convert(build.src, tmp)
+        tmp.replace(build.bf16)
+    if build.want.name == "BF16":
+        return build.bf16
     _say(f"base: quantizing to {fmt}")
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    return qgguf.quantize(bf16, out, want, imatrix if imat else None, threads,
+    return qgguf.quantize(build.bf16, build.out, build.want, build.imatrix, threads,
                           out_dir / "logs" / f"quantize-base-{fmt}.log")
+
+
+RECORDS_BYTES = 64 << 20  # records, transcripts and tables: a card's full eval writes a few MB
+
+
+def _base_build(cfg: DictConfig) -> _BaseBuild | None:
+    """The base GGUF targets(cfg) would build; None when the base is served from a file or an endpoint, or cannot
+    be planned (targets() then says why in one line)."""
+    ev = cfg.eval
+    if not ev.compare_base or ev.endpoint or ev.base_endpoint or ev.base_model:
+        return None
+    gguf = Path(ev.distill_model) if ev.distill_model else _quant_gguf(cfg)
+    if gguf is None or not gguf.is_file():
+        return None
+    try:
+        return _base_plan(cfg, gguf_format(gguf), Outputs(cfg).eval.dir)[1]
+    except (UserError, OSError, ValueError):
+        return None
+
+
+def disk_need(cfg: DictConfig, out_dir: Path) -> list[tuple[Path, int, str, str]]:
+    """(folder, bytes, what they are, the key that moves it) for each folder the stage writes to: <outputs>/eval
+    takes the records, transcripts and tables (RECORDS_BYTES) and, with eval.compare_base and no base GGUF at the
+    distilled model's format to serve (the quant stage's, eval.base_model, or one built by an earlier run), what
+    _base_at builds for eval.quant_tier and each of eval.tiers: the file at that format and the base checkpoint's
+    BF16 GGUF it is quantized from (kept in the cache for embedded bases: CARDFORGE_CACHE), sized from the
+    checkpoint's tensor shapes (cardforge.quant.sizes)."""
+    from cardforge.quant import sizes
+
+    tiers = [OmegaConf.merge(cfg, {"eval": {"quant_tier": str(t), "tiers": []}}) for t in cfg.eval.tiers]
+    need: dict[Path, list] = {out_dir: [RECORDS_BYTES, ["the records"], "paths.outputs"]}
+    seen: set[Path] = set()
+    for b in (b for b in map(_base_build, [cfg, *tiers]) if b is not None):
+        inv, vocab = sizes.checkpoint_inventory(b.src), sizes.tokenizer_bytes(b.src)
+        if b.bf16 not in seen and not b.bf16.is_file():
+            inside = b.bf16.is_relative_to(out_dir)
+            entry = need.setdefault(out_dir if inside else b.bf16.parent, [0, [], "CARDFORGE_CACHE"])
+            entry[0] += sizes.gguf_bytes(inv, "BF16", vocab)
+            entry[1].append("the base's BF16 GGUF (eval.compare_base)")
+        if b.out not in seen and b.want.name != "BF16":
+            need[out_dir][0] += sizes.gguf_bytes(inv, b.want.name, vocab)
+            need[out_dir][1].append(f"the base as {b.want.key} (eval.compare_base)")
+        seen |= {b.bf16, b.out}
+    return [(d, n, " + ".join(what), key) for d, (n, what, key) in need.items()]
 
 
 def _base_source_key(src: Path) -> str:
@@ -484,6 +551,8 @@ def run(cfg: DictConfig) -> EvalResult:
 
     out_dir = Outputs(cfg).eval.dir
     options(cfg)  # refuses eval.stream=false before anything starts
+    for folder, need, what, key in disk_need(cfg, out_dir):  # read-only or full: one line before any build
+        preflight_output(folder, need, stage="eval", key=key, what=what)
     tlist = targets(cfg)
     models = bench_models(cfg, tlist) if (cfg.eval.mtp_n_max and cfg.model.has_mtp) else {}
     with tracking.stage_run(cfg, "eval"):

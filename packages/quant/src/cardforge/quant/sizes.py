@@ -6,11 +6,23 @@ GGUF and the vision projector). The pipeline plan uses it with cardforge.core.mo
 Bytes per element: BF16 2; FP8 1 + one fp32 scale per 128x128 block; NVFP4 1/2 + one e4m3 scale per 16 (+ two
 fp32 scalars per module); GGUF tiers: llama.cpp's bits per weight of the mix (plan.GGUF_BPW, measured on dense
 models) over the text GGUF's tensors (language model + lm_head + MTP head; the tower goes to the mmproj file).
+
+The stages' free-space preflights (quant, mtp, eval: cardforge.core.io.preflight_output) size the GGUFs they
+will write the same way, from a checkpoint on disk: checkpoint_inventory() reads the tensor shapes from the
+safetensors headers (no weights read), gguf_bytes() applies GGUF_BPW.
 """
 
 from __future__ import annotations
 
+import json
+import struct
+from pathlib import Path
+
 from cardforge.quant import fp8, nvfp4
+
+# bits per weight of each GGUF tier (llama.cpp's mixes on dense models; unknown tiers: 8), for the free-space
+# preflights of the stages that write GGUFs (quant, mtp, eval's base)
+GGUF_BPW = {"BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_0": 5.5, "Q4_K_M": 4.85, "Q4_0": 4.5}
 
 
 def _numel(shape) -> int:
@@ -72,3 +84,34 @@ def estimate(inventory: dict, gguf_bpw: dict[str, float], fp8_block: int = 128,
         out[f"GGUF-{tier}"] = int(text * bpw / 8)
     out["mmproj"] = mmproj_bytes(inventory)
     return out
+
+
+def checkpoint_inventory(model_dir: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """name -> (shape, dtype) of every tensor in the *.safetensors files of `model_dir`, read from their headers
+    (8 bytes of length + JSON: no weights are read, a 27B checkpoint takes milliseconds)."""
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        out.update({k: (tuple(v["shape"]), v["dtype"]) for k, v in header.items() if k != "__metadata__"})
+    return out
+
+
+def gguf_bytes(inventory: dict, tier: str, vocab_bytes: int = 0) -> int:
+    """The text GGUF of `inventory` at `tier` (a GGUF_BPW key: "BF16", "Q8_0", ...) with the tokenizer its header
+    carries (`vocab_bytes`: tokenizer_bytes() of the checkpoint). On the embedded models' BF16 GGUFs this is
+    within 0.7% of the file llama.cpp writes (smollm2-135m +0.6%, tiny-qwen36-vl-mtp -0.4%; without the
+    tokenizer 0.7% and 5.8% under)."""
+    return int(text_gguf_params(inventory) * GGUF_BPW.get(tier, 8.0) / 8) + vocab_bytes
+
+
+def tokenizer_bytes(model_dir: str | Path) -> int:
+    """tokenizer.json's size: about what the GGUF header stores of the vocabulary and merges."""
+    p = Path(model_dir) / "tokenizer.json"
+    return p.stat().st_size if p.is_file() else 0
+
+
+def part_bytes(inventory: dict, prefix: str, bytes_per_element: int = 2) -> int:
+    """The tensors whose names start with `prefix` ("mtp." : the MTP head) at `bytes_per_element` (BF16: 2)."""
+    return sum(bytes_per_element * _numel(s) for n, (s, _) in inventory.items() if n.startswith(prefix))

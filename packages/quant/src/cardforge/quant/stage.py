@@ -418,14 +418,11 @@ def _metric(step: str) -> str:
     return f"quant.time.{step.replace(':', '_')}_s"
 
 
-# bits per weight of each GGUF tier (llama.cpp's mixes on dense models), for the free-space preflight
-_TIER_BPW = {"BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_0": 5.5, "Q4_K_M": 4.85, "Q4_0": 4.5}
-
-
 def disk_need(cfg: DictConfig, src: Path, fmts) -> int:
     """Bytes the stage will write beyond what its folder already holds (reruns replace files), from the source
     checkpoint's size: the BF16 GGUF and each tier at its bits per weight, FP8 ~half, each NVFP4 tier ~30%."""
     from cardforge.core.io import dir_bytes
+    from cardforge.quant.sizes import GGUF_BPW
 
     size = dir_bytes(src)
     ratio = 0.0
@@ -433,7 +430,7 @@ def disk_need(cfg: DictConfig, src: Path, fmts) -> int:
         tiers = [Tier.of(t).name for t in cfg.quant.gguf_tiers]
         tiers += ["Q4_K_M"] if cfg.quant.compare_no_imatrix else []
         tiers += [Tier.of(t).name for t in (cfg.quant.base_tiers or [])]
-        ratio += 1.0 + sum(_TIER_BPW.get(t, 8.0) / 16 for t in tiers)
+        ratio += 1.0 + sum(GGUF_BPW.get(t, 8.0) / 16 for t in tiers)
     ratio += 0.55 if "fp8" in fmts else 0.0
     ratio += 0.3 * len(cfg.quant.nvfp4) if "nvfp4" in fmts else 0.0
     existing = dir_bytes(Outputs(cfg).quant.dir)

@@ -33,7 +33,7 @@ from cardforge.core import tracking
 from cardforge.core.artifacts import RETRAINED_MANIFEST, Outputs
 from cardforge.eval.records import append_record
 from cardforge.core.errors import UserError
-from cardforge.core.io import atomic_dir, atomic_write_json
+from cardforge.core.io import atomic_dir, atomic_write_json, preflight_output
 from cardforge.core.models import mtp as mtp_io
 
 
@@ -66,6 +66,45 @@ def merged_dir(cfg: DictConfig) -> Path:
 
 def out_dir(cfg: DictConfig) -> Path:
     return Outputs(cfg).mtp.dir
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def disk_need(cfg: DictConfig, src: Path, out: Path) -> tuple[int, str]:
+    """(bytes, what they are) the stage writes under <outputs>/mtp, sized from the merged checkpoint's tensor
+    shapes (cardforge.quant.sizes: safetensors headers, GGUF_BPW):
+    - gguf/distilled-BF16.gguf, the model llama-server generates the continuations with (kept), unless there;
+    - model/: the retrained head shard (BF16); the merged checkpoint's other files are hard links (nothing), or
+      copies (its size) when <outputs>/mtp is on another filesystem than the merged model;
+    - mtp.bench: each head's GGUF at mtp.bench_tier not there yet, and one BF16 GGUF at a time on the way
+      (converted, quantized, deleted);
+    - 64 MiB for continuations.jsonl, logs, the bench files and the loss plot.
+    Files already there count as written: a rerun needs only what is missing."""
+    from cardforge.core.artifacts import Tier
+    from cardforge.quant import sizes
+
+    inv, vocab = sizes.checkpoint_inventory(src), sizes.tokenizer_bytes(src)
+    bf16, parts = sizes.gguf_bytes(inv, "BF16", vocab), []
+    need = 64 << 20
+    if not (out / "gguf" / "distilled-BF16.gguf").is_file():
+        need += bf16
+        parts.append("the distilled model's BF16 GGUF for the continuations")
+    need += sizes.part_bytes(inv, "mtp.")
+    if os.stat(src).st_dev != os.stat(_existing(out)).st_dev:
+        need += sum(f.stat().st_size for f in src.iterdir() if f.is_file() and f.name != mtp_io.MTP_SHARD)
+        parts.append("a copy of the merged checkpoint (another filesystem: no hard links)")
+    if cfg.mtp.bench:
+        tier = Tier(str(cfg.mtp.bench_tier), imatrix=False).name
+        todo = [h for h in ("grafted", "retrained") if not (out / "gguf" / f"{h}-{tier}.gguf").is_file()]
+        if todo:
+            need += bf16 + len(todo) * sizes.gguf_bytes(inv, tier, vocab)
+            parts.append(f"{len(todo)} GGUF(s) at mtp.bench_tier={tier} and a BF16 one in passing (mtp.bench)")
+    parts.append("the head shard and records")
+    return need, " + ".join(parts)
 
 
 def prompts(cfg: DictConfig, tokenizer) -> list[tuple[str, list[int]]]:
@@ -351,7 +390,8 @@ def run(cfg: DictConfig) -> MtpResult:
     if not cfg.model.has_mtp:
         raise UserError("model.has_mtp=false: this model has no MTP head to retrain (set mtp.enabled=false)")
     src, out = merged_dir(cfg), out_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    need, what = disk_need(cfg, src, out)  # a read-only or full disk: one line before the trunk loads
+    preflight_output(out, need, stage="mtp", what=what)
     m, times = cfg.mtp, {}
     torch.manual_seed(int(m.seed))
     device, dtype = _device(cfg), getattr(torch, str(m.dtype))
