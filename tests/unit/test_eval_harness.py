@@ -114,3 +114,22 @@ def test_records_without_a_model_id_are_asked_again(tmp_path):
         recs = run_questions(qs, srv.base_url, parse_letter, _opts(model_id="gguf-sha256:aaa"), out)
         assert _counts(srv) == {"q0": 2, "q1": 2}
     assert {r["model_id"] for r in recs} == {"gguf-sha256:aaa"}
+
+
+def test_eval_idle_timeout_is_the_configs_and_reaches_every_request(tmp_path):
+    """eval.idle_timeout_s (the longest silence) is a config key apart from eval.timeout_s (the total cap): a
+    stalled server is cut after that silence, not after the cap."""
+    from cardforge.core.config.compose import compose
+    from cardforge.eval.stage import options
+
+    cfg = compose("eval", ["experiment=tiny", "eval.idle_timeout_s=0.5", "eval.timeout_s=60", "eval.retries=0",
+                           "eval.progress=false"])
+    opts = options(cfg)
+    assert (opts.idle_timeout_s, opts.timeout_s) == (0.5, 60.0)
+    with FakeServer() as srv:
+        t0 = time.monotonic()
+        (r,) = run_questions([Question("s", [{"role": "user", "content": "QID=s ANSWER=B FAULT=stall:4"}], "B")],
+                             srv.base_url, parse_letter, opts, tmp_path / "r.jsonl")
+        took = time.monotonic() - t0
+    assert r["finish_reason"] == "error" and "idle timeout: no byte for 0.5 s" in r["error"], r
+    assert took < 3.0  # cut at the silence, not at the 4 s stall nor the 60 s cap

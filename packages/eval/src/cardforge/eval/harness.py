@@ -48,6 +48,7 @@ class HarnessOptions:
     sampling: Sampling
     concurrency: int = 4
     timeout_s: float = 1800.0
+    idle_timeout_s: float = 300.0  # no byte for this long: the attempt fails and is retried (eval.idle_timeout_s)
     retries: int = 2
     model: str | None = None  # the served model name, if the server needs one
     # identity of the model behind the endpoint (eval/stage.py model_id(): "gguf-sha256:<hex>"); part of the
@@ -105,7 +106,7 @@ async def _run(questions: list[Question], base_url: str, parse: Parser, opts: Ha
     state = {"answered": len(done), "correct": n_correct, "errors": 0}
     sem = asyncio.Semaphore(max(1, opts.concurrency))
 
-    async with new_session(opts.concurrency) as session:
+    async with new_session(opts.concurrency, idle_timeout_s=opts.idle_timeout_s) as session:
         async def one(q: Question) -> None:
             async with sem:
                 c = await complete(session, base_url, q.messages, opts.sampling, timeout_s=opts.timeout_s,

@@ -283,7 +283,8 @@ def options(cfg: DictConfig, model_id: str | None = None) -> HarnessOptions:
                         "timings come from the stream (docs/evaluation.md); leave eval.stream=true")
     return HarnessOptions(Sampling(float(ev.temperature), float(ev.top_p), int(ev.max_tokens), int(ev.seed), (),
                                    bool(ev.thinking)),
-                          concurrency=int(ev.concurrency), timeout_s=float(ev.timeout_s), retries=int(ev.retries),
+                          concurrency=int(ev.concurrency), timeout_s=float(ev.timeout_s), idle_timeout_s=float(ev.idle_timeout_s),
+                          retries=int(ev.retries),
                           model_id=model_id, progress=bool(ev.progress))
 
 

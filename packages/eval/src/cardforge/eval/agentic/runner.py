@@ -161,7 +161,7 @@ async def _run(tasks: list[AgenticTask], base_url: str, opts: HarnessOptions, ao
                   opts.concurrency, label=label)
     sem = asyncio.Semaphore(max(1, opts.concurrency))
 
-    async with new_session(opts.concurrency + (1 if aopts.judge else 0)) as session:
+    async with new_session(opts.concurrency + (1 if aopts.judge else 0), idle_timeout_s=opts.idle_timeout_s) as session:
         async def one(t: AgenticTask) -> None:
             async with sem:
                 try:

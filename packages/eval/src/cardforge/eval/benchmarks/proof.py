@@ -69,7 +69,7 @@ async def _probe_all(questions: list, base_url: str, opts: HarnessOptions) -> di
     sem = asyncio.Semaphore(max(1, opts.concurrency))
     sampling = replace(opts.sampling, stop=())
     out: dict[str, dict] = {}
-    async with new_session(opts.concurrency) as session:
+    async with new_session(opts.concurrency, idle_timeout_s=opts.idle_timeout_s) as session:
         async def one(t) -> None:
             wire = [{"role": "system", "content": tools_prompt(t.system, tool_schemas([*t.tools, FINISH]))},
                     {"role": "user", "content": t.prompt}]

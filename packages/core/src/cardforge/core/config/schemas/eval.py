@@ -28,6 +28,7 @@ class EvalConfig:
     stream: bool = MISSING
     concurrency: int = MISSING
     timeout_s: float = MISSING
+    idle_timeout_s: float = MISSING
     retries: int = MISSING
     seed: int = MISSING
     limit: Optional[int] = MISSING
