@@ -244,7 +244,7 @@ PY_CASES: list[HostileCase] = [
         "proc_mem_init", "write into the sandbox's init through /proc/1/mem and /proc/1/task/1/mem (the door "
         "ptrace and process_vm_writev leave)",
         # red team (#17): both were writable; an injected prctl(PR_SET_PDEATHSIG, 0) let a call outlive a
-        # host killed mid-call (scratch PoC in notes/issue-17-redteam.md). Now masked in run.py
+        # host killed mid-call (this case is that PoC). Now masked in run.py
         _expect(out=("BLOCKED /proc/1/mem", "BLOCKED /proc/1/task/1/mem"), not_out=("ESCAPED",), max_s=4.0),
         unsupported=_only("python")),
     HostileCase(
