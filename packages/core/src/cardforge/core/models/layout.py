@@ -8,7 +8,8 @@ and `lm_head.weight`, total_size 55.56 GB, every tensor bf16.
 `inventory(config)` builds the transformers model on the meta device (no memory) and adds the MTP head's
 shapes, so the same function describes the 27B and the tiny embedded model: their tensor-name patterns
 (layer numbers masked) must be equal, and the 27B's counts and bytes must match the real index
-(tests/unit/test_embedded_models_vl.py::test_tensor_names_and_dtypes_are_the_real_layout). The pipeline plan uses it for the LoRA targets, parameter counts and sizes.
+(tests/unit/test_embedded_models_vl.py::test_tensor_names_and_dtypes_are_the_real_layout). The pipeline plan
+uses it for the LoRA targets, parameter counts and sizes.
 """
 
 from __future__ import annotations
