@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -278,10 +279,43 @@ def test_mtp_disk_need_is_what_the_stage_writes(merged_tiny):
                     "a BF16 one in passing (mtp.bench) + the head shard and records")
     assert stage.disk_need(compose("mtp", ["experiment=tiny", f"paths.outputs={merged_tiny}", "mtp.bench=false"]),
                            src, out)[0] == bf16 + head + (64 << 20)
-    (out / "gguf").mkdir(parents=True)  # a rerun: what is there is not written again
+    (out / "gguf").mkdir(parents=True)  # GGUFs left by an earlier run of ANOTHER checkpoint: all rebuilt
     for name in ("distilled-BF16.gguf", "grafted-Q8_0.gguf", "retrained-Q8_0.gguf"):
         (out / "gguf" / name).write_bytes(b"")
-    assert stage.disk_need(cfg, src, out) == (head + (64 << 20), "the head shard and records")
+    assert stage.disk_need(cfg, src, out)[0] == need
+    # a rerun over the same merged model: its BF16 and grafted GGUFs are reused, the retrained head (written anew
+    # by every run) is converted again
+    stage.mark_gguf(out / "gguf" / "distilled-BF16.gguf", stage.checkpoint_id(src, trunk_only=True))
+    stage.mark_gguf(out / "gguf" / "grafted-Q8_0.gguf", stage.checkpoint_id(src))
+    assert stage.disk_need(cfg, src, out) == (head + bf16 + q8 + (64 << 20), "1 GGUF(s) at mtp.bench_tier=Q8_0 "
+                                              "and a BF16 one in passing (mtp.bench) + the head shard and records")
+
+
+def test_mtp_gguf_of_another_checkpoint_is_never_reused(tmp_path):
+    """The bench GGUFs and the continuations' BF16 are reused only when built from the same checkpoint: a merge
+    rerun or a new head (files rewritten) makes them stale, hard links of unchanged files do not."""
+    from cardforge.train.mtp import stage
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"trunk")
+    (ckpt / "model-mtp.safetensors").write_bytes(b"head 1")
+    gguf = tmp_path / "retrained-Q8_0.gguf"
+    gguf.write_bytes(b"GGUF")
+    ident, trunk = stage.checkpoint_id(ckpt), stage.checkpoint_id(ckpt, trunk_only=True)
+    assert not stage.current_gguf(gguf, ident)  # no sidecar: an older stage's file, not trusted
+    stage.mark_gguf(gguf, ident)
+    assert stage.current_gguf(gguf, ident)
+    linked = tmp_path / "linked"  # write_checkpoint hard-links the trunk: same identity
+    linked.mkdir()
+    for f in ckpt.iterdir():
+        os.link(f, linked / f.name)
+    assert stage.checkpoint_id(linked) == ident
+    time.sleep(0.01)
+    (ckpt / "model-mtp.safetensors").unlink()  # a retrained head, written anew (same size)
+    (ckpt / "model-mtp.safetensors").write_bytes(b"head 2")
+    assert stage.checkpoint_id(ckpt) != ident and not stage.current_gguf(gguf, stage.checkpoint_id(ckpt))
+    assert stage.checkpoint_id(ckpt, trunk_only=True) == trunk  # the continuations depend on the trunk only
 
 
 def test_mtp_stage_checks_the_disk_before_loading_the_trunk(merged_tiny, monkeypatch, mlflow_uri):

@@ -83,14 +83,14 @@ def disk_need(cfg: DictConfig, src: Path, out: Path) -> tuple[int, str]:
     - mtp.bench: each head's GGUF at mtp.bench_tier not there yet, and one BF16 GGUF at a time on the way
       (converted, quantized, deleted);
     - 64 MiB for continuations.jsonl, logs, the bench files and the loss plot.
-    Files already there count as written: a rerun needs only what is missing."""
+    GGUFs already there of the same checkpoint count as written (current_gguf): a rerun needs only what is missing."""
     from cardforge.core.artifacts import Tier
     from cardforge.quant import sizes
 
     inv, vocab = sizes.checkpoint_inventory(src), sizes.tokenizer_bytes(src)
     bf16, parts = sizes.gguf_bytes(inv, "BF16", vocab), []
     need = 64 << 20
-    if not (out / "gguf" / "distilled-BF16.gguf").is_file():
+    if not current_gguf(out / "gguf" / "distilled-BF16.gguf", checkpoint_id(src, trunk_only=True)):
         need += bf16
         parts.append("the distilled model's BF16 GGUF for the continuations")
     need += sizes.part_bytes(inv, "mtp.")
@@ -99,7 +99,9 @@ def disk_need(cfg: DictConfig, src: Path, out: Path) -> tuple[int, str]:
         parts.append("a copy of the merged checkpoint (another filesystem: no hard links)")
     if cfg.mtp.bench:
         tier = Tier(str(cfg.mtp.bench_tier), imatrix=False).name
-        todo = [h for h in ("grafted", "retrained") if not (out / "gguf" / f"{h}-{tier}.gguf").is_file()]
+        # the retrained head is written anew by every run of the stage, so its GGUF is always rebuilt
+        todo = ["retrained"] + [h for h in ("grafted",) if not current_gguf(out / "gguf" / f"{h}-{tier}.gguf",
+                                                                             checkpoint_id(src))]
         if todo:
             need += bf16 + len(todo) * sizes.gguf_bytes(inv, tier, vocab)
             parts.append(f"{len(todo)} GGUF(s) at mtp.bench_tier={tier} and a BF16 one in passing (mtp.bench)")
@@ -146,7 +148,7 @@ def continuations(cfg: DictConfig, src: Path, tokenizer, items: list[tuple[str, 
 
     m = cfg.mtp
     key = {"v": 2, "max_new_tokens": int(m.max_new_tokens), "temperature": float(m.temperature), "top_p": float(m.top_p),
-           "seed": int(m.seed), "model": _weights_id(src)}
+           "seed": int(m.seed), "model": checkpoint_id(src, trunk_only=True)}
     done: dict[tuple[str, int], Any] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -163,8 +165,10 @@ def continuations(cfg: DictConfig, src: Path, tokenizer, items: list[tuple[str, 
     from cardforge.serve.launchers.llama_cpp import llama_server
 
     bf16 = gguf_dir / "distilled-BF16.gguf"
-    if not bf16.is_file():
+    if not current_gguf(bf16, checkpoint_id(src, trunk_only=True)):
+        bf16.unlink(missing_ok=True)
         convert(src, bf16)
+        mark_gguf(bf16, checkpoint_id(src, trunk_only=True))
     serve = OmegaConf.to_container(cfg.serve, resolve=True, enum_to_str=True)
     serve.update(served_model_name=None, model_path=None, mtp={"enabled": False})
     ctx = max(len(ids) for _, _, ids in todo) + int(m.max_new_tokens) + 8
@@ -184,13 +188,30 @@ def continuations(cfg: DictConfig, src: Path, tokenizer, items: list[tuple[str, 
     return done
 
 
-def _weights_id(src: Path) -> str:
-    """Identifies the trunk the continuations came from (size + mtime of the weight files)."""
+def checkpoint_id(src: Path, *, trunk_only: bool = False) -> str:
+    """Identifies a checkpoint's weights by name, size and mtime (ns) of its safetensors files, without reading
+    them: a rewritten file (a merge rerun, a retrained head written by write_checkpoint) changes it, the hard
+    links of unchanged files do not. trunk_only: without the MTP shard (what the continuations depend on)."""
     import hashlib
 
-    parts = sorted(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in src.glob("*.safetensors")
-                   if f.name != mtp_io.MTP_SHARD)
+    parts = sorted(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in src.glob("*.safetensors")
+                   if not (trunk_only and f.name == mtp_io.MTP_SHARD))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def current_gguf(path: Path, source_id: str) -> bool:
+    """Whether the GGUF at `path` was built from the checkpoint `source_id` names (its sidecar says so). A GGUF
+    without one, or of another checkpoint (an earlier head, an earlier merge), is not reused: the bench would
+    measure the old head."""
+    side = path.with_name(path.name + ".source.json")
+    try:
+        return path.is_file() and json.loads(side.read_text()).get("checkpoint") == source_id
+    except (OSError, ValueError):
+        return False
+
+
+def mark_gguf(path: Path, source_id: str) -> None:
+    atomic_write_json(path.with_name(path.name + ".source.json"), {"checkpoint": source_id})
 
 
 def _post(url: str, body: dict, timeout: float) -> dict:
@@ -241,10 +262,12 @@ def _bench(cfg: DictConfig, grafted: Path, retrained: Path, out: Path) -> list[d
     ggufs = {}
     for label, src in (("grafted", grafted), ("retrained", retrained)):
         final = out / "gguf" / f"{label}-{tier.name}.gguf"
-        if not final.is_file():
+        if not current_gguf(final, checkpoint_id(src)):
+            final.unlink(missing_ok=True)
             bf16 = convert(src, out / "gguf" / f"{label}-BF16.gguf")
             quantize(bf16, final, tier, None, threads, logs / f"quantize-{label}.log")
             bf16.unlink()
+            mark_gguf(final, checkpoint_id(src))
         ggufs[label] = final
     serve = serve_dict(cfg)
     n_values = sorted(set(int(n) for n in cfg.mtp.bench_n_max) | {0})
