@@ -224,6 +224,8 @@ def test_compiled_dropout_is_replayed_by_the_recompute():
     ("cardforge+layers+tf32:8", dict(layers=True, tf32=True, no_recompute_layers=8)),
     ("cardforge+layers+tf32@0.1", dict(layers=True, tf32=True, memory_budget=0.1)),
     ("cardforge+layers+scanop@0.1", dict(layers=True, scan_op=True, memory_budget=0.1)),
+    ("cardforge+layers+scanop+offload", dict(offload=True, memory_budget=None, core_groups=0)),
+    ("cardforge+layers+scanop+offload+corerc@0.3", dict(offload=True, core_groups=4, memory_budget=0.3)),
 ])
 def test_bench_variant_specs(spec, want):
     v = bench.parse_variant(spec)
@@ -235,6 +237,7 @@ def test_bench_variant_specs(spec, want):
 @pytest.mark.parametrize("spec, error", [("cardforge+fast", "unknown option 'fast'"),
                                          ("nope", "unknown variant 'nope'"),
                                          ("cardforge@0.1", "needs \\+layers"),
+                                         ("cardforge+offload@0.1", "needs \\+layers"),
                                          ("plain+layers", "cardforge's step only")])
 def test_bench_variant_spec_errors(spec, error):
     with pytest.raises(ValueError, match=error):
@@ -524,3 +527,42 @@ def test_offloaded_checkpoints_equal_checkpointing():
     for n in g0:
         assert torch.count_nonzero(g0[n]) > 0, n
         torch.testing.assert_close(g1[n], g0[n], rtol=0, atol=0, msg=n)
+
+
+def test_core_recomputed_in_head_groups_equals_the_core():
+    """`fast.enable(core_groups=G)` (bench `+corerc`): the GDN core under checkpointing in head groups gives the
+    same loss and LoRA gradients as the core run whole (packed row, fp64), and the layer saves less for its
+    backward (the core's chunk tensors are recomputed)."""
+    from cardforge.train import packing
+    from cardforge.train.data import Sample
+
+    model = bench.build_model(bench.text_config(SMALL), "cpu", torch.float64, seed=0)
+    model = bench.add_lora(model, dropout=0.0)
+    with torch.no_grad():
+        for n, p in bench.lora_params(model).items():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    g = torch.Generator().manual_seed(2)
+    samples = [Sample(torch.randint(0, SMALL["vocab_size"], (n,), generator=g).tolist(), [1] * n) for n in (90, 7, 60)]
+    batch = packing.collate_packed([packing.PackedRow(tuple(samples))], pad_id=0, row_len=192)
+    v = bench.Variant("x", "cardforge", "chunked", autocast=False)
+    out = []
+    for groups in (0, 2):
+        fast.enable(model, core_groups=groups)
+        saved = [0]
+
+        def pack(t):
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = bench.loss_fn(model, batch, v)
+        loss.backward()
+        out.append((loss.detach(), {n: p.grad.clone() for n, p in bench.lora_params(model).items()}, saved[0]))
+        model.zero_grad(set_to_none=True)
+    fast.disable(model)
+    (l0, g0, s0), (l1, g1, s1) = out
+    torch.testing.assert_close(l1, l0, rtol=0, atol=1e-12)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-9, atol=1e-12, msg=n)
+    assert s1 < 0.7 * s0, (s1, s0)

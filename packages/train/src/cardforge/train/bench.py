@@ -105,6 +105,7 @@ class Variant:
     memory_budget: float | None = None  # no checkpointing: compile's partitioner keeps this fraction of activations
     scan_op: bool = False  # the GDN state scan as a custom op (compiled graphs stay the same size at any length)
     offload: bool = False  # checkpointed layer inputs in pinned host memory (fast.offload; long packed rows)
+    core_groups: int = 0  # the GDN core recomputed in the backward in this many head groups (long rows)
 
 
 VARIANTS = {
@@ -112,14 +113,17 @@ VARIANTS = {
     "cardforge": Variant("cardforge", "cardforge", "chunked", autocast=True),
     "cardforge-ce-only": Variant("cardforge-ce-only", "transformers", "chunked", autocast=True),
 }
-OPTIONS = ("compile", "layers", "tf32", "scanop", "offload")
+OPTIONS = ("compile", "layers", "tf32", "scanop", "offload", "corerc")
+CORE_GROUPS = 4  # +corerc: head groups of the recomputed GDN core (16 key heads on the 27B: 4 + 12 value heads each)
 ALIASES = {"cardforge-compile": "cardforge+compile"}
 SPEC_HELP = ("BASE[+OPTION...][:K][@B] with BASE from " + ", ".join(VARIANTS) + "; OPTION from " + ", ".join(OPTIONS)
              + " (compile: the GDN core through torch.compile; layers: every decoder layer compiled; tf32: fp32 "
                "matmuls on TF32; scanop: the GDN state scan as a custom op; offload: checkpointed layer inputs in "
-               "pinned host memory); :K = the last K layers not "
-               "recomputed; @B = no gradient checkpointing, compile's partitioner keeps the fraction B of each "
-               "layer's activations (needs +layers); cardforge-compile = cardforge+compile")
+               "pinned host memory; corerc: the GDN core recomputed in the backward, 4 head groups one at a time); "
+               ":K = the last K layers not recomputed; @B = no gradient checkpointing, compile's partitioner keeps the fraction B of each "
+               "layer's activations (needs +layers); with +offload, @B keeps the offloaded checkpoints and B applies "
+               "to each layer's recompute in the backward (its saved activations: the peak at long rows); "
+               "cardforge-compile = cardforge+compile")
 
 
 def parse_variant(spec: str) -> Variant:
@@ -137,14 +141,15 @@ def parse_variant(spec: str) -> Variant:
         raise ValueError(f"{spec!r}: options apply to cardforge's step only")
     if budget and "layers" not in opts:
         raise ValueError(f"{spec!r}: @B (memory budget) needs +layers")
-    if budget and "offload" in opts:
-        raise ValueError(f"{spec!r}: +offload keeps checkpointing; @B turns it off")
+    if budget and "offload" in opts and "layers" not in opts:
+        raise ValueError(f"{spec!r}: +offload@B needs +layers (B applies to the compiled recompute)")
     if budget and not hasattr(torch._functorch.config, "activation_memory_budget"):
         raise ValueError(f"{spec!r}: @B needs torch._functorch.config.activation_memory_budget, which the installed "
                          f"torch {torch.__version__} lacks; drop @B or install a torch that has it")
     return Variant(spec, base.kernels, base.loss, base.autocast, int(k) if k else 0, compile="compile" in opts,
                    layers="layers" in opts, tf32="tf32" in opts, memory_budget=float(budget) if budget else None,
-                   scan_op="scanop" in opts, offload="offload" in opts)
+                   scan_op="scanop" in opts, offload="offload" in opts,
+                   core_groups=CORE_GROUPS if "corerc" in opts else 0)
 
 
 def set_recompute(model, no_recompute_layers: int) -> None:
@@ -165,7 +170,8 @@ def configure(model, v: Variant) -> None:
     torch.backends.cuda.matmul.allow_tf32 = v.tf32
     offload.disable(model)
     if v.kernels == "cardforge":
-        fast.enable(model, compile=v.compile, layers=v.layers and not v.offload, scan_op=v.scan_op)
+        fast.enable(model, compile=v.compile, layers=v.layers and not v.offload, scan_op=v.scan_op,
+                    core_groups=v.core_groups)
     else:
         fast.disable(model)
     n = len(model.get_base_model().model.layers)
@@ -227,11 +233,21 @@ class Result:
     status: str = "ok"
     step_s: list[float] = field(default_factory=list)
     first_loss: float = float("nan")
+    first_step_s: float = float("nan")  # the first warm-up step: includes compilation
     peak_alloc_gib: float = float("nan")
     peak_reserved_gib: float = float("nan")
     tok_s: float = float("nan")
     mfu: float = float("nan")
+    graphs: int = 0  # graphs dynamo compiled for this variant (2 = one per layer kind)
     error: str = ""
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (a variant's count is the difference: 2 per compiled
+    function is one per layer kind; more means recompiles, e.g. one per layer or per length)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def run_variant(model, v: Variant, seq: int, steps: int, warmup: int, snapshot: dict, device: str,
@@ -242,6 +258,7 @@ def run_variant(model, v: Variant, seq: int, steps: int, warmup: int, snapshot: 
         for n, p in lora_params(model).items():
             p.copy_(snapshot[n])
     configure(model, v)
+    graphs0 = compiled_graphs()
     batch = make_batch(model.config.vocab_size, seq, device)
     opt = None
     try:
@@ -264,7 +281,7 @@ def run_variant(model, v: Variant, seq: int, steps: int, warmup: int, snapshot: 
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             if i == 0:
-                res.first_loss = float(loss)
+                res.first_loss, res.first_step_s = float(loss), dt
             if i >= warmup:
                 res.step_s.append(dt)
             print(f"  {v.name} seq {seq} step {i}: {dt:.3f} s loss {float(loss):.4f}", file=sys.stderr, flush=True)
@@ -279,6 +296,7 @@ def run_variant(model, v: Variant, seq: int, steps: int, warmup: int, snapshot: 
         if on_cuda:
             res.peak_alloc_gib = torch.cuda.max_memory_allocated() / 2**30
     finally:
+        res.graphs = compiled_graphs() - graphs0
         del opt
         model.zero_grad(set_to_none=True)
         if on_cuda:
@@ -327,6 +345,7 @@ class MixResult:
     peak_reserved_gib: float = float("nan")
     oom_lengths: list[int] = field(default_factory=list)
     first_loss: float = float("nan")
+    graphs: int = 0  # graphs dynamo compiled for this variant (one shape: 2 per compiled function and layer kind)
     error: str = ""
 
 
@@ -352,10 +371,14 @@ def run_mix(model, v: Variant, samples: list, row_len: int, snapshot: dict, devi
     if on_cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    graphs0 = compiled_graphs()
     times = []
+    oom: set[int] = set()  # a plain sample that ran out of memory is not tried again
     try:
         order = [0] + list(range(len(batches)))  # the warm-up step, then every batch timed
         for i, j in enumerate(order):
+            if j in oom:
+                continue
             batch = {k: (t if k == "attn_meta" else t.to(device)) for k, t in batches[j][0].items()}
             torch.manual_seed(1234 + i)
             if on_cuda:
@@ -374,8 +397,8 @@ def run_mix(model, v: Variant, samples: list, row_len: int, snapshot: dict, devi
                 opt.zero_grad(set_to_none=True)
                 loss = None
                 torch.cuda.empty_cache()
-                if i:
-                    res.oom_lengths.append(batches[j][1])
+                res.oom_lengths.append(batches[j][1])
+                oom.add(j)
                 print(f"  {v.name} mix sample {j} ({batches[j][1]} tokens): out of memory", file=sys.stderr,
                       flush=True)
                 continue
@@ -387,15 +410,22 @@ def run_mix(model, v: Variant, samples: list, row_len: int, snapshot: dict, devi
                 res.tokens += batches[j][1]
                 res.padded_tokens += int(batches[j][0]["input_ids"].numel())
                 res.samples += len(rows[j].samples) if res.row_len else 1
-            print(f"  {v.name} mix step {i} ({batches[j][1]} tokens): {dt:.3f} s loss {float(loss):.4f}",
-                  file=sys.stderr, flush=True)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else float("nan")
+            print(f"  {v.name} mix step {i} ({batches[j][1]} tokens): {dt:.3f} s loss {float(loss):.4f} "
+                  f"peak {peak:.1f} GiB", file=sys.stderr, flush=True)
         res.steps, res.seconds = len(times), sum(times)
         if times:
             res.median_step_s = statistics.median(times)
             res.eff_tok_s = res.tokens / res.seconds
     except torch.cuda.OutOfMemoryError as exc:
         res.status, res.error = "oom", str(exc).splitlines()[0][:200]
+    except Exception as exc:  # a variant that fails (e.g. to compile) is reported; the next one still runs
+        import traceback
+
+        traceback.print_exc()
+        res.status, res.error = "error", f"{type(exc).__name__}: {str(exc)[:300]}"
     finally:
+        res.graphs = compiled_graphs() - graphs0
         if on_cuda:
             res.peak_alloc_gib = torch.cuda.max_memory_allocated() / 2**30
             res.peak_reserved_gib = torch.cuda.max_memory_reserved() / 2**30
@@ -408,11 +438,12 @@ def run_mix(model, v: Variant, samples: list, row_len: int, snapshot: dict, devi
 
 def mix_table(results: list[MixResult]) -> str:
     rows = ["| variant | row | samples | tokens (real / padded) | steps | timed s | effective tok/s | warm-up step s "
-            "(compile) | peak alloc GiB | peak reserved GiB | first loss | OOM samples | status |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "(compile) | graphs | peak alloc GiB | peak reserved GiB | first loss | OOM samples | status |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rows.append(f"| {r.variant} | {r.row_len or 'batch 1, unpacked'} | {r.samples} | {r.tokens} / "
                     f"{r.padded_tokens} | {r.steps} | {r.seconds:.1f} | {r.eff_tok_s:.0f} | {r.first_step_s:.1f} | "
+                    f"{r.graphs} | "
                     f"{r.peak_alloc_gib:.1f} | {r.peak_reserved_gib:.1f} | {r.first_loss:.4f} | "
                     f"{','.join(map(str, r.oom_lengths)) or '-'} | {r.status} |")
     base = next((r for r in results if r.row_len == 0 and r.steps), None)
@@ -437,11 +468,13 @@ def _profile_step(model, batch, v: Variant, opt) -> None:
 
 
 def table(results: list[Result]) -> str:
-    rows = ["| variant | seq | step s (median) | tok/s | MFU | peak alloc GiB | peak reserved GiB | first loss | status |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| variant | seq | step s (median) | tok/s | MFU | warm-up step s (compile) | graphs | peak alloc GiB | "
+            "peak reserved GiB | first loss | status |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         step = statistics.median(r.step_s) if r.step_s else float("nan")
-        rows.append(f"| {r.variant} | {r.seq} | {step:.3f} | {r.tok_s:.0f} | {r.mfu:.1%} | {r.peak_alloc_gib:.1f} | "
+        rows.append(f"| {r.variant} | {r.seq} | {step:.3f} | {r.tok_s:.0f} | {r.mfu:.1%} | {r.first_step_s:.1f} | "
+                    f"{r.graphs} | {r.peak_alloc_gib:.1f} | "
                     f"{r.peak_reserved_gib:.1f} | {r.first_loss:.4f} | {r.status} |")
     by = {(r.variant, r.seq): r for r in results}
     for seq in sorted({r.seq for r in results}):

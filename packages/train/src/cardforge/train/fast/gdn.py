@@ -119,19 +119,19 @@ def state_scan(m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """The state each chunk starts from: S_0 = 0, S_{i+1} = M_i S_i + C_i. m [BH, n, Dk, Dk], c [BH, n, Dk, Dv] ->
     [BH, n, Dk, Dv] (M_{n-1}, C_{n-1} lead past the sequence: unused).
 
-    `chunk_gated_delta_rule(scan_op=True)` (bench option `+scanop`; not measured on a GPU yet, so not the
-    default): a custom op, opaque to torch.compile. The default scan is a Python loop that a compiled layer
-    unrolls (512 steps at 32k tokens, forward and backward graph), so compile time grows with the length; as an
+    `chunk_gated_delta_rule(scan_op=True)` (bench option `+scanop`; on whenever layers are compiled,
+    `fast.enable(scan_op=None)`): a custom op, opaque to torch.compile. Without it the scan is a Python loop that a
+    compiled layer unrolls (512 steps at 32k tokens, forward and backward graph), so compile time grows with the length; as an
     op with its own backward the compiled graph is the same size at any length, autograd records one node
     instead of one per chunk, and the recurrence runs in fp32 even inside bf16 autocast."""
     n = m.shape[1]
-    mt, ct = m.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous()  # [n, BH, ...]: contiguous steps
-    out = torch.empty_like(ct)
-    out[0].zero_()
+    m, c = m.contiguous(), c.contiguous()
+    out = torch.empty_like(c)  # the only buffer: steps are read and written as [:, i] views, no transposed copies
+    out[:, 0].zero_()
     with torch.autocast(m.device.type, enabled=False):  # runs inside the bf16 step: the recurrence stays fp32
         for i in range(n - 1):
-            torch.baddbmm(ct[i], mt[i], out[i], out=out[i + 1])
-    return out.transpose(0, 1).contiguous()
+            torch.baddbmm(c[:, i], m[:, i], out[:, i], out=out[:, i + 1])
+    return out
 
 
 @state_scan.register_fake
@@ -142,19 +142,19 @@ def _(m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("cardforge::gdn_state_scan_backward", mutates_args=())
 def state_scan_backward(m: torch.Tensor, states: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Reverse scan: G_i = dS_i + M_i^T G_{i+1} (G for the states after chunk i), then dM_i = G_{i+1} S_i^T and
-    dC_i = G_{i+1} for i < n-1, all chunks in one batched matmul."""
+    dC_i = G_{i+1} for i < n-1, all chunks in one batched matmul. dC is the buffer the reverse scan writes
+    (dC_{i-1} = G_i), so the backward allocates its two outputs and nothing else (at 32k tokens on the 27B each
+    is 1.5 GiB per GDN layer)."""
     n = m.shape[1]
-    mt, gt = m.transpose(0, 1).contiguous(), grad.transpose(0, 1).contiguous()
-    g = torch.empty_like(gt)  # g[i] = dL/dS_i in total
-    g[n - 1] = gt[n - 1]
-    dc = torch.zeros_like(gt)
-    dm = torch.zeros_like(mt)
+    dc = torch.empty_like(grad)  # dc[:, i] = G_{i+1}; G_n = 0
+    dc[:, n - 1].zero_()
     with torch.autocast(m.device.type, enabled=False):
+        if n > 1:
+            dc[:, n - 2].copy_(grad[:, n - 1])
         for i in range(n - 2, 0, -1):
-            torch.baddbmm(gt[i], mt[i].transpose(-1, -2), g[i + 1], out=g[i])
-        dc[: n - 1] = g[1:]
-        dm[: n - 1] = g[1:] @ states.transpose(0, 1)[: n - 1].transpose(-1, -2)
-    return dm.transpose(0, 1).contiguous(), dc.transpose(0, 1).contiguous()
+            torch.baddbmm(grad[:, i], m[:, i].transpose(-1, -2), dc[:, i], out=dc[:, i - 1])
+        dm = dc @ states.transpose(-1, -2)  # dm[:, n-1] = 0 (dc[:, n-1] = 0)
+    return dm, dc
 
 
 @state_scan_backward.register_fake

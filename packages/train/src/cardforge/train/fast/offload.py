@@ -104,7 +104,9 @@ def enable(model: torch.nn.Module, compile: bool = False) -> int:
     for layer in layers:
         cls = type(layer)
         if compile and cls not in _COMPILED:
-            _COMPILED[cls] = torch.compile(cls.forward, dynamic=False)
+            from cardforge.train.fast.patch import compile_backend
+
+            _COMPILED[cls] = torch.compile(cls.forward, dynamic=False, backend=compile_backend())
         if not hasattr(layer, "_cf_checkpoint_before"):
             layer._cf_checkpoint_before = layer.gradient_checkpointing
         layer.gradient_checkpointing = False  # the class forward then runs the layer plainly

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import types
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from cardforge.train.fast import attention
@@ -72,10 +75,29 @@ def _forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mas
     value = value.reshape(bsz, seq_len, -1, self.head_v_dim)
     beta = b.sigmoid()
     g = -self.A_log.float().exp() * torch.nn.functional.softplus(a.float() + self.dt_bias)
-    out = self._cf_chunk_fn(query, key, value, g, beta, scan_op=getattr(self, "_cf_scan_op", False),
-                            reset=None if cf_pos is None else cf_pos == 0)
+    out = _core(self, query, key, value, g, beta, None if cf_pos is None else cf_pos == 0)
     out = self.norm(out.reshape(-1, self.head_v_dim), z.reshape(-1, self.head_v_dim))
     return self.out_proj(out.reshape(bsz, seq_len, -1))
+
+
+def _core(self, query, key, value, g, beta, reset):
+    """The GDN core; with `_cf_core_groups` G > 0 (`enable(core_groups=G)`) and grad on, it runs in G groups of
+    heads, each under non-reentrant checkpointing: the layer saves only the core's bf16 inputs, and the backward
+    recomputes one head group at a time (the core's fp32 chunk tensors are what fills memory at long rows: ~15 of
+    the ~31 GiB an eager 27B GDN layer saves at 32k tokens). Value head j reads key head j // (Hv / Hk), so group
+    i takes key heads [i Hk/G, (i+1) Hk/G) and their value heads."""
+    fn = functools.partial(self._cf_chunk_fn, scan_op=getattr(self, "_cf_scan_op", False), reset=reset)
+    want = getattr(self, "_cf_core_groups", 0)
+    if not want or not torch.is_grad_enabled():
+        return fn(query, key, value, g, beta)
+    groups = math.gcd(want, key.shape[2])  # 1: the whole core under one checkpoint
+    hk, hv = key.shape[2] // groups, value.shape[2] // groups
+    outs = []
+    for i in range(groups):
+        ks, vs = slice(i * hk, (i + 1) * hk), slice(i * hv, (i + 1) * hv)
+        outs.append(torch.utils.checkpoint.checkpoint(fn, query[:, :, ks], key[:, :, ks], value[:, :, vs],
+                                                      g[:, :, vs], beta[:, :, vs], use_reentrant=False))
+    return torch.cat(outs, dim=2)
 
 
 _COMPILED = None
@@ -124,13 +146,14 @@ def uncompile_layers(model: torch.nn.Module) -> None:
 
 
 def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False, layers: bool = False,
-           scan_op: bool | None = None) -> int:
+           scan_op: bool | None = None, core_groups: int = 0) -> int:
     """Patch every Gated DeltaNet module of `model` (PEFT-wrapped or not) and, with `lora`, PEFT's LoRA Linear
     layers; `compile`: the GDN core through torch.compile (fuses its fp32 elementwise work); `layers`: every
     decoder layer through torch.compile (`compile_layers`; includes the GDN core); `scan_op`: the GDN state scan
     as the `cardforge::gdn_state_scan` op (`gdn.state_scan`); None = on with compiled layers (their graphs then
-    stay the same size at any length instead of unrolling one scan step per 64 tokens). Returns the number of GDN
-    modules patched."""
+    stay the same size at any length instead of unrolling one scan step per 64 tokens); `core_groups` G > 0: the
+    GDN core recomputed in the backward, G head groups one at a time (`_core`; long rows). Returns the number of
+    GDN modules patched."""
     if scan_op is None:
         scan_op = layers
     mods = _gdn_modules(model)
@@ -142,6 +165,7 @@ def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False, lay
         _swap_forward(m, "_cf_transformers_forward", _forward)
         m._cf_chunk_fn = _compiled_chunk_fn() if compile and not layers else chunk_gated_delta_rule
         m._cf_scan_op = scan_op
+        m._cf_core_groups = core_groups
     if lora:
         enable_lora(model)
     _set_attention(model, attention.ATTENTION)
