@@ -120,8 +120,8 @@ SPEC_HELP = ("BASE[+OPTION...][:K][@B] with BASE from " + ", ".join(VARIANTS) + 
              + " (compile: the GDN core through torch.compile; layers: every decoder layer compiled; tf32: fp32 "
                "matmuls on TF32; scanop: the GDN state scan as a custom op; offload: checkpointed layer inputs in "
                "pinned host memory; corerc: the GDN core recomputed in the backward, 4 head groups one at a time); "
-               ":K = the last K layers not recomputed; @B = no gradient checkpointing, compile's partitioner keeps the fraction B of each "
-               "layer's activations (needs +layers); with +offload, @B keeps the offloaded checkpoints and B applies "
+               ":K = the last K layers not recomputed; @B = no gradient checkpointing, compile's partitioner keeps "
+               "the fraction B of each layer's activations (needs +layers); with +offload, @B keeps the offloaded checkpoints and B applies "
                "to each layer's recompute in the backward (its saved activations: the peak at long rows); "
                "cardforge-compile = cardforge+compile")
 
