@@ -65,7 +65,8 @@ def _model():
 
 
 @pytest.mark.parametrize("spec", ["cardforge", "cardforge+layers+tf32", "cardforge+layers+tf32+scanop",
-                                  "cardforge+layers+tf32+scanop+offload"])
+                                  "cardforge+layers+tf32+scanop+offload",
+                                  "cardforge+layers+tf32+scanop+offload+corerc@0.3"])  # the 32k mix's setting
 def test_packed_row_matches_plain_sample_by_sample(spec):
     """Issue #20: one packed row (5 samples, 2 to 700 tokens, a padding tail; flash varlen attention, GDN and conv
     resets) gives the token-weighted loss and the LoRA gradients of plain transformers + PEFT run on each sample
