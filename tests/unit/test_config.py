@@ -147,6 +147,33 @@ def test_compile_layers_conflicts_are_one_clear_line(overrides, expected):
     assert cfg.trainer.compile_layers and cfg.trainer.tf32 and cfg.trainer.activation_memory_budget == 0.1
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["trainer.gdn_core_groups=-1"], "trainer.gdn_core_groups must be >= 0 (0: off), got -1"),
+    (["trainer.gdn_core_groups=4", "trainer.kernels=transformers"],
+     "trainer.gdn_core_groups needs trainer.kernels=cardforge (it recomputes cardforge's Gated DeltaNet core)"),
+    (["trainer.offload_checkpoints=true", "trainer.gradient_checkpointing=false"],
+     "trainer.offload_checkpoints needs trainer.kernels=cardforge and trainer.gradient_checkpointing=true (or "
+     "trainer.activation_memory_budget, which then applies to each layer's recompute)"),
+    (["trainer=gpu_card_long", "trainer.compile_layers=false"],
+     "trainer.activation_memory_budget needs trainer.compile_layers=true (the budget is applied by torch.compile's "
+     "partitioner)"),
+])
+def test_long_row_settings_conflicts_are_one_clear_line(overrides, expected):
+    with pytest.raises(ConfigError) as e:
+        compose("train", overrides)
+    assert str(e.value) == expected
+
+
+def test_the_card_trains_its_32k_rows_with_the_measured_long_row_setting():
+    """issue #20: the card's preset packs rows of data.max_seq_len tokens and uses what made 32k rows fit on one
+    80 GiB GPU in the bench (offloaded checkpoints, budget 0.3 on each layer's recompute, GDN core in 4 groups)."""
+    t = compose("train", ["experiment=qwen36_27b_card"]).trainer
+    assert (t.pack_length, t.offload_checkpoints, t.activation_memory_budget, t.gdn_core_groups) == (32768, True, 0.3, 4)
+    assert t.compile_layers and t.tf32 and t.kernels == "cardforge"
+    t = compose("train", ["experiment=qwen36_27b_card", "data.max_seq_len=16384"]).trainer
+    assert t.pack_length == 16384  # rows follow the data's longest sample
+
+
 @pytest.mark.parametrize("override", [
     "force=[all]", "force=[models,data,train,merge,mtp,quant,eval,card]", "force=[]",
     "eval.suites=[gpqa_diamond,mmlu,humaneval,coding,bfcl,agentic]", "eval.quant_tier=Q8_0", "mtp.bench_tier=Q4_K_M",

@@ -257,7 +257,8 @@ def build_student(cfg: DictConfig, path: Path) -> Student:
         if tc.compile_layers:  # packed rows: one length
             configure_compile(tc, pack or cfg.data.max_seq_len, pack or pad_multiple)
         n_gdn = fast.enable(model, compile=tc.compile_gdn, layers=tc.compile_layers and not offload,
-                            scan_op=bool(tc.compile_layers))  # compiled: the scan as one op, any length
+                            scan_op=bool(tc.compile_layers),  # compiled: the scan as one op, any length
+                            core_groups=int(tc.gdn_core_groups))
         log.info("trainer.kernels=cardforge: GDN kernel on %d layers, fused LoRA forward, chunked cross-entropy%s",
                  n_gdn, "; decoder layers compiled, batches padded to " + (
                      f"a multiple of {pad_multiple}" if pad_multiple else "geometric length buckets")

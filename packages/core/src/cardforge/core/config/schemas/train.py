@@ -73,6 +73,7 @@ class TrainerConfig:
     activation_memory_budget: Optional[float] = MISSING
     pack_length: Optional[int] = MISSING
     offload_checkpoints: bool = MISSING
+    gdn_core_groups: int = MISSING
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -93,10 +94,16 @@ class TrainerConfig:
         if self.pack_length is not None and self.kernels != "cardforge":
             raise ValueError("trainer.pack_length needs trainer.kernels=cardforge (transformers' layers would let "
                              "the samples of a row see each other)")
-        if self.offload_checkpoints and (self.activation_memory_budget is not None or not self.gradient_checkpointing
-                                         or self.kernels != "cardforge"):
-            raise ValueError("trainer.offload_checkpoints needs trainer.kernels=cardforge, "
-                             "trainer.gradient_checkpointing=true and no trainer.activation_memory_budget")
+        if self.offload_checkpoints and (self.kernels != "cardforge" or not (
+                self.gradient_checkpointing or self.activation_memory_budget is not None)):
+            raise ValueError("trainer.offload_checkpoints needs trainer.kernels=cardforge and "
+                             "trainer.gradient_checkpointing=true (or trainer.activation_memory_budget, which then "
+                             "applies to each layer's recompute)")
+        if self.gdn_core_groups < 0:
+            raise ValueError(f"trainer.gdn_core_groups must be >= 0 (0: off), got {self.gdn_core_groups}")
+        if self.gdn_core_groups and self.kernels != "cardforge":
+            raise ValueError("trainer.gdn_core_groups needs trainer.kernels=cardforge (it recomputes cardforge's "
+                             "Gated DeltaNet core)")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError(f"trainer.pad_to_multiple_of must be >= 1 (or null), got {self.pad_to_multiple_of}")
         if self.compile_layers and self.kernels != "cardforge":
