@@ -529,6 +529,44 @@ def test_offloaded_checkpoints_equal_checkpointing():
         torch.testing.assert_close(g1[n], g0[n], rtol=0, atol=0, msg=n)
 
 
+def test_offloaded_layers_are_tracked_for_prefetch_and_never_leak():
+    """`fast.offload` keeps the offloaded layers of the forward in flight (the backward prefetches the input of the
+    layer it reaches next): a forward queues every layer in order, its backward empties the queue, a forward that
+    failed half-way is dropped by the next one, and a forward without grad queues nothing."""
+    from cardforge.train.fast import offload
+
+    model = _small_lora_model()
+    batch = bench.make_batch(SMALL["vocab_size"], 40, "cpu")
+    v = bench.Variant("x", "cardforge", "chunked", autocast=False)
+    fast.enable(model)
+    offload.enable(model)
+    try:
+        with torch.no_grad():
+            bench.loss_fn(model, batch, v)
+        assert offload._PENDING == []
+        layers = offload._layers(model)
+        real = type(layers[2]).forward
+        calls = [0]
+
+        def failing(self, *a, **k):  # the third layer fails once (e.g. out of memory) in the first forward
+            calls[0] += 1
+            if calls[0] == 1:
+                raise RuntimeError("injected")
+            return real(self, *a, **k)
+
+        layers[2]._cf_offload_fn = failing
+        with pytest.raises(RuntimeError, match="injected"):
+            bench.loss_fn(model, batch, v)
+        assert len(offload._PENDING) == 2  # the two layers before it, left by the failed forward
+        loss = bench.loss_fn(model, batch, v)
+        assert len(offload._PENDING) == 4 and all(c.host is not None for c in offload._PENDING)  # this forward's
+        loss.backward()
+        assert offload._PENDING == []
+    finally:
+        offload.disable(model)
+        fast.disable(model)
+
+
 def test_core_recomputed_in_head_groups_equals_the_core():
     """`fast.enable(core_groups=G)` (bench `+corerc`): the GDN core under checkpointing in head groups gives the
     same loss and LoRA gradients as the core run whole (packed row, fp64), and the layer saves less for its

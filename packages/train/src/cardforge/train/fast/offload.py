@@ -3,9 +3,10 @@
 With checkpointing, what a step keeps between forward and backward is each decoder layer's input: at 32k tokens on
 the 27B that is 64 x 32768 x 5120 bf16 = 20 GiB, on top of ~54 GiB of weights and LoRA state. `enable(model)` swaps
 every checkpointed layer's checkpoint function for `offloaded_checkpoint`: the forward runs the layer without
-keeping anything and copies its input to pinned host memory on a side stream (overlapping the next layers); the
-backward copies it back, reruns the layer with the forward's RNG state (same LoRA-dropout masks) and
-backpropagates through it. The layer's parameters receive their gradients from that inner backward, as with
+keeping anything and copies its input to pinned host memory on a side stream (overlapping the next layers); while
+a layer's backward runs, the input of the layer before it is copied back on that side stream (one layer input on
+the GPU ahead); each layer's backward then reruns the layer with the forward's RNG state (same LoRA-dropout masks)
+and backpropagates through it. The layer's parameters receive their gradients from that inner backward, as with
 reentrant checkpointing.
 """
 
@@ -38,25 +39,62 @@ def _to_host(x: torch.Tensor) -> torch.Tensor:
     return host
 
 
+# the offloaded layers of the forward in flight, in forward order: the backward runs them in reverse, so while one
+# layer's backward runs, the input of the layer before it is copied back on the side stream (`_prefetch`)
+_PENDING: list = []
+
+
+def _prefetch(ctx) -> None:
+    """Start copying `ctx`'s saved input back to its GPU on the side stream (one layer input at a time: 320 MiB at
+    32k tokens on the 27B); its backward waits for the copy instead of making it on the compute stream."""
+    if ctx.device.type != "cuda" or ctx.host is None or getattr(ctx, "gpu", None) is not None:
+        return
+    side = _side_stream(ctx.device)
+    with torch.cuda.stream(side):  # after the forward's copy to the host (same stream); overlaps this backward
+        ctx.gpu = ctx.host.to(ctx.device, non_blocking=True)
+
+
+def _input_back(ctx) -> torch.Tensor:
+    if ctx.device.type != "cuda":
+        return ctx.host.to(ctx.device)
+    current = torch.cuda.current_stream(ctx.device)
+    current.wait_stream(_side_stream(ctx.device))  # the prefetch (or the forward's copy to the host) is done
+    x = getattr(ctx, "gpu", None)
+    if x is None:
+        return ctx.host.to(ctx.device, non_blocking=True)
+    x.record_stream(current)  # allocated on the side stream, used and freed on this one
+    ctx.gpu = None
+    return x
+
+
 class _Offloaded(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run, device_type: str, x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         ctx.run = run
         ctx.device = x.device
         ctx.host = _to_host(x)
+        ctx.gpu = None
+        if _PENDING and _PENDING[-1].out_ptr != x.data_ptr():  # not the last layer's output: a new forward (entries
+            _PENDING.clear()  # left by one that failed go; their graphs still hold what they saved)
         ctx.cpu_rng = torch.get_rng_state()
         ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
         ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)) \
             if device_type in ("cuda", "cpu") else (False, None)
         ctx.device_type = device_type
         with torch.no_grad():
-            return run(x)
+            out = run(x)
+        ctx.out_ptr = out.data_ptr()
+        _PENDING.append(ctx)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        if ctx.device.type == "cuda":
-            torch.cuda.current_stream(ctx.device).wait_stream(_side_stream(ctx.device))
-        x = ctx.host.to(ctx.device, non_blocking=True).requires_grad_(True)
+        x = _input_back(ctx).requires_grad_(True)
+        at = next((i for i in range(len(_PENDING) - 1, -1, -1) if _PENDING[i] is ctx), None)
+        if at is not None:
+            del _PENDING[at:]  # this layer and any later ones (done, or left by a step that failed)
+            if at:
+                _prefetch(_PENDING[at - 1])  # the layer whose backward comes next
         devices = [ctx.device] if ctx.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.set_rng_state(ctx.cpu_rng)
@@ -78,6 +116,8 @@ def offloaded_checkpoint(function, *args, **kwargs):
         raise TypeError("offloaded_checkpoint takes the layer input alone (bind the rest into the function)")
     # an input that requires grad: the first layer's input (frozen embeddings) does not, yet its LoRA weights need
     # the backward to run
+    if not torch.is_grad_enabled():  # evaluation: nothing to save, nothing to rerun
+        return function(x)
     anchor = torch.empty(0, device=x.device, requires_grad=True)
     dev = x.device.type
     return _Offloaded.apply(lambda h: function(h), dev, x, anchor)
