@@ -144,3 +144,74 @@ def test_flash_varlen_attention_equals_block_diagonal_mask():
         err = ((a - b).norm() / b.norm()).item()
         print(f"[gpu-report] varlen vs mask {name}: rel err {err:.2e}")
         assert err < 2e-2, name
+
+
+def _median_ms(fn, reps: int = 5) -> float:
+    fn()  # warm-up (Triton compiles on the first call)
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize("n", [64, 512])
+def test_gdn_state_scan_triton_matches_loop(n, tf32):
+    """The GDN chunk-state scan in one Triton launch (the ops' CUDA dispatch) vs the `baddbmm` loops, at the 27B's
+    shapes (48 value heads, Dk = Dv = 128; n = 64 / 512 chunks: 4k / 32k tokens): forward states, the backward's
+    dM and dC, both against a float64 loop (fp32 matmuls: within 1e-5; TF32: within 1e-2 and not much worse than the
+    TF32 loop). Prints both paths' times (median of 5, CUDA events) and, at n = 512, other kernel configs."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from cardforge.train.fast import gdn
+
+    if gdn._triton_kernel() is None:
+        pytest.skip("needs triton")
+    bh, d = 48, 128
+    g = torch.Generator(device="cuda").manual_seed(n)
+    m = 0.9 * torch.eye(d, device="cuda") + 0.05 * d ** -0.5 * torch.randn(bh, n, d, d, device="cuda", generator=g)
+    c, grad = (torch.randn(bh, n, d, d, device="cuda", generator=g) for _ in range(2))
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        assert gdn._use_triton(m, c)
+        assert gdn._scan_triton(m, c, reverse=False) is not None, "no kernel config fit this GPU (loop fallback)"
+        config = gdn._triton_config_cache[(m.device, d, d, "tf32" if tf32 else "ieee", False)]
+        s, s_loop = gdn.state_scan(m, c), gdn._scan_loop(m, c)
+        dm, dc = gdn.state_scan_backward(m, s_loop, grad)
+        dc_loop = gdn._scan_backward_loop(m, grad)
+        dm_loop = dc_loop @ s_loop.transpose(-1, -2)
+        s64 = gdn._scan_loop(m.double(), c.double())
+        dc64 = gdn._scan_backward_loop(m.double(), grad.double())
+        dm64 = dc64 @ s64.transpose(-1, -2)
+        for name, got, loop, ref in (("states", s, s_loop, s64), ("dC", dc, dc_loop, dc64), ("dM", dm, dm_loop, dm64)):
+            err = ((got.double() - ref).norm() / ref.norm()).item()
+            err_loop = ((loop.double() - ref).norm() / ref.norm()).item()
+            print(f"[gpu-report] scan n={n} tf32={tf32} {name}: rel err vs fp64 triton {err:.2e} loop {err_loop:.2e}")
+            assert err < (1e-2 if tf32 else 1e-5), name
+            assert err < 3 * err_loop + 1e-6, name
+        t = {"fwd triton": _median_ms(lambda: gdn.state_scan(m, c)),
+             "fwd loop": _median_ms(lambda: gdn._scan_loop(m, c)),
+             "bwd triton": _median_ms(lambda: gdn.state_scan_backward(m, s, grad)),
+             "bwd loop": _median_ms(lambda: (lambda dcl: (dcl @ s.transpose(-1, -2), dcl))(
+                 gdn._scan_backward_loop(m, grad)))}
+        print(f"[gpu-report] scan n={n} tf32={tf32} config (BV, warps, stages) {config}: "
+              + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items())
+              + f"; speedup fwd {t['fwd loop'] / t['fwd triton']:.1f}x bwd {t['bwd loop'] / t['bwd triton']:.1f}x")
+        if n == 512:
+            configs = [(128, 8, 1), (64, 8, 2), (64, 8, 1), (64, 4, 2), (32, 8, 2), (32, 4, 2), (32, 4, 3), (16, 8, 1),
+                       (16, 4, 3)]
+            for cfg in configs:
+                for reverse in (False, True):
+                    if gdn._scan_triton(m, c, reverse=reverse, config=cfg) is None:
+                        print(f"[gpu-report] scan config {cfg} reverse={reverse}: out of resources")
+                        continue
+                    ms = _median_ms(lambda: gdn._scan_triton(m, c, reverse=reverse, config=cfg))
+                    print(f"[gpu-report] scan n={n} tf32={tf32} config {cfg} reverse={reverse}: {ms:.3f} ms")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old

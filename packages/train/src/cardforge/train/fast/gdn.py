@@ -20,6 +20,9 @@ accumulation, as fla's kernels do, and the gating/decay elementwise math stays f
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -123,7 +126,19 @@ def state_scan(m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     `fast.enable(scan_op=None)`): a custom op, opaque to torch.compile. Without it the scan is a Python loop that a
     compiled layer unrolls (512 steps at 32k tokens, forward and backward graph), so compile time grows with the length; as an
     op with its own backward the compiled graph is the same size at any length, autograd records one node
-    instead of one per chunk, and the recurrence runs in fp32 even inside bf16 autocast."""
+    instead of one per chunk, and the recurrence runs in fp32 even inside bf16 autocast. On CUDA (float32, Dk and
+    Dv powers of two in 16-256, triton importable) the whole scan, and its backward's reverse scan, is one Triton
+    launch (`_scan_triton`); elsewhere a Python loop of one `baddbmm` per chunk."""
+    m, c = m.contiguous(), c.contiguous()
+    if _use_triton(m, c):
+        out = _scan_triton(m, c, reverse=False)
+        if out is not None:
+            return out
+    return _scan_loop(m, c)
+
+
+def _scan_loop(m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """`state_scan` as a Python loop, one `baddbmm` launch per chunk (CPU, no Triton, other dtypes or shapes)."""
     n = m.shape[1]
     m, c = m.contiguous(), c.contiguous()
     out = torch.empty_like(c)  # the only buffer: steps are read and written as [:, i] views, no transposed copies
@@ -145,6 +160,18 @@ def state_scan_backward(m: torch.Tensor, states: torch.Tensor, grad: torch.Tenso
     dC_i = G_{i+1} for i < n-1, all chunks in one batched matmul. dC is the buffer the reverse scan writes
     (dC_{i-1} = G_i), so the backward allocates its two outputs and nothing else (at 32k tokens on the 27B each
     is 1.5 GiB per GDN layer)."""
+    m, grad = m.contiguous(), grad.contiguous()
+    dc = _scan_triton(m, grad, reverse=True) if _use_triton(m, grad) else None
+    if dc is None:
+        dc = _scan_backward_loop(m, grad)
+    with torch.autocast(m.device.type, enabled=False):
+        dm = dc @ states.transpose(-1, -2)  # dm[:, n-1] = 0 (dc[:, n-1] = 0)
+    return dm, dc
+
+
+def _scan_backward_loop(m: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The reverse scan of `state_scan_backward` as a Python loop: dc[:, n-1] = 0, dc[:, i-1] = grad[:, i] +
+    M_i^T dc[:, i] (one `baddbmm` launch per chunk)."""
     n = m.shape[1]
     dc = torch.empty_like(grad)  # dc[:, i] = G_{i+1}; G_n = 0
     dc[:, n - 1].zero_()
@@ -153,8 +180,7 @@ def state_scan_backward(m: torch.Tensor, states: torch.Tensor, grad: torch.Tenso
             dc[:, n - 2].copy_(grad[:, n - 1])
         for i in range(n - 2, 0, -1):
             torch.baddbmm(grad[:, i], m[:, i].transpose(-1, -2), dc[:, i], out=dc[:, i - 1])
-        dm = dc @ states.transpose(-1, -2)  # dm[:, n-1] = 0 (dc[:, n-1] = 0)
-    return dm, dc
+    return dc
 
 
 @state_scan_backward.register_fake
@@ -172,6 +198,143 @@ def _scan_grad(ctx, grad: torch.Tensor):
 
 
 state_scan.register_autograd(_scan_grad, setup_context=_scan_setup)
+
+
+# ---- The scan in one Triton launch (CUDA) --------------------------------------------------------------------
+# The loops above launch one `baddbmm` per chunk: 63 per GDN layer and pass at 4096 tokens, 511 at 32k, and the
+# step on an H100 is then bound by the CPU launching them. `_affine_scan_kernel` runs the whole scan in one launch:
+# program (bh, v-block) keeps its [Dk, BV] slice of the state in fp32 registers and walks the chunks,
+#     y[dst] = A @ y[src] + x[idx],   forward: A = M_i, dst = i+1;   reverse: A = M_i^T, dst = i-1,
+# writing the zero state it starts from itself. Columns of the state are independent (A acts on rows), so the
+# v-blocks need no communication. Only float32 tensors, Dk and Dv powers of two in [16, 256]; otherwise, on CPU,
+# or without triton the loops run.
+
+_TRITON_DIMS = (16, 32, 64, 128, 256)
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_kernel():
+    """The jitted kernel, or None when triton does not import (CPU wheels, CI). Built on first use: importing
+    triton costs time, and TRITON_INTERPRET (Triton's CPU interpreter, tests) is read when the kernel is built."""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return None
+
+    @triton.jit
+    def _affine_scan_kernel(a_ptr, x_ptr, y_ptr, n_steps, DK: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr,
+                            REVERSE: tl.constexpr, PRECISION: tl.constexpr, KSPLIT: tl.constexpr):
+        bh = tl.program_id(0).to(tl.int64)
+        rows = tl.arange(0, DK)
+        cols = tl.program_id(1) * BV + tl.arange(0, BV)
+        a_base = a_ptr + bh * n_steps * DK * DK
+        x_base = x_ptr + bh * n_steps * DK * DV
+        y_base = y_ptr + bh * n_steps * DK * DV
+        BK: tl.constexpr = DK // 4 if KSPLIT else DK  # KSPLIT: A in four column blocks, the state in four row blocks
+        kk = tl.arange(0, BK)
+        if REVERSE:  # A = M^T: element [r, k] of the tile read from M[k, r]
+            a_off = kk[None, :] * DK + rows[:, None]
+            k_stride: tl.constexpr = BK * DK  # from one column block of A to the next
+        else:
+            a_off = rows[:, None] * DK + kk[None, :]
+            k_stride: tl.constexpr = BK
+        xy_off = rows[:, None] * DV + cols[None, :]
+        state = tl.zeros([DK, BV], dtype=tl.float32)
+        if REVERSE:
+            tl.store(y_base + (n_steps - 1) * DK * DV + xy_off, state)
+        else:
+            tl.store(y_base + xy_off, state)
+        for step in range(0, n_steps - 1):
+            if REVERSE:  # int32 offsets within one head: n * Dk * max(Dk, Dv) < 2^31 (checked by the caller)
+                idx = n_steps - 1 - step
+                dst = idx - 1
+            else:
+                idx = step
+                dst = idx + 1
+            a_i = a_base + idx * DK * DK + a_off
+            x = tl.load(x_base + idx * DK * DV + xy_off)
+            if KSPLIT:  # full fp32 (FMA dot): one [Dk, Dk] x [Dk, BV] dot spills registers, four K-quarters do not
+                lo, hi = tl.split(tl.permute(tl.reshape(state, [2, DK // 2, BV]), (1, 2, 0)))  # rows [0, Dk/2), rest
+                s0, s1 = tl.split(tl.permute(tl.reshape(lo, [2, DK // 4, BV]), (1, 2, 0)))
+                s2, s3 = tl.split(tl.permute(tl.reshape(hi, [2, DK // 4, BV]), (1, 2, 0)))
+                state = tl.dot(tl.load(a_i), s0, acc=x, input_precision=PRECISION)
+                state = tl.dot(tl.load(a_i + k_stride), s1, acc=state, input_precision=PRECISION)
+                state = tl.dot(tl.load(a_i + 2 * k_stride), s2, acc=state, input_precision=PRECISION)
+                state = tl.dot(tl.load(a_i + 3 * k_stride), s3, acc=state, input_precision=PRECISION)
+            else:
+                state = tl.dot(tl.load(a_i), state, acc=x, input_precision=PRECISION)
+            tl.store(y_base + dst * DK * DV + xy_off, state)
+
+    return _affine_scan_kernel
+
+
+def _use_triton(m: torch.Tensor, x: torch.Tensor) -> bool:
+    """Production dispatch: the Triton scan only for CUDA float32 tensors of supported shapes, triton importable."""
+    return (m.is_cuda and x.is_cuda and m.dtype == x.dtype == torch.float32 and m.shape[-1] in _TRITON_DIMS
+            and x.shape[-1] in _TRITON_DIMS and _triton_kernel() is not None)
+
+
+def _triton_configs(dk: int, dv: int) -> list[tuple[int, int, int]]:
+    """(BV, num_warps, num_stages) to try in order. Dk = Dv = 128 (the 27B): BV 64 gives BH * 2 = 96 programs
+    (one wave on 132 SMs), each reading its 64 KiB fp32 M tile per chunk. Compiled ahead of time for sm_90a with
+    Triton 3.6 (no GPU run yet): TF32 192 KiB shared memory (2 stages of the M and C tiles; H100 allows 227),
+    112-122 registers, no spills; full fp32 ("ieee", FMA dot, K split in four) 112 KiB, 255 registers and ~0.7 KB
+    of spills per thread (one unsplit dot: ~13 KB). Dk = 256: TF32 needs >= 256 KiB shared memory in every config
+    (out of resources, the loop runs); full fp32 fits at one stage (128 KiB) but spills ~13 KB per thread."""
+    bv = min(dv, 64)
+    warps = 8 if dk >= 128 else 4
+    return [(bv, warps, 2), (bv, warps, 1), (min(dv, 32), warps, 1)]
+
+
+_triton_config_cache: dict = {}
+
+
+def _scan_triton(a: torch.Tensor, x: torch.Tensor, reverse: bool, precision: str | None = None,
+                 config: tuple[int, int, int] | None = None) -> torch.Tensor | None:
+    """The affine scan in one launch. a [BH, n, Dk, Dk], x [BH, n, Dk, Dv] float32 (contiguous) -> y [BH, n, Dk, Dv]:
+    forward y[0] = 0, y[i+1] = a_i y[i] + x_i (`state_scan`); reverse y[n-1] = 0, y[i-1] = a_i^T y[i] + x_i (the
+    backward's dc). `precision`: "tf32" or "ieee" (full fp32); default follows
+    `torch.backends.cuda.matmul.allow_tf32` like the `baddbmm` loop it replaces. CUDA tensors; CPU tensors only
+    under TRITON_INTERPRET=1 (tests). None when no config fits the GPU (shared memory): the caller's loop runs."""
+    kernel = _triton_kernel()
+    if kernel is None:
+        raise RuntimeError("triton is not importable")
+    from triton.runtime.errors import OutOfResources
+
+    bh, n, dk, dv = x.shape
+    if a.shape != (bh, n, dk, dk) or dk not in _TRITON_DIMS or dv not in _TRITON_DIMS:
+        raise ValueError(f"unsupported shapes for the Triton scan: a {tuple(a.shape)}, x {tuple(x.shape)}")
+    if a.dtype != torch.float32 or x.dtype != torch.float32:
+        raise ValueError("the Triton scan takes float32 tensors")
+    if n * dk * max(dk, dv) >= 2 ** 31:
+        return None  # past the kernel's int32 offsets within one head (over 2M tokens at Dk = Dv = 128)
+    a, x = a.contiguous(), x.contiguous()
+    if precision is None:
+        precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    y = torch.empty_like(x)
+    if y.numel() == 0:
+        return y
+    key = (a.device, dk, dv, precision, reverse)
+    if config is not None:
+        configs = [config]
+    elif key in _triton_config_cache:  # the config that fitted last time, or None: none did (Dk = 256)
+        configs = [_triton_config_cache[key]] if _triton_config_cache[key] is not None else []
+    else:
+        configs = _triton_configs(dk, dv)
+    with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
+        for bv, warps, stages in configs:
+            try:
+                kernel[(bh, dv // bv)](a, x, y, n, DK=dk, DV=dv, BV=bv, REVERSE=reverse, PRECISION=precision,
+                                       KSPLIT=precision == "ieee" and dk >= 64, num_warps=warps, num_stages=stages)
+            except OutOfResources:  # raised at launch, before the kernel runs: try the next config
+                continue
+            if config is None:
+                _triton_config_cache[key] = (bv, warps, stages)
+            return y
+    if config is None:
+        _triton_config_cache[key] = None
+    return None
 
 
 def reference(query, key, value, g, beta, chunk_size: int = 64, reset: torch.Tensor | None = None) -> torch.Tensor:
