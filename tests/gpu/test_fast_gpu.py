@@ -164,8 +164,9 @@ def _median_ms(fn, reps: int = 5) -> float:
 def test_gdn_state_scan_triton_matches_loop(n, tf32):
     """The GDN chunk-state scan in one Triton launch (the ops' CUDA dispatch) vs the `baddbmm` loops, at the 27B's
     shapes (48 value heads, Dk = Dv = 128; n = 64 / 512 chunks: 4k / 32k tokens): forward states, the backward's
-    dM and dC, both against a float64 loop (fp32 matmuls: within 1e-5; TF32: within 1e-2 and not much worse than the
-    TF32 loop). Prints both paths' times (median of 5, CUDA events) and, at n = 512, other kernel configs."""
+    dM and dC, both against a float64 loop: within 1e-5 whether or not allow_tf32 is on (the Triton scan stays full
+    fp32: its TF32 mode measured 4e-3, see `gdn._scan_triton`), and not much worse than the loop (which uses TF32
+    when allowed). Prints both paths' times (median of 5, CUDA events) and, at n = 512, other kernel configs."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from cardforge.train.fast import gdn
@@ -181,7 +182,7 @@ def test_gdn_state_scan_triton_matches_loop(n, tf32):
     try:
         assert gdn._use_triton(m, c)
         assert gdn._scan_triton(m, c, reverse=False) is not None, "no kernel config fit this GPU (loop fallback)"
-        config = gdn._triton_config_cache[(m.device, d, d, "tf32" if tf32 else "ieee", False)]
+        config = gdn._triton_config_cache[(m.device, d, d, "ieee", False)]
         s, s_loop = gdn.state_scan(m, c), gdn._scan_loop(m, c)
         dm, dc = gdn.state_scan_backward(m, s_loop, grad)
         dc_loop = gdn._scan_backward_loop(m, grad)
@@ -193,7 +194,7 @@ def test_gdn_state_scan_triton_matches_loop(n, tf32):
             err = ((got.double() - ref).norm() / ref.norm()).item()
             err_loop = ((loop.double() - ref).norm() / ref.norm()).item()
             print(f"[gpu-report] scan n={n} tf32={tf32} {name}: rel err vs fp64 triton {err:.2e} loop {err_loop:.2e}")
-            assert err < (1e-2 if tf32 else 1e-5), name
+            assert err < 1e-5, name
             assert err < 3 * err_loop + 1e-6, name
         t = {"fwd triton": _median_ms(lambda: gdn.state_scan(m, c)),
              "fwd loop": _median_ms(lambda: gdn._scan_loop(m, c)),

@@ -182,3 +182,27 @@ def test_production_dispatch_uses_the_loop_on_cpu():
     m, c = _inputs(1, 3, 32, 32)
     assert not gdn._use_triton(m, c)
     assert not gdn._use_triton(m.double(), c.double())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton importable")
+def test_the_scan_stays_full_fp32_when_tf32_is_allowed(monkeypatch):
+    """The train stage's `trainer.tf32` turns on allow_tf32, but the Triton scan keeps full fp32: its TF32 mode
+    (operands truncated) measured 4e-3 from a float64 scan on an H100 against the cuBLAS TF32 loop's 5e-4."""
+    launched = []
+
+    class Recording:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launched.append(kwargs["PRECISION"])
+
+    monkeypatch.setattr(gdn, "_triton_kernel", lambda: Recording())
+    monkeypatch.setattr(gdn, "_triton_config_cache", {})
+    m, c = _inputs(1, 3, 32, 32)
+    before = torch.backends.cuda.matmul.allow_tf32  # a property of torch's cuBLAS module (no monkeypatch)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        for reverse in (False, True):
+            assert gdn._scan_triton(m, c, reverse=reverse) is not None
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert launched == ["ieee", "ieee"]
+    assert gdn._scan_triton(m, c, reverse=False, precision="tf32") is not None and launched[-1] == "tf32"

@@ -276,15 +276,15 @@ def _use_triton(m: torch.Tensor, x: torch.Tensor) -> bool:
 
 
 def _triton_configs(dk: int, dv: int) -> list[tuple[int, int, int]]:
-    """(BV, num_warps, num_stages) to try in order. Dk = Dv = 128 (the 27B): BV 64 gives BH * 2 = 96 programs
-    (one wave on 132 SMs), each reading its 64 KiB fp32 M tile per chunk. Compiled ahead of time for sm_90a with
-    Triton 3.6 (no GPU run yet): TF32 192 KiB shared memory (2 stages of the M and C tiles; H100 allows 227),
-    112-122 registers, no spills; full fp32 ("ieee", FMA dot, K split in four) 112 KiB, 255 registers and ~0.7 KB
-    of spills per thread (one unsplit dot: ~13 KB). Dk = 256: TF32 needs >= 256 KiB shared memory in every config
-    (out of resources, the loop runs); full fp32 fits at one stage (128 KiB) but spills ~13 KB per thread."""
-    bv = min(dv, 64)
+    """(BV, num_warps, num_stages) to try in order. Measured on one H100 (2026-12-07, BH 48, Dk = Dv = 128, n = 512,
+    full fp32, `tests/gpu/test_fast_gpu.py`): BV 16 with 8 warps and 1 stage 6.58 ms forward / 5.56 ms reverse
+    (BH * 8 = 384 programs), BV 64 / 8 warps / 2 stages 8.58 / 8.04, BV 32 / 8 / 2 9.41 / 9.08, BV 128 30.3 / 29.1,
+    4 warps 2-5x slower at BV 64 (the cuBLAS loop: 14.75 ms forward). The rest are fallbacks for shared memory
+    (`OutOfResources` at launch): compiled ahead of time for sm_90a with Triton 3.6, BV 64 full fp32 (the FMA dot,
+    K split in four) needs 112 KiB shared memory, 255 registers, ~0.7 KB of spills per thread; Dk = 256 spills
+    ~13 KB per thread."""
     warps = 8 if dk >= 128 else 4
-    return [(bv, warps, 2), (bv, warps, 1), (min(dv, 32), warps, 1)]
+    return [(min(dv, 16), warps, 1), (min(dv, 64), warps, 2), (min(dv, 64), warps, 1), (min(dv, 32), warps, 1)]
 
 
 _triton_config_cache: dict = {}
@@ -294,9 +294,13 @@ def _scan_triton(a: torch.Tensor, x: torch.Tensor, reverse: bool, precision: str
                  config: tuple[int, int, int] | None = None) -> torch.Tensor | None:
     """The affine scan in one launch. a [BH, n, Dk, Dk], x [BH, n, Dk, Dv] float32 (contiguous) -> y [BH, n, Dk, Dv]:
     forward y[0] = 0, y[i+1] = a_i y[i] + x_i (`state_scan`); reverse y[n-1] = 0, y[i-1] = a_i^T y[i] + x_i (the
-    backward's dc). `precision`: "tf32" or "ieee" (full fp32); default follows
-    `torch.backends.cuda.matmul.allow_tf32` like the `baddbmm` loop it replaces. CUDA tensors; CPU tensors only
-    under TRITON_INTERPRET=1 (tests). None when no config fits the GPU (shared memory): the caller's loop runs."""
+    backward's dc). `precision`: "ieee" (full fp32, the default) or "tf32". Not TF32 by default, even where
+    `torch.backends.cuda.matmul.allow_tf32` makes the `baddbmm` loop use it: on one H100 (2026-12-07, BH 48,
+    Dk = Dv = 128) this kernel's TF32 states were 3.7e-3 (n = 64) and 4.0e-3 (n = 512) from a float64 scan, the
+    cuBLAS TF32 loop's 5.2e-4 / 5.4e-4: Triton's TF32 dot truncates its operands, and the bias compounds through
+    the recurrence; full fp32 was 4.9e-7 / 5.1e-7 (loop 4.1e-7 / 4.3e-7) and still 1.7x faster than the fp32 loop
+    in its slowest config. CUDA tensors; CPU tensors only under TRITON_INTERPRET=1 (tests). None when no config
+    fits the GPU (shared memory): the caller's loop runs."""
     kernel = _triton_kernel()
     if kernel is None:
         raise RuntimeError("triton is not importable")
@@ -310,8 +314,8 @@ def _scan_triton(a: torch.Tensor, x: torch.Tensor, reverse: bool, precision: str
     if n * dk * max(dk, dv) >= 2 ** 31:
         return None  # past the kernel's int32 offsets within one head (over 2M tokens at Dk = Dv = 128)
     a, x = a.contiguous(), x.contiguous()
-    if precision is None:
-        precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    if precision is None:  # full fp32 whatever allow_tf32 says: Triton's TF32 dot truncates (see the docstring)
+        precision = "ieee"
     y = torch.empty_like(x)
     if y.numel() == 0:
         return y
