@@ -289,11 +289,29 @@ def test_scaling_harness_runs_the_stage_on_1_and_2_ranks(tmp_path, monkeypatch):
 
     from cardforge.train import scaling
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    import os
+
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+
     out = tmp_path / "scaling.json"
-    assert scaling.main(["--arch", "tiny", "--layers", "4", "--accelerator", "cpu", "--devices",
-                         "1", "2", "--seq", "64", "--steps", "3", "--warmup", "1", "--workdir", str(tmp_path / "w"),
-                         "--out", str(out)]) == 0
+    # as in a full test run: an earlier mlflow.set_tracking_uri in this process (other tests, a notebook) pins
+    # mlflow's global URI, and $MLFLOW_TRACKING_URI, which the stage runs (children) follow, names another store;
+    # the harness must read the store its children log to (it read the pinned one: "no train/tokens_per_s")
+    uri_before = mlflow.get_tracking_uri() if is_tracking_uri_set() else None
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/elsewhere.db")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    try:
+        assert scaling.main(["--arch", "tiny", "--layers", "4", "--accelerator", "cpu", "--devices",
+                             "1", "2", "--seq", "64", "--steps", "3", "--warmup", "1", "--workdir",
+                             str(tmp_path / "w"), "--out", str(out)]) == 0
+    finally:
+        mlflow.set_tracking_uri(uri_before)  # None: unpinned again (and the variable dropped)
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
     data = json.loads(out.read_text())
     one, two = data["rows"]
     assert one["status"] == two["status"] == "ok" and "trainer=fsdp" in two["command"]

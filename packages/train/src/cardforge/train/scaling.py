@@ -78,11 +78,16 @@ def stage_command(model_dir: Path, outputs: Path, devices: int, a: argparse.Name
     return cmd + list(a.overrides)
 
 
-def steady_tokens_per_s(outputs: Path, warmup: int) -> tuple[float, list[float]]:
+def steady_tokens_per_s(outputs: Path, warmup: int, tracking_uri: str) -> tuple[float, list[float]]:
+    """Median per-step tokens/s of the stage run recorded in `outputs`, read from the store the stage logged to
+    (named explicitly: `mlflow.MlflowClient()` would follow an earlier `mlflow.set_tracking_uri` in this process
+    over $MLFLOW_TRACKING_URI, and find no such run there)."""
     import mlflow
 
     result = json.loads(Outputs(outputs).train.result.read_text())
-    history = mlflow.MlflowClient().get_metric_history(result["run_id"], "train/tokens_per_s")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client.get_run(result["run_id"])  # a clear error when the run is not in that store
+    history = client.get_metric_history(result["run_id"], "train/tokens_per_s")
     values = [m.value for m in sorted(history, key=lambda m: m.step)]
     kept = values[warmup:] or values
     if not kept:
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint {model_dir} ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     vocab = bench.ARCHS[a.arch]["vocab_size"]
     # the stage runs (children) and this process (reading their metrics) share one store
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(a.workdir / 'mlflow.db').resolve()}")
+    uri = os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(a.workdir / 'mlflow.db').resolve()}")
     rows: list[dict[str, Any]] = []
     base = None
     for n in a.devices:
@@ -136,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd = stage_command(model_dir, outputs, n, a)
         row: dict[str, Any] = {"devices": n, "strategy": a.strategy, "command": " ".join(cmd), "status": "ok"}
         print(f"$ {row['command']}", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd)
+        proc = subprocess.run(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
         if proc.returncode != 0:
             row["status"] = f"failed (exit {proc.returncode})"
         else:
-            rank, per_step = steady_tokens_per_s(outputs, a.warmup)
+            rank, per_step = steady_tokens_per_s(outputs, a.warmup, uri)
             row.update(rank_tok_s=rank, global_tok_s=rank * n, tokens_per_s_per_step=per_step)
             if base is None:
                 base = row
