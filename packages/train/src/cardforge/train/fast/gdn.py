@@ -297,9 +297,9 @@ def _scan_triton(a: torch.Tensor, x: torch.Tensor, reverse: bool, precision: str
     backward's dc). `precision`: "ieee" (full fp32, the default) or "tf32". Not TF32 by default, even where
     `torch.backends.cuda.matmul.allow_tf32` makes the `baddbmm` loop use it: on one H100 (2026-12-07, BH 48,
     Dk = Dv = 128) this kernel's TF32 states were 3.7e-3 (n = 64) and 4.0e-3 (n = 512) from a float64 scan, the
-    cuBLAS TF32 loop's 5.2e-4 / 5.4e-4: Triton's TF32 dot truncates its operands, and the bias compounds through
-    the recurrence; full fp32 was 4.9e-7 / 5.1e-7 (loop 4.1e-7 / 4.3e-7) and still 1.7x faster than the fp32 loop
-    in its slowest config. CUDA tensors; CPU tensors only under TRITON_INTERPRET=1 (tests). None when no config
+    cuBLAS TF32 loop's 5.2e-4 / 5.4e-4 (likely: Triton's TF32 dot truncates its operands where cuBLAS rounds,
+    and the bias compounds through the recurrence); full fp32 was 4.9e-7 / 5.1e-7 (loop 4.1e-7 / 4.3e-7) and
+    still 1.7x faster than the fp32 loop in its slowest config. CUDA tensors; CPU tensors only under TRITON_INTERPRET=1 (tests). None when no config
     fits the GPU (shared memory): the caller's loop runs."""
     kernel = _triton_kernel()
     if kernel is None:
@@ -314,7 +314,7 @@ def _scan_triton(a: torch.Tensor, x: torch.Tensor, reverse: bool, precision: str
     if n * dk * max(dk, dv) >= 2 ** 31:
         return None  # past the kernel's int32 offsets within one head (over 2M tokens at Dk = Dv = 128)
     a, x = a.contiguous(), x.contiguous()
-    if precision is None:  # full fp32 whatever allow_tf32 says: Triton's TF32 dot truncates (see the docstring)
+    if precision is None:  # full fp32 whatever allow_tf32 says: Triton's TF32 mode measured 4e-3 (docstring)
         precision = "ieee"
     y = torch.empty_like(x)
     if y.numel() == 0:
