@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import types
+import weakref
 
 import torch
 
@@ -74,8 +75,9 @@ class _Offloaded(torch.autograd.Function):
         ctx.device = x.device
         ctx.host = _to_host(x)
         ctx.gpu = None
-        if _PENDING and _PENDING[-1].out_ptr != x.data_ptr():  # not the last layer's output: a new forward (entries
-            _PENDING.clear()  # left by one that failed go; their graphs still hold what they saved)
+        if _PENDING and _PENDING[-1].out_ref() is not x:  # not the last layer's output: a new forward (entries left
+            _PENDING.clear()  # by one that failed go; their graphs still hold what they saved). Identity, not the
+            # address: a failed forward's freed output and the next forward's first input can share an address
         ctx.cpu_rng = torch.get_rng_state()
         ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
         ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)) \
@@ -83,7 +85,7 @@ class _Offloaded(torch.autograd.Function):
         ctx.device_type = device_type
         with torch.no_grad():
             out = run(x)
-        ctx.out_ptr = out.data_ptr()
+        ctx.out_ref = weakref.ref(out)  # apply hands this very tensor on to the next layer
         _PENDING.append(ctx)
         return out
 
