@@ -299,8 +299,8 @@ def _scan_triton(a: torch.Tensor, x: torch.Tensor, reverse: bool, precision: str
     Dk = Dv = 128) this kernel's TF32 states were 3.7e-3 (n = 64) and 4.0e-3 (n = 512) from a float64 scan, the
     cuBLAS TF32 loop's 5.2e-4 / 5.4e-4 (likely: Triton's TF32 dot truncates its operands where cuBLAS rounds,
     and the bias compounds through the recurrence); full fp32 was 4.9e-7 / 5.1e-7 (loop 4.1e-7 / 4.3e-7) and
-    still 1.7x faster than the fp32 loop in its slowest config. CUDA tensors; CPU tensors only under TRITON_INTERPRET=1 (tests). None when no config
-    fits the GPU (shared memory): the caller's loop runs."""
+    still 1.7x faster than the fp32 loop in its slowest config. CUDA tensors; CPU tensors only under
+    TRITON_INTERPRET=1 (tests). None when no config fits the GPU (shared memory): the caller's loop runs."""
     kernel = _triton_kernel()
     if kernel is None:
         raise RuntimeError("triton is not importable")
