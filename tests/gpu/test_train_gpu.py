@@ -123,7 +123,12 @@ def gpu_train(tiny_model_dir, tmp_path_factory, _mlflow_store):
 def test_gpu_card_uses_bitsandbytes_paged_adamw_8bit_and_updates_lora(gpu_train):
     import bitsandbytes as bnb
 
-    opt, r = gpu_train.opt, gpu_train.result
+    from cardforge.train.optim import FlatOptimizer
+
+    wrapper, r = gpu_train.opt, gpu_train.result
+    # trainer.flat_optimizer (default): bitsandbytes steps the LoRA tensors as a few flat buffers
+    assert type(wrapper) is FlatOptimizer and len(wrapper.flat) == 2, wrapper
+    opt = wrapper.inner
     assert type(opt) is bnb.optim.PagedAdamW8bit, type(opt)  # not the CPU fallback (torch AdamW)
     assert gpu_train.name == r.optimizer == "paged_adamw_8bit"
     assert opt.is_paged and opt.args.optim_bits == 8
@@ -160,6 +165,7 @@ def test_gpu_card_uses_bitsandbytes_paged_adamw_8bit_and_updates_lora(gpu_train)
     # the mid-run checkpoint (step 3, with the 8-bit optimizer state) is removed once the run finished
     assert not (gpu_train.out / "train" / "checkpoints").exists()
     _report("optimizer", {"class": f"{type(opt).__module__}.{type(opt).__qualname__}", "is_paged": opt.is_paged,
+                          "flat_buffers": [int(f.numel()) for f in wrapper.flat],
                           "optim_bits": opt.args.optim_bits, "tensors_8bit_state": len(big),
                           "tensors": len(trainable)})
 

@@ -106,20 +106,25 @@ class Variant:
     scan_op: bool = False  # the GDN state scan as a custom op (compiled graphs stay the same size at any length)
     offload: bool = False  # checkpointed layer inputs in pinned host memory (fast.offload; long packed rows)
     core_groups: int = 0  # the GDN core recomputed in the backward in this many head groups (long rows)
+    flat_optimizer: bool = False  # the optimizer steps flat buffers (optim.FlatOptimizer; cardforge's default)
+    cpp_wrapper: bool = False  # Inductor's C++ wrapper for the compiled layers (less Python per kernel launch)
 
 
 VARIANTS = {
     "plain": Variant("plain", "transformers", "hf", autocast=False),
-    "cardforge": Variant("cardforge", "cardforge", "chunked", autocast=True),
-    "cardforge-ce-only": Variant("cardforge-ce-only", "transformers", "chunked", autocast=True),
+    "cardforge": Variant("cardforge", "cardforge", "chunked", autocast=True, flat_optimizer=True),
+    "cardforge-ce-only": Variant("cardforge-ce-only", "transformers", "chunked", autocast=True, flat_optimizer=True),
 }
-OPTIONS = ("compile", "layers", "tf32", "scanop", "offload", "corerc")
+OPTIONS = ("compile", "layers", "tf32", "scanop", "offload", "corerc", "pertensor", "cppwrap")
 CORE_GROUPS = 4  # +corerc: head groups of the recomputed GDN core (16 key heads on the 27B: 4 + 12 value heads each)
 ALIASES = {"cardforge-compile": "cardforge+compile"}
 SPEC_HELP = ("BASE[+OPTION...][:K][@B] with BASE from " + ", ".join(VARIANTS) + "; OPTION from " + ", ".join(OPTIONS)
              + " (compile: the GDN core through torch.compile; layers: every decoder layer compiled; tf32: fp32 "
                "matmuls on TF32; scanop: the GDN state scan as a custom op; offload: checkpointed layer inputs in "
-               "pinned host memory; corerc: the GDN core recomputed in the backward, 4 head groups one at a time); "
+               "pinned host memory; corerc: the GDN core recomputed in the backward, 4 head groups one at a time; "
+               "pertensor: bitsandbytes steps one LoRA tensor at a time, as `plain` does (cardforge's default, like "
+               "the stage's trainer.flat_optimizer, steps flat buffers); cppwrap: Inductor's C++ wrapper for the "
+               "compiled layers); "
                ":K = the last K layers not recomputed; @B = no gradient checkpointing, compile's partitioner keeps "
                "the fraction B of each layer's activations (needs +layers); with +offload, @B keeps the offloaded checkpoints and B applies "
                "to each layer's recompute in the backward (its saved activations: the peak at long rows); "
@@ -149,7 +154,8 @@ def parse_variant(spec: str) -> Variant:
     return Variant(spec, base.kernels, base.loss, base.autocast, int(k) if k else 0, compile="compile" in opts,
                    layers="layers" in opts, tf32="tf32" in opts, memory_budget=float(budget) if budget else None,
                    scan_op="scanop" in opts, offload="offload" in opts,
-                   core_groups=CORE_GROUPS if "corerc" in opts else 0)
+                   core_groups=CORE_GROUPS if "corerc" in opts else 0,
+                   flat_optimizer=base.flat_optimizer and "pertensor" not in opts, cpp_wrapper="cppwrap" in opts)
 
 
 def set_recompute(model, no_recompute_layers: int) -> None:
@@ -165,6 +171,9 @@ def configure(model, v: Variant) -> None:
 
     if v.compile or v.layers:  # a fresh compile per variant: the memory budget is read when compiling
         torch._dynamo.reset()
+    import torch._inductor.config as inductor_config
+
+    inductor_config.cpp_wrapper = v.cpp_wrapper
     if v.memory_budget is not None or hasattr(torch._functorch.config, "activation_memory_budget"):
         torch._functorch.config.activation_memory_budget = 1.0 if v.memory_budget is None else v.memory_budget
     torch.backends.cuda.matmul.allow_tf32 = v.tf32
@@ -199,10 +208,10 @@ def make_batch(vocab: int, seq: int, device: str, seed: int = 1) -> dict[str, to
             "loss_mask": torch.ones_like(ids).to(device)}
 
 
-def build_optimizer(params, on_cuda: bool):
+def build_optimizer(params, on_cuda: bool, flat: bool = False):
     from cardforge.train.optim import build_optimizer as build
 
-    opt, _ = build(params, "paged_adamw_8bit", 1e-5, 0.0, on_cuda=on_cuda)
+    opt, _ = build(params, "paged_adamw_8bit", 1e-5, 0.0, on_cuda=on_cuda, flat=flat)
     return opt
 
 
@@ -262,7 +271,7 @@ def run_variant(model, v: Variant, seq: int, steps: int, warmup: int, snapshot: 
     batch = make_batch(model.config.vocab_size, seq, device)
     opt = None
     try:
-        opt = build_optimizer(list(lora_params(model).values()), on_cuda)
+        opt = build_optimizer(list(lora_params(model).values()), on_cuda, v.flat_optimizer)
         if on_cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -295,6 +304,11 @@ def run_variant(model, v: Variant, seq: int, steps: int, warmup: int, snapshot: 
         res.status, res.error = "oom", str(exc).splitlines()[0][:200]
         if on_cuda:
             res.peak_alloc_gib = torch.cuda.max_memory_allocated() / 2**30
+    except Exception as exc:  # a variant that fails (e.g. to compile) is reported; the next one still runs
+        import traceback
+
+        traceback.print_exc()
+        res.status, res.error = "error", f"{type(exc).__name__}: {str(exc)[:300]}"
     finally:
         res.graphs = compiled_graphs() - graphs0
         del opt
@@ -367,7 +381,7 @@ def run_mix(model, v: Variant, samples: list, row_len: int, snapshot: dict, devi
         batches = [(packing.collate_packed([r], pad_id=0, row_len=row_len), r.tokens) for r in rows]
     else:
         batches = [(collate([s], pad_id=0), len(s.input_ids)) for s in samples]
-    opt = build_optimizer(list(lora_params(model).values()), on_cuda)
+    opt = build_optimizer(list(lora_params(model).values()), on_cuda, v.flat_optimizer)
     if on_cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

@@ -1,7 +1,9 @@
 """Optimizer and LR schedule from `cfg.trainer`.
 
 paged_adamw_8bit (bitsandbytes) needs CUDA; anywhere else we fall back to torch AdamW and say so once in the
-log and in the returned name (the stage records it as the MLflow tag `train.optimizer`).
+log and in the returned name (the stage records it as the MLflow tag `train.optimizer`). With `flat=True`
+(`trainer.flat_optimizer`, the default) bitsandbytes steps a few flat buffers instead of every LoRA tensor
+(`FlatOptimizer`): the same update, two kernel launches instead of ~1000, each followed by a device sync.
 """
 
 from __future__ import annotations
@@ -16,13 +18,20 @@ log = logging.getLogger(__name__)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float,
-                    on_cuda: bool) -> tuple[torch.optim.Optimizer, str]:
-    """(optimizer, the name of what actually runs)."""
+                    on_cuda: bool, flat: bool = True) -> tuple[torch.optim.Optimizer, str]:
+    """(optimizer, the name of what actually runs); `flat`: stepped through `FlatOptimizer` (same update; not for
+    FSDP2's sharded DTensor parameters)."""
     params = [p for p in params if p.requires_grad]
-    if name == "paged_adamw_8bit":
-        from torch.distributed.tensor import DTensor
 
-        if any(isinstance(p, DTensor) for p in params):
+    def adamw(ps):
+        return torch.optim.AdamW(ps, lr=lr, weight_decay=weight_decay)
+
+    make, used = adamw, "adamw"
+    from torch.distributed.tensor import DTensor
+
+    sharded = any(isinstance(p, DTensor) for p in params)
+    if name == "paged_adamw_8bit":
+        if sharded:
             # FSDP2 shards the LoRA tensors as DTensors, which bitsandbytes' kernels do not take; the fp32 LoRA
             # state is ~1% of the base, so 8-bit states would save little
             log.warning("trainer.optimizer=paged_adamw_8bit: FSDP2's sharded (DTensor) parameters; using torch AdamW")
@@ -30,7 +39,10 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, 
             try:
                 import bitsandbytes as bnb
 
-                return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=weight_decay), "paged_adamw_8bit"
+                def make(ps):
+                    return bnb.optim.PagedAdamW8bit(ps, lr=lr, weight_decay=weight_decay)
+
+                used = "paged_adamw_8bit"
             except ImportError:
                 log.warning("trainer.optimizer=paged_adamw_8bit: bitsandbytes is not installed "
                             "(pip install 'cardforge-train[gpu]'); falling back to torch AdamW")
@@ -38,7 +50,118 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, 
             log.warning("trainer.optimizer=paged_adamw_8bit needs CUDA; falling back to torch AdamW on this device")
     elif name != "adamw":
         raise ValueError(f"trainer.optimizer: unknown optimizer {name!r}")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay), "adamw"
+    return (FlatOptimizer(params, make) if flat and not sharded and params else make(params)), used
+
+
+class FlatOptimizer(torch.optim.Optimizer):
+    """An optimizer stepping a few flat buffers that hold every parameter, each in a slot of its own.
+
+    bitsandbytes' 8-bit optimizers update one tensor per kernel launch and synchronise the device after each
+    (`bitsandbytes.optim.Optimizer8bit.step`): with ~1000 LoRA tensors on the 27B that is ~1000 launches and syncs
+    per step, the GPU idle between them. Here the inner optimizer (`make(flat_params)`) sees one flat parameter
+    per (device, dtype, numel < `small`) bucket, so a step is one launch per bucket. The update is the same:
+    each slot starts at a multiple of `align` (bitsandbytes' 256-element quantisation blocks, so no block spans
+    two tensors; the padding stays zero: zero gradient, zero state, zero update), and tensors below `small` (4096:
+    bitsandbytes' `min_8bit_size`, kept in 32-bit state) are bucketed apart from the 8-bit ones.
+
+    Gradients: each parameter's `.grad` is a view of its slot in the bucket's flat gradient, so autograd
+    accumulates into place, gradient norms and clipping over the model's parameters see the same numbers, and
+    `zero_grad` zeroes the buffers (the views stay). A `.grad` that is not the view (set by someone else) is
+    copied in at `step`. The parameters themselves stay separate tensors (adapters save as usual): they are copied
+    into the flat buffers before each step and back after it. A parameter without a gradient at a step (autograd
+    never reached it) is not written back, but its slot's optimizer state sees a zero gradient (bitsandbytes
+    would skip the tensor): the one difference, and none for LoRA, where every tensor gets a gradient."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], make, align: int = 256, small: int = 4096):
+        self.params = [p for p in params if p.requires_grad]
+        buckets: dict[tuple, list[torch.nn.Parameter]] = {}
+        for p in self.params:
+            buckets.setdefault((p.device, p.dtype, p.numel() < small), []).append(p)
+        self.flat: list[torch.nn.Parameter] = []
+        self.slots: list[list[tuple[torch.nn.Parameter, slice]]] = []
+        for (device, dtype, _), ps in buckets.items():
+            slots, off = [], 0
+            for p in ps:
+                slots.append((p, slice(off, off + p.numel())))
+                off += -(-p.numel() // align) * align
+            self.flat.append(torch.nn.Parameter(torch.zeros(off, dtype=dtype, device=device)))
+            self.slots.append(slots)
+        self._grads = [torch.zeros_like(f) for f in self.flat]  # the flat gradients; `.grad` of each parameter views
+        self._gviews = [[g[s].view_as(p) for p, s in slots] for g, slots in zip(self._grads, self.slots)]
+        self.inner = None
+        super().__init__(self.flat, {})
+        self._gather_params()
+        self.inner = make(self.flat)
+        self.defaults = self.inner.defaults
+        self._share_inner()
+        self._point_grads()
+
+    def _share_inner(self) -> None:
+        # the LR scheduler and Lightning read and write `param_groups`; the inner optimizer steps with them
+        self.param_groups, self.state = self.inner.param_groups, self.inner.state
+
+    @torch.no_grad()
+    def _gather_params(self) -> None:
+        for flat, slots in zip(self.flat, self.slots):
+            torch._foreach_copy_([flat[s] for _, s in slots], [p.detach().reshape(-1) for p, _ in slots])
+
+    def _point_grads(self) -> None:
+        for views, slots in zip(self._gviews, self.slots):
+            for v, (p, _) in zip(views, slots):
+                if p.grad is not v:
+                    p.grad = v
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        stepped = []
+        for flat, grad, views, slots in zip(self.flat, self._grads, self._gviews, self.slots):
+            got = []
+            for v, (p, _) in zip(views, slots):
+                if p.grad is None:  # autograd never reached it (or someone set it to None): zero, not written back
+                    v.zero_()
+                    continue
+                if p.grad is not v:  # a gradient autograd did not accumulate into the view
+                    v.copy_(p.grad)
+                got.append((p, v))
+            flat.grad = grad if got else None  # a bucket without gradients: the inner optimizer skips it
+            stepped.append(got)
+        self._gather_params()
+        self.inner.step()
+        for flat, grad, slots, got in zip(self.flat, self._grads, self.slots, stepped):
+            flat.grad = grad
+            if got:
+                back = {id(p) for p, _ in got}
+                done = [(p, s) for p, s in slots if id(p) in back]
+                torch._foreach_copy_([p.detach() for p, _ in done], [flat[s].view_as(p) for p, s in done])
+        self._point_grads()
+        return loss
+
+    @torch.no_grad()
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the flat gradients; the parameters' `.grad` stay views of them (whatever `set_to_none`)."""
+        for g in self._grads:
+            g.zero_()
+        self._point_grads()
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state_dict) -> None:
+        self.inner.load_state_dict(state_dict)
+        self._share_inner()
+
+    def add_param_group(self, param_group) -> None:
+        if self.inner is None:  # torch.optim.Optimizer.__init__ registering the flat buffers
+            return super().add_param_group(param_group)
+        raise NotImplementedError("FlatOptimizer: build a new optimizer to add parameters")
+
+    def __repr__(self) -> str:
+        n = sum(len(s) for s in self.slots)
+        return f"FlatOptimizer({n} tensors in {len(self.flat)} flat buffers, {self.inner!r})"
 
 
 def lr_lambda(kind: str, total_steps: int, warmup_steps: int):

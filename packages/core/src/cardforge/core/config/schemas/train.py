@@ -74,6 +74,7 @@ class TrainerConfig:
     pack_length: Optional[int] = MISSING
     offload_checkpoints: bool = MISSING
     gdn_core_groups: int = MISSING
+    flat_optimizer: bool = MISSING
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmup_ratio < 1.0:

@@ -1,0 +1,174 @@
+"""optim.FlatOptimizer: the inner optimizer steps a few flat buffers and the update equals stepping every tensor.
+
+Run against torch AdamW (elementwise), a blockwise test double (per-256-block statistics, like bitsandbytes' 8-bit
+state: a slot not starting on a block boundary would change the result) and, where bitsandbytes is installed (the
+`gpu` extra; its CPU kernels run here), PagedAdamW8bit itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from cardforge.train.optim import FlatOptimizer, build_optimizer
+
+# LoRA-like shapes: 8-bit sized (>= 4096) ones, one not a multiple of 256 (6500), small 32-bit-state ones
+SHAPES = [(64, 512), (48, 64), (65, 100), (17, 3), (64, 80), (7,)]
+
+
+def _params(seed: int = 0) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in SHAPES]
+
+
+def _loss(params, step: int, micro: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(100 * step + micro)
+    xs = [torch.randn(p.shape, generator=g) for p in params]
+    return sum(((p * x).sum() ** 2 * 1e-3 + (p ** 3 * x).mean()) for p, x in zip(params, xs))
+
+
+def _train(params, opt, steps: int = 4, micro: int = 2, clip: float | None = None, sched=None) -> None:
+    for step in range(steps):
+        opt.zero_grad()
+        for m in range(micro):  # gradient accumulation: autograd adds into .grad
+            _loss(params, step, m).backward()
+        if clip is not None:  # what Lightning's gradient clipping does: over the model's parameters
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+class BlockwiseSign(torch.optim.Optimizer):
+    """Test double with per-block state like bitsandbytes' 8-bit optimizers: each 256-element block of a tensor is
+    normalised by its own absmax before the update, so a block spanning two tensors changes both."""
+
+    def __init__(self, params, lr: float = 0.1, block: int = 256):
+        super().__init__(params, {"lr": lr})
+        self.block = block
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.reshape(-1)
+                pad = (-g.numel()) % self.block
+                blocks = torch.nn.functional.pad(g, (0, pad)).view(-1, self.block)
+                norm = blocks / blocks.abs().amax(1, keepdim=True).clamp_min(1e-12)
+                p.sub_(group["lr"] * norm.reshape(-1)[: g.numel()].view_as(p))
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+    lambda ps: BlockwiseSign(ps),
+], ids=["adamw", "blockwise-double"])
+def test_flat_step_equals_the_per_tensor_step(make):
+    ref, flat = _params(), _params()
+    _train(ref, make(ref))
+    opt = FlatOptimizer(flat, make)
+    _train(flat, opt)
+    for a, b in zip(ref, flat):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    # every slot starts on a 256-element block and small tensors (< 4096) sit in a bucket of their own
+    assert len(opt.flat) == 2
+    assert all(s.start % 256 == 0 for slots in opt.slots for _, s in slots)
+    assert sorted(len(s) for s in opt.slots) == [3, 3]
+
+
+def test_unaligned_slots_would_change_a_blockwise_update():
+    """The alignment is what makes the blockwise case exact (the test above would fail with align=1)."""
+    ref, flat = _params(), _params()
+    _train(ref, BlockwiseSign(ref), steps=1, micro=1)
+    _train(flat, FlatOptimizer(flat, BlockwiseSign, align=1), steps=1, micro=1)
+    assert any(not torch.equal(a, b) for a, b in zip(ref, flat))
+
+
+def test_gradients_are_views_clipping_and_the_lr_schedule_see_the_flat_buffers():
+    ref, flat = _params(), _params()
+    oa = torch.optim.AdamW(ref, lr=1e-2)
+    ob = FlatOptimizer(flat, lambda ps: torch.optim.AdamW(ps, lr=1e-2))
+    sa = torch.optim.lr_scheduler.LambdaLR(oa, lambda s: 1.0 / (s + 1))
+    sb = torch.optim.lr_scheduler.LambdaLR(ob, lambda s: 1.0 / (s + 1))
+    _train(ref, oa, clip=0.5, sched=sa)
+    _train(flat, ob, clip=0.5, sched=sb)
+    for a, b in zip(ref, flat):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert ob.param_groups[0]["lr"] == oa.param_groups[0]["lr"] == pytest.approx(1e-2 / 5)
+    # after zero_grad the parameters' gradients are zeroed views of the flat gradient (autograd adds in place)
+    ob.zero_grad(set_to_none=True)
+    for grad, slots in zip(ob._grads, ob.slots):
+        for p, s in slots:
+            assert p.grad.data_ptr() == grad[s].data_ptr() and not p.grad.any()
+
+
+def test_a_gradient_set_from_outside_and_a_missing_one():
+    """A `.grad` replaced by another tensor is copied in; a parameter without a gradient is not written back."""
+    ref, flat = _params(), _params()
+    oa = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1)
+    ob = FlatOptimizer(flat, lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1))
+    for ps, o in ((ref, oa), (flat, ob)):
+        o.zero_grad()
+        _loss(ps, 0).backward()
+        for p in ps:  # e.g. model.zero_grad(set_to_none=True) then a fresh backward somewhere else
+            p.grad = p.grad.clone()
+        ps[2].grad = None
+        before = ps[2].detach().clone()
+        o.step()
+        assert torch.equal(ps[2], before)
+    for a, b in zip(ref, flat):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_state_dict_round_trip_resumes_the_same_run():
+    def make(ps):
+        return torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1)
+
+    ref = _params()
+    _train(ref, FlatOptimizer(ref, make), steps=4)
+    first = _params()
+    o1 = FlatOptimizer(first, make)
+    _train(first, o1, steps=2)
+    saved = {"state": o1.state_dict(), "params": [p.detach().clone() for p in first]}
+    resumed = _params(seed=7)  # a fresh process: other initial values, then the checkpoint's
+    with torch.no_grad():
+        for p, v in zip(resumed, saved["params"]):
+            p.copy_(v)
+    o2 = FlatOptimizer(resumed, make)
+    o2.load_state_dict(saved["state"])
+    for step in range(2, 4):
+        o2.zero_grad()
+        for m in range(2):
+            _loss(resumed, step, m).backward()
+        o2.step()
+    for a, b in zip(ref, resumed):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_build_optimizer_flattens_unless_told_not_to():
+    ps = _params()
+    opt, name = build_optimizer(ps, "adamw", 1e-3, 0.0, on_cuda=False)
+    assert isinstance(opt, FlatOptimizer) and isinstance(opt.inner, torch.optim.AdamW) and name == "adamw"
+    opt, _ = build_optimizer(_params(), "adamw", 1e-3, 0.0, on_cuda=False, flat=False)
+    assert type(opt) is torch.optim.AdamW
+
+
+def test_bitsandbytes_8bit_state_flat_equals_per_tensor():
+    bnb = pytest.importorskip("bitsandbytes")
+
+    def make(ps):
+        return bnb.optim.PagedAdamW8bit(ps, lr=1e-2, weight_decay=0.1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "paged optimizers are not supported on CPU"
+        ref, flat = _params(), _params()
+        _train(ref, make(ref), steps=3)
+        opt = FlatOptimizer(flat, make)
+        _train(flat, opt, steps=3)
+    for a, b in zip(ref, flat):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    big = next(f for f in opt.flat if f.numel() >= 4096)
+    assert opt.inner.state[big]["state1"].dtype == torch.uint8  # the 8-bit path, not bitsandbytes' 32-bit one
