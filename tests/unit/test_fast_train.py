@@ -457,6 +457,10 @@ def test_packed_conv_equals_conv_per_sample():
     torch.testing.assert_close(out, torch.cat(want, 1))
     no_reset = conv(x.transpose(1, 2))[..., :20].transpose(1, 2)
     torch.testing.assert_close(packed_conv(conv, x, torch.arange(20)[None]), no_reset)
+    torch.testing.assert_close(packed_conv(conv, x, None), no_reset)  # what a compiled layer runs when unpacked
+    x2 = torch.randn(3, 20, 6, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda t: packed_conv(conv, t, None), (x2,))
+    torch.testing.assert_close(packed_conv(conv, x2, None), conv(x2.transpose(1, 2))[..., :20].transpose(1, 2))
 
 
 def test_pack_lengths_first_fit_decreasing():

@@ -108,6 +108,7 @@ class Variant:
     core_groups: int = 0  # the GDN core recomputed in the backward in this many head groups (long rows)
     flat_optimizer: bool = False  # the optimizer steps flat buffers (optim.FlatOptimizer; cardforge's default)
     cpp_wrapper: bool = False  # Inductor's C++ wrapper for the compiled layers (less Python per kernel launch)
+    cudagraphs: bool = False  # compiled layers replayed as CUDA graphs (torch.compile mode="reduce-overhead")
 
 
 VARIANTS = {
@@ -115,7 +116,7 @@ VARIANTS = {
     "cardforge": Variant("cardforge", "cardforge", "chunked", autocast=True, flat_optimizer=True),
     "cardforge-ce-only": Variant("cardforge-ce-only", "transformers", "chunked", autocast=True, flat_optimizer=True),
 }
-OPTIONS = ("compile", "layers", "tf32", "scanop", "offload", "corerc", "pertensor", "cppwrap")
+OPTIONS = ("compile", "layers", "tf32", "scanop", "offload", "corerc", "pertensor", "cppwrap", "cudagraphs")
 CORE_GROUPS = 4  # +corerc: head groups of the recomputed GDN core (16 key heads on the 27B: 4 + 12 value heads each)
 ALIASES = {"cardforge-compile": "cardforge+compile"}
 SPEC_HELP = ("BASE[+OPTION...][:K][@B] with BASE from " + ", ".join(VARIANTS) + "; OPTION from " + ", ".join(OPTIONS)
@@ -124,7 +125,8 @@ SPEC_HELP = ("BASE[+OPTION...][:K][@B] with BASE from " + ", ".join(VARIANTS) + 
                "pinned host memory; corerc: the GDN core recomputed in the backward, 4 head groups one at a time; "
                "pertensor: bitsandbytes steps one LoRA tensor at a time, as `plain` does (cardforge's default, like "
                "the stage's trainer.flat_optimizer, steps flat buffers); cppwrap: Inductor's C++ wrapper for the "
-               "compiled layers); "
+               "compiled layers; cudagraphs: compiled layers replayed as CUDA graphs, torch.compile's "
+               "reduce-overhead mode); "
                ":K = the last K layers not recomputed; @B = no gradient checkpointing, compile's partitioner keeps "
                "the fraction B of each layer's activations (needs +layers); with +offload, @B keeps the offloaded checkpoints and B applies "
                "to each layer's recompute in the backward (its saved activations: the peak at long rows); "
@@ -155,7 +157,8 @@ def parse_variant(spec: str) -> Variant:
                    layers="layers" in opts, tf32="tf32" in opts, memory_budget=float(budget) if budget else None,
                    scan_op="scanop" in opts, offload="offload" in opts,
                    core_groups=CORE_GROUPS if "corerc" in opts else 0,
-                   flat_optimizer=base.flat_optimizer and "pertensor" not in opts, cpp_wrapper="cppwrap" in opts)
+                   flat_optimizer=base.flat_optimizer and "pertensor" not in opts, cpp_wrapper="cppwrap" in opts,
+                   cudagraphs="cudagraphs" in opts)
 
 
 def set_recompute(model, no_recompute_layers: int) -> None:
@@ -180,7 +183,7 @@ def configure(model, v: Variant) -> None:
     offload.disable(model)
     if v.kernels == "cardforge":
         fast.enable(model, compile=v.compile, layers=v.layers and not v.offload, scan_op=v.scan_op,
-                    core_groups=v.core_groups)
+                    core_groups=v.core_groups, cudagraphs=v.cudagraphs)
     else:
         fast.disable(model)
     n = len(model.get_base_model().model.layers)
@@ -193,6 +196,8 @@ def loss_fn(model, batch: dict[str, torch.Tensor], v: Variant) -> torch.Tensor:
     from cardforge.train.module import masked_lm_loss
 
     device_type = batch["input_ids"].device.type
+    if v.cudagraphs:  # a new step: the CUDA graphs' outputs of the last one may be overwritten
+        torch.compiler.cudagraph_mark_step_begin()
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=v.autocast):
         if v.loss == "hf":
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
