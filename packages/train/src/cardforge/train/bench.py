@@ -170,7 +170,7 @@ def set_recompute(model, no_recompute_layers: int) -> None:
 
 def configure(model, v: Variant) -> None:
     from cardforge.train import fast
-    from cardforge.train.fast import offload
+    from cardforge.train.fast import offload, patch
 
     if v.compile or v.layers:  # a fresh compile per variant: the memory budget is read when compiling
         torch._dynamo.reset()
@@ -181,6 +181,7 @@ def configure(model, v: Variant) -> None:
         torch._functorch.config.activation_memory_budget = 1.0 if v.memory_budget is None else v.memory_budget
     torch.backends.cuda.matmul.allow_tf32 = v.tf32
     offload.disable(model)
+    patch.uncompile_layers(model)  # compiled again below with this variant's mode (CUDA graphs or not)
     if v.kernels == "cardforge":
         fast.enable(model, compile=v.compile, layers=v.layers and not v.offload, scan_op=v.scan_op,
                     core_groups=v.core_groups, cudagraphs=v.cudagraphs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import MutableMapping
 from typing import Iterable
 
 import torch
@@ -27,6 +28,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, 
         return torch.optim.AdamW(ps, lr=lr, weight_decay=weight_decay)
 
     make, used = adamw, "adamw"
+    make_small = None
     from torch.distributed.tensor import DTensor
 
     sharded = any(isinstance(p, DTensor) for p in params)
@@ -39,9 +41,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, 
             try:
                 import bitsandbytes as bnb
 
-                def make(ps):
-                    return bnb.optim.PagedAdamW8bit(ps, lr=lr, weight_decay=weight_decay)
-
+                make, make_small = paged_adamw_8bit(lr, weight_decay)
                 used = "paged_adamw_8bit"
             except ImportError:
                 log.warning("trainer.optimizer=paged_adamw_8bit: bitsandbytes is not installed "
@@ -50,7 +50,24 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, 
             log.warning("trainer.optimizer=paged_adamw_8bit needs CUDA; falling back to torch AdamW on this device")
     elif name != "adamw":
         raise ValueError(f"trainer.optimizer: unknown optimizer {name!r}")
-    return (FlatOptimizer(params, make) if flat and not sharded and params else make(params)), used
+    if flat and not sharded and params:
+        return FlatOptimizer(params, make, make_small=make_small), used
+    return make(params), used
+
+
+def paged_adamw_8bit(lr: float, weight_decay: float):
+    """(make, make_small) for `FlatOptimizer`: bitsandbytes' PagedAdamW8bit, and for the buffer of tensors below its
+    min_8bit_size (4096), which it keeps in 32-bit state, the same update in its 32-bit form (PagedAdamW): that
+    buffer is larger than 4096, so PagedAdamW8bit would give it 8-bit state."""
+    import bitsandbytes as bnb
+
+    def make(ps):
+        return bnb.optim.PagedAdamW8bit(ps, lr=lr, weight_decay=weight_decay)
+
+    def make_small(ps):
+        return bnb.optim.PagedAdamW(ps, lr=lr, weight_decay=weight_decay)
+
+    return make, make_small
 
 
 class FlatOptimizer(torch.optim.Optimizer):
@@ -58,11 +75,13 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     bitsandbytes' 8-bit optimizers update one tensor per kernel launch and synchronise the device after each
     (`bitsandbytes.optim.Optimizer8bit.step`): with ~1000 LoRA tensors on the 27B that is ~1000 launches and syncs
-    per step, the GPU idle between them. Here the inner optimizer (`make(flat_params)`) sees one flat parameter
-    per (device, dtype, numel < `small`) bucket, so a step is one launch per bucket. The update is the same:
-    each slot starts at a multiple of `align` (bitsandbytes' 256-element quantisation blocks, so no block spans
-    two tensors; the padding stays zero: zero gradient, zero state, zero update), and tensors below `small` (4096:
-    bitsandbytes' `min_8bit_size`, kept in 32-bit state) are bucketed apart from the 8-bit ones.
+    per step, the GPU idle between them. Here the inner optimizer sees one flat parameter per (device, dtype,
+    numel < `small`) bucket, so a step is one launch per bucket. The update is the same: each slot starts at a
+    multiple of `align` (bitsandbytes' 256-element quantisation blocks, so no block spans two tensors; the padding
+    stays zero: zero gradient, zero state, zero update), and tensors below `small` (4096: bitsandbytes'
+    `min_8bit_size`, kept in 32-bit state) are bucketed apart and stepped by `make_small(flat_params)` (default
+    `make`): their buffer is larger than `small`, so bitsandbytes' 8-bit optimizer would give it 8-bit state;
+    `make_small` is its 32-bit form. `make(flat_params)` steps the other buckets.
 
     Gradients: each parameter's `.grad` is a view of its slot in the bucket's flat gradient, so autograd
     accumulates into place, gradient norms and clipping over the model's parameters see the same numbers, and
@@ -72,14 +91,17 @@ class FlatOptimizer(torch.optim.Optimizer):
     never reached it) is not written back, but its slot's optimizer state sees a zero gradient (bitsandbytes
     would skip the tensor): the one difference, and none for LoRA, where every tensor gets a gradient."""
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], make, align: int = 256, small: int = 4096):
+    def __init__(self, params: Iterable[torch.nn.Parameter], make, align: int = 256, small: int = 4096,
+                 make_small=None):
         self.params = [p for p in params if p.requires_grad]
         buckets: dict[tuple, list[torch.nn.Parameter]] = {}
         for p in self.params:
             buckets.setdefault((p.device, p.dtype, p.numel() < small), []).append(p)
         self.flat: list[torch.nn.Parameter] = []
         self.slots: list[list[tuple[torch.nn.Parameter, slice]]] = []
-        for (device, dtype, _), ps in buckets.items():
+        is_small = []
+        for (device, dtype, below), ps in buckets.items():
+            is_small.append(below)
             slots, off = [], 0
             for p in ps:
                 slots.append((p, slice(off, off + p.numel())))
@@ -91,14 +113,20 @@ class FlatOptimizer(torch.optim.Optimizer):
         self.inner = None
         super().__init__(self.flat, {})
         self._gather_params()
-        self.inner = make(self.flat)
+        big = [f for f, b in zip(self.flat, is_small) if not b]
+        little = [f for f, b in zip(self.flat, is_small) if b]
+        # `inner` steps the large tensors' buffers (or the small ones' when there are no large ones)
+        self.inners = ([make(big)] if big else []) + ([(make_small or make)(little)] if little else [])
+        self.inner = self.inners[0]
         self.defaults = self.inner.defaults
         self._share_inner()
         self._point_grads()
 
     def _share_inner(self) -> None:
-        # the LR scheduler and Lightning read and write `param_groups`; the inner optimizer steps with them
-        self.param_groups, self.state = self.inner.param_groups, self.inner.state
+        # the LR scheduler and Lightning read and write `param_groups` (the same dicts the inner optimizers step
+        # with) and `state` (each key routed to the inner optimizer that holds it)
+        self.param_groups = [g for o in self.inners for g in o.param_groups]
+        self.state = _RoutedState(self.inners)
 
     @torch.no_grad()
     def _gather_params(self) -> None:
@@ -130,7 +158,8 @@ class FlatOptimizer(torch.optim.Optimizer):
             flat.grad = grad if got else None  # a bucket without gradients: the inner optimizer skips it
             stepped.append(got)
         self._gather_params()
-        self.inner.step()
+        for o in self.inners:
+            o.step()
         for flat, grad, slots, got in zip(self.flat, self._grads, self.slots, stepped):
             flat.grad = grad
             if got:
@@ -148,10 +177,15 @@ class FlatOptimizer(torch.optim.Optimizer):
         self._point_grads()
 
     def state_dict(self):
-        return self.inner.state_dict()
+        return {"flat_inner": [o.state_dict() for o in self.inners]}
 
     def load_state_dict(self, state_dict) -> None:
-        self.inner.load_state_dict(state_dict)
+        inner = state_dict.get("flat_inner")
+        if not isinstance(inner, list) or len(inner) != len(self.inners):
+            raise ValueError("optimizer state: not a FlatOptimizer state of the same buckets (was it saved with "
+                             "trainer.flat_optimizer=false? resume with the setting it was saved with)")
+        for o, sd in zip(self.inners, inner):
+            o.load_state_dict(sd)
         self._share_inner()
 
     def add_param_group(self, param_group) -> None:
@@ -161,7 +195,36 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         n = sum(len(s) for s in self.slots)
-        return f"FlatOptimizer({n} tensors in {len(self.flat)} flat buffers, {self.inner!r})"
+        return f"FlatOptimizer({n} tensors in {len(self.flat)} flat buffers, {', '.join(map(repr, self.inners))})"
+
+
+class _RoutedState(MutableMapping):
+    """The inner optimizers' `state` as one mapping: each parameter's entry read and written where it lives."""
+
+    def __init__(self, inners):
+        self.inners = inners
+
+    def _owner(self, key):
+        for o in self.inners:
+            if any(key is p for g in o.param_groups for p in g["params"]):
+                return o
+        raise KeyError(key)
+
+    def __getitem__(self, key):
+        return self._owner(key).state[key]
+
+    def __setitem__(self, key, value) -> None:
+        self._owner(key).state[key] = value
+
+    def __delitem__(self, key) -> None:
+        del self._owner(key).state[key]
+
+    def __iter__(self):
+        for o in self.inners:
+            yield from list(o.state)
+
+    def __len__(self) -> int:
+        return sum(len(o.state) for o in self.inners)
 
 
 def lr_lambda(kind: str, total_steps: int, warmup_steps: int):
