@@ -107,6 +107,23 @@ def test_gradients_are_views_clipping_and_the_lr_schedule_see_the_flat_buffers()
             assert p.grad.data_ptr() == grad[s].data_ptr() and not p.grad.any()
 
 
+def test_clipping_over_the_optimizers_param_groups_clips_every_tensor():
+    """Lightning clips `optimizer.param_groups`' parameters (here the flat buffers): from the first step on, the same
+    as clipping the model's tensors."""
+    ref, flat = _params(), _params()
+    oa = torch.optim.AdamW(ref, lr=1e-2)
+    ob = FlatOptimizer(flat, lambda ps: torch.optim.AdamW(ps, lr=1e-2))
+    for step in range(2):
+        for ps, o in ((ref, oa), (flat, ob)):
+            o.zero_grad()
+            _loss(ps, step).backward()
+            norm = torch.nn.utils.clip_grad_norm_([p for g in o.param_groups for p in g["params"]], 0.1)
+            assert norm > 0.1
+            o.step()
+        for a, b in zip(ref, flat):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+
+
 def test_a_gradient_set_from_outside_and_a_missing_one():
     """A `.grad` replaced by another tensor is copied in; a parameter without a gradient is not written back."""
     ref, flat = _params(), _params()

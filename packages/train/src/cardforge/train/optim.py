@@ -109,6 +109,8 @@ class FlatOptimizer(torch.optim.Optimizer):
             self.flat.append(torch.nn.Parameter(torch.zeros(off, dtype=dtype, device=device)))
             self.slots.append(slots)
         self._grads = [torch.zeros_like(f) for f in self.flat]  # the flat gradients; `.grad` of each parameter views
+        for f, g in zip(self.flat, self._grads):  # from the start: clipping over `param_groups` (Lightning) sees them
+            f.grad = g
         self._gviews = [[g[s].view_as(p) for p, s in slots] for g, slots in zip(self._grads, self.slots)]
         self.inner = None
         super().__init__(self.flat, {})
