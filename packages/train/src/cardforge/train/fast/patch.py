@@ -173,7 +173,10 @@ def enable(model: torch.nn.Module, lora: bool = True, compile: bool = False, lay
         enable_lora(model)
     _set_attention(model, attention.ATTENTION)
     if layers:
-        compile_layers(model, mode="reduce-overhead" if cudagraphs else None)
+        if cudagraphs:
+            compile_layers(model, mode="reduce-overhead")
+        else:
+            compile_layers(model)
     else:
         uncompile_layers(model)
     return len(mods)
