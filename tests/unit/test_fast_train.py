@@ -226,6 +226,10 @@ def test_compiled_dropout_is_replayed_by_the_recompute():
     ("cardforge+layers+scanop@0.1", dict(layers=True, scan_op=True, memory_budget=0.1)),
     ("cardforge+layers+scanop+offload", dict(offload=True, memory_budget=None, core_groups=0)),
     ("cardforge+layers+scanop+offload+corerc@0.3", dict(offload=True, core_groups=4, memory_budget=0.3)),
+    # the optimizer: flat buffers like the stage (trainer.flat_optimizer), +pertensor as plain transformers + PEFT
+    ("cardforge+layers@0.1", dict(flat_optimizer=True, cpp_wrapper=False, cudagraphs=False)),
+    ("cardforge+layers+pertensor+cppwrap+cudagraphs@0.1", dict(flat_optimizer=False, cpp_wrapper=True,
+                                                               cudagraphs=True)),
 ])
 def test_bench_variant_specs(spec, want):
     v = bench.parse_variant(spec)
@@ -242,6 +246,10 @@ def test_bench_variant_specs(spec, want):
 def test_bench_variant_spec_errors(spec, error):
     with pytest.raises(ValueError, match=error):
         bench.parse_variant(spec)
+
+
+def test_plain_steps_bitsandbytes_per_tensor():
+    assert bench.parse_variant("plain").flat_optimizer is False  # what a user of transformers + PEFT runs
 
 
 def test_generation_with_cache_keeps_transformers_path():
