@@ -112,6 +112,8 @@ class FlatOptimizer(torch.optim.Optimizer):
         for f, g in zip(self.flat, self._grads):  # from the start: clipping over `param_groups` (Lightning) sees them
             f.grad = g
         self._gviews = [[g[s].view_as(p) for p, s in slots] for g, slots in zip(self._grads, self.slots)]
+        # each parameter's slot in its flat buffer, made once (the step copies through them both ways)
+        self._pviews = [[f.detach()[s].view_as(p) for p, s in slots] for f, slots in zip(self.flat, self.slots)]
         self.inner = None
         super().__init__(self.flat, {})
         self._gather_params()
@@ -132,8 +134,8 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _gather_params(self) -> None:
-        for flat, slots in zip(self.flat, self.slots):
-            torch._foreach_copy_([flat[s] for _, s in slots], [p.detach().reshape(-1) for p, _ in slots])
+        for views, slots in zip(self._pviews, self.slots):
+            torch._foreach_copy_(views, [p.detach() for p, _ in slots])
 
     def _point_grads(self) -> None:
         for views, slots in zip(self._gviews, self.slots):
@@ -147,27 +149,25 @@ class FlatOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        stepped = []
+        stepped = []  # per bucket: the slots whose parameter had a gradient (written back after the step)
         for flat, grad, views, slots in zip(self.flat, self._grads, self._gviews, self.slots):
             got = []
-            for v, (p, _) in zip(views, slots):
+            for i, (v, (p, _)) in enumerate(zip(views, slots)):
                 if p.grad is None:  # autograd never reached it (or someone set it to None): zero, not written back
                     v.zero_()
                     continue
                 if p.grad is not v:  # a gradient autograd did not accumulate into the view
                     v.copy_(p.grad)
-                got.append((p, v))
+                got.append(i)
             flat.grad = grad if got else None  # a bucket without gradients: the inner optimizer skips it
             stepped.append(got)
         self._gather_params()
         for o in self.inners:
             o.step()
-        for flat, grad, slots, got in zip(self.flat, self._grads, self.slots, stepped):
+        for flat, grad, views, slots, got in zip(self.flat, self._grads, self._pviews, self.slots, stepped):
             flat.grad = grad
             if got:
-                back = {id(p) for p, _ in got}
-                done = [(p, s) for p, s in slots if id(p) in back]
-                torch._foreach_copy_([p.detach() for p, _ in done], [flat[s].view_as(p) for p, s in done])
+                torch._foreach_copy_([slots[i][0].detach() for i in got], [views[i] for i in got])
         self._point_grads()
         return loss
 
