@@ -564,7 +564,10 @@ def log_timings(sched: Schedule, o: Outcome, t_setup: float, total: float, cpu_s
     """(quant_results.json's "timings", the MLflow metrics logged: per-step wall and CPU seconds, totals)."""
     # CPU per step: the step's thread plus the llama.cpp processes it ran (the converter runs in
     # cardforge.core, which does not report it, so the convert steps show their thread's share only)
-    timings = {name: {"start": round(t.start + t_setup, 2), "seconds": round(t.seconds, 2),
+    # "end" is rounded from the raw end, not start + seconds: rounding is monotonic, so a step that began
+    # after another ended still reads start >= end after rounding (start + seconds can be 0.01 off)
+    timings = {name: {"start": round(t.start + t_setup, 2), "end": round(t.end + t_setup, 2),
+                      "seconds": round(t.seconds, 2),
                       "cpu_seconds": None if name.startswith("convert") else round(t.cpu, 2)}
                for name, t in o.timings.items()}
     metrics = {_metric(name): t.seconds for name, t in o.timings.items()}
