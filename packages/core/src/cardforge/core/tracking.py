@@ -467,16 +467,36 @@ def terminate_raises() -> Iterator[None]:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def end_run(run_id: str, status: str) -> None:
-    """End run `run_id` with `status`, and any run left open inside it (the same exception ended those)."""
+@contextlib.contextmanager
+def global_uri(uri: str) -> Iterator[None]:
+    """Inside: MLflow's process-wide tracking URI (what the fluent API and a bare `MlflowClient()` follow) is `uri`;
+    the one before is put back after."""
     import mlflow
 
-    while (active := mlflow.active_run()) is not None:
-        mine = active.info.run_id == run_id
-        mlflow.end_run(status=status)
-        if mine:
-            return
-    mlflow.MlflowClient().set_terminated(run_id, status)  # not on the fluent stack any more (ended by id)
+    prev = mlflow.get_tracking_uri()
+    if prev == uri:
+        yield
+        return
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(prev)
+
+
+def end_run(run_id: str, status: str, uri: str) -> None:
+    """End run `run_id` with `status`, and any run left open inside it (the same exception ended those), in the
+    store `uri` the run was opened in: the process's tracking URI may point elsewhere by now (a stage that called
+    `mlflow.set_tracking_uri`), and the fluent `mlflow.end_run` would write there."""
+    import mlflow
+
+    with global_uri(uri):
+        while (active := mlflow.active_run()) is not None:
+            mine = active.info.run_id == run_id
+            mlflow.end_run(status=status)
+            if mine:
+                return
+    mlflow.MlflowClient(uri).set_terminated(run_id, status)  # not on the fluent stack any more (ended by id)
 
 
 def exit_status(exc: BaseException | None) -> str:
@@ -529,10 +549,10 @@ def stage_run(cfg: DictConfig, stage: str, run_name: str | None = None, parent_r
             log_config(cfg, stage)
             yield run
         except BaseException as e:
-            end_run(run.info.run_id, exit_status(e))
+            end_run(run.info.run_id, exit_status(e), uri)
             raise
         else:
-            end_run(run.info.run_id, "FINISHED")
+            end_run(run.info.run_id, "FINISHED", uri)
         finally:
             if outer_env is None:
                 os.environ.pop(RUN_ENV, None)

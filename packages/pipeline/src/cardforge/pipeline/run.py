@@ -86,6 +86,10 @@ class PipelineResult:
     # ran in this invocation or was skipped as unchanged
     results: dict[str, Any] = field(default_factory=dict)
     peak_rss_gib: dict[str, float] = field(default_factory=dict)  # stages run in this invocation
+    # the store the parent run was opened in, resolved once before any stage runs: the bookkeeping after a stage
+    # (metrics, tags) goes there even where the stage pointed the process's tracking URI (and $MLFLOW_TRACKING_URI,
+    # which mlflow.set_tracking_uri also sets) at another store
+    tracking_uri: str = ""
 
 
 def resolve_stage(target: str) -> Callable[[DictConfig], Any] | None:
@@ -123,21 +127,23 @@ def stage_key(cfg: DictConfig, spec: StageSpec, upstream: list[str], code: str |
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _tag_run(stage: str, run_id: str | None, tags: dict[str, str]) -> None:
+def _tag_run(stage: str, run_id: str | None, tags: dict[str, str], uri: str) -> None:
     if run_id is None:
         return
     try:
-        client = mlflow.MlflowClient()
+        client = mlflow.MlflowClient(uri)
         for key, val in tags.items():
             client.set_tag(run_id, key, val)
     except Exception as e:  # noqa: BLE001 - bookkeeping must not fail a finished stage
         print(f"[pipeline] {stage}: could not tag run {run_id[:8]}: {e}", file=sys.stderr)
 
 
-def _log_stage_metrics(stage: str, child_id: str | None, parent_id: str, metrics: dict[str, float]) -> None:
-    """On the parent (a results table cites one run) and on the stage's own run; never fails the stage."""
+def _log_stage_metrics(stage: str, child_id: str | None, parent_id: str, metrics: dict[str, float], uri: str
+                       ) -> None:
+    """On the parent (a results table cites one run) and on the stage's own run, in the store `uri`; never fails
+    the stage."""
     try:
-        client = mlflow.MlflowClient()
+        client = mlflow.MlflowClient(uri)
         for rid in {parent_id, child_id} - {None}:
             for key, val in metrics.items():
                 client.log_metric(rid, key, val)
@@ -155,8 +161,9 @@ def run(cfg: DictConfig, stages: list[StageSpec] | None = None) -> PipelineResul
         return PipelineResult(run_id="", stopped_at=None, reason="plan=true: nothing was run")
     check_machine(cfg)
     force = set(cfg.force or [])
+    uri = tracking.tracking_uri(cfg)  # what pipeline_run opens the parent in (before a stage can move it)
     with tracking.pipeline_run(cfg) as parent:
-        result = PipelineResult(run_id=parent.info.run_id)
+        result = PipelineResult(run_id=parent.info.run_id, tracking_uri=uri)
         upstream: list[str] = []  # the fingerprints of the stages before: part of each stage's key
         for spec in stages:
             if spec.enabled_by and not OmegaConf.select(cfg, spec.enabled_by):
@@ -253,7 +260,7 @@ def run_stage(cfg: DictConfig, spec: StageSpec, fn: Callable[[DictConfig], Any],
         failed = tracking.last_stage_run_id(spec.name)
         failed = failed if failed != before else None
         if mem.peak is not None:
-            _log_stage_metrics(spec.name, failed, result.run_id, mem.peak.metrics(spec.name))
+            _log_stage_metrics(spec.name, failed, result.run_id, mem.peak.metrics(spec.name), result.tracking_uri)
         tag_parent(result, **{"cardforge.failed_at": spec.name,
                               "cardforge.failure": f"{type(e).__name__}: {e}"[:4000]})
         raise
@@ -267,7 +274,7 @@ def run_stage(cfg: DictConfig, spec: StageSpec, fn: Callable[[DictConfig], Any],
     child_id = child_id if child_id != before else None
     peak = mem.peak
     _log_stage_metrics(spec.name, child_id, result.run_id,
-                       {**peak.metrics(spec.name), f"{spec.name}.seconds": seconds})
+                       {**peak.metrics(spec.name), f"{spec.name}.seconds": seconds}, result.tracking_uri)
     result.peak_rss_gib[spec.name] = round(peak.gib, 4)
     print(f"[pipeline] {spec.name}: done in {seconds:.0f} s, peak RSS {peak.gib:.2f} GiB", file=sys.stderr)
     return StageRun(out, child_id, seconds, peak)
@@ -280,7 +287,8 @@ def record_stage(cfg: DictConfig, spec: StageSpec, ran: StageRun, key: str, code
     fp, plain = fingerprint(ran.out), jsonable(ran.out)
     files = fingerprints.hash_outputs(plain, Outputs(cfg).root)
     _tag_run(spec.name, ran.child_id, {"cardforge.code_version": code,
-                                       "cardforge.outputs_sha256": fingerprints.outputs_digest(files)})
+                                       "cardforge.outputs_sha256": fingerprints.outputs_digest(files)},
+             result.tracking_uri)
     atomic_write_json(record_path(cfg, spec.name), {
         "key": key, "fingerprint": fp, "result": plain, "seconds": ran.seconds,
         "peak_rss_gib": round(ran.peak.gib, 4), "run_id": ran.child_id or result.run_id,
@@ -292,7 +300,10 @@ def record_stage(cfg: DictConfig, spec: StageSpec, ran: StageRun, key: str, code
 
 
 def tag_parent(result: PipelineResult, **extra: str) -> None:
-    """The parent run's tags: which stages ran, were skipped, where the chain stopped (and failed)."""
-    mlflow.set_tags({"cardforge.stages_done": ",".join(result.done),
+    """The parent run's tags: which stages ran, were skipped, where the chain stopped (and failed); in the parent's
+    store (by id, not the fluent API: that follows the process's tracking URI, which a stage may have moved)."""
+    client = mlflow.MlflowClient(result.tracking_uri)
+    for key, val in {"cardforge.stages_done": ",".join(result.done),
                      "cardforge.stages_skipped": ",".join(result.skipped),
-                     "cardforge.stopped_at": result.stopped_at or "", **extra})
+                     "cardforge.stopped_at": result.stopped_at or "", **extra}.items():
+        client.set_tag(result.run_id, key, val)
