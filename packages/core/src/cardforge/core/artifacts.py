@@ -63,6 +63,15 @@ class Tier:
         return cls(key.removesuffix(IMATRIX_SUFFIX), key.endswith(IMATRIX_SUFFIX))
 
 
+# Bits per weight of each GGUF tier's file (llama.cpp's mix: some tensors kept at a wider type), for size and
+# free-space estimates: the plan (cardforge.pipeline.plan, which must work without the quant package) and the
+# quant/mtp/eval preflights (cardforge.quant.sizes). The k-quant mixes and Q8_0 are llama.cpp's published bits/weight
+# (tools/quantize/README.md, Llama-3.1-8B: Q4_K_M 4.8944, Q5_K_M 5.7036, Q6_K 6.5633, Q8_0 8.5008); Q4_0 / Q5_0 are
+# their block layouts (32 weights + an fp16 scale: 4.5 / 5.5). On Qwen3.6-27B they put the text GGUFs within 0.6%
+# of the published files (tests/unit/test_plan_layout.py). Unknown tiers: 8.
+GGUF_BPW = {"BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.70, "Q5_0": 5.5, "Q4_K_M": 4.89, "Q4_0": 4.5}
+
+
 def is_base(key: str) -> bool:
     """Whether a quant_results key names the base model's file (quant.base_tiers)."""
     return str(key).startswith(BASE_PREFIX)

@@ -13,10 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cardforge.core.artifacts import Outputs
-
-# bits per weight of the GGUF tiers (llama.cpp's mixes, measured on dense models), for disk estimates
-GGUF_BPW = {"BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.69, "Q5_0": 5.5, "Q4_K_M": 4.89, "Q4_0": 4.5}
+from cardforge.core.artifacts import GGUF_BPW, Outputs  # GGUF_BPW: the GGUF tiers' bits per weight (one table)
 
 
 def _gb(n: float) -> str:

@@ -4,8 +4,9 @@ GGUF and the vision projector). The pipeline plan uses it with cardforge.core.mo
 `make plan EXP=qwen36_27b_card` reports the real checkpoint's sizes without the weights.
 
 Bytes per element: BF16 2; FP8 1 + one fp32 scale per 128x128 block; NVFP4 1/2 + one e4m3 scale per 16 (+ two
-fp32 scalars per module); GGUF tiers: llama.cpp's bits per weight of the mix (plan.GGUF_BPW, measured on dense
-models) over the text GGUF's tensors (language model + lm_head + MTP head; the tower goes to the mmproj file).
+fp32 scalars per module); GGUF tiers: llama.cpp's published bits per weight of the mix
+(cardforge.core.artifacts.GGUF_BPW) over the text GGUF's tensors (language model + lm_head + MTP head; the tower
+goes to the mmproj file).
 
 The stages' free-space preflights (quant, mtp, eval: cardforge.core.io.preflight_output) size the GGUFs they
 will write the same way, from a checkpoint on disk: checkpoint_inventory() reads the tensor shapes from the
@@ -18,11 +19,8 @@ import json
 import struct
 from pathlib import Path
 
+from cardforge.core.artifacts import GGUF_BPW  # the one table, kept in core: the plan reads it without this package
 from cardforge.quant import fp8, nvfp4
-
-# bits per weight of each GGUF tier (llama.cpp's mixes on dense models; unknown tiers: 8), for the free-space
-# preflights of the stages that write GGUFs (quant, mtp, eval's base)
-GGUF_BPW = {"BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_0": 5.5, "Q4_K_M": 4.85, "Q4_0": 4.5}
 
 
 def _numel(shape) -> int:
