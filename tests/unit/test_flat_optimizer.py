@@ -212,3 +212,51 @@ def test_state_maps_every_flat_buffer_to_its_inner_optimizer():
     assert all(len(o.state) == 1 for o in opt.inners)
     with pytest.raises(ValueError, match="trainer.flat_optimizer"):
         opt.load_state_dict(torch.optim.AdamW(_params(), lr=1e-2).state_dict())
+
+
+def test_parameters_view_their_slots_and_the_model_holds_no_second_copy():
+    ps = _params()
+    values = [p.detach().clone() for p in ps]
+    opt = FlatOptimizer(ps, lambda q: torch.optim.AdamW(q, lr=1e-2))
+    flat_storages = {f.untyped_storage().data_ptr() for f in opt.flat}
+    assert {p.untyped_storage().data_ptr() for p in ps} <= flat_storages  # every value lives in a flat buffer
+    assert all(torch.equal(p, v) for p, v in zip(ps, values)) and all(type(p) is torch.nn.Parameter for p in ps)
+    # an update written by the inner optimizer into the flat buffer is the parameter's value, with no copy back
+    with torch.no_grad():
+        opt.flat[0].add_(1.0)
+    moved = [p for p in ps if p.untyped_storage().data_ptr() == opt.flat[0].untyped_storage().data_ptr()]
+    assert moved and all(torch.equal(p, v + 1) for p, v in zip(ps, values) if any(p is m for m in moved))
+    # without share: separate tensors, copied in and out (the first implementation)
+    qs = _params()
+    opt2 = FlatOptimizer(qs, lambda q: torch.optim.AdamW(q, lr=1e-2), share=False)
+    assert not {q.untyped_storage().data_ptr() for q in qs} & {f.untyped_storage().data_ptr() for f in opt2.flat}
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_a_parameter_given_new_data_or_no_gradient_after_momentum(share):
+    """`p.data = ...` after the optimizer was built (e.g. load_state_dict(assign=True)): that parameter is copied in
+    and out from then on; a parameter without a gradient keeps its value though its slot has momentum."""
+    def make(q):
+        return torch.optim.AdamW(q, lr=1e-2, weight_decay=0.1)
+
+    ref, flat = _params(), _params()
+    oa, ob = make(ref), FlatOptimizer(flat, make, share=share)
+    _train(ref, oa, steps=2)
+    _train(flat, ob, steps=2)
+    with torch.no_grad():
+        for ps in (ref, flat):
+            ps[1].data = ps[1].detach().clone() * 0.5  # a fresh tensor, no longer the slot's view
+    _train(ref, oa, steps=2)
+    _train(flat, ob, steps=2)
+    for a, b in zip(ref, flat):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    # (last: from here the slot's state has seen a zero gradient where torch's AdamW skips the tensor)
+    for ps, o in ((ref, oa), (flat, ob)):
+        o.zero_grad()
+        _loss(ps, 5).backward()
+        ps[3].grad = None
+        before = ps[3].detach().clone()
+        o.step()
+        assert torch.equal(ps[3], before)
+    for a, b in zip(ref, flat):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

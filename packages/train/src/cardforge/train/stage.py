@@ -184,7 +184,7 @@ def save_adapter(peft_model, state: dict, out: Path, adapter_name: str = "defaul
     from safetensors.torch import save_file
 
     tag = f".{adapter_name}."
-    lora = {k.replace(tag, "."): v.detach().to("cpu").contiguous() for k, v in state.items()
+    lora = {k.replace(tag, "."): v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()
             if "lora_" in k and tag in k}
     if not lora:
         raise RuntimeError(f"no LoRA tensors in the gathered state dict ({len(state)} tensors, e.g. "
