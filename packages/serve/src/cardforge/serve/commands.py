@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cardforge.core.artifacts import Outputs
-from cardforge.serve.launchers import COMMANDS, build_command
+from cardforge.serve.launchers import COMMANDS, build_command, fit_max_model_len, local_config
 
 BACKEND_CONFIGS = {"llama_cpp": "llama_cpp", "vllm": "vllm", "sglang": "sglang"}  # backend -> conf/serve/*.yaml
 
@@ -100,10 +100,28 @@ def model_ref(cfg: DictConfig, backend: str, gguf_name: str | None = None) -> st
     return published_repo(cfg) or _shown(released_model_dir(cfg), cfg)
 
 
+def distilled_config(cfg: DictConfig) -> tuple[dict | None, str]:
+    """The distilled model's config.json (and where it was read), for the vLLM / SGLang context length: the
+    released / merged checkpoint on this machine, else the base's (the merge keeps its config: model.path when it
+    is on this machine, the real Qwen3.6-27B's by name); (None, "") when none is known."""
+    from cardforge.core.models import layout
+
+    local = local_model(cfg)
+    if local is not None:
+        return local_config(local), str(local / "config.json")
+    config = layout.known_config(cfg.model)
+    base = Path(str(cfg.model.path or "")) / "config.json"
+    return config, (str(base) if base.is_file() else f"the known config of {cfg.model.name}") if config else ""
+
+
 def inference_commands(cfg: DictConfig, gguf_name: str | None = None) -> dict[str, str]:
     out = {}
+    # what the commands serve may not be on this machine (a repo id, the release dir before `make release`): the
+    # context length is checked against the distilled model's config here
+    max_len = fit_max_model_len(cfg.serve.max_model_len, *distilled_config(cfg))
     for backend in COMMANDS:
         serve = _serve_for(cfg, backend)
+        serve["max_model_len"] = max_len
         if backend == "llama_cpp" and not serve["port"]:
             serve["port"] = 8080  # a published command needs a concrete port
         out[backend] = shlex.join(build_command(model_ref(cfg, backend, gguf_name), serve))

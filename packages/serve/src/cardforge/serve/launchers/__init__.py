@@ -14,6 +14,7 @@ import copy
 import functools
 import importlib
 import json
+import sys
 from dataclasses import asdict, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -99,6 +100,50 @@ def checkpoint_quantization(model: str | Path) -> str | None:
     if "FP4" in algo:
         return "modelopt_fp4"
     return "modelopt" if algo.startswith("FP8") else None
+
+
+# rope scalings whose factor lengthens the usable context beyond max_position_embeddings (vLLM derives its limit
+# the same way); llama3 / longrope configs already state the extended length
+_EXTENDING_ROPE = ("linear", "dynamic", "yarn")
+
+
+def context_limit(config: Mapping | None) -> int | None:
+    """The longest context a checkpoint's config.json allows: max_position_embeddings (its text_config's in a
+    vision-language config), times the rope_scaling factor where that scaling extends it; None when it says
+    nothing (or there is no config)."""
+    if not config:
+        return None
+    text = config.get("text_config") or {}
+    n = text.get("max_position_embeddings") or config.get("max_position_embeddings")
+    if not n:
+        return None
+    rope = text.get("rope_scaling") or config.get("rope_scaling") or {}
+    kind = rope.get("rope_type") or rope.get("type")
+    return int(n * float(rope["factor"])) if kind in _EXTENDING_ROPE and rope.get("factor") else int(n)
+
+
+def local_config(model: str | Path) -> dict | None:
+    """config.json of a local checkpoint directory; None for an HF id, a GGUF or a directory without one."""
+    path = Path(str(model)) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fit_max_model_len(value: int, config: Mapping | None, source: str) -> int:
+    """serve.max_model_len, lowered to what the model allows (`context_limit(config)`; `source` names where the
+    config came from) with a note on stderr. The default (conf/defaults/serve.yaml, sized for the 27B card) is
+    longer than a small model's context (SmolLM2: 8192), and vLLM / SGLang refuse a length past the model's."""
+    limit = context_limit(config)
+    if limit is None or int(value) <= limit:
+        return int(value)
+    print(f"[serve] serve.max_model_len={value} is longer than the model's context ({limit}, max_position_embeddings "
+          f"in {source}): using {limit}", file=sys.stderr)
+    return limit
+
+
+def max_model_len(serve: Any, model: str | Path) -> int:
+    """The context length the vLLM / SGLang command asks for: serve.max_model_len, at most the served local
+    checkpoint's own limit (an HF id is left to the engine)."""
+    return fit_max_model_len(option(serve, "max_model_len"), local_config(model), f"{model}/config.json")
 
 
 def quantization(serve: Any, model: str | Path) -> str | None:

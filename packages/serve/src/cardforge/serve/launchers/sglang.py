@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cardforge.serve.launchers import quantization, served_name, settings
+from cardforge.serve.launchers import max_model_len, quantization, served_name, settings
 
 
 def sglang_command(model: str | Path, serve: Any, *, host: str = "127.0.0.1", port: int = 30000,
@@ -23,7 +23,7 @@ def sglang_command(model: str | Path, serve: Any, *, host: str = "127.0.0.1", po
            "--served-model-name", served_name(s, model),
            "--host", host, "--port", str(port),
            "--tp-size", str(s["tensor_parallel_size"]),
-           "--context-length", str(s["max_model_len"]),
+           "--context-length", str(max_model_len(s, model)),
            "--reasoning-parser", str(s["reasoning_parser"]),
            "--tool-call-parser", str(s["tool_call_parser"])]  # conf/serve/sglang.yaml: qwen3_coder
     if s["mtp"]["enabled"]:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cardforge.serve.launchers import quantization, served_name, settings
+from cardforge.serve.launchers import max_model_len, quantization, served_name, settings
 
 
 def vllm_command(model: str | Path, serve: Any, *, host: str = "127.0.0.1", port: int = 8000,
@@ -25,7 +25,7 @@ def vllm_command(model: str | Path, serve: Any, *, host: str = "127.0.0.1", port
            "--served-model-name", served_name(s, model),
            "--host", host, "--port", str(port),
            "--tensor-parallel-size", str(s["tensor_parallel_size"]),
-           "--max-model-len", str(s["max_model_len"]),
+           "--max-model-len", str(max_model_len(s, model)),
            "--reasoning-parser", str(s["reasoning_parser"]),
            "--enable-auto-tool-choice", "--tool-call-parser", str(s["tool_call_parser"])]
     if s["mtp"]["enabled"]:
