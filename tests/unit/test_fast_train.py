@@ -634,3 +634,44 @@ def test_core_recomputed_in_head_groups_equals_the_core():
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], rtol=1e-9, atol=1e-12, msg=n)
     assert s1 < 0.7 * s0, (s1, s0)
+
+
+def test_bench_mix_lengths_from_a_data_stage_output(tmp_path, tiny_model_dir, capsys):
+    """`--lengths-from`: the mix's lengths come from a data stage's trajectories (rendered by the model's template as
+    the train stage renders them), pre-tokenized rows, or a list; a file of trajectories without --tokenizer, or
+    one that is none of these, is one clear error before the model is built."""
+    import json
+
+    from cardforge.core.chat import Message, Trajectory
+    from cardforge.train.data import load_samples
+    from transformers import AutoTokenizer
+
+    trajs = tmp_path / "trajectories.jsonl"
+    trajs.write_text("".join(json.dumps(Trajectory(f"t{i}", [Message("user", "question " * (3 + 7 * i)),
+                                                              Message("assistant", "answer " * (5 + 11 * i), "why")]
+                                                   ).to_dict()) + "\n" for i in range(5)))
+    want = sorted(len(s.input_ids) for s in load_samples(trajs, AutoTokenizer.from_pretrained(tiny_model_dir)))
+    got, source = bench.lengths_from(trajs, 0, tokenizer=str(tiny_model_dir))
+    assert sorted(got) == want and len(set(want)) == 5 and "5 samples the train stage reads" in source
+    drawn, _ = bench.lengths_from(trajs, 9, max_len=want[-2], tokenizer=str(tiny_model_dir))
+    assert len(drawn) == 9 and drawn[0] == want[-2] and set(drawn) <= {*want[:-1]}  # cut at max_len, longest first
+
+    listed = tmp_path / "lengths.txt"
+    listed.write_text("3000\n70000\n1200\n")
+    assert bench.lengths_from(listed, 0)[0] == [3000, 32768, 1200]
+    for bad, why in ((trajs, "--tokenizer"), (tmp_path / "junk.txt", "neither a JSON list")):
+        if bad.name == "junk.txt":
+            bad.write_text("hello\n")
+        with pytest.raises(SystemExit):
+            bench.main(["--arch", "tiny", "--layers", "2", "--seq", "--mix", "3", "--lengths-from", str(bad)])
+        assert why in capsys.readouterr().err
+
+    out = tmp_path / "mix.json"
+    assert bench.main(["--arch", "tiny", "--layers", "4", "--seq", "--lengths-from", str(trajs), "--tokenizer",
+                       str(tiny_model_dir), "--row", "256", "--mix-max", "256", "--plain-samples", "2",
+                       "--variants", "cardforge", "plain", "--out", str(out)]) == 0
+    mix = json.loads(out.read_text())["mix"]
+    assert sorted(mix["lengths"]) == want and str(trajs) in mix["distribution"]
+    assert "real tokens" in mix["summary"]
+    rows = {r["variant"]: r for r in mix["results"]}
+    assert rows["cardforge"]["status"] == rows["plain"]["status"] == "ok"

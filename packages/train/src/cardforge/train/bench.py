@@ -5,6 +5,8 @@
     python -m cardforge.train.bench --arch tiny --seq 256 --steps 2   # anywhere (CPU too): the code path only
     python -m cardforge.train.bench --seq --mix 10 --row 32768 --variants "cardforge+layers+tf32+scanop+offload" plain
                                                          # the card's length mix: packed rows vs plain batch 1
+    python -m cardforge.train.bench --seq --mix 12 --lengths-from outputs/data/trajectories.jsonl --tokenizer MODEL \\
+        --variants "cardforge+layers+tf32+scanop+offload+corerc@0.3" plain   # lengths drawn from a data-stage output
 
 Both variants run in one process on the SAME model and LoRA weights (restored before each variant), the same
 batch and the same optimizer (bitsandbytes paged AdamW 8-bit on CUDA), so their first losses must agree:
@@ -34,6 +36,8 @@ from typing import Any
 
 import torch
 import torch._functorch.config  # not loaded by `import torch`; the @B budget knob lives there
+
+from cardforge.core.errors import UserError
 
 QWEN36_27B = dict(vocab_size=248320, hidden_size=5120, intermediate_size=17408, num_hidden_layers=64,
                   full_attention_interval=4, num_attention_heads=24, num_key_value_heads=4, head_dim=256,
@@ -341,6 +345,72 @@ def card_lengths(n: int, seed: int = 0, max_len: int = MIX_MAX) -> list[int]:
     return out[:n]
 
 
+def lengths_from(path: Path, n: int, max_len: int = MIX_MAX, tokenizer: str | None = None,
+                 seed: int = 0) -> tuple[list[int], str]:
+    """(sample lengths for the mix, where they came from) read from `path`: a JSON list of integers, one integer per
+    line, or a JSONL file the train stage reads (pre-tokenized rows, or the data stage's trajectories.jsonl:
+    rendered by `tokenizer`'s chat template as the stage does, every trained turn a sequence). Lengths are cut at
+    `max_len` (the stage truncates at data.max_seq_len). `n` = 0: every length, in the file's order; else `n`
+    drawn with replacement (seeded), the file's longest first, so the run meets the longest sample the data has."""
+    import random
+
+    text = path.read_text()
+    lengths: list[int] | None = None
+    try:
+        data = json.loads(text)
+        if isinstance(data, list) and data and all(isinstance(x, int) and not isinstance(x, bool) for x in data):
+            lengths, what = data, "lengths (a JSON list)"
+    except json.JSONDecodeError:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        if lines and all(ln.isdigit() for ln in lines):
+            lengths, what = [int(ln) for ln in lines], "lengths (one per line)"
+    if lengths is None:
+        from cardforge.train.data import load_samples
+
+        first = next((ln for ln in text.splitlines() if ln.strip()), "")
+        try:
+            head = json.loads(first)
+        except json.JSONDecodeError:
+            head = None
+        if not isinstance(head, dict):
+            raise ValueError(f"--lengths-from {path}: neither a JSON list of lengths, one length per line, nor a JSONL "
+                             f"file of samples or trajectories (first line: {first[:60]!r})")
+        if "input_ids" not in head and tokenizer is None:
+            raise ValueError(f"--lengths-from {path}: holds trajectories; name the model whose chat template renders "
+                             "them with --tokenizer (a model dir or HF id)")
+        tok = None
+        if tokenizer is not None:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(tokenizer)
+        samples = load_samples(path, tok, max_len=max_len)
+        lengths, what = [len(x.input_ids) for x in samples], "samples the train stage reads" + (
+            f" (rendered by {tokenizer}'s chat template)" if tokenizer else "")
+    bad = [x for x in lengths if x < 2]
+    if bad:
+        raise ValueError(f"--lengths-from {path}: lengths must be >= 2 tokens (a sample's first token is never a "
+                         f"target); got {bad[:3]}")
+    lengths = [min(int(x), max_len) for x in lengths]
+    source = f"{path}: {len(lengths)} {what}, cut at {max_len}"
+    if n <= 0:
+        return lengths, source
+    rng = random.Random(seed)
+    return [max(lengths)] + [rng.choice(lengths) for _ in range(n - 1)], source + f"; {n} drawn (seed {seed})"
+
+
+def length_summary(lengths: list[int], row: int) -> str:
+    """Quantiles of the lengths and what packing them into rows of `row` tokens gives (rows, real-token share)."""
+    from cardforge.train import packing
+
+    q = statistics.quantiles(lengths, n=10, method="inclusive") if len(lengths) > 1 else [lengths[0]] * 9
+    rows = packing.pack_lengths(lengths, row) if max(lengths) <= row else None
+    packed = (f"; packed into {len(rows)} rows of {row}: {sum(lengths) / (len(rows) * row):.0%} real tokens"
+              if rows is not None else f"; the longest ({max(lengths)}) is above --row {row}")
+    return (f"{len(lengths)} samples, {sum(lengths)} tokens; median {statistics.median(lengths):.0f}, p10 {q[0]:.0f}, "
+            f"p90 {q[8]:.0f}, max {max(lengths)}; {sum(x > 16384 for x in lengths) / len(lengths):.0%} above 16k"
+            + packed)
+
+
 def mix_samples(lengths: list[int], vocab: int, seed: int = 1) -> list:
     from cardforge.train.data import Sample
 
@@ -529,6 +599,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run a realistic length mix: N samples drawn by card_lengths (1k-32k, median 4k, long "
                         "tail; the first is --mix-max); cardforge variants pack them into rows of --row tokens")
     p.add_argument("--mix-max", type=int, default=MIX_MAX)
+    p.add_argument("--lengths-from", type=Path, default=None, metavar="FILE",
+                   help="draw the mix's lengths from FILE instead of card_lengths: a data stage's trajectories.jsonl "
+                        "(with --tokenizer), pre-tokenized JSONL rows, a JSON list or one length per line; --mix 0 "
+                        "with it: every length in the file")
+    p.add_argument("--tokenizer", default=None, metavar="MODEL",
+                   help="model dir or HF id whose chat template renders --lengths-from trajectories (as the train "
+                        "stage does)")
     p.add_argument("--row", type=int, default=MIX_MAX, help="packed row length for the mix (one compiled shape)")
     p.add_argument("--plain-samples", type=int, default=6,
                    help="plain runs the first K samples of the mix (batch 1, unpacked: minutes per long sample)")
@@ -541,6 +618,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the top kernels of one step of these variants (all when none named)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = p.parse_args(argv)
+    lengths: list[int] = []
+    source = ""
+    if args.lengths_from is not None:  # read before the model is built: a bad file fails in seconds, not minutes
+        try:
+            lengths, source = lengths_from(args.lengths_from, args.mix, args.mix_max, args.tokenizer)
+        except (OSError, ValueError, UserError) as e:
+            p.error(str(e))
+    elif args.mix:
+        lengths, source = card_lengths(args.mix, max_len=args.mix_max), card_lengths.__doc__.split("\n\n")[0]
     # fewer fragmented blocks: reserved memory close to allocated (set before CUDA initialises; both variants)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
@@ -575,10 +661,9 @@ def main(argv: list[str] | None = None) -> int:
                      "environment": environment(), "lora_params": n_lora, "argv": argv if argv else sys.argv[1:],
                      "results": [r.__dict__ for r in results], "table": table(results)}, indent=2))
     mix_results: list[MixResult] = []
-    if args.mix:
-        lengths = card_lengths(args.mix, max_len=args.mix_max)
+    if args.mix or lengths:
         samples = mix_samples(lengths, config.vocab_size)
-        print(f"mix: {len(lengths)} samples, {sum(lengths)} tokens, lengths {sorted(lengths)}", file=sys.stderr,
+        print(f"mix ({source}): {length_summary(lengths, args.row)}; lengths {sorted(lengths)}", file=sys.stderr,
               flush=True)
         for spec in (args.mix_variants or args.variants):
             v = parse_variant(spec)
@@ -590,8 +675,8 @@ def main(argv: list[str] | None = None) -> int:
                     {"arch": args.arch, "layers": config.num_hidden_layers, "device": args.device,
                      "environment": environment(), "lora_params": n_lora, "argv": argv if argv else sys.argv[1:],
                      "results": [r.__dict__ for r in results], "table": table(results),
-                     "mix": {"lengths": lengths, "distribution": card_lengths.__doc__.split("\n\n")[0],
-                             "results": [r.__dict__ for r in mix_results], "table": mix_table(mix_results)}},
+                     "mix": {"lengths": lengths, "distribution": source,
+                             "summary": length_summary(lengths, args.row), "results": [r.__dict__ for r in mix_results], "table": mix_table(mix_results)}},
                     indent=2))
     if results:
         print(table(results))
