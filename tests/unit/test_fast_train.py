@@ -675,3 +675,52 @@ def test_bench_mix_lengths_from_a_data_stage_output(tmp_path, tiny_model_dir, ca
     assert "real tokens" in mix["summary"]
     rows = {r["variant"]: r for r in mix["results"]}
     assert rows["cardforge"]["status"] == rows["plain"]["status"] == "ok"
+
+
+_PACK_MODEL: dict = {}
+
+
+def _small_packed_model():
+    if "m" not in _PACK_MODEL:  # built once: hypothesis reruns the body (float64, 27B-shaped, 4 layers)
+        model = _lora_model(SMALL_27B, seed=3)
+        fast.enable(model)
+        _PACK_MODEL["m"] = model.get_base_model()
+    return _PACK_MODEL["m"]
+
+
+def _row_lengths():
+    from hypothesis import strategies as st
+
+    # sample lengths around the GDN chunk (64) and conv (4) edges; the row may be exactly full (no padding tail)
+    return st.lists(st.one_of(st.integers(1, 5), st.integers(60, 68), st.integers(1, 140)), min_size=1, max_size=5)
+
+
+@pytest.mark.slow  # ~10 s per example on 2 busy cores
+def test_any_packing_gives_each_samples_own_losses():
+    """Property (hypothesis): whatever the sample lengths (1 token, around a GDN chunk's 64, several chunks) and
+    however much padding the row has (none to plenty), a packed row's per-token losses equal its samples' losses
+    run one by one, float64, on a 27B-shaped config (attention, GDN state and conv1d all reset per sample)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from cardforge.train import packing
+    from cardforge.train.data import collate
+
+    backbone = _small_packed_model()
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(lengths=_row_lengths(), pad=st.sampled_from([0, 1, 63, 64, 100]), seed=st.integers(0, 2**16))
+    def check(lengths, pad, seed):
+        samples = _packed_samples(lengths, SMALL_27B["vocab_size"], seed=seed)
+        samples = [s for s in samples if sum(s.loss_mask[1:]) > 0]  # what load_samples keeps
+        if not samples:
+            return
+        row = sum(len(s.input_ids) for s in samples) + pad
+        batch = packing.collate_packed([packing.PackedRow(tuple(samples))], pad_id=0, row_len=row)
+        with torch.no_grad():
+            packed = _per_token_losses(backbone, batch)
+            alone = torch.cat([_per_token_losses(backbone, collate([s], pad_id=0)) for s in samples])
+        assert packed.shape == alone.shape
+        torch.testing.assert_close(packed, alone, rtol=1e-10, atol=1e-10)
+
+    check()
