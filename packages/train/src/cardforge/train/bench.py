@@ -300,10 +300,10 @@ def run_variant(model, v: Variant, seq: int, steps: int, warmup: int, snapshot: 
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             if i == 0:
-                res.first_loss, res.first_step_s = float(loss), dt
+                res.first_loss, res.first_step_s = float(loss.detach()), dt
             if i >= warmup:
                 res.step_s.append(dt)
-            print(f"  {v.name} seq {seq} step {i}: {dt:.3f} s loss {float(loss):.4f}", file=sys.stderr, flush=True)
+            print(f"  {v.name} seq {seq} step {i}: {dt:.3f} s loss {float(loss.detach()):.4f}", file=sys.stderr, flush=True)
         step = statistics.median(res.step_s)
         res.tok_s = seq / step
         res.mfu = flops_tok * res.tok_s / H200_BF16_PEAK
@@ -494,14 +494,14 @@ def run_mix(model, v: Variant, samples: list, row_len: int, snapshot: dict, devi
                 continue
             dt = time.perf_counter() - t0
             if i == 0:
-                res.first_step_s, res.first_loss = dt, float(loss)
+                res.first_step_s, res.first_loss = dt, float(loss.detach())
             else:
                 times.append(dt)
                 res.tokens += batches[j][1]
                 res.padded_tokens += int(batches[j][0]["input_ids"].numel())
                 res.samples += len(rows[j].samples) if res.row_len else 1
             peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else float("nan")
-            print(f"  {v.name} mix step {i} ({batches[j][1]} tokens): {dt:.3f} s loss {float(loss):.4f} "
+            print(f"  {v.name} mix step {i} ({batches[j][1]} tokens): {dt:.3f} s loss {float(loss.detach()):.4f} "
                   f"peak {peak:.1f} GiB", file=sys.stderr, flush=True)
         res.steps, res.seconds = len(times), sum(times)
         if times:
