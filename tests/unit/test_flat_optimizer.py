@@ -260,3 +260,22 @@ def test_a_parameter_given_new_data_or_no_gradient_after_momentum(share):
         assert torch.equal(ps[3], before)
     for a, b in zip(ref, flat):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("strategy, views", [("auto", True), ("ddp", True), ("fsdp1", False)])
+def test_the_stage_shares_the_buffers_except_under_fsdp1(strategy, views):
+    """FSDP1 (use_orig_params) re-points each parameter's data at its own flat parameter at every forward: there
+    the parameters keep their own tensors (copied in and out), elsewhere they view the optimizer's buffers."""
+    from omegaconf import OmegaConf
+
+    from cardforge.train.module import DistillModule
+
+    model = torch.nn.Linear(64, 80)
+    tcfg = OmegaConf.create({"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "cosine",
+                             "warmup_ratio": 0.0, "kernels": "cardforge", "flat_optimizer": True,
+                             "strategy": strategy})
+    opt = DistillModule(model, tcfg, total_steps=4).configure_optimizers()["optimizer"]
+    assert isinstance(opt, FlatOptimizer)
+    shared = {p.untyped_storage().data_ptr() for p in model.parameters()} <= {
+        f.untyped_storage().data_ptr() for f in opt.flat}
+    assert shared is views

@@ -140,7 +140,9 @@ class DistillModule(pl.LightningModule):
         t = self.tcfg
         opt, self.optimizer_name = optim.build_optimizer(
             self.model.parameters(), str(getattr(t.optimizer, "value", t.optimizer)), t.lr, t.weight_decay,
-            on_cuda=self.device.type == "cuda", flat=bool(t.get("flat_optimizer", True)))
+            on_cuda=self.device.type == "cuda", flat=bool(t.get("flat_optimizer", True)),
+            # FSDP1 (use_orig_params) points each parameter's data at its own flat parameter at every forward
+            share=str(t.get("strategy", "auto")) != "fsdp1")
         kind = str(getattr(t.scheduler, "value", t.scheduler))
         fn = optim.lr_lambda(kind, self.total_steps, optim.warmup_steps(self.total_steps, t.warmup_ratio))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)

@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float,
-                    on_cuda: bool, flat: bool = True) -> tuple[torch.optim.Optimizer, str]:
+                    on_cuda: bool, flat: bool = True, share: bool = True) -> tuple[torch.optim.Optimizer, str]:
     """(optimizer, the name of what actually runs); `flat`: stepped through `FlatOptimizer` (same update; not for
-    FSDP2's sharded DTensor parameters)."""
+    FSDP2's sharded DTensor parameters); `share`: its parameters become views of the flat buffers (off where
+    another owner sets `param.data`, e.g. FSDP1's original-parameter views)."""
     params = [p for p in params if p.requires_grad]
 
     def adamw(ps):
@@ -51,7 +52,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, 
     elif name != "adamw":
         raise ValueError(f"trainer.optimizer: unknown optimizer {name!r}")
     if flat and not sharded and params:
-        return FlatOptimizer(params, make, make_small=make_small), used
+        return FlatOptimizer(params, make, make_small=make_small, share=share), used
     return make(params), used
 
 
