@@ -64,7 +64,10 @@ def score(q: Question, c) -> dict:
     status = ("passed" if r.passed else "timeout" if sb.timed_out
               else "compile_error" if r.detail.startswith(("SyntaxError", "IndentationError", "TabError"))
               else "wrong_answer" if r.detail.startswith("AssertionError") else "runtime_error")
-    err = None if r.passed else (sb.stderr.strip()[-2000:] or r.detail)
+    # the judge's verdict first: the candidate's stderr can be cut short (the sandbox ends the candidate once the
+    # judge has answered, possibly mid-traceback), the verdict is always whole
+    tail = sb.stderr.strip()[-2000:]
+    err = None if r.passed else (tail if r.detail and r.detail in tail else "\n".join(x for x in (r.detail, tail) if x))
     return {**fields, "parsed": code, "correct": r.passed, "status": status, "exit_code": sb.exit_code,
             "duration_s": round(sb.duration_s, 3), "compile_error": err if status == "compile_error" else None,
             "runtime_error": err if status != "compile_error" else None}
