@@ -659,6 +659,10 @@ def test_bench_mix_lengths_from_a_data_stage_output(tmp_path, tiny_model_dir, ca
     listed = tmp_path / "lengths.txt"
     listed.write_text("3000\n70000\n1200\n")
     assert bench.lengths_from(listed, 0)[0] == [3000, 32768, 1200]
+    listed.write_text("5000\n")  # one length: also a JSON document (an int)
+    assert bench.lengths_from(listed, 0)[0] == [5000]
+    listed.write_text("[4000, 9000]")
+    assert bench.lengths_from(listed, 0)[0] == [4000, 9000]
     for bad, why in ((trajs, "--tokenizer"), (tmp_path / "junk.txt", "neither a JSON list")):
         if bad.name == "junk.txt":
             bad.write_text("hello\n")

@@ -299,11 +299,12 @@ def run_variant(model, v: Variant, seq: int, steps: int, warmup: int, snapshot: 
             if on_cuda:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
+            value = float(loss.detach())
             if i == 0:
-                res.first_loss, res.first_step_s = float(loss.detach()), dt
+                res.first_loss, res.first_step_s = value, dt
             if i >= warmup:
                 res.step_s.append(dt)
-            print(f"  {v.name} seq {seq} step {i}: {dt:.3f} s loss {float(loss.detach()):.4f}", file=sys.stderr, flush=True)
+            print(f"  {v.name} seq {seq} step {i}: {dt:.3f} s loss {value:.4f}", file=sys.stderr, flush=True)
         step = statistics.median(res.step_s)
         res.tok_s = seq / step
         res.mfu = flops_tok * res.tok_s / H200_BF16_PEAK
@@ -356,18 +357,20 @@ def lengths_from(path: Path, n: int, max_len: int = MIX_MAX, tokenizer: str | No
 
     text = path.read_text()
     lengths: list[int] | None = None
-    try:
-        data = json.loads(text)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if lines and all(ln.isdigit() for ln in lines):  # before JSON: a one-line file of a length is a JSON int
+        lengths, what = [int(ln) for ln in lines], "lengths (one per line)"
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
         if isinstance(data, list) and data and all(isinstance(x, int) and not isinstance(x, bool) for x in data):
             lengths, what = data, "lengths (a JSON list)"
-    except json.JSONDecodeError:
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        if lines and all(ln.isdigit() for ln in lines):
-            lengths, what = [int(ln) for ln in lines], "lengths (one per line)"
     if lengths is None:
         from cardforge.train.data import load_samples
 
-        first = next((ln for ln in text.splitlines() if ln.strip()), "")
+        first = lines[0] if lines else ""
         try:
             head = json.loads(first)
         except json.JSONDecodeError:
@@ -493,15 +496,16 @@ def run_mix(model, v: Variant, samples: list, row_len: int, snapshot: dict, devi
                       flush=True)
                 continue
             dt = time.perf_counter() - t0
+            value = float(loss.detach())
             if i == 0:
-                res.first_step_s, res.first_loss = dt, float(loss.detach())
+                res.first_step_s, res.first_loss = dt, value
             else:
                 times.append(dt)
                 res.tokens += batches[j][1]
                 res.padded_tokens += int(batches[j][0]["input_ids"].numel())
                 res.samples += len(rows[j].samples) if res.row_len else 1
             peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else float("nan")
-            print(f"  {v.name} mix step {i} ({batches[j][1]} tokens): {dt:.3f} s loss {float(loss.detach()):.4f} "
+            print(f"  {v.name} mix step {i} ({batches[j][1]} tokens): {dt:.3f} s loss {value:.4f} "
                   f"peak {peak:.1f} GiB", file=sys.stderr, flush=True)
         res.steps, res.seconds = len(times), sum(times)
         if times:
@@ -676,7 +680,8 @@ def main(argv: list[str] | None = None) -> int:
                      "environment": environment(), "lora_params": n_lora, "argv": argv if argv else sys.argv[1:],
                      "results": [r.__dict__ for r in results], "table": table(results),
                      "mix": {"lengths": lengths, "distribution": source,
-                             "summary": length_summary(lengths, args.row), "results": [r.__dict__ for r in mix_results], "table": mix_table(mix_results)}},
+                             "summary": length_summary(lengths, args.row),
+                             "results": [r.__dict__ for r in mix_results], "table": mix_table(mix_results)}},
                     indent=2))
     if results:
         print(table(results))
