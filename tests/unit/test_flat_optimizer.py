@@ -124,20 +124,27 @@ def test_clipping_over_the_optimizers_param_groups_clips_every_tensor():
             torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
 
 
+def _step_without_one_gradient(pairs, i: int, step: int, regrad: bool = False) -> None:
+    """One step of each (params, optimizer) pair with parameter `i`'s gradient removed: its value must not move.
+    `regrad`: every other `.grad` replaced by a copy first (as after model.zero_grad(set_to_none=True))."""
+    for ps, o in pairs:
+        o.zero_grad()
+        _loss(ps, step).backward()
+        if regrad:
+            for p in ps:
+                p.grad = p.grad.clone()
+        ps[i].grad = None
+        before = ps[i].detach().clone()
+        o.step()
+        assert torch.equal(ps[i], before)
+
+
 def test_a_gradient_set_from_outside_and_a_missing_one():
     """A `.grad` replaced by another tensor is copied in; a parameter without a gradient is not written back."""
     ref, flat = _params(), _params()
     oa = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1)
     ob = FlatOptimizer(flat, lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1))
-    for ps, o in ((ref, oa), (flat, ob)):
-        o.zero_grad()
-        _loss(ps, 0).backward()
-        for p in ps:  # e.g. model.zero_grad(set_to_none=True) then a fresh backward somewhere else
-            p.grad = p.grad.clone()
-        ps[2].grad = None
-        before = ps[2].detach().clone()
-        o.step()
-        assert torch.equal(ps[2], before)
+    _step_without_one_gradient(((ref, oa), (flat, ob)), 2, step=0, regrad=True)
     for a, b in zip(ref, flat):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
 
@@ -251,13 +258,7 @@ def test_a_parameter_given_new_data_or_no_gradient_after_momentum(share):
     for a, b in zip(ref, flat):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
     # (last: from here the slot's state has seen a zero gradient where torch's AdamW skips the tensor)
-    for ps, o in ((ref, oa), (flat, ob)):
-        o.zero_grad()
-        _loss(ps, 5).backward()
-        ps[3].grad = None
-        before = ps[3].detach().clone()
-        o.step()
-        assert torch.equal(ps[3], before)
+    _step_without_one_gradient(((ref, oa), (flat, ob)), 3, step=5)
     for a, b in zip(ref, flat):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
 

@@ -146,14 +146,14 @@ class FlatOptimizer(torch.optim.Optimizer):
         self.state = _RoutedState(self.inners)
 
     @torch.no_grad()
-    def _gather_params(self) -> list[list[int]]:
+    def _gather_params(self) -> list[set[int]]:
         """Copy into the flat buffers the parameters that do not view their slot; (per bucket) their indices."""
         apart = []
         for views, slots in zip(self._pviews, self.slots):
             idx = [i for i, (v, (p, _)) in enumerate(zip(views, slots)) if p.data_ptr() != v.data_ptr()]
             if idx:
                 torch._foreach_copy_([views[i] for i in idx], [slots[i][0].detach() for i in idx])
-            apart.append(idx)
+            apart.append(set(idx))
         return apart
 
     def _point_grads(self) -> None:
@@ -168,28 +168,28 @@ class FlatOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        stepped = []  # per bucket: the slots whose parameter had a gradient (written back after the step)
+        stepped = []  # per bucket: the slots whose parameter had a gradient
         for flat, grad, views, slots in zip(self.flat, self._grads, self._gviews, self.slots):
-            got = []
+            got = set()
             for i, (v, (p, _)) in enumerate(zip(views, slots)):
                 if p.grad is None:  # autograd never reached it (or someone set it to None): zero, value kept
                     v.zero_()
                     continue
                 if p.grad is not v:  # a gradient autograd did not accumulate into the view
                     v.copy_(p.grad)
-                got.append(i)
+                got.add(i)
             flat.grad = grad if got else None  # a bucket without gradients: the inner optimizer skips it
             stepped.append(got)
         apart = self._gather_params()
         # a parameter viewing its slot and without a gradient: the step would still move it (momentum, decay)
-        kept = [[(i, views[i].clone()) for i in sorted(set(range(len(slots))) - set(got) - set(out))]
-                for views, slots, got, out in zip(self._pviews, self.slots, stepped, apart)]
+        kept = [[(i, views[i].clone()) for i in range(len(views)) if i not in got and i not in out]
+                for views, got, out in zip(self._pviews, stepped, apart)]
         for o in self.inners:
             o.step()
         for flat, grad, views, slots, got, out, keep in zip(self.flat, self._grads, self._pviews, self.slots,
                                                              stepped, apart, kept):
             flat.grad = grad
-            back = sorted(set(got) & set(out))
+            back = sorted(got & out)  # copied in, stepped: copied back out
             if back:
                 torch._foreach_copy_([slots[i][0].detach() for i in back], [views[i] for i in back])
             for i, value in keep:
