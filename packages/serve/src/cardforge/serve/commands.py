@@ -110,8 +110,10 @@ def distilled_config(cfg: DictConfig) -> tuple[dict | None, str]:
     if local is not None:
         return local_config(local), str(local / "config.json")
     config = layout.known_config(cfg.model)
+    if not config:
+        return None, ""
     base = Path(str(cfg.model.path or "")) / "config.json"
-    return config, (str(base) if base.is_file() else f"the known config of {cfg.model.name}") if config else ""
+    return config, str(base) if base.is_file() else f"the known config of {cfg.model.name}"
 
 
 def inference_commands(cfg: DictConfig, gguf_name: str | None = None) -> dict[str, str]:
